@@ -1,0 +1,38 @@
+//! `etcd-raft`: the raft node of etcd-rs.
+//!
+//! It wraps the consensus core (raft-rs) with what makes it durable and
+//! usable by the server:
+//!
+//! - [`wal`]: the write-ahead log (`<member>/wal/`), record format in
+//!   [`wal_record`], and its crash rule (torn tail of the last segment is
+//!   truncated; damage anywhere else refuses to start);
+//! - [`snapshotter`]: raft snapshot metadata files (`<member>/snap/*.snap`);
+//! - [`node`]: [`RaftNode`], the handle to the raft loop thread that owns the
+//!   `RawNode`, the WAL and the snapshotter ([`raft_loop`]);
+//! - [`recovery`]: bootstrap of a new member and restore of an existing one;
+//! - [`read_index`]: batching of linearizable read-index requests;
+//! - [`transport`]: how messages leave the loop; [`slog_bridge`]: raft-rs logs
+//!   into `tracing`.
+//!
+//! The most important invariant: an entry the applier receives was persisted
+//! to the WAL (fsynced) by a quorum, and nothing raft-rs asks to persist is
+//! acknowledged to a peer before this member's fsync returns.
+
+pub mod error;
+pub mod node;
+mod raft_loop;
+pub mod read_index;
+pub mod recovery;
+pub mod slog_bridge;
+pub mod snapshotter;
+pub mod transport;
+pub mod wal;
+pub mod wal_record;
+
+pub use error::{RaftError, SnapshotError, WalError};
+pub use node::{ApplyBatch, RaftNode, RaftNodeConfig, RaftStatus};
+pub use raft::eraftpb;
+pub use raft::StateRole;
+pub use snapshotter::Snapshotter;
+pub use transport::{NoopTransport, Transport};
+pub use wal::{Wal, WalContents, WalMetadata};

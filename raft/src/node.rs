@@ -1,0 +1,591 @@
+//! `RaftNode`: the cloneable handle to the raft loop, its configuration and
+//! its cheap status view.
+//!
+//! Invariant: the raft-rs `RawNode`, the `Wal` and the `Snapshotter` are owned
+//! by one thread ("raft-loop"); the handle only sends commands over a channel
+//! and reads a status snapshot the loop republishes after every iteration.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+use raft::StateRole;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::RaftError;
+use crate::raft_loop::{Command, RaftLoop};
+use crate::recovery::recover;
+use crate::slog_bridge::raft_logger;
+#[cfg(test)]
+use crate::snapshotter::Snapshotter;
+use crate::transport::Transport;
+use crate::wal::WalMetadata;
+
+/// Proposals queued for the loop beyond this are refused with `TooManyRequests`.
+pub const MAX_PENDING_PROPOSALS: usize = 8192;
+
+/// How to start a raft node.
+#[derive(Debug, Clone)]
+pub struct RaftNodeConfig {
+    /// This member's id (used for a new WAL; a restart takes the WAL's).
+    pub id: u64,
+    pub cluster_id: u64,
+    /// `<data-dir>/member`; the WAL lives in `wal/`, snapshots in `snap/`.
+    pub member_dir: PathBuf,
+    /// (member id, ConfChange context bytes), used only to bootstrap a new WAL.
+    pub initial_peers: Vec<(u64, Vec<u8>)>,
+    /// The backend's consistent index: entries up to it are not delivered again.
+    pub applied_index: u64,
+    /// One raft tick (`--heartbeat-interval`).
+    pub tick_interval: Duration,
+    /// Election timeout in ticks (election ms / heartbeat ms).
+    pub election_tick: usize,
+    /// Heartbeat interval in ticks (1).
+    pub heartbeat_tick: usize,
+    /// Entries kept in memory below a snapshot for slow followers (etcd: 5000).
+    pub snapshot_catchup_entries: u64,
+    pub max_inflight_msgs: usize,
+    pub max_size_per_msg: u64,
+}
+
+impl RaftNodeConfig {
+    /// A configuration with etcd's defaults: 100 ms ticks, 1 s elections.
+    pub fn new(id: u64, cluster_id: u64, member_dir: PathBuf) -> RaftNodeConfig {
+        RaftNodeConfig {
+            id,
+            cluster_id,
+            member_dir,
+            initial_peers: Vec::new(),
+            applied_index: 0,
+            tick_interval: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 1,
+            snapshot_catchup_entries: 5000,
+            max_inflight_msgs: 4096 / 8,
+            max_size_per_msg: 1024 * 1024,
+        }
+    }
+}
+
+/// Committed raft output for the applier, in log order.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyBatch {
+    /// Committed entries, contiguous and increasing. Includes the leader's
+    /// empty entry of each term (EntryNormal with empty data) and conf change
+    /// entries, for which the applier must call [`RaftNode::apply_conf_change`].
+    pub entries: Vec<Entry>,
+    /// A snapshot received from the leader, to be restored before `entries`.
+    pub snapshot: Option<Snapshot>,
+}
+
+/// A cheap view of the node's state, republished by the loop.
+#[derive(Debug, Clone)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub cluster_id: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    /// The last index handed to the apply channel.
+    pub applied_index: u64,
+    pub last_index: u64,
+    /// The index of the newest snapshot on disk.
+    pub snapshot_index: u64,
+    pub role: StateRole,
+    pub is_learner: bool,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+pub(crate) struct Shared {
+    pub status: RwLock<RaftStatus>,
+    pub stopped: AtomicBool,
+    pub pending_proposals: AtomicUsize,
+}
+
+struct Inner {
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+    metadata: WalMetadata,
+}
+
+/// The handle to a running raft node. Clone freely.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RaftNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftNode")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl RaftNode {
+    /// Bootstraps or restores the member in `cfg.member_dir` and starts the
+    /// raft loop thread. Committed entries arrive on the returned receiver.
+    pub fn start(
+        cfg: RaftNodeConfig,
+        transport: Arc<dyn Transport>,
+    ) -> Result<(RaftNode, mpsc::UnboundedReceiver<ApplyBatch>), RaftError> {
+        let logger = raft_logger(cfg.id);
+        let recovered = recover(&cfg, &logger)?;
+        let metadata = recovered.metadata;
+        let (cmd_tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            status: RwLock::new(RaftStatus {
+                id: metadata.node_id,
+                cluster_id: metadata.cluster_id,
+                leader_id: 0,
+                term: 0,
+                commit_index: 0,
+                applied_index: 0,
+                last_index: 0,
+                snapshot_index: recovered.snapshot_index,
+                role: StateRole::Follower,
+                is_learner: false,
+                voters: Vec::new(),
+                learners: Vec::new(),
+            }),
+            stopped: AtomicBool::new(false),
+            pending_proposals: AtomicUsize::new(0),
+        });
+        let raft_loop = RaftLoop::new(&cfg, recovered, transport, apply_tx, cmd_rx, shared.clone());
+        raft_loop.publish_status();
+        std::thread::Builder::new()
+            .name("raft-loop".to_string())
+            .spawn(move || raft_loop.run())
+            .map_err(RaftError::Spawn)?;
+        Ok((
+            RaftNode {
+                inner: Arc::new(Inner {
+                    commands: cmd_tx,
+                    shared,
+                    metadata,
+                }),
+            },
+            apply_rx,
+        ))
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), RaftError> {
+        if self.inner.shared.stopped.load(Ordering::Acquire) {
+            return Err(RaftError::Stopped);
+        }
+        self.inner
+            .commands
+            .send(cmd)
+            .map_err(|_| RaftError::Stopped)
+    }
+
+    /// Hands `data` to raft as a new entry. Ok means raft-rs accepted it (a
+    /// follower forwards it to the leader), not that it is committed.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
+        if self.inner.shared.status.read().leader_id == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let pending = &self.inner.shared.pending_proposals;
+        if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_PROPOSALS {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(RaftError::TooManyRequests);
+        }
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send(Command::Propose { data, reply }) {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// A linearizable read index: once the applier has applied up to it, a
+    /// local read sees every write committed before this call. Concurrent
+    /// callers share one round. Retries until it succeeds: wrap the call in
+    /// `tokio::time::timeout` for a deadline.
+    pub async fn read_index(&self) -> Result<u64, RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ReadIndex { reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Applies a committed conf change to raft; returns the new configuration.
+    /// Called by the applier, in log order, for every conf change entry.
+    pub async fn apply_conf_change(&self, cc: ConfChangeV2) -> Result<ConfState, RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ApplyConfChange { cc, reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Proposes a conf change (V2; a V1 can be converted with `into_v2`).
+    pub async fn propose_conf_change(
+        &self,
+        context: Vec<u8>,
+        cc: ConfChangeV2,
+    ) -> Result<(), RaftError> {
+        if self.inner.shared.status.read().leader_id == 0 {
+            return Err(RaftError::NoLeader);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ProposeConfChange { context, cc, reply })?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Tells raft that backend state up to `index` is durable: a snapshot is
+    /// recorded at `index` and the log before it is released (keeping the
+    /// catch-up tail in memory). Errors are logged by the loop.
+    pub fn compact(&self, index: u64) {
+        let _ = self.send(Command::Compact { index });
+    }
+
+    /// Delivers a message from a peer.
+    pub fn step(&self, msg: Message) {
+        let _ = self.send(Command::Step(Box::new(msg)));
+    }
+
+    /// Starts an election now.
+    pub fn campaign(&self) {
+        let _ = self.send(Command::Campaign);
+    }
+
+    /// Asks the leader to hand leadership to `to`.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.send(Command::TransferLeader(to));
+    }
+
+    /// Reports that `id` could not be reached (stop pipelining to it).
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.send(Command::ReportUnreachable(id));
+    }
+
+    /// The latest status the loop published.
+    pub fn status(&self) -> RaftStatus {
+        self.inner.shared.status.read().clone()
+    }
+
+    /// The member and cluster ids stored in the WAL (for the server to check).
+    pub fn wal_metadata(&self) -> WalMetadata {
+        self.inner.metadata
+    }
+
+    /// True once the loop has exited.
+    pub fn is_stopped(&self) -> bool {
+        self.inner.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Stops the loop after it has persisted what it holds; the WAL is closed
+    /// when this returns. Calling it again is harmless.
+    pub async fn stop(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Stop { reply }).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use protobuf::Message as _;
+    use raft::eraftpb::{ConfChange, ConfChangeType, EntryType};
+
+    use super::*;
+    use crate::recovery::conf_change_of;
+    use crate::transport::NoopTransport;
+
+    const TICK: Duration = Duration::from_millis(50);
+    const ELECTION_TICKS: usize = 10;
+
+    fn config(member_dir: PathBuf, applied_index: u64) -> RaftNodeConfig {
+        RaftNodeConfig {
+            initial_peers: vec![(1, b"member-1".to_vec())],
+            applied_index,
+            tick_interval: TICK,
+            election_tick: ELECTION_TICKS,
+            snapshot_catchup_entries: 2,
+            ..RaftNodeConfig::new(1, 0xc1, member_dir)
+        }
+    }
+
+    fn start(cfg: RaftNodeConfig) -> (RaftNode, mpsc::UnboundedReceiver<ApplyBatch>) {
+        RaftNode::start(cfg, Arc::new(NoopTransport)).expect("raft node starts")
+    }
+
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Receives `n` committed entries, applying conf changes as the applier would.
+    async fn apply(
+        node: &RaftNode,
+        rx: &mut mpsc::UnboundedReceiver<ApplyBatch>,
+        n: usize,
+    ) -> Vec<Entry> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let batch = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("committed entries arrive")
+                .expect("apply channel open");
+            for e in &batch.entries {
+                if let Some(cc) = conf_change_of(e) {
+                    node.apply_conf_change(cc).await.unwrap();
+                }
+            }
+            out.extend(batch.entries);
+        }
+        assert_eq!(out.len(), n, "more entries than expected: {out:?}");
+        out
+    }
+
+    fn summary(entries: &[Entry]) -> Vec<(u64, u64, Vec<u8>)> {
+        entries
+            .iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect()
+    }
+
+    /// Bootstraps, elects, and commits "a", "b", "c" at indexes 3..=5, term 2.
+    async fn run_first_life(dir: &std::path::Path) {
+        let (node, mut rx) = start(config(dir.to_path_buf(), 0));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        apply(&node, &mut rx, 2).await;
+        for d in [b"a", b"b", b"c"] {
+            node.propose(d.to_vec()).await.unwrap();
+        }
+        let ents = apply(&node, &mut rx, 3).await;
+        assert_eq!(ents[2].index, 5);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn single_member_bootstraps_leads_at_once_and_applies_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let (node, mut rx) = start(config(tmp.path().join("member"), 0));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        let election_timeout = TICK * ELECTION_TICKS as u32;
+        assert!(
+            started.elapsed() < election_timeout / 2,
+            "became leader after {:?}, not at once",
+            started.elapsed()
+        );
+        assert_eq!(node.status().leader_id, 1);
+        assert_eq!(
+            node.wal_metadata(),
+            WalMetadata {
+                node_id: 1,
+                cluster_id: 0xc1
+            }
+        );
+
+        let ents = apply(&node, &mut rx, 2).await;
+        assert_eq!(ents[0].index, 1);
+        assert_eq!(ents[0].get_entry_type(), EntryType::EntryConfChange);
+        let cc = ConfChange::parse_from_bytes(&ents[0].data).unwrap();
+        assert_eq!(cc.get_change_type(), ConfChangeType::AddNode);
+        assert_eq!(cc.node_id, 1);
+        assert_eq!(cc.context.to_vec(), b"member-1".to_vec());
+        // The new leader's empty entry.
+        assert_eq!((ents[1].index, ents[1].term), (2, 2));
+        assert!(ents[1].data.is_empty());
+
+        for d in [b"a", b"b", b"c"] {
+            node.propose(d.to_vec()).await.unwrap();
+        }
+        let ents = apply(&node, &mut rx, 3).await;
+        assert_eq!(
+            summary(&ents),
+            vec![
+                (3, 2, b"a".to_vec()),
+                (4, 2, b"b".to_vec()),
+                (5, 2, b"c".to_vec())
+            ]
+        );
+        assert_eq!(node.status().voters, vec![1]);
+
+        // Concurrent reads all get an index covering every committed write.
+        let mut reads = Vec::new();
+        for _ in 0..10 {
+            let node = node.clone();
+            reads.push(tokio::spawn(async move { node.read_index().await }));
+        }
+        for r in reads {
+            let index = r.await.unwrap().unwrap();
+            assert!(
+                index >= 5,
+                "read index {index} is below the last committed write"
+            );
+        }
+
+        node.stop().await;
+        assert!(node.is_stopped());
+        assert!(matches!(
+            node.propose(b"x".to_vec()).await,
+            Err(RaftError::Stopped)
+        ));
+        assert!(matches!(node.read_index().await, Err(RaftError::Stopped)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_proposals_all_commit_in_one_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (node, mut rx) = start(config(tmp.path().join("member"), 0));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        apply(&node, &mut rx, 2).await;
+        let mut tasks = Vec::new();
+        for i in 0..50u32 {
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                node.propose(i.to_be_bytes().to_vec()).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let ents = apply(&node, &mut rx, 50).await;
+        let indexes: Vec<u64> = ents.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (3..53).collect::<Vec<_>>());
+        let mut data: Vec<Vec<u8>> = ents.iter().map(|e| e.data.to_vec()).collect();
+        data.sort();
+        assert_eq!(
+            data,
+            (0..50u32)
+                .map(|i| i.to_be_bytes().to_vec())
+                .collect::<Vec<_>>()
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn restart_redelivers_only_entries_after_the_applied_index() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("member");
+        run_first_life(&dir).await;
+
+        // The backend had applied up to 4 when the process died.
+        let mut cfg = config(dir.clone(), 4);
+        cfg.initial_peers = vec![(9, b"ignored on restart".to_vec())];
+        let (node, mut rx) = start(cfg);
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        let ents = apply(&node, &mut rx, 2).await;
+        assert_eq!(
+            summary(&ents),
+            vec![(5, 2, b"c".to_vec()), (6, 3, Vec::new())],
+            "entry 5 again, then the new term's empty entry"
+        );
+        let status = node.status();
+        assert_eq!(status.term, 3);
+        assert_eq!(status.voters, vec![1]);
+        node.propose(b"d".to_vec()).await.unwrap();
+        assert_eq!(
+            summary(&apply(&node, &mut rx, 1).await),
+            vec![(7, 3, b"d".to_vec())]
+        );
+        assert!(node.read_index().await.unwrap() >= 7);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn compact_then_restart_starts_the_log_after_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("member");
+        run_first_life(&dir).await;
+
+        let (node, mut rx) = start(config(dir.clone(), 5));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        apply(&node, &mut rx, 1).await; // the empty entry at 6, term 3
+        for i in 0..4u8 {
+            node.propose(vec![i]).await.unwrap();
+        }
+        let ents = apply(&node, &mut rx, 4).await;
+        assert_eq!(ents[3].index, 10);
+        node.compact(9);
+        wait_for("the snapshot", || node.status().snapshot_index == 9).await;
+        let snap = Snapshotter::new(&dir.join("snap"))
+            .unwrap()
+            .load_newest()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (9, 3)
+        );
+        assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1]);
+        node.stop().await;
+
+        let (node, mut rx) = start(config(dir.clone(), 10));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        let ents = apply(&node, &mut rx, 1).await;
+        assert_eq!(summary(&ents), vec![(11, 4, Vec::new())]);
+        let status = node.status();
+        assert_eq!(
+            (status.snapshot_index, status.term, status.last_index),
+            (9, 4, 11)
+        );
+        assert_eq!(
+            status.voters,
+            vec![1],
+            "membership comes back from the snapshot"
+        );
+        node.propose(b"after".to_vec()).await.unwrap();
+        assert_eq!(
+            summary(&apply(&node, &mut rx, 1).await),
+            vec![(12, 4, b"after".to_vec())]
+        );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn backend_older_than_the_snapshot_is_a_startup_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("member");
+        run_first_life(&dir).await;
+        let (node, _rx) = start(config(dir.clone(), 5));
+        node.compact(5);
+        wait_for("the snapshot", || node.status().snapshot_index == 5).await;
+        node.stop().await;
+        match RaftNode::start(config(dir, 3), Arc::new(NoopTransport)) {
+            Err(RaftError::BackendBehindSnapshot {
+                applied: 3,
+                snapshot: 5,
+            }) => {}
+            other => panic!(
+                "expected BackendBehindSnapshot, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_a_leader_propose_fails_at_once_and_reads_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path().join("member"), 0);
+        // Two voters and no transport: no election can succeed.
+        cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
+        let (node, _rx) = start(cfg);
+        let started = Instant::now();
+        assert!(matches!(
+            node.propose(b"x".to_vec()).await,
+            Err(RaftError::NoLeader)
+        ));
+        assert!(started.elapsed() < TICK);
+        let read = tokio::time::timeout(TICK * 4, node.read_index()).await;
+        assert!(
+            read.is_err(),
+            "a read index without a leader must wait for the caller's deadline"
+        );
+        node.stop().await;
+    }
+}

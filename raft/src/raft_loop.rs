@@ -1,0 +1,350 @@
+//! The raft loop: the one thread that owns the `RawNode`, the `Wal` and the
+//! `Snapshotter`.
+//!
+//! Each iteration waits for a command until the next tick is due, drains every
+//! queued command (so concurrent proposals share one Ready and one fsync),
+//! ticks if due, then handles Ready in the order raft-rs requires:
+//! send `messages()` (a leader may send before its own fsync); apply a
+//! snapshot; hand `committed_entries` to the apply channel; append `entries()`
+//! and the HardState to the WAL with one fsync; send `persisted_messages()`;
+//! advance; handle the LightReady (its committed entries also go to the apply
+//! channel); `advance_apply`.
+//!
+//! Crash rule: nothing raft-rs asks to persist is acknowledged (persisted
+//! messages, commit advance) before the WAL fsync returns. A WAL or snapshot
+//! write error stops the loop (callers then get `Stopped`) instead of running on
+//! with state that is not durable.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole, Storage, INVALID_ID};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::RaftError;
+use crate::node::{ApplyBatch, RaftNodeConfig, RaftStatus, Shared};
+use crate::read_index::ReadIndexQueue;
+use crate::recovery::Recovered;
+use crate::snapshotter::Snapshotter;
+use crate::transport::Transport;
+use crate::wal::Wal;
+
+pub(crate) enum Command {
+    Propose {
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), RaftError>>,
+    },
+    ProposeConfChange {
+        context: Vec<u8>,
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<(), RaftError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, RaftError>>,
+    },
+    ApplyConfChange {
+        cc: ConfChangeV2,
+        reply: oneshot::Sender<Result<ConfState, RaftError>>,
+    },
+    Compact {
+        index: u64,
+    },
+    Step(Box<Message>),
+    Campaign,
+    TransferLeader(u64),
+    ReportUnreachable(u64),
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+pub(crate) struct RaftLoop {
+    raw: RawNode<MemStorage>,
+    wal: Wal,
+    snapshotter: Snapshotter,
+    transport: Arc<dyn Transport>,
+    apply_tx: mpsc::UnboundedSender<ApplyBatch>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    tick_interval: Duration,
+    next_tick: Instant,
+    snapshot_catchup_entries: u64,
+    snapshot_index: u64,
+    conf_state: ConfState,
+    reads: ReadIndexQueue,
+    /// Ticks left in which to campaign at once if we are the only voter.
+    campaign_ticks_left: usize,
+    stop_replies: Vec<oneshot::Sender<()>>,
+}
+
+impl RaftLoop {
+    pub(crate) fn new(
+        cfg: &RaftNodeConfig,
+        recovered: Recovered,
+        transport: Arc<dyn Transport>,
+        apply_tx: mpsc::UnboundedSender<ApplyBatch>,
+        commands: Receiver<Command>,
+        shared: Arc<Shared>,
+    ) -> RaftLoop {
+        RaftLoop {
+            raw: recovered.raw,
+            wal: recovered.wal,
+            snapshotter: recovered.snapshotter,
+            transport,
+            apply_tx,
+            commands,
+            shared,
+            tick_interval: cfg.tick_interval,
+            next_tick: Instant::now() + cfg.tick_interval,
+            snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+            snapshot_index: recovered.snapshot_index,
+            conf_state: recovered.conf_state,
+            reads: ReadIndexQueue::default(),
+            campaign_ticks_left: cfg.election_tick.max(1),
+            stop_replies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        if let Err(e) = self.run_until_stopped() {
+            tracing::error!(error = %e, "the raft loop stopped on an error");
+        }
+        self.reads.fail_all();
+        self.shared.stopped.store(true, Ordering::Release);
+        self.publish_status();
+        let replies = std::mem::take(&mut self.stop_replies);
+        // Close the WAL before telling anyone we stopped.
+        drop(self);
+        for r in replies {
+            let _ = r.send(());
+        }
+        tracing::info!("raft loop stopped");
+    }
+
+    fn run_until_stopped(&mut self) -> Result<(), RaftError> {
+        loop {
+            self.process_ready()?;
+            self.publish_status();
+            if !self.stop_replies.is_empty() {
+                return Ok(());
+            }
+            let wait = self.next_tick.saturating_duration_since(Instant::now());
+            match self.commands.recv_timeout(wait) {
+                Ok(cmd) => self.handle(cmd)?,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.handle(cmd)?;
+            }
+            let now = Instant::now();
+            if now >= self.next_tick {
+                self.next_tick += self.tick_interval;
+                if self.next_tick < now {
+                    self.next_tick = now + self.tick_interval;
+                }
+                self.raw.tick();
+                self.reads.on_tick(&mut self.raw);
+                self.campaign_ticks_left = self.campaign_ticks_left.saturating_sub(1);
+            }
+            self.reads.start_round(&mut self.raw);
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) -> Result<(), RaftError> {
+        match cmd {
+            Command::Propose { data, reply } => {
+                self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
+                let result = if self.raw.raft.leader_id == INVALID_ID {
+                    Err(RaftError::NoLeader)
+                } else {
+                    self.raw.propose(Vec::new(), data).map_err(RaftError::from)
+                };
+                let _ = reply.send(result);
+            }
+            Command::ProposeConfChange { context, cc, reply } => {
+                let result = if self.raw.raft.leader_id == INVALID_ID {
+                    Err(RaftError::NoLeader)
+                } else {
+                    self.raw
+                        .propose_conf_change(context, cc)
+                        .map_err(RaftError::from)
+                };
+                let _ = reply.send(result);
+            }
+            Command::ReadIndex { reply } => self.reads.push(reply),
+            Command::ApplyConfChange { cc, reply } => {
+                let result = self.raw.apply_conf_change(&cc).map_err(RaftError::from);
+                if let Ok(cs) = &result {
+                    self.conf_state = cs.clone();
+                    self.raw.mut_store().wl().set_conf_state(cs.clone());
+                }
+                let _ = reply.send(result);
+            }
+            Command::Compact { index } => self.compact(index)?,
+            Command::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    tracing::debug!(error = %e, "raft refused a peer message");
+                }
+            }
+            Command::Campaign => {
+                if let Err(e) = self.raw.campaign() {
+                    tracing::warn!(error = %e, "could not start a campaign");
+                }
+            }
+            Command::TransferLeader(to) => self.raw.transfer_leader(to),
+            Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
+            Command::Stop { reply } => self.stop_replies.push(reply),
+        }
+        Ok(())
+    }
+
+    /// Campaigns at start without waiting for an election timeout when this
+    /// member is the only voter (a single-member cluster).
+    fn maybe_campaign(&mut self) {
+        if self.campaign_ticks_left == 0 || self.raw.raft.state == StateRole::Leader {
+            return;
+        }
+        let id = self.raw.raft.id;
+        let cs = &self.conf_state;
+        let only_voter = cs.voters == [id] && cs.voters_outgoing.is_empty();
+        let log = &self.raw.raft.raft_log;
+        // raft-rs refuses to campaign while committed conf changes are unapplied.
+        if only_voter && log.applied >= log.committed {
+            self.campaign_ticks_left = 0;
+            if let Err(e) = self.raw.campaign() {
+                tracing::warn!(error = %e, "could not campaign as the only voter");
+            }
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), RaftError> {
+        self.maybe_campaign();
+        while self.raw.has_ready() {
+            self.handle_ready()?;
+            self.maybe_campaign();
+        }
+        Ok(())
+    }
+
+    fn deliver(&self, entries: Vec<raft::eraftpb::Entry>, snapshot: Option<Snapshot>) {
+        if entries.is_empty() && snapshot.is_none() {
+            return;
+        }
+        if self
+            .apply_tx
+            .send(ApplyBatch { entries, snapshot })
+            .is_err()
+        {
+            tracing::debug!("the apply channel is closed; dropping committed entries");
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
+    }
+
+    fn handle_ready(&mut self) -> Result<(), RaftError> {
+        let mut rd = self.raw.ready();
+        self.send(rd.take_messages());
+
+        let mut snapshot = None;
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
+            self.snapshotter.save(&snap)?;
+            self.wal.save_snapshot_marker(index, term)?;
+            self.raw.mut_store().wl().apply_snapshot(snap.clone())?;
+            self.conf_state = snap.get_metadata().get_conf_state().clone();
+            self.snapshot_index = index;
+            snapshot = Some(snap);
+        }
+        self.deliver(rd.take_committed_entries(), snapshot);
+        self.reads.on_read_states(rd.take_read_states());
+
+        let hs = rd.hs().cloned();
+        self.wal.save(hs.as_ref(), rd.entries())?;
+        {
+            let store = self.raw.mut_store();
+            let mut core = store.wl();
+            if let Some(hs) = hs {
+                core.set_hardstate(hs);
+            }
+            core.append(rd.entries())?;
+        }
+        self.send(rd.take_persisted_messages());
+
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().wl().mut_hard_state().commit = commit;
+        }
+        self.send(light.take_messages());
+        self.deliver(light.take_committed_entries(), None);
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    /// Records a snapshot at `index` and releases the log before it.
+    fn compact(&mut self, index: u64) -> Result<(), RaftError> {
+        let applied = self.raw.raft.raft_log.applied;
+        let index = index.min(applied);
+        if index <= self.snapshot_index {
+            return Ok(());
+        }
+        let store = self.raw.store().clone();
+        let term = match store.term(index) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(index, error = %e, "cannot snapshot at an index the log no longer holds");
+                return Ok(());
+            }
+        };
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        // The snapshot file first: a WAL marker never names a missing snapshot.
+        self.snapshotter.save(&snap)?;
+        self.wal.save_snapshot_marker(index, term)?;
+        self.snapshot_index = index;
+        let compact_to = index.saturating_sub(self.snapshot_catchup_entries);
+        if compact_to > store.first_index()? {
+            store.wl().compact(compact_to)?;
+        }
+        self.wal.release_to(index)?;
+        tracing::info!(
+            index,
+            term,
+            compacted_to = compact_to,
+            "saved a raft snapshot and released the log before it"
+        );
+        Ok(())
+    }
+
+    pub(crate) fn publish_status(&self) {
+        let r = &self.raw.raft;
+        let id = r.id;
+        let status = RaftStatus {
+            id,
+            cluster_id: self.wal.metadata().cluster_id,
+            leader_id: r.leader_id,
+            term: r.term,
+            commit_index: r.raft_log.committed,
+            applied_index: r.raft_log.applied,
+            last_index: r.raft_log.last_index(),
+            snapshot_index: self.snapshot_index,
+            role: r.state,
+            is_learner: self.conf_state.learners.contains(&id),
+            voters: self.conf_state.voters.clone(),
+            learners: self.conf_state.learners.clone(),
+        };
+        *self.shared.status.write() = status;
+    }
+}

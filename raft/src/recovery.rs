@@ -1,0 +1,229 @@
+//! Building the raft state at start: bootstrap a new member or restore one.
+//!
+//! Bootstrap (no WAL yet): like etcd, the log starts with one ConfChange(AddNode)
+//! entry per initial peer at indexes 1..=n, term 1, carrying the peer's context
+//! bytes, with HardState {term 1, commit n}. The WAL is written in `wal.tmp/`
+//! and renamed to `wal/`, so a crash leaves either no WAL or a complete one.
+//!
+//! Restore: newest intact snapshot into `MemStorage`, then the WAL entries
+//! after it and its HardState. The backend's applied index is the truth about
+//! what was applied: entries at or below it were committed, so commit is raised
+//! to it (bounded by the log), raft-rs is told they are applied (they are not
+//! delivered again), and the conf changes among them are re-applied to raft
+//! here, because the applier will not see them again.
+
+use std::fs;
+use std::path::Path;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
+    HardState,
+};
+use raft::storage::MemStorage;
+use raft::{Config, RawNode, Storage};
+
+use crate::error::{RaftError, WalError};
+use crate::node::RaftNodeConfig;
+use crate::snapshotter::Snapshotter;
+use crate::wal::{Wal, WalMetadata};
+
+/// Everything the raft loop owns, ready to run.
+pub(crate) struct Recovered {
+    pub raw: RawNode<MemStorage>,
+    pub wal: Wal,
+    pub snapshotter: Snapshotter,
+    pub metadata: WalMetadata,
+    pub snapshot_index: u64,
+    pub conf_state: ConfState,
+}
+
+fn create_dir(path: &Path) -> Result<(), RaftError> {
+    fs::create_dir_all(path).map_err(|source| RaftError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes the bootstrap WAL of a new member (see the module docs).
+fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftError> {
+    if cfg.initial_peers.is_empty() {
+        return Err(RaftError::NoInitialPeers);
+    }
+    let tmp = cfg.member_dir.join("wal.tmp");
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|source| WalError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    }
+    let metadata = WalMetadata {
+        node_id: cfg.id,
+        cluster_id: cfg.cluster_id,
+    };
+    let mut wal = Wal::create(&tmp, metadata)?;
+    let mut entries = Vec::with_capacity(cfg.initial_peers.len());
+    for (i, (id, context)) in cfg.initial_peers.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = *id;
+        cc.context = context.clone().into();
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = 1;
+        e.index = i as u64 + 1;
+        e.data = cc
+            .write_to_bytes()
+            .map_err(|e| WalError::Encode(e.to_string()))?
+            .into();
+        entries.push(e);
+    }
+    let hs = HardState {
+        term: 1,
+        commit: entries.len() as u64,
+        ..Default::default()
+    };
+    wal.save(Some(&hs), &entries)?;
+    drop(wal);
+    let io = |source| WalError::Io {
+        path: wal_dir.to_path_buf(),
+        source,
+    };
+    fs::rename(&tmp, wal_dir).map_err(io)?;
+    fs::File::open(&cfg.member_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    tracing::info!(
+        member = %format!("{:x}", cfg.id),
+        peers = cfg.initial_peers.len(),
+        "bootstrapped a new raft log"
+    );
+    Ok(())
+}
+
+/// The V2 form of a V1 conf change: one single change, same context.
+pub fn conf_change_v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(cc.get_change_type());
+    single.node_id = cc.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.mut_changes().push(single);
+    v2.context = cc.context.clone();
+    v2
+}
+
+/// Decodes a conf change entry into the V2 form raft-rs applies.
+pub fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
+    match e.get_entry_type() {
+        EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+            .ok()
+            .map(|cc| conf_change_v1_to_v2(&cc)),
+        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&e.data).ok(),
+        EntryType::EntryNormal => None,
+    }
+}
+
+/// Bootstraps or restores the member in `cfg.member_dir`.
+pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Recovered, RaftError> {
+    create_dir(&cfg.member_dir)?;
+    let wal_dir = cfg.member_dir.join("wal");
+    let snapshotter = Snapshotter::new(&cfg.member_dir.join("snap"))?;
+    let bootstrapping = !Wal::exists(&wal_dir);
+    if bootstrapping {
+        bootstrap_wal(cfg, &wal_dir)?;
+    }
+
+    let snapshot = snapshotter.load_newest()?;
+    let (snap_index, snap_term) = snapshot
+        .as_ref()
+        .map_or((0, 0), |s| (s.get_metadata().index, s.get_metadata().term));
+    let (wal, contents) = Wal::open(&wal_dir, (snap_index, snap_term))?;
+    let metadata = contents.metadata;
+
+    let storage = MemStorage::new();
+    if let Some(snap) = snapshot {
+        storage.wl().apply_snapshot(snap)?;
+    }
+    if bootstrapping {
+        let cs = ConfState {
+            voters: cfg.initial_peers.iter().map(|(id, _)| *id).collect(),
+            ..Default::default()
+        };
+        storage.wl().set_conf_state(cs);
+    }
+    storage.wl().append(&contents.entries)?;
+    let last_index = storage.last_index()?;
+
+    let mut hs = contents.hard_state;
+    hs.term = hs.term.max(snap_term);
+    hs.commit = hs.commit.max(snap_index);
+    if hs.commit > last_index {
+        tracing::warn!(
+            commit = hs.commit,
+            last_index,
+            "WAL commit index is past its last entry; lowering it"
+        );
+        hs.commit = last_index;
+    }
+    if cfg.applied_index < snap_index {
+        return Err(RaftError::BackendBehindSnapshot {
+            applied: cfg.applied_index,
+            snapshot: snap_index,
+        });
+    }
+    if cfg.applied_index > last_index {
+        tracing::warn!(
+            applied = cfg.applied_index,
+            last_index,
+            "the backend has applied entries the WAL no longer holds; treating the WAL's end as applied"
+        );
+    }
+    let applied = cfg.applied_index.min(last_index);
+    if applied > hs.commit {
+        hs.commit = applied;
+    }
+    storage.wl().set_hardstate(hs.clone());
+
+    let config = Config {
+        id: metadata.node_id,
+        election_tick: cfg.election_tick,
+        heartbeat_tick: cfg.heartbeat_tick,
+        applied,
+        max_size_per_msg: cfg.max_size_per_msg,
+        max_inflight_msgs: cfg.max_inflight_msgs,
+        check_quorum: true,
+        pre_vote: true,
+        ..Default::default()
+    };
+    config.validate()?;
+    let mut raw = RawNode::new(&config, storage, logger)?;
+
+    // Conf changes the backend already applied are not delivered again; apply
+    // them to raft here so its configuration matches the backend's.
+    let mut conf_state = raw.store().initial_state()?.conf_state;
+    for e in contents.entries.iter().take_while(|e| e.index <= applied) {
+        if let Some(cc) = conf_change_of(e) {
+            conf_state = raw.apply_conf_change(&cc)?;
+        }
+    }
+    raw.mut_store().wl().set_conf_state(conf_state.clone());
+
+    tracing::info!(
+        member = %format!("{:x}", metadata.node_id),
+        term = hs.term,
+        commit = hs.commit,
+        applied,
+        last_index,
+        snapshot_index = snap_index,
+        voters = ?conf_state.voters,
+        "raft state restored"
+    );
+    Ok(Recovered {
+        raw,
+        wal,
+        snapshotter,
+        metadata,
+        snapshot_index: snap_index,
+        conf_state,
+    })
+}

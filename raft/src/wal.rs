@@ -1,0 +1,689 @@
+//! `Wal`: the raft write-ahead log in `<member>/wal/`.
+//!
+//! Format: a sequence of segment files named `{seq:016x}-{first_index:016x}.wal`,
+//! where `seq` counts up from the first segment without gaps and `first_index` is
+//! the index of the first entry expected in that segment. Each segment is a
+//! sequence of records (see [`crate::wal_record`] for the byte layout) and starts
+//! with a Metadata record and the HardState current when it was cut. A new
+//! segment is written as `<name>.tmp`, fsynced, renamed into place, and the
+//! directory fsynced, so a segment file either exists with its header or not at
+//! all. Every [`Wal::save`] writes its records and calls fdatasync once.
+//!
+//! Reading: records are replayed in order; a later Entry record for an index
+//! replaces the earlier one and every entry after it (a conflicting tail written
+//! by an old leader), and the last HardState wins.
+//!
+//! Crash rule: a torn or corrupt tail of the LAST segment (a short record, a bad
+//! length, a checksum mismatch, and everything after it) is what a crash during a
+//! write leaves, so it is truncated back to the last good record with a warning.
+//! Damage in any EARLIER segment was fsynced data that is now lost: opening fails
+//! with [`WalError::Corrupt`] naming the file and offset, and nothing is
+//! silently dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use raft::eraftpb::{Entry, HardState};
+
+use crate::error::WalError;
+use crate::wal_record::{decode_records, encode_record, Record};
+
+pub use crate::wal_record::WalMetadata;
+
+/// A segment is cut once it grows beyond this many bytes.
+pub const SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What [`Wal::open`] read back.
+#[derive(Debug, Clone, Default)]
+pub struct WalContents {
+    pub metadata: WalMetadata,
+    /// The last HardState written (default if none was).
+    pub hard_state: HardState,
+    /// Entries with index > the snapshot index, contiguous, conflicts resolved.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    seq: u64,
+    first_index: u64,
+    path: PathBuf,
+}
+
+/// An open write-ahead log, appending to its last segment.
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    file: File,
+    file_len: u64,
+    metadata: WalMetadata,
+    hard_state: HardState,
+    last_index: u64,
+    segment_size: u64,
+    buf: Vec<u8>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_name(seq: u64, first_index: u64) -> String {
+    format!("{seq:016x}-{first_index:016x}.wal")
+}
+
+fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_suffix(".wal")?;
+    let (seq, index) = stem.split_once('-')?;
+    if seq.len() != 16 || index.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_str_radix(seq, 16).ok()?,
+        u64::from_str_radix(index, 16).ok()?,
+    ))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+fn encode(records: &[Record], out: &mut Vec<u8>) -> Result<(), WalError> {
+    for r in records {
+        encode_record(r, out).map_err(WalError::Encode)?;
+    }
+    Ok(())
+}
+
+/// Lists the segments of `dir` sorted by sequence, removing leftover `.tmp`
+/// files of an interrupted cut, and checks that no sequence number is missing.
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
+    let mut segments = Vec::new();
+    for dent in fs::read_dir(dir).map_err(io_err(dir))? {
+        let dent = dent.map_err(io_err(dir))?;
+        let path = dent.path();
+        let name = dent.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".wal.tmp") {
+            tracing::warn!(file = %path.display(), "removing a WAL segment left unfinished by a crash");
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        if !name.ends_with(".wal") {
+            continue;
+        }
+        let (seq, first_index) =
+            parse_segment_name(&name).ok_or_else(|| WalError::BadFileName(path.clone()))?;
+        segments.push(Segment {
+            seq,
+            first_index,
+            path,
+        });
+    }
+    segments.sort_by_key(|s| s.seq);
+    for (i, s) in segments.iter().enumerate() {
+        let expected = segments[0].seq + i as u64;
+        if s.seq != expected {
+            return Err(WalError::MissingSegment {
+                dir: dir.to_path_buf(),
+                expected,
+            });
+        }
+    }
+    Ok(segments)
+}
+
+/// Writes a complete segment file (header records included) atomically.
+fn write_new_segment(
+    dir: &Path,
+    seq: u64,
+    first_index: u64,
+    header: &[u8],
+) -> Result<(Segment, File), WalError> {
+    let path = dir.join(segment_name(seq, first_index));
+    let tmp = dir.join(format!("{}.tmp", segment_name(seq, first_index)));
+    {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(header).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    Ok((
+        Segment {
+            seq,
+            first_index,
+            path,
+        },
+        file,
+    ))
+}
+
+impl Wal {
+    /// True if `dir` holds at least one WAL segment.
+    pub fn exists(dir: &Path) -> bool {
+        fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|d| d.ok())
+                    .any(|d| d.file_name().to_string_lossy().ends_with(".wal"))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Creates a new WAL in `dir` (which must not hold one) whose first segment
+    /// holds `metadata` and an empty snapshot marker.
+    pub fn create(dir: &Path, metadata: WalMetadata) -> Result<Wal, WalError> {
+        if Wal::exists(dir) {
+            return Err(WalError::AlreadyExists(dir.to_path_buf()));
+        }
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+        let mut header = Vec::new();
+        encode(
+            &[
+                Record::Metadata(metadata),
+                Record::SnapshotMarker { index: 0, term: 0 },
+            ],
+            &mut header,
+        )?;
+        let (segment, file) = write_new_segment(dir, 0, 0, &header)?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            segments: vec![segment],
+            file,
+            file_len: header.len() as u64,
+            metadata,
+            hard_state: HardState::default(),
+            last_index: 0,
+            segment_size: SEGMENT_SIZE_BYTES,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Opens the WAL in `dir` for appending and reads back everything after the
+    /// snapshot `(index, term)` the caller restored. See the module docs for the
+    /// crash rule applied to damaged files.
+    pub fn open(dir: &Path, after_snapshot: (u64, u64)) -> Result<(Wal, WalContents), WalError> {
+        let (snap_index, _snap_term) = after_snapshot;
+        let segments = list_segments(dir)?;
+        if segments.is_empty() {
+            return Err(WalError::NotFound(dir.to_path_buf()));
+        }
+        let mut metadata = None;
+        let mut hard_state = HardState::default();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut last_index = snap_index;
+        let mut last_len = 0u64;
+        let last_seq = segments[segments.len() - 1].seq;
+
+        for seg in &segments {
+            let mut bytes = Vec::new();
+            File::open(&seg.path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io_err(&seg.path))?;
+            let decoded = decode_records(&bytes);
+            if let Some(failure) = decoded.failure {
+                if seg.seq != last_seq {
+                    return Err(WalError::Corrupt {
+                        file: seg.path.clone(),
+                        offset: decoded.valid_len as u64,
+                    });
+                }
+                tracing::warn!(
+                    file = %seg.path.display(),
+                    offset = decoded.valid_len,
+                    dropped_bytes = bytes.len() - decoded.valid_len,
+                    ?failure,
+                    "truncating a torn or corrupt tail of the last WAL segment to its last good record"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&seg.path)
+                    .map_err(io_err(&seg.path))?;
+                f.set_len(decoded.valid_len as u64)
+                    .and_then(|_| f.sync_all())
+                    .map_err(io_err(&seg.path))?;
+            }
+            if seg.seq == last_seq {
+                last_len = decoded.valid_len as u64;
+            }
+            for record in decoded.records {
+                match record {
+                    Record::Metadata(m) => metadata = Some(m),
+                    Record::HardState(hs) => hard_state = hs,
+                    Record::SnapshotMarker { .. } => {}
+                    Record::Entry(e) => {
+                        last_index = e.index;
+                        if e.index <= snap_index {
+                            continue;
+                        }
+                        let next = entries.last().map_or(snap_index + 1, |l| l.index + 1);
+                        if e.index > next {
+                            return Err(WalError::MissingEntries {
+                                dir: dir.to_path_buf(),
+                                expected: next,
+                                found: e.index,
+                            });
+                        }
+                        let keep = (e.index - (snap_index + 1)) as usize;
+                        entries.truncate(keep);
+                        entries.push(e);
+                    }
+                }
+            }
+        }
+        let metadata = metadata.ok_or_else(|| WalError::MissingMetadata(dir.to_path_buf()))?;
+        let last = &segments[segments.len() - 1];
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&last.path)
+            .map_err(io_err(&last.path))?;
+        if last_len == 0 {
+            // The whole segment was torn away: give it its header back.
+            let mut header = Vec::new();
+            encode(
+                &[
+                    Record::Metadata(metadata),
+                    Record::HardState(hard_state.clone()),
+                ],
+                &mut header,
+            )?;
+            file.write_all(&header)
+                .and_then(|_| file.sync_data())
+                .map_err(io_err(&last.path))?;
+            last_len = header.len() as u64;
+        }
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            segments,
+            file,
+            file_len: last_len,
+            metadata,
+            hard_state: hard_state.clone(),
+            last_index: last_index.max(entries.last().map_or(0, |e| e.index)),
+            segment_size: SEGMENT_SIZE_BYTES,
+            buf: Vec::new(),
+        };
+        Ok((
+            wal,
+            WalContents {
+                metadata,
+                hard_state,
+                entries,
+            },
+        ))
+    }
+
+    /// Appends the HardState (if given and not empty) and `entries`, then
+    /// fdatasyncs once. Cuts a new segment afterwards if this one grew too big.
+    pub fn save(&mut self, hs: Option<&HardState>, entries: &[Entry]) -> Result<(), WalError> {
+        self.buf.clear();
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.save_into(&mut buf, hs, entries);
+        self.buf = buf;
+        result
+    }
+
+    fn save_into(
+        &mut self,
+        buf: &mut Vec<u8>,
+        hs: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), WalError> {
+        // Entries before the HardState: a torn batch can then never leave a
+        // commit index pointing past the entries that made it to disk.
+        for e in entries {
+            encode_record(&Record::Entry(e.clone()), buf).map_err(WalError::Encode)?;
+        }
+        let hs = hs.filter(|hs| **hs != HardState::default());
+        if let Some(hs) = hs {
+            encode_record(&Record::HardState(hs.clone()), buf).map_err(WalError::Encode)?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write_and_sync(buf)?;
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        if let Some(last) = entries.last() {
+            self.last_index = last.index;
+        }
+        self.cut_if_full()
+    }
+
+    /// Records that the log now starts after snapshot `(index, term)`; fsynced.
+    pub fn save_snapshot_marker(&mut self, index: u64, term: u64) -> Result<(), WalError> {
+        let mut buf = Vec::new();
+        encode_record(&Record::SnapshotMarker { index, term }, &mut buf)
+            .map_err(WalError::Encode)?;
+        self.write_and_sync(&buf)?;
+        self.cut_if_full()
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        let path = &self.segments[self.segments.len() - 1].path;
+        self.file
+            .write_all(buf)
+            .and_then(|_| self.file.sync_data())
+            .map_err(io_err(path))?;
+        self.file_len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn cut_if_full(&mut self) -> Result<(), WalError> {
+        if self.file_len < self.segment_size {
+            return Ok(());
+        }
+        let seq = self.segments[self.segments.len() - 1].seq + 1;
+        let mut header = Vec::new();
+        encode(
+            &[
+                Record::Metadata(self.metadata),
+                Record::HardState(self.hard_state.clone()),
+            ],
+            &mut header,
+        )?;
+        let (segment, file) = write_new_segment(&self.dir, seq, self.last_index + 1, &header)?;
+        tracing::debug!(file = %segment.path.display(), "cut a new WAL segment");
+        self.segments.push(segment);
+        self.file = file;
+        self.file_len = header.len() as u64;
+        Ok(())
+    }
+
+    /// Deletes the segments whose entries are all at or below `index` (they are
+    /// covered by a snapshot). The segment being appended to is always kept.
+    pub fn release_to(&mut self, index: u64) -> Result<(), WalError> {
+        let mut remove = 0;
+        while remove + 1 < self.segments.len() && self.segments[remove + 1].first_index <= index + 1
+        {
+            remove += 1;
+        }
+        if remove == 0 {
+            return Ok(());
+        }
+        for seg in self.segments.drain(..remove) {
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            tracing::debug!(file = %seg.path.display(), "released a WAL segment covered by a snapshot");
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// The member identity written in this WAL.
+    pub fn metadata(&self) -> WalMetadata {
+        self.metadata
+    }
+
+    /// The last HardState written.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The index of the last entry written.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// The segment files currently on disk, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.iter().map(|s| s.path.clone()).collect()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_segment_size(&mut self, bytes: u64) {
+        self.segment_size = bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: WalMetadata = WalMetadata {
+        node_id: 0x8e9e05c52164694d,
+        cluster_id: 0xcdf818194e3a8c32,
+    };
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: format!("data-{index}-{term}").into_bytes().into(),
+            ..Default::default()
+        }
+    }
+
+    fn hs(term: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote: 1,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
+        entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    /// Writes entries 1..=n at term 1, one save per entry, on segments of `seg` bytes.
+    fn write_log(dir: &Path, n: u64, seg: u64) -> Wal {
+        let mut wal = Wal::create(dir, META).unwrap();
+        wal.set_segment_size(seg);
+        for i in 1..=n {
+            wal.save(Some(&hs(1, i)), &[entry(i, 1)]).unwrap();
+        }
+        wal
+    }
+
+    #[test]
+    fn round_trip_across_several_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 50, 300);
+        let segs = wal.segment_paths();
+        assert!(
+            segs.len() > 3,
+            "expected several segments, got {}",
+            segs.len()
+        );
+        drop(wal);
+        let (wal, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(c.metadata, META);
+        assert_eq!(c.hard_state, hs(1, 50));
+        assert_eq!(
+            indexes(&c.entries),
+            (1..=50).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(c.entries[9], entry(10, 1));
+        assert_eq!(wal.last_index(), 50);
+        // Segment names carry the first index they hold.
+        let names: Vec<String> = segs
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names[0], "0000000000000000-0000000000000000.wal");
+        assert!(names[1].starts_with("0000000000000001-"));
+    }
+
+    #[test]
+    fn open_skips_entries_covered_by_the_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        drop(write_log(&dir, 10, SEGMENT_SIZE_BYTES));
+        let (_, c) = Wal::open(&dir, (6, 1)).unwrap();
+        assert_eq!(indexes(&c.entries), vec![(7, 1), (8, 1), (9, 1), (10, 1)]);
+    }
+
+    #[test]
+    fn truncated_tail_is_repaired_to_the_last_good_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
+        let last = wal.segment_paths().pop().unwrap();
+        drop(wal);
+        let len = fs::metadata(&last).unwrap().len();
+        // Cut into entry 5, which sits before the last HardState (9 + 24 bytes).
+        let hs_record = (crate::wal_record::HEADER_LEN + 24) as u64;
+        OpenOptions::new()
+            .write(true)
+            .open(&last)
+            .unwrap()
+            .set_len(len - hs_record - 3)
+            .unwrap();
+        let (mut wal, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(
+            indexes(&c.entries),
+            (1..=4).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(c.hard_state, hs(1, 4));
+        // The file was cut back, so new records follow the good ones.
+        wal.save(Some(&hs(1, 5)), &[entry(5, 1)]).unwrap();
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(
+            indexes(&c.entries),
+            (1..=5).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn flipped_byte_in_last_record_is_repaired_to_the_previous_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
+        let last = wal.segment_paths().pop().unwrap();
+        drop(wal);
+        let mut bytes = fs::read(&last).unwrap();
+        let n = bytes.len();
+        bytes[n - 2] ^= 0x40;
+        fs::write(&last, &bytes).unwrap();
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        // The last record is the HardState saved with entry 5: it is dropped,
+        // the entry before it survives.
+        assert_eq!(
+            indexes(&c.entries),
+            (1..=5).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(c.hard_state, hs(1, 4));
+        assert!(fs::metadata(&last).unwrap().len() < n as u64);
+    }
+
+    #[test]
+    fn corruption_in_an_earlier_segment_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 30, 300);
+        let first = wal.segment_paths()[0].clone();
+        drop(wal);
+        let mut bytes = fs::read(&first).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        fs::write(&first, &bytes).unwrap();
+        match Wal::open(&dir, (0, 0)) {
+            Err(WalError::Corrupt { file, .. }) => assert_eq!(file, first),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        // Nothing was truncated.
+        assert_eq!(fs::read(&first).unwrap(), bytes);
+    }
+
+    #[test]
+    fn conflicting_entries_replace_the_old_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
+        // A new leader at term 2 overwrites from index 3.
+        wal.save(Some(&hs(2, 2)), &[entry(3, 2), entry(4, 2)])
+            .unwrap();
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(indexes(&c.entries), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert_eq!(c.entries[2], entry(3, 2));
+    }
+
+    #[test]
+    fn release_to_deletes_only_fully_covered_segments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = write_log(&dir, 40, 300);
+        let before = wal.segment_paths();
+        let firsts: Vec<u64> = before
+            .iter()
+            .map(|p| {
+                parse_segment_name(&p.file_name().unwrap().to_string_lossy())
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        // Segment 0 is covered; segment 1 ends with entry firsts[2]-1, which
+        // is one past `index`, so it stays.
+        let index = firsts[2] - 2;
+        wal.release_to(index).unwrap();
+        let after = wal.segment_paths();
+        assert_eq!(after, before[1..].to_vec());
+        for p in &before[..1] {
+            assert!(!p.exists());
+        }
+        // Releasing past everything keeps the segment being appended to.
+        wal.release_to(1_000).unwrap();
+        assert_eq!(wal.segment_paths(), before[before.len() - 1..].to_vec());
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (40, 1)).unwrap();
+        assert!(c.entries.is_empty());
+        assert_eq!(c.metadata, META);
+        assert_eq!(c.hard_state, hs(1, 40));
+    }
+
+    #[test]
+    fn reopened_wal_continues_appending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        drop(write_log(&dir, 3, SEGMENT_SIZE_BYTES));
+        let (mut wal, _) = Wal::open(&dir, (0, 0)).unwrap();
+        wal.set_segment_size(200);
+        for i in 4..=20 {
+            wal.save(Some(&hs(1, i)), &[entry(i, 1)]).unwrap();
+        }
+        assert!(wal.segment_paths().len() > 1);
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(
+            indexes(&c.entries),
+            (1..=20).map(|i| (i, 1)).collect::<Vec<_>>()
+        );
+        assert_eq!(c.hard_state, hs(1, 20));
+    }
+
+    #[test]
+    fn create_refuses_an_existing_wal_and_a_gap_after_the_snapshot_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        drop(write_log(&dir, 10, 300));
+        assert!(Wal::exists(&dir));
+        assert!(matches!(
+            Wal::create(&dir, META),
+            Err(WalError::AlreadyExists(_))
+        ));
+        let mut wal = Wal::open(&dir, (0, 0)).unwrap().0;
+        wal.release_to(8).unwrap();
+        drop(wal);
+        // A snapshot older than the released segments cannot be continued.
+        assert!(matches!(
+            Wal::open(&dir, (1, 1)),
+            Err(WalError::MissingEntries { .. })
+        ));
+    }
+}
