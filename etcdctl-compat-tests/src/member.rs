@@ -1,0 +1,303 @@
+//! Server processes: one [`Member`] per etcd (or etcd-rs) process, grouped in a [`Cluster`].
+//!
+//! Invariant: a member's process never outlives its `Member`. `Drop` SIGKILLs and reaps it, so
+//! a panicking test leaves no server behind, and the data directory (owned by the cluster's
+//! temp dir, dropped after the members) is removed only once no process writes to it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a member may take to answer `etcdctl endpoint health` after it is started.
+pub const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
+/// How long a member may take to exit after SIGTERM before it is killed.
+const STOP_WITHIN: Duration = Duration::from_secs(15);
+/// Cluster token shared by both sides, so member and cluster IDs can match.
+pub const CLUSTER_TOKEN: &str = "compat-token";
+
+pub const SIGINT: i32 = 2;
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+extern "C" {
+    // libc's kill(2); std already links libc on every unix target.
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Sends `sig` to a process (or, for a negative pid, to a process group).
+pub fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours. A stale pid is
+    // harmless here: callers signal only children they have not yet reaped.
+    unsafe {
+        kill(pid, sig);
+    }
+}
+
+/// Loopback ports of one member, chosen once per scenario and reused by both sides so that
+/// URLs (and IDs derived from them) are the same in both transcripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberPorts {
+    pub client: u16,
+    pub peer: u16,
+}
+
+/// Picks `members` pairs of currently free loopback ports (all bound at once, so distinct).
+pub fn pick_ports(members: usize) -> io::Result<Vec<MemberPorts>> {
+    let listeners = (0..members * 2)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let ports = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(ports
+        .chunks(2)
+        .map(|p| MemberPorts {
+            client: p[0],
+            peer: p[1],
+        })
+        .collect())
+}
+
+/// One server process and everything needed to start it again on the same data.
+pub struct Member {
+    pub name: String,
+    pub ports: MemberPorts,
+    binary: PathBuf,
+    data_dir: PathBuf,
+    pub log_path: PathBuf,
+    /// `--initial-cluster` value.
+    initial_cluster: String,
+    extra_flags: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.client)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.peer)
+    }
+
+    /// The full command line, as an operator would type it.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = [
+            "--name",
+            &self.name,
+            "--data-dir",
+            &self.data_dir.to_string_lossy(),
+            "--listen-client-urls",
+            &self.client_url(),
+            "--advertise-client-urls",
+            &self.client_url(),
+            "--listen-peer-urls",
+            &self.peer_url(),
+            "--initial-advertise-peer-urls",
+            &self.peer_url(),
+            "--initial-cluster",
+            &self.initial_cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            CLUSTER_TOKEN,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        argv.extend(self.extra_flags.iter().cloned());
+        argv
+    }
+
+    /// Starts the process; its stdout and stderr are appended to `log_path`.
+    pub fn start(&mut self) -> io::Result<()> {
+        self.stop(SIGKILL);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let child = Command::new(&self.binary)
+            .args(self.argv())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot start {}: {e}", self.binary.display()),
+                )
+            })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Whether the process was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `sig` and reaps the process; after [`STOP_WITHIN`] it is SIGKILLed.
+    pub fn stop(&mut self, sig: i32) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        send_signal(child.id() as i32, sig);
+        let deadline = Instant::now() + STOP_WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits until `etcdctl endpoint health` succeeds against this member.
+    pub fn wait_healthy(&mut self, etcdctl: &Path) -> Result<(), String> {
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            if !self.is_running() {
+                return Err(format!(
+                    "member {} exited during startup\n{}",
+                    self.name,
+                    log_tail(&self.log_path, 15)
+                ));
+            }
+            let status = Command::new(etcdctl)
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.client_url()))
+                .args([
+                    "--dial-timeout=1s",
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "health",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run {}: {e}", etcdctl.display()))?;
+            if status.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "member {} not healthy within {} s\n{}",
+                    self.name,
+                    HEALTHY_WITHIN.as_secs(),
+                    log_tail(&self.log_path, 15)
+                ));
+            }
+            thread::sleep(Duration::from_millis(150));
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The members of one side of a comparison, with their working directory.
+pub struct Cluster {
+    // Declared before `workdir`: members are killed before their data dirs are removed.
+    pub members: Vec<Member>,
+    workdir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Prepares (does not start) members `m0..` of one binary on the given ports.
+    pub fn new(binary: &Path, ports: &[MemberPorts], extra_flags: &[String]) -> io::Result<Self> {
+        let workdir = tempfile::Builder::new()
+            .prefix("etcdctl-compat-")
+            .tempdir()?;
+        let names: Vec<String> = (0..ports.len()).map(|i| format!("m{i}")).collect();
+        let initial_cluster = names
+            .iter()
+            .zip(ports)
+            .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members = names
+            .into_iter()
+            .zip(ports)
+            .map(|(name, &ports)| Member {
+                data_dir: workdir.path().join(format!("{name}.data")),
+                log_path: workdir.path().join(format!("{name}.log")),
+                name,
+                ports,
+                binary: binary.to_path_buf(),
+                initial_cluster: initial_cluster.clone(),
+                extra_flags: extra_flags.to_vec(),
+                child: None,
+            })
+            .collect();
+        Ok(Cluster { members, workdir })
+    }
+
+    pub fn workdir(&self) -> &Path {
+        self.workdir.path()
+    }
+
+    /// Comma-separated client URLs of all members, for `--endpoints`.
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::client_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts every member, then waits until each is healthy.
+    pub fn start_all(&mut self, etcdctl: &Path) -> Result<(), String> {
+        for m in &mut self.members {
+            m.start().map_err(|e| e.to_string())?;
+        }
+        self.members
+            .iter_mut()
+            .try_for_each(|m| m.wait_healthy(etcdctl))
+    }
+
+    /// Stops every member gracefully.
+    pub fn stop_all(&mut self) {
+        for m in &mut self.members {
+            m.stop(SIGTERM);
+        }
+    }
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = match File::open(path).and_then(|mut f| {
+        let mut s = Vec::new();
+        io::Read::read_to_end(&mut f, &mut s)?;
+        Ok(s)
+    }) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => return format!("(no log at {}: {e})", path.display()),
+    };
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    format!(
+        "last lines of {}:\n{}",
+        path.display(),
+        all[start..].join("\n")
+    )
+}

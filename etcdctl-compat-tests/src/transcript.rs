@@ -1,0 +1,338 @@
+//! Running a scenario against one server binary and recording what etcdctl printed.
+//!
+//! Invariant: a transcript depends only on what etcdctl printed and how it exited, never on
+//! scheduling: stdout and stderr are recorded separately (not interleaved), and a command cut
+//! off by `@timeout` is recorded as interrupted rather than with its racy exit status.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command as Process, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::member::{send_signal, Cluster, MemberPorts, SIGINT, SIGKILL, SIGTERM};
+use crate::scenario::{Command, Members, Scenario, Step};
+
+/// A command without `@timeout` that runs longer than this is killed and recorded as hung.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
+/// The raw (not yet normalized) record of one scenario run, plus where its logs are.
+pub struct Run {
+    pub transcript: String,
+    /// The cluster, stopped; kept so its logs can be read or copied before it is dropped.
+    pub cluster: Cluster,
+}
+
+/// How one etcdctl invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signalled(i32),
+    /// Interrupted by the harness at the scenario's `@timeout`, as the scenario intended.
+    Interrupted,
+    /// Killed by the harness after [`COMMAND_LIMIT`].
+    Hung,
+}
+
+/// What one etcdctl invocation printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+    pub outcome: Outcome,
+}
+
+/// Runs `scenario` against `server` on `ports` and returns the raw transcript. Failures of the
+/// harness itself (a member that does not start) end the transcript with a `!!` line, so they
+/// show up in the comparison instead of aborting it.
+pub fn run(
+    scenario: &Scenario,
+    server: &Path,
+    etcdctl: &Path,
+    ports: &[MemberPorts],
+) -> Result<Run, String> {
+    let mut cluster = Cluster::new(server, ports, &scenario.server_flags)
+        .map_err(|e| format!("cannot create a work dir: {e}"))?;
+    let mut out = String::new();
+    if let Err(e) = execute(scenario, &mut cluster, etcdctl, &mut out) {
+        out.push_str(&format!("!! {e}\n"));
+    }
+    cluster.stop_all();
+    Ok(Run {
+        transcript: out,
+        cluster,
+    })
+}
+
+fn execute(
+    scenario: &Scenario,
+    cluster: &mut Cluster,
+    etcdctl: &Path,
+    out: &mut String,
+) -> Result<(), String> {
+    cluster.start_all(etcdctl)?;
+    let mut env = BTreeMap::new();
+    env.insert("ETCDCTL_API".to_string(), "3".to_string());
+    for step in &scenario.steps {
+        match step {
+            Step::Etcdctl(command) => {
+                let endpoints = cluster.endpoints();
+                let output = run_etcdctl(etcdctl, &endpoints, command, &env)?;
+                render(out, &command.display, &output);
+            }
+            Step::Restart(which) => cycle(cluster, *which, SIGTERM, etcdctl, out, "@restart")?,
+            Step::Crash(which) => cycle(cluster, *which, SIGKILL, etcdctl, out, "@crash")?,
+            Step::Sleep(d) => thread::sleep(*d),
+            Step::SetEnv { key, value } => {
+                env.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops the selected members with `sig`, starts them again and waits until they are healthy.
+fn cycle(
+    cluster: &mut Cluster,
+    which: Members,
+    sig: i32,
+    etcdctl: &Path,
+    out: &mut String,
+    label: &str,
+) -> Result<(), String> {
+    let selected: Vec<usize> = match which {
+        Members::All => (0..cluster.members.len()).collect(),
+        Members::One(i) => vec![i],
+    };
+    for &i in &selected {
+        cluster.members[i].stop(sig);
+    }
+    for &i in &selected {
+        cluster.members[i].start().map_err(|e| e.to_string())?;
+    }
+    for &i in &selected {
+        cluster.members[i].wait_healthy(etcdctl)?;
+    }
+    let names: Vec<&str> = selected
+        .iter()
+        .map(|&i| cluster.members[i].name.as_str())
+        .collect();
+    out.push_str(&format!("== {label} {}\n", names.join(",")));
+    Ok(())
+}
+
+/// Runs one etcdctl command, in its own process group so that a time limit also stops
+/// anything it spawned.
+pub fn run_etcdctl(
+    etcdctl: &Path,
+    endpoints: &str,
+    command: &Command,
+    env: &BTreeMap<String, String>,
+) -> Result<Output, String> {
+    let mut child = Process::new(etcdctl)
+        .envs(env)
+        .arg(format!("--endpoints={endpoints}"))
+        .args(&command.args)
+        .stdin(if command.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", etcdctl.display()))?;
+    let pid = child.id() as i32;
+
+    let stdin_writer = match (child.stdin.take(), command.stdin.clone()) {
+        (Some(mut pipe), Some(bytes)) => Some(thread::spawn(move || {
+            // etcdctl may exit before reading everything; a broken pipe is not our error.
+            let _ = pipe.write_all(&bytes);
+        })),
+        _ => None,
+    };
+    let stdout_reader = child.stdout.take().map(reader_thread);
+    let stderr_reader = child.stderr.take().map(reader_thread);
+
+    let limit = command.time_limit.unwrap_or(COMMAND_LIMIT);
+    let deadline = Instant::now() + limit;
+    let mut cut_off = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline && !cut_off => {
+                cut_off = true;
+                send_signal(-pid, SIGINT);
+                // Give it a moment to exit on SIGINT, then make sure.
+                let grace = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < grace {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                send_signal(-pid, SIGKILL);
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(format!("cannot wait for etcdctl: {e}")),
+        }
+    };
+    // Anything the command spawned dies with it, so the pipes close and the readers finish.
+    send_signal(-pid, SIGKILL);
+    if let Some(t) = stdin_writer {
+        let _ = t.join();
+    }
+    let stdout = stdout_reader.map(join_reader).unwrap_or_default();
+    let stderr = stderr_reader.map(join_reader).unwrap_or_default();
+    let outcome = match (cut_off, command.time_limit.is_some()) {
+        (true, true) => Outcome::Interrupted,
+        (true, false) => Outcome::Hung,
+        (false, _) => exit_outcome(status),
+    };
+    Ok(Output {
+        stdout,
+        stderr,
+        outcome,
+    })
+}
+
+fn exit_outcome(status: ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(sig)) => Outcome::Signalled(sig),
+        (None, None) => Outcome::Exited(-1),
+    }
+}
+
+fn reader_thread<R: Read + Send + 'static>(mut pipe: R) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}
+
+fn join_reader(handle: thread::JoinHandle<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
+}
+
+/// Appends one command to a transcript:
+///
+/// ```text
+/// $ etcdctl get foo
+/// foo
+/// bar
+/// stderr| Error: ...
+/// [exit 0]
+/// ```
+pub fn render(out: &mut String, display: &str, output: &Output) {
+    out.push_str("$ etcdctl ");
+    out.push_str(display);
+    out.push('\n');
+    for line in output.stdout.lines() {
+        out.push_str(line);
+        out.push('\n');
+    }
+    if !output.stdout.is_empty() && !output.stdout.ends_with('\n') {
+        out.push_str("(no newline at end of stdout)\n");
+    }
+    for line in output.stderr.lines() {
+        out.push_str("stderr| ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    match output.outcome {
+        Outcome::Exited(code) => out.push_str(&format!("[exit {code}]\n")),
+        Outcome::Signalled(sig) => out.push_str(&format!("[killed by signal {sig}]\n")),
+        Outcome::Interrupted => out.push_str("[interrupted at its time limit]\n"),
+        Outcome::Hung => out.push_str(&format!(
+            "[hung: killed after {} s]\n",
+            COMMAND_LIMIT.as_secs()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_keeps_streams_apart_and_marks_missing_newline() {
+        let mut out = String::new();
+        let output = Output {
+            stdout: "a\nb".into(),
+            stderr: "Error: x\n".into(),
+            outcome: Outcome::Exited(1),
+        };
+        render(&mut out, "get a", &output);
+        assert_eq!(
+            out,
+            "$ etcdctl get a\na\nb\n(no newline at end of stdout)\nstderr| Error: x\n[exit 1]\n"
+        );
+    }
+
+    /// A stand-in for etcdctl: `$1` is `--endpoints=...`, `$2` picks a behaviour.
+    fn fake_etcdctl(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("fake-etcdctl");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\ncase \"$2\" in\n cat) cat; echo err >&2; exit 3;;\n \
+             sleep) sleep 30 & sleep 30;;\nesac\n",
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+        path
+    }
+
+    /// Runs the fake, retrying while another test thread's fork still holds the script open
+    /// for writing (ETXTBSY), a race of writing-then-executing inside one multi-threaded process.
+    fn run_fake(fake: &Path, command: &Command) -> Output {
+        for _ in 0..50 {
+            match run_etcdctl(fake, "x", command, &BTreeMap::new()) {
+                Err(e) if e.contains("Text file busy") => thread::sleep(Duration::from_millis(20)),
+                other => return other.unwrap(),
+            }
+        }
+        panic!("fake etcdctl stayed busy");
+    }
+
+    fn command(args: &[&str], stdin: Option<&[u8]>, limit: Option<Duration>) -> Command {
+        Command {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin: stdin.map(<[u8]>::to_vec),
+            time_limit: limit,
+            display: args.join(" "),
+        }
+    }
+
+    #[test]
+    fn run_etcdctl_feeds_stdin_and_records_streams_and_exit_code() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_etcdctl(dir.path());
+        let o = run_fake(&fake, &command(&["cat"], Some(b"hello\n"), None));
+        assert_eq!(o.stdout, "hello\n");
+        assert_eq!(o.stderr, "err\n");
+        assert_eq!(o.outcome, Outcome::Exited(3));
+    }
+
+    #[test]
+    fn run_etcdctl_interrupts_the_whole_process_group_at_the_time_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_etcdctl(dir.path());
+        let started = Instant::now();
+        let limit = Some(Duration::from_millis(300));
+        let o = run_fake(&fake, &command(&["sleep"], None, limit));
+        // The background `sleep 30` holds the pipes: returning early proves it was killed too.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(o.outcome, Outcome::Interrupted);
+    }
+}

@@ -1,0 +1,134 @@
+//! The backend: one redb database file holding the key table, the meta table, and the tables of
+//! other stores (leases, membership, auth) so that one apply batch commits all of them at once.
+//!
+//! Tables:
+//! - `key`: encoded [`Revision`](crate::Revision) (17 bytes, 18 for a tombstone) -> prost-encoded
+//!   `mvccpb.KeyValue` (a tombstone's value holds only the key);
+//! - `meta`: name -> u64: `consistent_index`, `term` (the last raft entry applied, written in
+//!   the same commit as its effects), `scheduled_compact_rev`, `finished_compact_rev`.
+//!
+//! Crash rule: a commit with [`Durability::None`] may be lost in a crash together with every
+//! later one, never partially; what survives is always a prefix of the applied batches, and the
+//! consistent index stored with it says where raft must resume applying.
+
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+
+use crate::MvccError;
+
+/// The key table: revision bytes -> encoded KeyValue.
+pub const KEY_TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key");
+/// The meta table: name -> value.
+pub const META_TABLE: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Meta key: index of the last raft entry whose effects are in the database.
+pub const META_CONSISTENT_INDEX: &str = "consistent_index";
+/// Meta key: term of that entry.
+pub const META_TERM: &str = "term";
+/// Meta key: revision of the latest compaction asked for.
+pub const META_SCHEDULED_COMPACT: &str = "scheduled_compact_rev";
+/// Meta key: revision of the latest compaction whose physical deletion finished.
+pub const META_FINISHED_COMPACT: &str = "finished_compact_rev";
+
+/// The redb database file and its well-known tables.
+pub struct Backend {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Backend {
+    /// Opens the database at `path`, creating it (and its parent directories) if needed, and
+    /// makes sure the key and meta tables exist.
+    pub fn open(path: &Path) -> Result<Backend, MvccError> {
+        if let Some(parent) = path.parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)?;
+            }
+        }
+        let db = Database::create(path)?;
+        let b = Backend {
+            db,
+            path: path.to_path_buf(),
+        };
+        let txn = b.begin_write(true)?;
+        txn.open_table(KEY_TABLE)?;
+        txn.open_table(META_TABLE)?;
+        txn.commit()?;
+        Ok(b)
+    }
+
+    /// The database, for stores that keep their own tables in the same file.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens a write transaction; `durable` selects an fsynced commit (with quick repair, so a
+    /// crash after it reopens fast) or a commit without fsync.
+    pub fn begin_write(&self, durable: bool) -> Result<WriteTransaction, MvccError> {
+        let mut txn = self.db.begin_write()?;
+        set_durability(&mut txn, durable)?;
+        Ok(txn)
+    }
+
+    /// Opens a read transaction: a consistent snapshot of the latest commit.
+    pub fn begin_read(&self) -> Result<ReadTransaction, MvccError> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Reads a meta value (0 when absent).
+    pub fn read_meta(&self, name: &str) -> Result<u64, MvccError> {
+        let txn = self.begin_read()?;
+        let table = txn.open_table(META_TABLE)?;
+        Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_size(&self) -> i64 {
+        std::fs::metadata(&self.path)
+            .map(|m| m.len() as i64)
+            .unwrap_or(0)
+    }
+
+    /// Bytes of the file holding data (allocated pages); needs the write lock, so call it from
+    /// the writer or when no batch is open.
+    pub fn in_use(&self) -> Result<i64, MvccError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let in_use = stats.allocated_pages() as i64 * stats.page_size() as i64;
+        txn.abort()?;
+        Ok(in_use)
+    }
+}
+
+/// Sets a write transaction's durability: fsynced with quick repair, or no fsync.
+pub fn set_durability(txn: &mut WriteTransaction, durable: bool) -> Result<(), MvccError> {
+    if durable {
+        txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(true);
+    } else {
+        txn.set_durability(Durability::None)?;
+    }
+    Ok(())
+}
+
+/// Writes a meta value inside `txn`.
+pub fn write_meta(txn: &WriteTransaction, name: &str, value: u64) -> Result<(), MvccError> {
+    txn.open_table(META_TABLE)?.insert(name, value)?;
+    Ok(())
+}
+
+/// Reads a meta value inside `txn` (0 when absent).
+pub fn read_meta_in(txn: &WriteTransaction, name: &str) -> Result<u64, MvccError> {
+    let table = txn.open_table(META_TABLE)?;
+    let v = table.get(name)?.map(|v| v.value()).unwrap_or(0);
+    Ok(v)
+}

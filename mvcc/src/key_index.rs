@@ -1,0 +1,554 @@
+//! One key's history: its generations of revisions (etcd's `keyIndex`).
+//!
+//! A generation runs from the put that created the key to the tombstone that deleted it; the
+//! tombstone is the generation's last revision and is followed by a new, empty generation.
+//! Invariants:
+//! - there is always at least one generation, and only the last one may be empty;
+//! - revisions only grow: across generations, in order, they are strictly increasing;
+//! - every generation but the last ends with a tombstone;
+//! - `version` of a generation counts its puts, including those compacted away (so the version
+//!   of a key read after compaction is still the number of puts since its creation).
+
+use std::collections::HashSet;
+
+use crate::revision::Revision;
+
+/// The revisions of one life of a key, from creation to deletion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Number of changes (puts, plus the tombstone once deleted) in this generation.
+    pub version: i64,
+    /// The revision that created the key in this generation.
+    pub created: Revision,
+    /// The revisions still indexed, ascending; the last one is the tombstone when the generation
+    /// is not the key's last.
+    pub revs: Vec<Revision>,
+}
+
+impl Generation {
+    fn is_empty(&self) -> bool {
+        self.revs.is_empty()
+    }
+
+    /// Index of the last revision whose main revision is `<= at`, if any.
+    fn last_at_or_before(&self, at: i64) -> Option<usize> {
+        self.revs.iter().rposition(|r| r.main <= at)
+    }
+}
+
+/// What a key looked like at a revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAt {
+    /// The revision of the key's latest change at or before the asked revision.
+    pub modified: Revision,
+    /// The revision that created the key's current generation.
+    pub created: Revision,
+    /// The key's version at that revision (1 for the creating put).
+    pub version: i64,
+}
+
+/// All generations of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyIndex {
+    modified: Revision,
+    generations: Vec<Generation>,
+}
+
+impl Default for KeyIndex {
+    fn default() -> Self {
+        KeyIndex::new()
+    }
+}
+
+impl KeyIndex {
+    /// A key that has never been written.
+    pub fn new() -> KeyIndex {
+        KeyIndex {
+            modified: Revision::default(),
+            generations: vec![Generation::default()],
+        }
+    }
+
+    /// A key known only by its latest row, as found when rebuilding the index from a key table
+    /// whose older rows compaction removed.
+    pub fn restored(created: Revision, modified: Revision, version: i64) -> KeyIndex {
+        KeyIndex {
+            modified,
+            generations: vec![Generation {
+                version,
+                created,
+                revs: vec![modified],
+            }],
+        }
+    }
+
+    /// The revision of the key's latest change (put or tombstone).
+    pub fn modified(&self) -> Revision {
+        self.modified
+    }
+
+    /// The generations, oldest first (for tests and diagnostics).
+    pub fn generations(&self) -> &[Generation] {
+        &self.generations
+    }
+
+    /// True when nothing is indexed for the key (never written, or fully compacted away).
+    pub fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].is_empty()
+    }
+
+    /// Records a put at `rev`, which must be newer than every indexed revision.
+    pub fn put(&mut self, rev: Revision) {
+        debug_assert!(
+            rev > self.modified,
+            "put {rev:?} not after {:?}",
+            self.modified
+        );
+        let g = self
+            .generations
+            .last_mut()
+            .expect("at least one generation");
+        if g.is_empty() {
+            g.created = rev;
+        }
+        g.revs.push(rev);
+        g.version += 1;
+        self.modified = rev;
+    }
+
+    /// Records a deletion at `rev`, ending the current generation. Returns false (and changes
+    /// nothing) when the key is not live.
+    pub fn tombstone(&mut self, rev: Revision) -> bool {
+        if self.generations.last().is_none_or(Generation::is_empty) {
+            return false;
+        }
+        self.put(rev);
+        self.generations.push(Generation::default());
+        true
+    }
+
+    /// Reverts the latest change, which must be the put (or tombstone) at `rev`. Used to roll
+    /// back changes of a batch that is never committed.
+    pub fn undo(&mut self, rev: Revision, tombstone: bool) {
+        if tombstone {
+            debug_assert!(self.generations.last().is_some_and(Generation::is_empty));
+            self.generations.pop();
+        }
+        let g = self
+            .generations
+            .last_mut()
+            .expect("at least one generation");
+        debug_assert_eq!(g.revs.last(), Some(&rev));
+        g.revs.pop();
+        g.version -= 1;
+        if g.revs.is_empty() {
+            *g = Generation::default();
+        }
+        self.modified = self
+            .generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last().copied())
+            .unwrap_or_default();
+    }
+
+    /// The generation holding the key's state at `at`, if the key was live then.
+    fn find_generation(&self, at: i64) -> Option<usize> {
+        let last = self.generations.len() - 1;
+        for (i, g) in self.generations.iter().enumerate().rev() {
+            let Some(first) = g.revs.first() else {
+                continue;
+            };
+            if i != last {
+                let tomb = g.revs.last().expect("non-empty");
+                if tomb.main <= at {
+                    // deleted at or before `at`, and no later generation started by then
+                    return None;
+                }
+            }
+            if first.main <= at {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The key's state at revision `at`, or None when it did not exist then.
+    pub fn get(&self, at: i64) -> Option<KeyAt> {
+        let gi = self.find_generation(at)?;
+        let g = &self.generations[gi];
+        let n = g.last_at_or_before(at)?;
+        Some(KeyAt {
+            modified: g.revs[n],
+            created: g.created,
+            version: g.version - (g.revs.len() - n - 1) as i64,
+        })
+    }
+
+    /// Every indexed revision with main revision `>= rev`, ascending, keeping only the last
+    /// change of each main revision (what a watcher from `rev` must see).
+    pub fn since(&self, rev: i64) -> Vec<Revision> {
+        let since = Revision::new(rev, 0);
+        let mut out: Vec<Revision> = Vec::new();
+        for r in self.generations.iter().flat_map(|g| g.revs.iter()) {
+            if *r < since {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.main == r.main => *last = *r,
+                _ => out.push(*r),
+            }
+        }
+        out
+    }
+
+    /// Finds where compaction at `at` starts: the first generation not deleted at or before `at`
+    /// (or the last one), and in it the index of the latest revision `<= at`, which is added
+    /// to `keep`.
+    fn compaction_point(&self, at: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+        let mut gi = 0;
+        while gi < self.generations.len() - 1 {
+            let tomb = self.generations[gi]
+                .revs
+                .last()
+                .expect("ended generation has a tombstone");
+            if tomb.main > at {
+                break;
+            }
+            gi += 1;
+        }
+        let ri = self.generations[gi].last_at_or_before(at);
+        if let Some(ri) = ri {
+            keep.insert(self.generations[gi].revs[ri]);
+        }
+        (gi, ri)
+    }
+
+    /// Removes every revision that no read at or after `at` can need: all but the latest
+    /// revision `<= at`, and that one too when it is a tombstone. The surviving revision
+    /// `<= at` is added to `keep`. Afterwards the key may be empty.
+    pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.is_empty() {
+            return;
+        }
+        let (mut gi, ri) = self.compaction_point(at, keep);
+        let last = self.generations.len() - 1;
+        let g = &mut self.generations[gi];
+        if !g.is_empty() {
+            if let Some(ri) = ri {
+                g.revs.drain(..ri);
+            }
+            if g.revs.len() == 1 && gi != last {
+                // only the tombstone is left: the generation is gone
+                keep.remove(&g.revs[0]);
+                gi += 1;
+            }
+        }
+        self.generations.drain(..gi);
+    }
+
+    /// Adds to `keep` the revision `compact(at)` would keep, without changing anything.
+    pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.is_empty() {
+            return;
+        }
+        let (gi, ri) = self.compaction_point(at, keep);
+        let g = &self.generations[gi];
+        if let Some(ri) = ri {
+            if ri == g.revs.len() - 1 && gi != self.generations.len() - 1 {
+                keep.remove(&g.revs[ri]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    fn gen(version: i64, created: Revision, revs: &[Revision]) -> Generation {
+        Generation {
+            version,
+            created,
+            revs: revs.to_vec(),
+        }
+    }
+
+    /// put 2, put 4, del 6, put 8, put 10, del 12, put 14.0, put 14.1, del 16.
+    fn three_generations() -> KeyIndex {
+        let mut ki = KeyIndex::new();
+        ki.put(r(2));
+        ki.put(r(4));
+        assert!(ki.tombstone(r(6)));
+        ki.put(r(8));
+        ki.put(r(10));
+        assert!(ki.tombstone(r(12)));
+        ki.put(Revision::new(14, 0));
+        ki.put(Revision::new(14, 1));
+        assert!(ki.tombstone(r(16)));
+        ki
+    }
+
+    #[test]
+    fn puts_and_tombstones_build_generations() {
+        let ki = three_generations();
+        assert_eq!(
+            ki.generations(),
+            &[
+                gen(3, r(2), &[r(2), r(4), r(6)]),
+                gen(3, r(8), &[r(8), r(10), r(12)]),
+                gen(3, r(14), &[r(14), Revision::new(14, 1), r(16)]),
+                Generation::default(),
+            ]
+        );
+        assert_eq!(ki.modified(), r(16));
+    }
+
+    #[test]
+    fn tombstone_of_a_deleted_or_new_key_is_refused() {
+        let mut ki = KeyIndex::new();
+        assert!(!ki.tombstone(r(1)));
+        assert!(ki.is_empty());
+        ki.put(r(2));
+        assert!(ki.tombstone(r(3)));
+        assert!(!ki.tombstone(r(4)));
+        assert_eq!(ki.generations().len(), 2);
+    }
+
+    #[test]
+    fn get_at_every_revision() {
+        let ki = three_generations();
+        let live = |m: Revision, c: i64, v: i64| {
+            Some(KeyAt {
+                modified: m,
+                created: r(c),
+                version: v,
+            })
+        };
+        let cases: Vec<(i64, Option<KeyAt>)> = vec![
+            (0, None),
+            (1, None),
+            (2, live(r(2), 2, 1)),
+            (3, live(r(2), 2, 1)),
+            (4, live(r(4), 2, 2)),
+            (5, live(r(4), 2, 2)),
+            (6, None),
+            (7, None),
+            (8, live(r(8), 8, 1)),
+            (9, live(r(8), 8, 1)),
+            (10, live(r(10), 8, 2)),
+            (11, live(r(10), 8, 2)),
+            (12, None),
+            (13, None),
+            (14, live(Revision::new(14, 1), 14, 2)),
+            (15, live(Revision::new(14, 1), 14, 2)),
+            (16, None),
+            (17, None),
+        ];
+        for (at, want) in cases {
+            assert_eq!(ki.get(at), want, "get at {at}");
+        }
+    }
+
+    #[test]
+    fn since_lists_last_change_per_main_revision() {
+        let ki = three_generations();
+        let all = vec![
+            r(2),
+            r(4),
+            r(6),
+            r(8),
+            r(10),
+            r(12),
+            Revision::new(14, 1),
+            r(16),
+        ];
+        assert_eq!(ki.since(0), all);
+        assert_eq!(ki.since(1), all);
+        assert_eq!(ki.since(7), all[3..].to_vec());
+        assert_eq!(ki.since(14), vec![Revision::new(14, 1), r(16)]);
+        assert_eq!(ki.since(15), vec![r(16)]);
+        assert_eq!(ki.since(17), Vec::<Revision>::new());
+    }
+
+    #[test]
+    fn compact_at_every_revision() {
+        let g0 = |revs: &[Revision]| gen(3, r(2), revs);
+        let g1 = |revs: &[Revision]| gen(3, r(8), revs);
+        let g2 = |revs: &[Revision]| gen(3, r(14), revs);
+        let e = Generation::default;
+        let r141 = Revision::new(14, 1);
+        // (compact at, generations after, kept revisions)
+        let cases: Vec<(i64, Vec<Generation>, Vec<Revision>)> = vec![
+            (
+                1,
+                vec![
+                    g0(&[r(2), r(4), r(6)]),
+                    g1(&[r(8), r(10), r(12)]),
+                    g2(&[r(14), r141, r(16)]),
+                    e(),
+                ],
+                vec![],
+            ),
+            (
+                2,
+                vec![
+                    g0(&[r(2), r(4), r(6)]),
+                    g1(&[r(8), r(10), r(12)]),
+                    g2(&[r(14), r141, r(16)]),
+                    e(),
+                ],
+                vec![r(2)],
+            ),
+            (
+                3,
+                vec![
+                    g0(&[r(2), r(4), r(6)]),
+                    g1(&[r(8), r(10), r(12)]),
+                    g2(&[r(14), r141, r(16)]),
+                    e(),
+                ],
+                vec![r(2)],
+            ),
+            (
+                4,
+                vec![
+                    g0(&[r(4), r(6)]),
+                    g1(&[r(8), r(10), r(12)]),
+                    g2(&[r(14), r141, r(16)]),
+                    e(),
+                ],
+                vec![r(4)],
+            ),
+            (
+                5,
+                vec![
+                    g0(&[r(4), r(6)]),
+                    g1(&[r(8), r(10), r(12)]),
+                    g2(&[r(14), r141, r(16)]),
+                    e(),
+                ],
+                vec![r(4)],
+            ),
+            (
+                6,
+                vec![g1(&[r(8), r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![],
+            ),
+            (
+                7,
+                vec![g1(&[r(8), r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![],
+            ),
+            (
+                8,
+                vec![g1(&[r(8), r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![r(8)],
+            ),
+            (
+                9,
+                vec![g1(&[r(8), r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![r(8)],
+            ),
+            (
+                10,
+                vec![g1(&[r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![r(10)],
+            ),
+            (
+                11,
+                vec![g1(&[r(10), r(12)]), g2(&[r(14), r141, r(16)]), e()],
+                vec![r(10)],
+            ),
+            (12, vec![g2(&[r(14), r141, r(16)]), e()], vec![]),
+            (13, vec![g2(&[r(14), r141, r(16)]), e()], vec![]),
+            (14, vec![g2(&[r141, r(16)]), e()], vec![r141]),
+            (15, vec![g2(&[r141, r(16)]), e()], vec![r141]),
+            (16, vec![e()], vec![]),
+            (17, vec![e()], vec![]),
+        ];
+        for (at, want_gens, want_keep) in cases {
+            let mut ki = three_generations();
+            let mut keep = HashSet::new();
+            let mut peek = HashSet::new();
+            ki.keep(at, &mut peek);
+            ki.compact(at, &mut keep);
+            assert_eq!(
+                ki.generations(),
+                &want_gens[..],
+                "generations after compact({at})"
+            );
+            let want_keep: HashSet<Revision> = want_keep.into_iter().collect();
+            assert_eq!(keep, want_keep, "kept by compact({at})");
+            assert_eq!(peek, want_keep, "keep({at}) predicts compact({at})");
+            assert_eq!(ki.is_empty(), at >= 16);
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_reads_at_and_after_the_compact_revision() {
+        for at in 1..=17 {
+            let full = three_generations();
+            let mut ki = three_generations();
+            ki.compact(at, &mut HashSet::new());
+            for read in at..=18 {
+                assert_eq!(
+                    ki.get(read),
+                    full.get(read),
+                    "read at {read} after compact({at})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_compaction_is_stable() {
+        let mut ki = three_generations();
+        ki.compact(4, &mut HashSet::new());
+        let mut keep = HashSet::new();
+        ki.compact(4, &mut keep);
+        assert_eq!(keep, HashSet::from([r(4)]));
+        ki.compact(10, &mut HashSet::new());
+        assert_eq!(ki.get(10).unwrap().version, 2);
+        assert_eq!(ki.get(10).unwrap().created, r(8));
+    }
+
+    #[test]
+    fn restored_key_keeps_version_and_creation() {
+        let mut ki = KeyIndex::restored(r(3), r(9), 4);
+        assert_eq!(
+            ki.get(9),
+            Some(KeyAt {
+                modified: r(9),
+                created: r(3),
+                version: 4
+            })
+        );
+        assert_eq!(ki.get(8), None);
+        ki.put(r(11));
+        assert_eq!(ki.get(11).unwrap().version, 5);
+        assert!(ki.tombstone(r(12)));
+        assert_eq!(ki.get(12), None);
+    }
+
+    #[test]
+    fn undo_reverts_puts_and_tombstones_in_reverse_order() {
+        let mut ki = KeyIndex::new();
+        ki.put(r(2));
+        let before = ki.clone();
+        ki.put(r(3));
+        assert!(ki.tombstone(r(4)));
+        ki.put(r(5));
+        ki.undo(r(5), false);
+        ki.undo(r(4), true);
+        ki.undo(r(3), false);
+        assert_eq!(ki, before);
+        ki.undo(r(2), false);
+        assert!(ki.is_empty());
+        assert_eq!(ki, KeyIndex::new());
+    }
+}

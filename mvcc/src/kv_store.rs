@@ -1,0 +1,308 @@
+//! `KvStore`: the revisioned key-value store over the backend and the key index.
+//!
+//! Invariants:
+//! - one writer: the applier's [`ApplyTxn`](crate::ApplyTxn) (a gate held from `begin_apply` to
+//!   the end of `commit`), which applies a batch of raft entries in one redb write transaction;
+//! - readers read at the *published* revision, which moves only after the batch's redb commit,
+//!   through a redb read transaction opened after loading it: they never block on the writer
+//!   and never see part of a batch;
+//! - the consistent index (last applied raft entry) is stored in the same commit as its effects;
+//! - a compaction is recorded (`scheduled_compact_rev`) in the commit that asks for it; its
+//!   physical deletion then runs in bounded write transactions and records
+//!   `finished_compact_rev` in the last one; `open` resumes it when scheduled > finished.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use etcd_proto::etcdserverpb::{RangeRequest, RangeResponse};
+use etcd_proto::mvccpb::KeyValue;
+use parking_lot::{Condvar, Mutex};
+use redb::{ReadOnlyTable, ReadableTable};
+
+use crate::backend::{
+    write_meta, Backend, KEY_TABLE, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
+    META_SCHEDULED_COMPACT, META_TERM,
+};
+use crate::index::Index;
+use crate::kv_view::{decode_kv, missing_row, Rows, View};
+use crate::revision::{main_rev_bound, Revision};
+use crate::MvccError;
+
+/// Rows deleted per write transaction by physical compaction.
+pub const COMPACTION_BATCH: usize = 10_000;
+
+/// The name etcd hashes first, before the rows of its key bucket.
+const KEY_BUCKET_NAME: &[u8] = b"key";
+
+/// The store: backend, index, and the published revision readers read at.
+pub struct KvStore {
+    pub(crate) backend: Backend,
+    pub(crate) index: Index,
+    /// The newest revision whose batch is committed; what readers see.
+    pub(crate) published: AtomicI64,
+    pub(crate) consistent: Mutex<(u64, u64)>,
+    /// Taken by the open ApplyTxn: one writer at a time.
+    pub(crate) writer: WriterGate,
+    in_use: AtomicI64,
+    /// Test hook: leave physical compaction undone, as if the process died after the commit.
+    #[cfg(test)]
+    pub(crate) skip_physical_compaction: std::sync::atomic::AtomicBool,
+}
+
+/// One writer at a time, without a lock guard, so that an open batch can move between threads
+/// (an async applier may hold it across an await).
+#[derive(Default)]
+pub(crate) struct WriterGate {
+    busy: Mutex<bool>,
+    free: Condvar,
+}
+
+impl WriterGate {
+    pub(crate) fn acquire(&self) {
+        let mut busy = self.busy.lock();
+        while *busy {
+            self.free.wait(&mut busy);
+        }
+        *busy = true;
+    }
+
+    pub(crate) fn release(&self) {
+        *self.busy.lock() = false;
+        self.free.notify_one();
+    }
+}
+
+struct ReadRows(ReadOnlyTable<&'static [u8], &'static [u8]>);
+
+impl Rows for ReadRows {
+    fn kv(&self, rev: Revision) -> Result<KeyValue, MvccError> {
+        let v = self
+            .0
+            .get(rev.to_bytes().as_slice())?
+            .ok_or_else(|| missing_row(rev))?;
+        decode_kv(v.value(), rev)
+    }
+}
+
+impl KvStore {
+    /// Opens (or creates) the store at `path`, rebuilds the index from one scan of the key
+    /// table, and finishes a compaction a crash interrupted.
+    pub fn open(path: &Path) -> Result<KvStore, MvccError> {
+        let backend = Backend::open(path)?;
+        let index = Index::new();
+        let txn = backend.begin_read()?;
+        let meta = |name| -> Result<u64, MvccError> {
+            let t = txn.open_table(crate::backend::META_TABLE)?;
+            Ok(t.get(name)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let consistent = (meta(META_CONSISTENT_INDEX)?, meta(META_TERM)?);
+        let scheduled = meta(META_SCHEDULED_COMPACT)? as i64;
+        let finished = meta(META_FINISHED_COMPACT)? as i64;
+        let mut current = 1;
+        {
+            let table = txn.open_table(KEY_TABLE)?;
+            for row in table.iter()? {
+                let (k, v) = row?;
+                let (rev, tombstone) = Revision::from_key_bytes(k.value())?;
+                let kv = decode_kv(v.value(), rev)?;
+                index.restore_row(&kv.key, rev, tombstone, kv.create_revision, kv.version);
+                current = current.max(rev.main);
+            }
+        }
+        drop(txn);
+        current = current.max(finished).max(scheduled);
+        if finished > 0 {
+            index.compact(finished);
+        }
+        let in_use = backend.in_use()?;
+        let store = KvStore {
+            backend,
+            index,
+            published: AtomicI64::new(current),
+            consistent: Mutex::new(consistent),
+            writer: WriterGate::default(),
+            in_use: AtomicI64::new(in_use),
+            #[cfg(test)]
+            skip_physical_compaction: Default::default(),
+        };
+        if scheduled > finished {
+            tracing::info!(scheduled, finished, "resuming an interrupted compaction");
+            let keep = store.index.compact(scheduled);
+            store.delete_compacted_rows(scheduled, &keep, true)?;
+        }
+        tracing::debug!(
+            current,
+            compact = store.compact_revision(),
+            keys = store.index.len(),
+            "mvcc store opened"
+        );
+        Ok(store)
+    }
+
+    /// The backend, for stores that keep their own tables in the same database file.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// The index and term of the last raft entry whose effects are stored (0, 0 when none).
+    pub fn consistent_index(&self) -> (u64, u64) {
+        *self.consistent.lock()
+    }
+
+    /// The published revision: 1 for an empty store, then +1 per changing write transaction.
+    pub fn current_revision(&self) -> i64 {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The revision of the latest compaction (0 when never compacted). Reads below it fail.
+    pub fn compact_revision(&self) -> i64 {
+        self.index.compact_rev()
+    }
+
+    /// Range at the published revision (or `req.revision`); the header carries only the
+    /// revision read at (etcd's current revision), for the server to complete.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let current = self.current_revision();
+        let txn = self.backend.begin_read()?;
+        let rows = ReadRows(txn.open_table(KEY_TABLE)?);
+        View {
+            index: &self.index,
+            rows: &rows,
+            current,
+            compact_floor: 0,
+        }
+        .range(req)
+    }
+
+    /// The revisions changed in the key range (`range_end` as in a request) at or after `rev`,
+    /// in revision order, for watchers catching up.
+    pub fn revisions_since(&self, key: &[u8], range_end: &[u8], rev: i64) -> Vec<Revision> {
+        let current = self.current_revision();
+        self.index
+            .revisions_since(key, crate::index::range_end(range_end), rev)
+            .into_iter()
+            .take_while(|r| r.main <= current)
+            .collect()
+    }
+
+    /// Starts applying a batch; blocks while another batch is open.
+    pub fn begin_apply(&self) -> Result<crate::ApplyTxn<'_>, MvccError> {
+        crate::ApplyTxn::begin(self)
+    }
+
+    /// etcd's HashKV: crc32c (Castagnoli) of the key-table rows up to `rev` (0 = current),
+    /// skipping rows at or below the compact revision that a compaction at `rev` would remove,
+    /// so members at different stages of physical compaction agree. Returns (hash, compact
+    /// revision, hashed revision); the compact revision is -1 when never compacted, as etcd's
+    /// HashKV answers. The hash equals etcd 3.4's for the same history.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let current = self.current_revision();
+        let txn = self.backend.begin_read()?;
+        let (rev, compact, keep) = self.index.keep_for_hash(rev, current)?;
+        let table = txn.open_table(KEY_TABLE)?;
+        let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
+        let upper = main_rev_bound(rev + 1);
+        for row in table.range::<&[u8]>(..upper.as_slice())? {
+            let (k, v) = row?;
+            let (r, _) = Revision::from_key_bytes(k.value())?;
+            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
+                continue;
+            }
+            h = crc32c::crc32c_append(h, k.value());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        Ok((h, if compact == 0 { -1 } else { compact }, rev))
+    }
+
+    /// crc32c of the whole key table (etcd's Hash, restricted to the key table).
+    pub fn hash(&self) -> Result<u32, MvccError> {
+        let txn = self.backend.begin_read()?;
+        let table = txn.open_table(KEY_TABLE)?;
+        let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
+        for row in table.iter()? {
+            let (k, v) = row?;
+            h = crc32c::crc32c_append(h, k.value());
+            h = crc32c::crc32c_append(h, v.value());
+        }
+        Ok(h)
+    }
+
+    /// Makes every commit so far durable (an fsynced empty commit). Waits for an open batch to
+    /// commit: never call it from the thread holding an ApplyTxn.
+    pub fn sync(&self) -> Result<(), MvccError> {
+        let txn = self.backend.begin_write(true)?;
+        let stats = txn.stats()?;
+        self.in_use.store(
+            stats.allocated_pages() as i64 * stats.page_size() as i64,
+            Ordering::Relaxed,
+        );
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// (file size, bytes in use as of the last open, sync or compaction).
+    pub fn db_size(&self) -> (i64, i64) {
+        let file = self.backend.file_size();
+        (file, self.in_use.load(Ordering::Relaxed).min(file))
+    }
+
+    /// Deletes the key-table rows with main revision `<= rev` not in `keep`, at most
+    /// [`COMPACTION_BATCH`] rows scanned per write transaction, and records `rev` as finished in
+    /// the last one.
+    pub(crate) fn delete_compacted_rows(
+        &self,
+        rev: i64,
+        keep: &HashSet<Revision>,
+        durable: bool,
+    ) -> Result<(), MvccError> {
+        #[cfg(test)]
+        if self.skip_physical_compaction.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let end = main_rev_bound(rev + 1);
+        let mut start: Vec<u8> = Vec::new();
+        let mut deleted = 0usize;
+        loop {
+            let txn = self.backend.begin_write(durable)?;
+            let mut done = true;
+            {
+                let mut table = txn.open_table(KEY_TABLE)?;
+                let mut doomed = Vec::new();
+                let mut scanned = 0;
+                for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
+                    let (k, _) = row?;
+                    let (r, _) = Revision::from_key_bytes(k.value())?;
+                    if !keep.contains(&r) {
+                        doomed.push(k.value().to_vec());
+                    }
+                    scanned += 1;
+                    if scanned == COMPACTION_BATCH {
+                        start = k.value().to_vec();
+                        start.push(0); // the smallest key after this one
+                        done = false;
+                        break;
+                    }
+                }
+                for k in &doomed {
+                    table.remove(k.as_slice())?;
+                }
+                deleted += doomed.len();
+            }
+            if done {
+                write_meta(&txn, META_FINISHED_COMPACT, rev as u64)?;
+                let stats = txn.stats()?;
+                self.in_use.store(
+                    stats.allocated_pages() as i64 * stats.page_size() as i64,
+                    Ordering::Relaxed,
+                );
+            }
+            txn.commit()?;
+            if done {
+                break;
+            }
+        }
+        tracing::info!(rev, deleted, "finished compaction");
+        Ok(())
+    }
+}

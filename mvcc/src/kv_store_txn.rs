@@ -1,0 +1,556 @@
+//! `ApplyTxn`: the applier's write view, one redb write transaction per batch of raft entries.
+//!
+//! Invariants:
+//! - each request (Put, DeleteRange, Txn) that changes something takes the next main revision;
+//!   its changes take sub revisions 0, 1, ...; a request that changes nothing (a read-only Txn,
+//!   a DeleteRange that deletes nothing) or fails takes none;
+//! - a failing request leaves no change: every check that can fail (compares, ignore_value /
+//!   ignore_lease on a missing key, unknown lease, range revisions) runs before the first write,
+//!   as etcd does; if the backend fails mid-request, the request's rows and index entries are
+//!   removed again;
+//! - all compares of a Txn, nested ones included, and all its checks see the store as it was
+//!   before the Txn, as in etcd;
+//! - the index learns each change at once (later requests of the batch see it); a batch that is
+//!   dropped without commit, or whose commit fails, is removed from the index again.
+
+use etcd_proto::etcdserverpb::request_op::Request;
+use etcd_proto::etcdserverpb::response_op::Response;
+use etcd_proto::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use etcd_proto::mvccpb::event::EventType;
+use etcd_proto::mvccpb::{Event, KeyValue};
+use prost::Message;
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use crate::backend::{
+    set_durability, write_meta, KEY_TABLE, META_CONSISTENT_INDEX, META_SCHEDULED_COMPACT, META_TERM,
+};
+use crate::index::range_end;
+use crate::kv_view::{decode_kv, header, missing_row, Rows, View};
+use crate::revision::Revision;
+use crate::{KvStore, MvccError};
+
+/// One change of the batch, remembered to undo it in the index if the batch is abandoned.
+struct Change {
+    key: Vec<u8>,
+    rev: Revision,
+    tombstone: bool,
+}
+
+/// Which branch each Txn took: the outer one, then one entry per nested Txn of that branch.
+struct TxnPath {
+    succeeded: bool,
+    nested: Vec<TxnPath>,
+}
+
+struct WriteRows<'t>(Table<'t, &'static [u8], &'static [u8]>);
+
+impl Rows for WriteRows<'_> {
+    fn kv(&self, rev: Revision) -> Result<KeyValue, MvccError> {
+        let v = self
+            .0
+            .get(rev.to_bytes().as_slice())?
+            .ok_or_else(|| missing_row(rev))?;
+        decode_kv(v.value(), rev)
+    }
+}
+
+/// The applier's batch: writes at new revisions, reads that see them, compaction, the
+/// consistent index; invisible to readers until [`ApplyTxn::commit`].
+pub struct ApplyTxn<'s> {
+    store: &'s KvStore,
+    txn: Option<WriteTransaction>,
+    /// The revision of the last change of the batch (the published one at the start).
+    rev: i64,
+    /// Changes made so far by the request being applied.
+    req_changes: i64,
+    /// Reads below this fail: the store's compact revision, or this batch's compaction.
+    compact_floor: i64,
+    pending_compact: Option<i64>,
+    consistent: Option<(u64, u64)>,
+    events: Vec<Event>,
+    undo: Vec<Change>,
+    /// Set when a failed request could not be rolled back in the backend: the batch must not
+    /// commit.
+    poisoned: Option<String>,
+}
+
+impl<'s> ApplyTxn<'s> {
+    pub(crate) fn begin(store: &'s KvStore) -> Result<ApplyTxn<'s>, MvccError> {
+        store.writer.acquire();
+        let txn = match store.backend.begin_write(false) {
+            Ok(txn) => txn,
+            Err(e) => {
+                store.writer.release();
+                return Err(e);
+            }
+        };
+        Ok(ApplyTxn {
+            store,
+            txn: Some(txn),
+            rev: store.current_revision(),
+            req_changes: 0,
+            compact_floor: store.compact_revision(),
+            pending_compact: None,
+            consistent: None,
+            events: Vec::new(),
+            undo: Vec::new(),
+            poisoned: None,
+        })
+    }
+
+    /// The write transaction, for other stores' tables in the same commit. Do not touch the
+    /// `key` and `meta` tables through it.
+    pub fn write_txn(&self) -> &WriteTransaction {
+        self.txn
+            .as_ref()
+            .expect("the write transaction lives until commit")
+    }
+
+    /// The batch's current revision (the revision of its latest change).
+    pub fn current_revision(&self) -> i64 {
+        self.rev
+    }
+
+    /// The revision reads of the current request happen at: its own changes included.
+    fn read_rev(&self) -> i64 {
+        self.rev + i64::from(self.req_changes > 0)
+    }
+
+    fn with_view<T>(
+        &self,
+        f: impl FnOnce(&View<'_, WriteRows<'_>>) -> Result<T, MvccError>,
+    ) -> Result<T, MvccError> {
+        let rows = WriteRows(self.write_txn().open_table(KEY_TABLE)?);
+        f(&View {
+            index: &self.store.index,
+            rows: &rows,
+            current: self.read_rev(),
+            compact_floor: self.compact_floor,
+        })
+    }
+
+    /// Runs one request: on success it takes a revision if it changed something; on failure
+    /// everything it changed is undone.
+    fn request<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, MvccError>,
+    ) -> Result<T, MvccError> {
+        if let Some(why) = &self.poisoned {
+            return Err(MvccError::Backend(why.clone()));
+        }
+        let (undo_start, events_start) = (self.undo.len(), self.events.len());
+        self.req_changes = 0;
+        let out = f(self);
+        match out {
+            Ok(_) if self.req_changes > 0 => self.rev += 1,
+            Ok(_) => {}
+            Err(_) => self.roll_back(undo_start, events_start),
+        }
+        self.req_changes = 0;
+        out
+    }
+
+    fn roll_back(&mut self, undo_start: usize, events_start: usize) {
+        let changes: Vec<Change> = self.undo.drain(undo_start..).collect();
+        self.events.truncate(events_start);
+        let mut failure = None;
+        match self.write_txn().open_table(KEY_TABLE) {
+            Ok(mut table) => {
+                for c in changes.iter().rev() {
+                    self.store.index.undo(&c.key, c.rev, c.tombstone);
+                    if let Err(e) = table.remove(c.rev.to_key_bytes(c.tombstone).as_slice()) {
+                        failure = Some(e.to_string());
+                    }
+                }
+            }
+            Err(e) => {
+                for c in changes.iter().rev() {
+                    self.store.index.undo(&c.key, c.rev, c.tombstone);
+                }
+                failure = Some(e.to_string());
+            }
+        }
+        if let Some(why) = failure {
+            tracing::error!(%why, "could not roll back a failed request; the batch cannot commit");
+            self.poisoned = Some(why);
+        }
+    }
+
+    fn insert_row(&self, rev: Revision, tombstone: bool, kv: &KeyValue) -> Result<(), MvccError> {
+        let mut table = self.write_txn().open_table(KEY_TABLE)?;
+        table.insert(
+            rev.to_key_bytes(tombstone).as_slice(),
+            kv.encode_to_vec().as_slice(),
+        )?;
+        Ok(())
+    }
+
+    /// The key as it was at `at` (for events' prev_kv).
+    fn kv_at(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, MvccError> {
+        match self.store.index.get(key, at) {
+            Some(s) => {
+                let rows = WriteRows(self.write_txn().open_table(KEY_TABLE)?);
+                Ok(Some(rows.kv(s.modified)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a put of the current request; returns its main revision.
+    fn write_put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
+        let main = self.rev + 1;
+        let rev = Revision::new(main, self.req_changes);
+        let (create_revision, version) = match self.store.index.get(key, main) {
+            Some(s) => (s.created.main, s.version + 1),
+            None => (main, 1),
+        };
+        let prev_kv = self.kv_at(key, self.rev)?;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: main,
+            version,
+            value,
+            lease,
+        };
+        self.insert_row(rev, false, &kv)?;
+        self.store.index.put(key, rev);
+        self.undo.push(Change {
+            key: key.to_vec(),
+            rev,
+            tombstone: false,
+        });
+        self.req_changes += 1;
+        self.events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv,
+        });
+        Ok(main)
+    }
+
+    /// Writes the deletion of a live key in the current request.
+    fn write_delete(&mut self, key: &[u8]) -> Result<(), MvccError> {
+        let main = self.rev + 1;
+        let rev = Revision::new(main, self.req_changes);
+        let prev_kv = self.kv_at(key, self.rev)?;
+        self.insert_row(
+            rev,
+            true,
+            &KeyValue {
+                key: key.to_vec(),
+                ..Default::default()
+            },
+        )?;
+        if !self.store.index.tombstone(key, rev) {
+            self.write_txn()
+                .open_table(KEY_TABLE)?
+                .remove(rev.to_key_bytes(true).as_slice())?;
+            return Err(MvccError::Corrupt(format!(
+                "delete of key {key:?} that is not live"
+            )));
+        }
+        self.undo.push(Change {
+            key: key.to_vec(),
+            rev,
+            tombstone: true,
+        });
+        self.req_changes += 1;
+        let kv = KeyValue {
+            key: key.to_vec(),
+            mod_revision: main,
+            ..Default::default()
+        };
+        self.events.push(Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(kv),
+            prev_kv,
+        });
+        Ok(())
+    }
+
+    /// Applies a Put. A nonzero lease must satisfy `lease_exists` (else LeaseNotFound);
+    /// `ignore_value` / `ignore_lease` need the key to exist (else KeyNotFound).
+    pub fn put(
+        &mut self,
+        req: &PutRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> Result<PutResponse, MvccError> {
+        self.request(|t| {
+            if req.lease != 0 && !lease_exists(req.lease) {
+                return Err(MvccError::LeaseNotFound);
+            }
+            t.apply_put(req)
+        })
+    }
+
+    fn apply_put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        let mut resp = PutResponse::default();
+        let (mut value, mut lease) = (None, req.lease);
+        if req.ignore_value || req.ignore_lease || req.prev_kv {
+            let prev = self.with_view(|v| v.kv(&req.key))?;
+            match prev {
+                None if req.ignore_value || req.ignore_lease => return Err(MvccError::KeyNotFound),
+                None => {}
+                Some(prev) => {
+                    if req.ignore_value {
+                        value = Some(prev.value.clone());
+                    }
+                    if req.ignore_lease {
+                        lease = prev.lease;
+                    }
+                    if req.prev_kv {
+                        resp.prev_kv = Some(prev);
+                    }
+                }
+            }
+        }
+        let value = value.unwrap_or_else(|| req.value.clone());
+        resp.header = header(self.write_put(&req.key, value, lease)?);
+        Ok(resp)
+    }
+
+    /// Applies a DeleteRange (`range_end` as in Range). Deleting nothing takes no revision.
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        self.request(|t| t.apply_delete_range(req))
+    }
+
+    fn apply_delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        let mut resp = DeleteRangeResponse::default();
+        let keys: Vec<Vec<u8>> = if req.prev_kv {
+            resp.prev_kvs = self.with_view(|v| v.kvs(&req.key, &req.range_end))?;
+            resp.prev_kvs.iter().map(|kv| kv.key.clone()).collect()
+        } else {
+            let at = self.read_rev();
+            self.store
+                .index
+                .range(&req.key, range_end(&req.range_end), at)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        for key in &keys {
+            self.write_delete(key)?;
+        }
+        resp.deleted = keys.len() as i64;
+        resp.header = header(self.read_rev());
+        Ok(resp)
+    }
+
+    /// Range inside the batch: sees the batch's writes.
+    pub fn range(&mut self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.request(|t| t.with_view(|v| v.range(req)))
+    }
+
+    /// Applies a Txn: compares (all against the state before the Txn, nested ones included),
+    /// then the checks of the chosen branches, then their ops, all sharing one main revision.
+    pub fn txn(
+        &mut self,
+        req: &TxnRequest,
+        lease_exists: &dyn Fn(i64) -> bool,
+    ) -> Result<TxnResponse, MvccError> {
+        self.request(|t| {
+            let path = t.with_view(|v| compare_path(v, req))?;
+            t.with_view(|v| check_puts(v, req, &path, lease_exists))?;
+            t.check_ranges(req, &path)?;
+            let mut resp = t.apply_txn_ops(req, &path)?;
+            resp.header = header(t.read_rev());
+            Ok(resp)
+        })
+    }
+
+    /// Range ops of the chosen branches must read at an available revision.
+    fn check_ranges(&self, req: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
+        // etcd's never-compacted store has compact revision -1, so negative revisions pass
+        let first_rev = if self.compact_floor == 0 {
+            -1
+        } else {
+            self.compact_floor
+        };
+        let mut nested = path.nested.iter();
+        for op in branch(req, path) {
+            match &op.request {
+                Some(Request::RequestTxn(t)) => {
+                    self.check_ranges(t, nested.next().expect("one path per nested txn"))?
+                }
+                Some(Request::RequestRange(r)) if r.revision == 0 => {}
+                Some(Request::RequestRange(r)) if r.revision > self.rev => {
+                    return Err(MvccError::FutureRev)
+                }
+                Some(Request::RequestRange(r)) if r.revision < first_rev => {
+                    return Err(MvccError::Compacted)
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_txn_ops(
+        &mut self,
+        req: &TxnRequest,
+        path: &TxnPath,
+    ) -> Result<TxnResponse, MvccError> {
+        let ops = branch(req, path);
+        let mut nested = path.nested.iter();
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(Request::RequestRange(r)) => {
+                    Some(Response::ResponseRange(self.with_view(|v| v.range(r))?))
+                }
+                Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.apply_put(p)?)),
+                Some(Request::RequestDeleteRange(d)) => {
+                    Some(Response::ResponseDeleteRange(self.apply_delete_range(d)?))
+                }
+                Some(Request::RequestTxn(t)) => {
+                    let mut r =
+                        self.apply_txn_ops(t, nested.next().expect("one path per nested txn"))?;
+                    r.header = Some(ResponseHeader::default());
+                    Some(Response::ResponseTxn(r))
+                }
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        })
+    }
+
+    /// Compacts at `rev`: reads below it fail from now on; the index and the key table are
+    /// compacted when the batch commits. `rev <= compact revision` is Compacted, `rev >`
+    /// current FutureRev.
+    pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        if rev <= self.compact_floor {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.rev {
+            return Err(MvccError::FutureRev);
+        }
+        write_meta(self.write_txn(), META_SCHEDULED_COMPACT, rev as u64)?;
+        self.pending_compact = Some(rev);
+        self.compact_floor = rev;
+        Ok(())
+    }
+
+    /// Records the raft entry this batch applies up to; stored in the same commit.
+    pub fn set_consistent_index(&mut self, index: u64, term: u64) {
+        self.consistent = Some((index, term));
+    }
+
+    /// Commits the batch (fsynced when `durable`), publishes its revision to readers, runs a
+    /// compaction it asked for, and returns its events in revision order, prev_kv filled.
+    pub fn commit(mut self, durable: bool) -> Result<Vec<Event>, MvccError> {
+        if let Some(why) = self.poisoned.take() {
+            return Err(MvccError::Backend(why));
+        }
+        let mut txn = self
+            .txn
+            .take()
+            .expect("the write transaction lives until commit");
+        if let Some((index, term)) = self.consistent {
+            write_meta(&txn, META_CONSISTENT_INDEX, index)?;
+            write_meta(&txn, META_TERM, term)?;
+        }
+        set_durability(&mut txn, durable)?;
+        txn.commit()?;
+        self.undo.clear();
+        self.store
+            .published
+            .store(self.rev, std::sync::atomic::Ordering::Release);
+        if let Some(ci) = self.consistent {
+            *self.store.consistent.lock() = ci;
+        }
+        if let Some(rev) = self.pending_compact.take() {
+            let keep = self.store.index.compact(rev);
+            if let Err(e) = self.store.delete_compacted_rows(rev, &keep, durable) {
+                // the batch is committed; the next open resumes the deletion
+                tracing::error!(rev, error = %e, "physical compaction failed");
+            }
+        }
+        Ok(std::mem::take(&mut self.events))
+    }
+}
+
+impl Drop for ApplyTxn<'_> {
+    fn drop(&mut self) {
+        // abort the write transaction (if not committed) before letting the next writer in
+        drop(self.txn.take());
+        for c in self.undo.drain(..).rev() {
+            self.store.index.undo(&c.key, c.rev, c.tombstone);
+        }
+        self.store.writer.release();
+    }
+}
+
+fn branch<'r>(req: &'r TxnRequest, path: &TxnPath) -> &'r [etcd_proto::etcdserverpb::RequestOp] {
+    if path.succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+/// Evaluates the compares of `req` and, recursively, of the nested Txns of the chosen branch.
+fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath, MvccError> {
+    let mut succeeded = true;
+    for c in &req.compare {
+        if !view.compare(c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let mut path = TxnPath {
+        succeeded,
+        nested: Vec::new(),
+    };
+    for op in branch(req, &path) {
+        if let Some(Request::RequestTxn(t)) = &op.request {
+            let nested = compare_path(view, t)?;
+            path.nested.push(nested);
+        }
+    }
+    Ok(path)
+}
+
+/// Puts of the chosen branches: ignore_value / ignore_lease need the key, a lease must exist.
+fn check_puts<R: Rows>(
+    view: &View<'_, R>,
+    req: &TxnRequest,
+    path: &TxnPath,
+    lease_exists: &dyn Fn(i64) -> bool,
+) -> Result<(), MvccError> {
+    let mut nested = path.nested.iter();
+    for op in branch(req, path) {
+        match &op.request {
+            Some(Request::RequestTxn(t)) => check_puts(
+                view,
+                t,
+                nested.next().expect("one path per nested txn"),
+                lease_exists,
+            )?,
+            Some(Request::RequestPut(p)) => {
+                if (p.ignore_value || p.ignore_lease) && view.kv(&p.key)?.is_none() {
+                    return Err(MvccError::KeyNotFound);
+                }
+                if p.lease != 0 && !lease_exists(p.lease) {
+                    return Err(MvccError::LeaseNotFound);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

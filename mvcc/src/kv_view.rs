@@ -1,0 +1,222 @@
+//! Reads at a revision, shared by readers and the applier: the Range options of etcd's
+//! `applierV3backend.Range` and the compares of a Txn.
+//!
+//! Invariant: a read never looks at index revisions newer than the revision it reads at, so
+//! the applier's unpublished changes are invisible to readers at the published revision.
+
+use std::cmp::Ordering;
+
+use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use etcd_proto::etcdserverpb::{Compare, RangeRequest, RangeResponse, ResponseHeader};
+use etcd_proto::mvccpb::KeyValue;
+use prost::Message;
+
+use crate::index::{range_end, Index};
+use crate::revision::Revision;
+use crate::MvccError;
+
+/// Where a read finds the row of a revision (a redb read or write transaction).
+pub(crate) trait Rows {
+    /// The KeyValue stored at a (non-tombstone) revision.
+    fn kv(&self, rev: Revision) -> Result<KeyValue, MvccError>;
+}
+
+/// Decodes a key-table value.
+pub(crate) fn decode_kv(bytes: &[u8], rev: Revision) -> Result<KeyValue, MvccError> {
+    KeyValue::decode(bytes)
+        .map_err(|e| MvccError::Corrupt(format!("undecodable KeyValue at {rev:?}: {e}")))
+}
+
+/// The error for an indexed revision missing from the key table.
+pub(crate) fn missing_row(rev: Revision) -> MvccError {
+    MvccError::Corrupt(format!(
+        "revision {}_{} is indexed but not in the key table",
+        rev.main, rev.sub
+    ))
+}
+
+/// A header carrying only a revision; the server fills cluster, member and term.
+pub(crate) fn header(revision: i64) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+/// A view of the store at `current` (the newest revision the caller may see) with compaction
+/// at `compact_floor` not yet applied to the index (the applier's pending compaction).
+pub(crate) struct View<'a, R: Rows> {
+    pub index: &'a Index,
+    pub rows: &'a R,
+    pub current: i64,
+    pub compact_floor: i64,
+}
+
+impl<R: Rows> View<'_, R> {
+    /// The revision a read with `revision` happens at, or why it cannot.
+    fn read_rev(&self, revision: i64) -> Result<i64, MvccError> {
+        if revision > self.current {
+            return Err(MvccError::FutureRev);
+        }
+        let rev = if revision <= 0 {
+            self.current
+        } else {
+            revision
+        };
+        if rev < self.compact_floor {
+            return Err(MvccError::Compacted);
+        }
+        Ok(rev)
+    }
+
+    fn fetch(&self, revs: &[Revision]) -> Result<Vec<KeyValue>, MvccError> {
+        revs.iter().map(|r| self.rows.kv(*r)).collect()
+    }
+
+    /// The live keys of `[key, range_end)` at the current revision (etcd's plain `Range` with no
+    /// options), in key order.
+    pub fn kvs(&self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, MvccError> {
+        let revs = self.index.revisions(key, range_end(end), self.current);
+        self.fetch(&revs)
+    }
+
+    /// One key at the current revision.
+    pub fn kv(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        match self.index.get(key, self.current) {
+            Some(s) => Ok(Some(self.rows.kv(s.modified)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// etcd's Range with every option; the header carries the current revision.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let rev = self.read_rev(req.revision)?;
+        let revs = self
+            .index
+            .revisions_checked(&req.key, range_end(&req.range_end), rev)?;
+        let mut resp = RangeResponse {
+            header: header(self.current),
+            count: revs.len() as i64,
+            ..Default::default()
+        };
+        if req.count_only || revs.is_empty() {
+            return Ok(resp);
+        }
+        let sort_order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+        let filtered = sort_order != SortOrder::None
+            || req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // fetch everything when sorting or filtering; otherwise one more than the limit, to
+        // know whether there is more
+        let fetch = if filtered || req.limit <= 0 {
+            revs.len()
+        } else {
+            revs.len().min(req.limit as usize + 1)
+        };
+        let mut kvs = self.fetch(&revs[..fetch])?;
+        kvs.retain(|kv| {
+            (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+                && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+                && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+                && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+        });
+        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+        let order = if target != SortTarget::Key && sort_order == SortOrder::None {
+            SortOrder::Ascend
+        } else {
+            sort_order
+        };
+        if order != SortOrder::None {
+            let by = |a: &KeyValue, b: &KeyValue| -> Ordering {
+                match target {
+                    SortTarget::Key => a.key.cmp(&b.key),
+                    SortTarget::Version => a.version.cmp(&b.version),
+                    SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                    SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    SortTarget::Value => a.value.cmp(&b.value),
+                }
+            };
+            // stable, so ties stay in key order, as etcd's small-slice sort leaves them
+            if order == SortOrder::Descend {
+                kvs.sort_by(|a, b| by(b, a));
+            } else {
+                kvs.sort_by(by);
+            }
+        }
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            resp.more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        resp.kvs = kvs;
+        Ok(resp)
+    }
+
+    /// Whether one compare of a Txn holds: every key of its range must pass; a missing key
+    /// compares as all zeros, except that a value compare on a missing key always fails.
+    pub fn compare(&self, c: &Compare) -> Result<bool, MvccError> {
+        let kvs = self.kvs(&c.key, &c.range_end)?;
+        if kvs.is_empty() {
+            if c.target == CompareTarget::Value as i32 {
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    let ord = match CompareTarget::try_from(c.target) {
+        Ok(CompareTarget::Value) => {
+            let v: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(v)
+        }
+        Ok(CompareTarget::Create) => {
+            let want = match c.target_union {
+                Some(TargetUnion::CreateRevision(r)) => r,
+                _ => 0,
+            };
+            kv.create_revision.cmp(&want)
+        }
+        Ok(CompareTarget::Mod) => {
+            let want = match c.target_union {
+                Some(TargetUnion::ModRevision(r)) => r,
+                _ => 0,
+            };
+            kv.mod_revision.cmp(&want)
+        }
+        Ok(CompareTarget::Version) => {
+            let want = match c.target_union {
+                Some(TargetUnion::Version(r)) => r,
+                _ => 0,
+            };
+            kv.version.cmp(&want)
+        }
+        Ok(CompareTarget::Lease) => {
+            let want = match c.target_union {
+                Some(TargetUnion::Lease(r)) => r,
+                _ => 0,
+            };
+            kv.lease.cmp(&want)
+        }
+        Err(_) => Ordering::Equal,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord == Ordering::Equal,
+        Ok(CompareResult::NotEqual) => ord != Ordering::Equal,
+        Ok(CompareResult::Greater) => ord == Ordering::Greater,
+        Ok(CompareResult::Less) => ord == Ordering::Less,
+        Err(_) => true,
+    }
+}

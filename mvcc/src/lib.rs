@@ -1,0 +1,33 @@
+//! etcd's revisioned key-value store (MVCC): a redb backend, an in-memory key index, reads and
+//! writes at revisions, compaction and hashes. It knows nothing of Raft or gRPC.
+//!
+//! The one invariant that matters most: every member that applies the same requests in the
+//! same order ends with the same key table, byte for byte, and answers every read exactly as
+//! etcd would. Nothing here depends on the clock, randomness or local configuration.
+//!
+//! - [`revision`]: the (main, sub) revision and its key-table encoding;
+//! - [`backend`]: the redb file, its key and meta tables;
+//! - [`key_index`]: one key's generations; [`index`]: all keys;
+//! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
+//! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch.
+//!
+//! Request validation that etcd does in its gRPC layer (empty key, sort option values, duplicate
+//! keys in a Txn, ...) is the server's job; this crate applies what it is given.
+
+pub mod backend;
+mod errors;
+pub mod index;
+pub mod key_index;
+pub mod kv_store;
+pub mod kv_store_txn;
+mod kv_view;
+pub mod revision;
+
+pub use backend::Backend;
+pub use errors::MvccError;
+pub use kv_store::KvStore;
+pub use kv_store_txn::ApplyTxn;
+pub use revision::Revision;
+
+#[cfg(test)]
+mod tests;
