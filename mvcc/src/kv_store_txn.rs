@@ -433,6 +433,11 @@ impl<'s> ApplyTxn<'s> {
     /// compacted when the batch commits. `rev <= compact revision` is Compacted, `rev >`
     /// current FutureRev.
     pub fn compact(&mut self, rev: i64) -> Result<(), MvccError> {
+        // etcd starts "never compacted" below revision 0, so compacting to 0 first is a no-op
+        // success. (etcd would refuse a second compaction to 0; here it stays a no-op.)
+        if rev == 0 && self.compact_floor == 0 {
+            return Ok(());
+        }
         if rev <= self.compact_floor {
             return Err(MvccError::Compacted);
         }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of etcd-rs on a fresh Debian machine: installs the reference etcd and
+# etcdctl (needed by the compat tests) when missing, builds release binaries, runs the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+  echo "installing the reference etcd + etcdctl (Debian etcd-server, etcd-client)..."
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq etcd-server etcd-client >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq etcd-server etcd-client; }
+  # Debian may start a packaged etcd on 2379/2380; the tests use their own ports, but stop it anyway.
+  (command -v systemctl >/dev/null 2>&1 && $SUDO systemctl stop etcd >/dev/null 2>&1) || true
+fi
+
+cargo build --release --workspace --bins
+ETCD_RS_BIN="$PWD/target/release/etcd-rs" cargo test --release --workspace -- --test-threads=2

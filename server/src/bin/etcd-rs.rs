@@ -1,0 +1,142 @@
+//! `etcd-rs`: a drop-in etcd v3 server. Run with no flags it is a single member serving
+//! clients on 127.0.0.1:2379 with its data in ./default.etcd, as `etcd` is.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
+use etcd_server::{compactor, grpc, logging, EtcdServer};
+use tokio::sync::watch;
+
+fn main() {
+    let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if flags.version {
+        println!("etcd Version: {}", flags.etcd_api_version);
+        println!("etcd-rs Version: {ETCD_RS_VERSION}");
+        println!("Go OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+        return;
+    }
+    if let Err(e) = logging::init(&flags.logger, &flags.log_outputs, &flags.log_level) {
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(2);
+    }
+    let cfg = match flags.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("etcd-rs: {e}");
+            std::process::exit(2);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("etcd-rs").build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etcd-rs: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cfg)) {
+        tracing::error!("{e}");
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// "localhost" binds the IPv4 loopback, as etcd clients expect 127.0.0.1 to answer.
+fn socket_addr(u: &url::Url) -> Result<SocketAddr, String> {
+    let host = u.host_str().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']');
+    let port = u.port().ok_or_else(|| format!("URL {u} has no port"))?;
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        host.parse().map_err(|_| format!("listen URL {} must use an IP address or localhost", url_string(u)))?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
+    tracing::info!(
+        etcd_version = %cfg.etcd_api_version,
+        etcd_rs_version = ETCD_RS_VERSION,
+        name = %cfg.name,
+        data_dir = %cfg.data_dir.display(),
+        "starting etcd-rs"
+    );
+    // Bind first, so a busy port fails fast before any data dir is touched.
+    let mut listeners = Vec::new();
+    for u in &cfg.listen_client_urls {
+        if u.scheme() != "http" {
+            return Err(format!("--listen-client-urls: scheme {} is not supported yet (http only)", u.scheme()));
+        }
+        let addr = socket_addr(u)?;
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        tracing::info!(address = %addr, "listening for client requests");
+        listeners.push(l);
+    }
+    let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
+
+    // As etcd, serve clients only once this member is published to the cluster through raft.
+    tokio::select! {
+        _ = server.publish() => {}
+        _ = wait_for_signal() => {
+            tracing::info!("received signal before ready; shutting down");
+            server.stop().await;
+            return Ok(());
+        }
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut serving = Vec::new();
+    for l in listeners {
+        let routes = grpc::routes(server.clone());
+        let mut stop = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        serving.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .tcp_nodelay(true)
+                .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "client listener failed");
+            }
+        }));
+    }
+    let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
+
+    wait_for_signal().await;
+    tracing::info!("received signal; shutting down");
+    let _ = stop_tx.send(true);
+    compaction.abort();
+    for s in serving {
+        // Long-lived streams must not hold the member up forever.
+        let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+    }
+    server.stop().await;
+    tracing::info!("stopped serving; data synced");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

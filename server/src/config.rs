@@ -1,0 +1,609 @@
+//! The `etcd-rs` command line: etcd's flag names, defaults and `ETCD_*` variables.
+//!
+//! A flag given on the command line wins over its `ETCD_*` variable, as in etcd. etcd's Go
+//! flag parser also accepts single-dash long flags (`-name x`); `normalize_args` rewrites them.
+//! Flags for features etcd-rs has not built yet are accepted only at their default value:
+//! anything else is a startup error naming the flag, never a silently ignored setting.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::Parser;
+
+/// The etcd semver whose API etcd-rs implements (reported by Status and `/version`).
+pub const ETCD_API_VERSION: &str = "3.5.17";
+/// etcd-rs's own version.
+pub const ETCD_RS_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "etcd-rs", about = "A drop-in etcd v3 server", disable_version_flag = true)]
+pub struct Flags {
+    /// Print the version and exit.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub version: bool,
+
+    // ---- member ----
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+    /// Path to the data directory (default: ${name}.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Path to the dedicated wal directory.
+    #[arg(long, env = "ETCD_WAL_DIR", default_value = "")]
+    pub wal_dir: String,
+    /// Number of committed transactions to trigger a snapshot to disk.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Whether to fast-forward initial election ticks on boot for faster election.
+    #[arg(long, env = "ETCD_INITIAL_ELECTION_TICK_ADVANCE", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub initial_election_tick_advance: bool,
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// List of URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+    /// List of URLs to listen on for the metrics and health endpoints.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Maximum number of snapshot files to retain (0 is unlimited).
+    #[arg(long, env = "ETCD_MAX_SNAPSHOTS", default_value_t = 5)]
+    pub max_snapshots: u32,
+    /// Maximum number of wal files to retain (0 is unlimited).
+    #[arg(long, env = "ETCD_MAX_WALS", default_value_t = 5)]
+    pub max_wals: u32,
+    /// Raise alarms when backend size exceeds the given quota (0 defaults to low space quota).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+    /// BackendBatchInterval is the maximum time before commit the backend transaction.
+    #[arg(long, env = "ETCD_BACKEND_BATCH_INTERVAL", default_value = "")]
+    pub backend_batch_interval: String,
+    /// BackendBatchLimit is the maximum operations before commit the backend transaction.
+    #[arg(long, env = "ETCD_BACKEND_BATCH_LIMIT", default_value_t = 0)]
+    pub backend_batch_limit: u64,
+    /// The freelist type (bbolt only; accepted for compatibility, redb has none).
+    #[arg(long, env = "ETCD_BACKEND_BBOLT_FREELIST_TYPE", default_value = "map")]
+    pub backend_bbolt_freelist_type: String,
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Minimum duration interval that a client should wait before pinging server.
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s")]
+    pub grpc_keepalive_min_time: String,
+    /// Frequency duration of server-to-client ping to check if a connection is alive (0 to disable).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h")]
+    pub grpc_keepalive_interval: String,
+    /// Additional duration of wait before closing a non-responsive connection (0 to disable).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
+    pub grpc_keepalive_timeout: String,
+    /// Enable to set socket option SO_REUSEPORT on listeners.
+    #[arg(long, env = "ETCD_SOCKET_REUSE_PORT", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub socket_reuse_port: bool,
+    /// Enable to set socket option SO_REUSEADDR on listeners.
+    #[arg(long, env = "ETCD_SOCKET_REUSE_ADDRESS", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub socket_reuse_address: bool,
+
+    // ---- clustering ----
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+    /// Initial cluster configuration for bootstrapping.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Initial cluster state ('new' or 'existing').
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Initial cluster token for the etcd cluster during bootstrap.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// List of this member's client URLs to advertise to the public.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+    /// Discovery URL used to bootstrap the cluster (not supported yet).
+    #[arg(long, env = "ETCD_DISCOVERY", default_value = "")]
+    pub discovery: String,
+    #[arg(long, env = "ETCD_DISCOVERY_FALLBACK", default_value = "proxy")]
+    pub discovery_fallback: String,
+    #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
+    pub discovery_proxy: String,
+    /// DNS domain used to bootstrap initial cluster (not supported yet).
+    #[arg(long, env = "ETCD_DISCOVERY_SRV", default_value = "")]
+    pub discovery_srv: String,
+    #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
+    pub discovery_srv_name: String,
+    /// Reject reconfiguration requests that would cause quorum loss.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub strict_reconfig_check: bool,
+    /// Enable to run an additional Raft election phase.
+    #[arg(long, env = "ETCD_PRE_VOTE", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub pre_vote: bool,
+    /// Auto compaction retention length. 0 means disable auto compaction.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+    /// Interpret 'auto-compaction-retention' one of: periodic|revision.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// Maximum number of learners in the cluster.
+    #[arg(long = "max-learners", alias = "experimental-max-learners", env = "ETCD_MAX_LEARNERS", default_value_t = 1)]
+    pub max_learners: usize,
+    /// Force to create a new one member cluster (not supported yet).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub force_new_cluster: bool,
+    /// Accept etcd V2 client requests (etcd-rs serves v3 only).
+    #[arg(long, env = "ETCD_ENABLE_V2", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_v2: bool,
+    #[arg(long, env = "ETCD_V2_DEPRECATION", default_value = "not-yet")]
+    pub v2_deprecation: String,
+
+    // ---- security (TLS is not built yet: non-default values are refused) ----
+    #[arg(long, env = "ETCD_CERT_FILE", default_value = "")]
+    pub cert_file: String,
+    #[arg(long, env = "ETCD_KEY_FILE", default_value = "")]
+    pub key_file: String,
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub client_cert_auth: bool,
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE", default_value = "")]
+    pub client_crl_file: String,
+    #[arg(long, env = "ETCD_CLIENT_CERT_ALLOWED_HOSTNAME", default_value = "")]
+    pub client_cert_allowed_hostname: String,
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE", default_value = "")]
+    pub trusted_ca_file: String,
+    #[arg(long, env = "ETCD_AUTO_TLS", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub auto_tls: bool,
+    #[arg(long, env = "ETCD_PEER_CERT_FILE", default_value = "")]
+    pub peer_cert_file: String,
+    #[arg(long, env = "ETCD_PEER_KEY_FILE", default_value = "")]
+    pub peer_key_file: String,
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub peer_client_cert_auth: bool,
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", default_value = "")]
+    pub peer_trusted_ca_file: String,
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", default_value = "")]
+    pub peer_cert_allowed_cn: String,
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_HOSTNAME", default_value = "")]
+    pub peer_cert_allowed_hostname: String,
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub peer_auto_tls: bool,
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+    #[arg(long, env = "ETCD_PEER_CRL_FILE", default_value = "")]
+    pub peer_crl_file: String,
+    #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
+    pub cipher_suites: String,
+    #[arg(long, env = "ETCD_CORS", default_value = "*")]
+    pub cors: String,
+    #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
+    pub host_whitelist: String,
+
+    // ---- auth (not built yet) ----
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    // ---- profiling, metrics and logging ----
+    #[arg(long, env = "ETCD_ENABLE_PPROF", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_pprof: bool,
+    #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
+    pub metrics: String,
+    /// Currently only supports 'zap' for structured logging ('capnslog' prints plain text).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+    /// Specify 'stdout' or 'stderr' to skip journald logging even when running under systemd, or list of comma separated output targets.
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+    /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    #[arg(long, env = "ETCD_ENABLE_LOG_ROTATION", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_log_rotation: bool,
+
+    // ---- experimental ----
+    /// Duration of periodic watch progress notifications.
+    #[arg(long = "watch-progress-notify-interval", alias = "experimental-watch-progress-notify-interval", env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
+    pub watch_progress_notify_interval: String,
+    /// Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change.
+    #[arg(long = "experimental-enable-lease-checkpoint", env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_lease_checkpoint: bool,
+    /// Sets the maximum revisions deleted in each compaction batch.
+    #[arg(long = "experimental-compaction-batch-limit", env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
+    pub compaction_batch_limit: usize,
+    #[arg(long = "experimental-initial-corrupt-check", env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub initial_corrupt_check: bool,
+    #[arg(long = "experimental-corrupt-check-time", env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s")]
+    pub corrupt_check_time: String,
+    #[arg(long = "experimental-warning-apply-duration", env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", default_value = "100ms")]
+    pub warning_apply_duration: String,
+    /// Disables fsync, unsafe, will cause data loss.
+    #[arg(long, env = "ETCD_UNSAFE_NO_FSYNC", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub unsafe_no_fsync: bool,
+    /// The etcd version etcd-rs reports in Status and /version.
+    #[arg(long = "etcd-api-version", env = "ETCD_RS_ETCD_API_VERSION", default_value = ETCD_API_VERSION)]
+    pub etcd_api_version: String,
+
+    /// Path to the server configuration file (not supported yet).
+    #[arg(long, env = "ETCD_CONFIG_FILE", default_value = "")]
+    pub config_file: String,
+    /// Proxy mode (etcd-rs has no v2 proxy).
+    #[arg(long, env = "ETCD_PROXY", default_value = "off")]
+    pub proxy: String,
+}
+
+/// Rewrites Go-style single-dash long flags (`-name`, `-data-dir=x`) into `--name`.
+pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let is_single_dash_long = i > 0
+                && a.starts_with('-')
+                && !a.starts_with("--")
+                && a.len() > 2
+                && a.as_bytes()[1].is_ascii_alphabetic();
+            if is_single_dash_long {
+                format!("-{a}")
+            } else {
+                a
+            }
+        })
+        .collect()
+}
+
+/// A member of `--initial-cluster`: name and its peer URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    Off,
+    /// Keep history for this long.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
+/// Validated server configuration derived from `Flags`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<url::Url>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<url::Url>,
+    pub advertise_peer_urls: Vec<String>,
+    pub initial_cluster: Vec<InitialMember>,
+    pub initial_cluster_new: bool,
+    pub initial_cluster_token: String,
+    pub snapshot_count: u64,
+    pub heartbeat: Duration,
+    pub election_ticks: usize,
+    pub quota_backend_bytes: i64,
+    pub max_txn_ops: usize,
+    pub max_request_bytes: usize,
+    pub auto_compaction: AutoCompaction,
+    pub backend_batch_interval: Duration,
+    pub backend_batch_limit: u64,
+    pub max_learners: usize,
+    pub strict_reconfig_check: bool,
+    pub etcd_api_version: String,
+    pub unsafe_no_fsync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Parses a Go duration ("100ms", "1h30m", "5s"); a bare number is rejected unless `bare_unit` is given.
+pub fn parse_go_duration(s: &str, bare_unit: Option<Duration>) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    if let (Ok(n), Some(unit)) = (s.parse::<f64>(), bare_unit) {
+        if n < 0.0 {
+            return err(format!("negative duration {s:?}"));
+        }
+        return Ok(unit.mul_f64(n));
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return err("empty duration");
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return err(format!("invalid duration {s:?}"));
+        }
+        let n: f64 = rest[..num_len].parse().map_err(|_| ConfigError(format!("invalid duration {s:?}")))?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ns" => Duration::from_nanos(1),
+            "us" | "µs" => Duration::from_micros(1),
+            "ms" => Duration::from_millis(1),
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return err(format!("invalid duration {s:?}: missing or unknown unit")),
+        };
+        total += unit.mul_f64(n);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let u = url::Url::parse(part).map_err(|e| ConfigError(format!("--{flag}: invalid URL {part:?}: {e}")))?;
+        if !matches!(u.scheme(), "http" | "https" | "unix" | "unixs") {
+            return err(format!("--{flag}: URL scheme must be http, https, unix, or unixs: {part}"));
+        }
+        if u.port().is_none() || u.host_str().is_none() {
+            return err(format!("--{flag}: URL address does not have the form \"host:port\": {part}"));
+        }
+        if u.path() != "/" && !u.path().is_empty() {
+            return err(format!("--{flag}: URL must not contain a path: {part}"));
+        }
+        out.push(u);
+    }
+    if out.is_empty() {
+        return err(format!("--{flag}: no valid URLs given"));
+    }
+    Ok(out)
+}
+
+/// The URL as etcd prints it (Go's url.String(): no trailing slash for an empty path).
+pub fn url_string(u: &url::Url) -> String {
+    let mut s = u.to_string();
+    if s.ends_with('/') && u.path() == "/" {
+        s.pop();
+    }
+    s
+}
+
+fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError> {
+    let mut members: Vec<InitialMember> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((name, url)) = part.split_once('=') else {
+            return err(format!("--initial-cluster: {part:?} is not of the form name=url"));
+        };
+        let url = parse_urls("initial-cluster", url)?.remove(0);
+        match members.iter_mut().find(|m| m.name == name) {
+            Some(m) => m.peer_urls.push(url_string(&url)),
+            None => members.push(InitialMember { name: name.to_string(), peer_urls: vec![url_string(&url)] }),
+        }
+    }
+    if members.is_empty() {
+        return err("--initial-cluster is empty");
+    }
+    Ok(members)
+}
+
+impl Flags {
+    /// Refuses flags whose feature is not built, so nobody runs with a setting that does nothing.
+    fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
+        let unbuilt: &[(&str, bool)] = &[
+            ("cert-file", !self.cert_file.is_empty()),
+            ("key-file", !self.key_file.is_empty()),
+            ("client-cert-auth", self.client_cert_auth),
+            ("client-crl-file", !self.client_crl_file.is_empty()),
+            ("trusted-ca-file", !self.trusted_ca_file.is_empty()),
+            ("auto-tls", self.auto_tls),
+            ("peer-cert-file", !self.peer_cert_file.is_empty()),
+            ("peer-key-file", !self.peer_key_file.is_empty()),
+            ("peer-client-cert-auth", self.peer_client_cert_auth),
+            ("peer-trusted-ca-file", !self.peer_trusted_ca_file.is_empty()),
+            ("peer-auto-tls", self.peer_auto_tls),
+            ("discovery", !self.discovery.is_empty()),
+            ("discovery-srv", !self.discovery_srv.is_empty()),
+            ("force-new-cluster", self.force_new_cluster),
+            ("enable-v2", self.enable_v2),
+            ("wal-dir", !self.wal_dir.is_empty()),
+            ("config-file", !self.config_file.is_empty()),
+            ("listen-metrics-urls", !self.listen_metrics_urls.is_empty()),
+        ];
+        for (flag, set) in unbuilt {
+            if *set {
+                return err(format!("--{flag} is not supported by etcd-rs yet"));
+            }
+        }
+        if self.proxy != "off" {
+            return err("--proxy is not supported by etcd-rs (v2 proxy mode)");
+        }
+        if self.auth_token != "simple" && !self.auth_token.starts_with("simple") {
+            return err(format!("--auth-token {:?} is not supported by etcd-rs yet", self.auth_token));
+        }
+        Ok(())
+    }
+
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        self.refuse_unbuilt()?;
+        if self.heartbeat_interval == 0 {
+            return err("--heartbeat-interval must be > 0");
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return err(format!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout, self.heartbeat_interval
+            ));
+        }
+        if self.election_timeout > 50_000 {
+            return err(format!("--election-timeout[{}ms] is too long, and should be set less than 50000ms", self.election_timeout));
+        }
+        let initial_cluster_new = match self.initial_cluster_state.as_str() {
+            "new" => true,
+            "existing" => false,
+            other => return err(format!("--initial-cluster-state: invalid value {other:?} (new or existing)")),
+        };
+        let listen_client_urls = parse_urls("listen-client-urls", &self.listen_client_urls)?;
+        let listen_peer_urls = parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
+        let advertise_client_urls =
+            parse_urls("advertise-client-urls", &self.advertise_client_urls)?.iter().map(url_string).collect();
+        let mut advertise_peer_urls: Vec<String> =
+            parse_urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?.iter().map(url_string).collect();
+        advertise_peer_urls.sort();
+        let initial_cluster = match &self.initial_cluster {
+            Some(s) => parse_initial_cluster(s)?,
+            None => vec![InitialMember { name: self.name.clone(), peer_urls: advertise_peer_urls.clone() }],
+        };
+        if initial_cluster_new {
+            let Some(me) = initial_cluster.iter().find(|m| m.name == self.name) else {
+                return err(format!(
+                    "couldn't find local name {:?} in the initial cluster configuration",
+                    self.name
+                ));
+            };
+            let mut mine = me.peer_urls.clone();
+            mine.sort();
+            if mine != advertise_peer_urls {
+                return err(format!(
+                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} ",
+                    me.name,
+                    mine.join(","),
+                    advertise_peer_urls.join(",")
+                ));
+            }
+        }
+        let auto_compaction = match self.auto_compaction_mode.as_str() {
+            "periodic" => {
+                let d = parse_go_duration(&self.auto_compaction_retention, Some(Duration::from_secs(3600)))
+                    .map_err(|e| ConfigError(format!("--auto-compaction-retention: {}", e.0)))?;
+                if d.is_zero() { AutoCompaction::Off } else { AutoCompaction::Periodic(d) }
+            }
+            "revision" => {
+                let n: i64 = self.auto_compaction_retention.trim().parse().map_err(|_| {
+                    ConfigError(format!("--auto-compaction-retention: invalid revision count {:?}", self.auto_compaction_retention))
+                })?;
+                if n < 0 {
+                    return err("--auto-compaction-retention must not be negative");
+                }
+                if n == 0 { AutoCompaction::Off } else { AutoCompaction::Revision(n) }
+            }
+            other => return err(format!("unknown auto-compaction-mode {other:?}")),
+        };
+        let backend_batch_interval = if self.backend_batch_interval.is_empty() {
+            Duration::from_millis(100)
+        } else {
+            parse_go_duration(&self.backend_batch_interval, None)
+                .map_err(|e| ConfigError(format!("--backend-batch-interval: {}", e.0)))?
+        };
+        let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        Ok(ServerConfig {
+            name: self.name,
+            data_dir,
+            listen_client_urls,
+            advertise_client_urls,
+            listen_peer_urls,
+            advertise_peer_urls,
+            initial_cluster,
+            initial_cluster_new,
+            initial_cluster_token: self.initial_cluster_token,
+            snapshot_count: self.snapshot_count.max(1),
+            heartbeat: Duration::from_millis(self.heartbeat_interval),
+            election_ticks: (self.election_timeout / self.heartbeat_interval) as usize,
+            quota_backend_bytes: self.quota_backend_bytes,
+            max_txn_ops: self.max_txn_ops,
+            max_request_bytes: self.max_request_bytes,
+            auto_compaction,
+            backend_batch_interval,
+            backend_batch_limit: if self.backend_batch_limit == 0 { 10_000 } else { self.backend_batch_limit },
+            max_learners: self.max_learners,
+            strict_reconfig_check: self.strict_reconfig_check,
+            etcd_api_version: self.etcd_api_version,
+            unsafe_no_fsync: self.unsafe_no_fsync,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, String> {
+        let argv = normalize_args(std::iter::once("etcd-rs").chain(args.iter().copied()).map(String::from));
+        let flags = Flags::try_parse_from(argv).map_err(|e| e.to_string())?;
+        flags.into_config().map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(c.initial_cluster, vec![InitialMember { name: "default".into(), peer_urls: vec!["http://localhost:2380".into()] }]);
+        assert_eq!(c.initial_cluster_token, "etcd-cluster");
+        assert_eq!(c.election_ticks, 10);
+        assert_eq!(c.max_request_bytes, 1_572_864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.snapshot_count, 100_000);
+        assert_eq!(c.auto_compaction, AutoCompaction::Off);
+    }
+
+    #[test]
+    fn single_dash_long_flags_are_accepted() {
+        let c = parse(&["-name", "x", "-data-dir=/tmp/d", "--initial-cluster", "x=http://localhost:2380"]).unwrap();
+        assert_eq!(c.name, "x");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+    }
+
+    #[test]
+    fn unknown_flag_is_an_error() {
+        assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn unbuilt_features_are_refused_by_name() {
+        let e = parse(&["--cert-file", "/x.pem"]).unwrap_err();
+        assert!(e.contains("--cert-file"), "{e}");
+    }
+
+    #[test]
+    fn auto_compaction_modes() {
+        let c = parse(&["--auto-compaction-retention", "1"]).unwrap();
+        assert_eq!(c.auto_compaction, AutoCompaction::Periodic(Duration::from_secs(3600)));
+        let c = parse(&["--auto-compaction-retention", "30m"]).unwrap();
+        assert_eq!(c.auto_compaction, AutoCompaction::Periodic(Duration::from_secs(1800)));
+        let c = parse(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000"]).unwrap();
+        assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
+        assert!(parse(&["--auto-compaction-mode", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("1h30m", None).unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_go_duration("100ms", None).unwrap(), Duration::from_millis(100));
+        assert!(parse_go_duration("10", None).is_err());
+        assert!(parse_go_duration("5x", None).is_err());
+    }
+
+    #[test]
+    fn election_timeout_must_cover_heartbeats() {
+        assert!(parse(&["--heartbeat-interval", "100", "--election-timeout", "200"]).is_err());
+    }
+
+    #[test]
+    fn initial_cluster_must_name_this_member() {
+        assert!(parse(&["--name", "a", "--initial-cluster", "b=http://localhost:2380"]).is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! Maintenance service: status, alarms, hashes. RPCs not built yet answer `Unimplemented`
+//! naming themselves.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use etcd_proto::etcdserverpb::maintenance_server::Maintenance;
+use etcd_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::errors::ServerError;
+use crate::etcd_server::EtcdServer;
+
+pub struct MaintenanceService {
+    pub server: Arc<EtcdServer>,
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    ServerError::Unimplemented(format!("etcd-rs: Maintenance.{rpc} is not implemented yet")).into()
+}
+
+type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = request.into_inner();
+        if req.action() != AlarmAction::Get {
+            return Err(unimplemented("Alarm (activate/deactivate)"));
+        }
+        // No alarm can be raised yet (quota and corruption checks come with the alarm store).
+        let header = self.server.header(self.server.kv_revision());
+        Ok(Response::new(AlarmResponse { header: Some(header), alarms: vec![] }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.server.status()))
+    }
+
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        Err(unimplemented("Defragment"))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, revision) = self.server.hash()?;
+        Ok(Response::new(HashResponse { header: Some(self.server.header(revision)), hash }))
+    }
+
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        let req = request.into_inner();
+        let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(req.revision)?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.server.header(revision)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+
+    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+
+    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+}

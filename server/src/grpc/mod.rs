@@ -1,0 +1,100 @@
+//! The client listener: etcd's gRPC services plus `/health` and `/version` over HTTP/1.1 on
+//! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
+
+mod cluster;
+mod kv;
+mod maintenance;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
+use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::etcdserverpb::RangeRequest;
+
+use crate::etcd_server::EtcdServer;
+
+/// gRPC framing and headers on top of `--max-request-bytes`, as etcd allows.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
+    let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let mut builder = tonic::service::Routes::builder();
+    builder
+        .add_service(KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
+                .max_decoding_message_size(max_recv),
+        )
+        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv));
+    let health_server = server.clone();
+    let version_server = server;
+    let router = builder
+        .routes()
+        .into_axum_router()
+        .route("/health", axum::routing::get(move || health(health_server.clone())))
+        .route("/version", axum::routing::get(move || version(version_server.clone())))
+        .fallback(unimplemented_method);
+    let routes = tonic::service::Routes::from(router);
+    routes
+}
+
+async fn health(server: Arc<EtcdServer>) -> impl IntoResponse {
+    let probe = RangeRequest { key: b"health".to_vec(), keys_only: true, limit: 1, ..Default::default() };
+    let (ok, reason) = if !server.has_leader() {
+        (false, "RAFT NO LEADER".to_string())
+    } else {
+        match tokio::time::timeout(Duration::from_secs(5), server.range(probe)).await {
+            Ok(Ok(_)) => (true, String::new()),
+            Ok(Err(e)) => (false, format!("RANGE ERROR:{e}")),
+            Err(_) => (false, "RANGE ERROR:timed out".to_string()),
+        }
+    };
+    let body = serde_json::json!({"health": ok.to_string(), "reason": reason}).to_string();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn version(server: Arc<EtcdServer>) -> impl IntoResponse {
+    let cluster = server.members().cluster_version().unwrap_or_else(|| "not_decided".to_string());
+    let body = serde_json::json!({"etcdserver": server.config().etcd_api_version, "etcdcluster": cluster}).to_string();
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Any other path: a gRPC call to a service or method not built yet, or an unknown HTTP path.
+async fn unimplemented_method(req: axum::extract::Request) -> axum::response::Response {
+    let is_grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return (StatusCode::NOT_FOUND, "404 page not found\n").into_response();
+    }
+    let method = req.uri().path().trim_start_matches('/').replace('/', ".");
+    let message = format!("etcd-rs: {method} is not implemented yet");
+    let mut resp = StatusCode::OK.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static("12"));
+    if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// grpc-message is percent-encoded outside printable ASCII (and '%').
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,15 @@
+//! etcd-rs's server: `EtcdServer` (bootstrap, apply, reads), cluster membership, the gRPC
+//! services and the configuration of the `etcd-rs` binary.
+
+pub mod apply;
+pub mod compactor;
+pub mod config;
+pub mod errors;
+pub mod etcd_server;
+pub mod grpc;
+pub mod ids;
+pub mod logging;
+pub mod membership;
+pub mod wait;
+
+pub use etcd_server::EtcdServer;

@@ -1,0 +1,196 @@
+//! Cluster membership: the members every member agrees on, changed only by applying raft
+//! entries (conf changes carrying the member record, and published attributes).
+//!
+//! Invariant: the in-memory view and the `members` table change in the same apply batch, so
+//! after a crash the view rebuilt from the backend plus the replayed WAL tail is the same.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use etcd_proto::etcdserverpb;
+use etcd_proto::membershippb::{Attributes, Member, RaftAttributes};
+use parking_lot::RwLock;
+use prost::Message;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::errors::ServerError;
+
+const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
+const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+const CLUSTER_VERSION_KEY: &str = "clusterVersion";
+
+#[derive(Default)]
+struct View {
+    members: BTreeMap<u64, Member>,
+    removed: BTreeSet<u64>,
+    version: Option<String>,
+}
+
+pub struct Membership {
+    local_id: u64,
+    cluster_id: u64,
+    view: RwLock<View>,
+}
+
+fn storage_err(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Internal(format!("membership store: {e}"))
+}
+
+impl Membership {
+    /// Loads the membership stored in the backend (empty on a new data dir).
+    pub fn load(db: &redb::Database, local_id: u64, cluster_id: u64) -> Result<Self, ServerError> {
+        let mut view = View::default();
+        let rtx = db.begin_read().map_err(storage_err)?;
+        match rtx.open_table(MEMBERS) {
+            Ok(t) => {
+                for row in t.iter().map_err(storage_err)? {
+                    let (id, v) = row.map_err(storage_err)?;
+                    let m = Member::decode(v.value()).map_err(storage_err)?;
+                    view.members.insert(id.value(), m);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(storage_err(e)),
+        }
+        match rtx.open_table(MEMBERS_REMOVED) {
+            Ok(t) => {
+                for row in t.iter().map_err(storage_err)? {
+                    view.removed.insert(row.map_err(storage_err)?.0.value());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(storage_err(e)),
+        }
+        match rtx.open_table(CLUSTER) {
+            Ok(t) => {
+                if let Some(v) = t.get(CLUSTER_VERSION_KEY).map_err(storage_err)? {
+                    view.version = Some(String::from_utf8_lossy(v.value()).into_owned());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(storage_err(e)),
+        }
+        Ok(Membership { local_id, cluster_id, view: RwLock::new(view) })
+    }
+
+    pub fn local_id(&self) -> u64 {
+        self.local_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    pub fn cluster_version(&self) -> Option<String> {
+        self.view.read().version.clone()
+    }
+
+    pub fn member(&self, id: u64) -> Option<Member> {
+        self.view.read().members.get(&id).cloned()
+    }
+
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.view.read().removed.contains(&id)
+    }
+
+    /// Members ordered by ID, as etcd lists them.
+    pub fn members(&self) -> Vec<Member> {
+        self.view.read().members.values().cloned().collect()
+    }
+
+    fn save(wtx: &redb::WriteTransaction, m: &Member) -> Result<(), ServerError> {
+        let mut t = wtx.open_table(MEMBERS).map_err(storage_err)?;
+        t.insert(m.id, m.encode_to_vec().as_slice()).map_err(storage_err)?;
+        Ok(())
+    }
+
+    /// Applies an added member (voter or learner) from a committed conf change.
+    pub fn apply_add(&self, wtx: &redb::WriteTransaction, m: Member) -> Result<(), ServerError> {
+        Self::save(wtx, &m)?;
+        self.view.write().members.insert(m.id, m);
+        Ok(())
+    }
+
+    pub fn apply_remove(&self, wtx: &redb::WriteTransaction, id: u64) -> Result<(), ServerError> {
+        wtx.open_table(MEMBERS).map_err(storage_err)?.remove(id).map_err(storage_err)?;
+        wtx.open_table(MEMBERS_REMOVED).map_err(storage_err)?.insert(id, ()).map_err(storage_err)?;
+        let mut v = self.view.write();
+        v.members.remove(&id);
+        v.removed.insert(id);
+        Ok(())
+    }
+
+    /// Applies a member's published name and client URLs. Unknown members are ignored, as etcd
+    /// ignores attributes of a member removed meanwhile.
+    pub fn apply_attributes(&self, wtx: &redb::WriteTransaction, id: u64, attrs: Attributes) -> Result<(), ServerError> {
+        let updated = {
+            let v = self.view.read();
+            v.members.get(&id).cloned().map(|mut m| {
+                m.member_attrs = Some(attrs);
+                m
+            })
+        };
+        if let Some(m) = updated {
+            Self::save(wtx, &m)?;
+            self.view.write().members.insert(id, m);
+        }
+        Ok(())
+    }
+
+    pub fn apply_version(&self, wtx: &redb::WriteTransaction, version: &str) -> Result<(), ServerError> {
+        wtx.open_table(CLUSTER)
+            .map_err(storage_err)?
+            .insert(CLUSTER_VERSION_KEY, version.as_bytes())
+            .map_err(storage_err)?;
+        self.view.write().version = Some(version.to_string());
+        Ok(())
+    }
+}
+
+/// A new member record as carried in a conf change's context.
+pub fn new_member(id: u64, name: &str, peer_urls: Vec<String>, is_learner: bool) -> Member {
+    Member {
+        id,
+        raft_attrs: Some(RaftAttributes { peer_urls, is_learner }),
+        member_attrs: Some(Attributes { name: name.to_string(), client_urls: vec![] }),
+    }
+}
+
+/// The client-facing form of a member (etcdserverpb.Member).
+pub fn to_pb(m: &Member) -> etcdserverpb::Member {
+    let raft = m.raft_attrs.clone().unwrap_or_default();
+    let attrs = m.member_attrs.clone().unwrap_or_default();
+    etcdserverpb::Member {
+        id: m.id,
+        name: attrs.name,
+        peer_ur_ls: raft.peer_urls,
+        client_ur_ls: attrs.client_urls,
+        is_learner: raft.is_learner,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_survives_reload_from_the_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("db")).unwrap();
+        let ms = Membership::load(&db, 1, 9).unwrap();
+        let wtx = db.begin_write().unwrap();
+        ms.apply_add(&wtx, new_member(1, "a", vec!["http://a:2380".into()], false)).unwrap();
+        ms.apply_add(&wtx, new_member(2, "b", vec!["http://b:2380".into()], true)).unwrap();
+        ms.apply_attributes(&wtx, 1, Attributes { name: "a".into(), client_urls: vec!["http://a:2379".into()] }).unwrap();
+        ms.apply_remove(&wtx, 2).unwrap();
+        ms.apply_version(&wtx, "3.5.0").unwrap();
+        wtx.commit().unwrap();
+
+        let again = Membership::load(&db, 1, 9).unwrap();
+        let members = again.members();
+        assert_eq!(members.len(), 1);
+        assert_eq!(to_pb(&members[0]).client_ur_ls, vec!["http://a:2379".to_string()]);
+        assert!(again.is_removed(2));
+        assert_eq!(again.cluster_version().as_deref(), Some("3.5.0"));
+    }
+}
