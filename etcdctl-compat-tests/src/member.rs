@@ -177,6 +177,7 @@ impl Member {
                 ));
             }
             let status = Command::new(etcdctl)
+                .env_remove("ETCDCTL_BIN")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={}", self.client_url()))
                 .args([

@@ -131,7 +131,9 @@ pub fn run_etcdctl(
     command: &Command,
     env: &BTreeMap<String, String>,
 ) -> Result<Output, String> {
+    // etcdctl 3.5 warns about every unknown ETCDCTL_* variable, such as the harness's own.
     let mut child = Process::new(etcdctl)
+        .env_remove("ETCDCTL_BIN")
         .envs(env)
         .arg(format!("--endpoints={endpoints}"))
         .args(&command.args)

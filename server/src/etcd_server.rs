@@ -288,9 +288,8 @@ impl EtcdServer {
         let applied = self.propose(InternalRaftRequest { txn: Some(req), ..Default::default() }).await?;
         match applied.result? {
             ApplyResult::Txn(mut r) => {
-                let header = self.header(applied.revision);
-                fill_txn_headers(&mut r, &header);
-                r.header = Some(header);
+                // Nested responses keep the per-op headers mvcc gave them, as etcd answers.
+                r.header = Some(self.header(applied.revision));
                 Ok(r)
             }
             other => Err(unexpected(other)),
@@ -369,24 +368,6 @@ fn cluster_version_of(api_version: &str) -> String {
     let major = parts.next().unwrap_or("3");
     let minor = parts.next().unwrap_or("5");
     format!("{major}.{minor}.0")
-}
-
-/// Nested responses inside a txn carry a header holding only the revision, as in etcd.
-fn fill_txn_headers(r: &mut TxnResponse, outer: &ResponseHeader) {
-    use etcd_proto::etcdserverpb::response_op::Response;
-    let header = &ResponseHeader { revision: outer.revision, ..Default::default() };
-    for op in &mut r.responses {
-        match &mut op.response {
-            Some(Response::ResponseRange(x)) => x.header = Some(header.clone()),
-            Some(Response::ResponsePut(x)) => x.header = Some(header.clone()),
-            Some(Response::ResponseDeleteRange(x)) => x.header = Some(header.clone()),
-            Some(Response::ResponseTxn(x)) => {
-                x.header = Some(header.clone());
-                fill_txn_headers(x, header);
-            }
-            None => {}
-        }
-    }
 }
 
 fn unexpected(r: ApplyResult) -> ServerError {
