@@ -35,7 +35,8 @@ impl<T> WaitRegistry<T> {
         self.waiters.lock().remove(&id);
     }
 
-    pub fn len(&self) -> usize {
+    /// Requests still waiting for their answer.
+    pub fn pending(&self) -> usize {
         self.waiters.lock().len()
     }
 }
@@ -52,7 +53,7 @@ mod tests {
         w.trigger(7, "mine");
         w.trigger(7, "again");
         assert_eq!(rx.await.unwrap(), "mine");
-        assert_eq!(w.len(), 0);
+        assert_eq!(w.pending(), 0);
     }
 
     #[test]
@@ -60,6 +61,6 @@ mod tests {
         let w: WaitRegistry<u8> = WaitRegistry::default();
         let _rx = w.register(1);
         w.cancel(1);
-        assert_eq!(w.len(), 0);
+        assert_eq!(w.pending(), 0);
     }
 }

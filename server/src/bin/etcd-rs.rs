@@ -20,7 +20,7 @@ fn main() {
     if flags.version {
         println!("etcd Version: {}", flags.etcd_api_version);
         println!("etcd-rs Version: {ETCD_RS_VERSION}");
-        println!("Go OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+        println!("OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
         return;
     }
     if let Err(e) = logging::init(&flags.logger, &flags.log_outputs, &flags.log_level) {
