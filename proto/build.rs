@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/leasepb/lease.proto",
         "proto/v3lockpb/v3lock.proto",
         "proto/v3electionpb/v3election.proto",
+        "proto/etcdrspb/peer.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     tonic_prost_build::configure()

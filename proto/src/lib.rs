@@ -26,3 +26,7 @@ pub mod v3lockpb {
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
 }
+/// etcd-rs's own peer-to-peer service (raft message streams, membership for joining members).
+pub mod etcdrspb {
+    tonic::include_proto!("etcdrspb");
+}

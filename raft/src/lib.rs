@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod node;
+pub mod peer_transport;
 mod raft_loop;
 pub mod read_index;
 pub mod recovery;
@@ -34,5 +35,6 @@ pub use node::{ApplyBatch, RaftNode, RaftNodeConfig, RaftStatus};
 pub use raft::eraftpb;
 pub use raft::StateRole;
 pub use snapshotter::Snapshotter;
+pub use peer_transport::GrpcTransport;
 pub use transport::{NoopTransport, Transport};
 pub use wal::{Wal, WalContents, WalMetadata};

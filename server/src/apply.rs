@@ -18,7 +18,7 @@ use etcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse, RangeResponse, TxnResponse,
 };
 use etcd_proto::membershippb::Member;
-use etcd_raft::{ApplyBatch, RaftNode};
+use etcd_raft::{ApplyBatch, GrpcTransport, RaftNode};
 use prost::Message as _;
 use raft::eraftpb::{ConfChangeType, Entry, EntryType};
 use tokio::sync::watch;
@@ -51,6 +51,7 @@ pub struct Applier {
     pub kv: Arc<KvStore>,
     pub raft: RaftNode,
     pub members: Arc<Membership>,
+    pub transport: Arc<GrpcTransport>,
     pub wait: Arc<ApplyWait>,
     pub applied_tx: watch::Sender<u64>,
     pub runtime: tokio::runtime::Handle,
@@ -207,9 +208,13 @@ impl Applier {
                         m.member_attrs = existing.member_attrs;
                     }
                 }
+                self.transport.set_peer(node_id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
                 self.members.apply_add(txn.write_txn(), m)
             }
-            ConfChangeType::RemoveNode => self.members.apply_remove(txn.write_txn(), node_id),
+            ConfChangeType::RemoveNode => {
+                self.transport.remove_peer(node_id);
+                self.members.apply_remove(txn.write_txn(), node_id)
+            }
         }
     }
 

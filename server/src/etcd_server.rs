@@ -16,7 +16,7 @@ use etcd_proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest};
-use etcd_raft::{NoopTransport, RaftNode, RaftNodeConfig, Wal};
+use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
@@ -89,11 +89,6 @@ impl EtcdServer {
                 }
                 peers.push((id, new_member(id, &m.name, m.peer_urls.clone(), false).encode_to_vec()));
             }
-            if peers.len() > 1 {
-                return Err(ServerError::Unimplemented(
-                    "etcd-rs: multi-member clusters are not supported yet (single member only)".into(),
-                ));
-            }
             (my_id, peers)
         };
         let cid = cluster_id(&initial_peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
@@ -104,9 +99,11 @@ impl EtcdServer {
         raft_cfg.election_tick = cfg.election_ticks;
         raft_cfg.heartbeat_tick = 1;
         raft_cfg.snapshot_catchup_entries = SNAPSHOT_CATCHUP_ENTRIES;
-        let (raft, apply_rx) = RaftNode::start(raft_cfg, Arc::new(NoopTransport))?;
+        let transport = GrpcTransport::new(tokio::runtime::Handle::current());
+        let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
         let meta = raft.wal_metadata();
         let (my_id, cid) = (meta.node_id, meta.cluster_id);
+        transport.bind(my_id, cid, raft.clone());
         tracing::info!(
             member_id = %format!("{my_id:x}"),
             cluster_id = %format!("{cid:x}"),
@@ -114,12 +111,24 @@ impl EtcdServer {
             "raft node started"
         );
         let members = Arc::new(Membership::load(kv.backend().database(), my_id, cid)?);
+        // Peers known now: the stored membership (restart) or the initial cluster (new). Conf
+        // changes applied later update the transport from the applier.
+        if restarting {
+            for m in members.members() {
+                transport.set_peer(m.id, m.raft_attrs.map(|r| r.peer_urls).unwrap_or_default());
+            }
+        } else {
+            for m in &cfg.initial_cluster {
+                transport.set_peer(member_id(&m.peer_urls, &cfg.initial_cluster_token, None), m.peer_urls.clone());
+            }
+        }
         let (applied_tx, applied_rx) = watch::channel(applied_index);
         let wait = Arc::new(ApplyWait::default());
         let applier = Applier {
             kv: kv.clone(),
             raft: raft.clone(),
             members: members.clone(),
+            transport: transport.clone(),
             wait: wait.clone(),
             applied_tx,
             runtime: tokio::runtime::Handle::current(),
@@ -201,6 +210,11 @@ impl EtcdServer {
 
     pub fn members(&self) -> &Membership {
         &self.members
+    }
+
+    /// A raft message from a peer.
+    pub fn step(&self, m: raft::eraftpb::Message) {
+        self.raft.step(m);
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod ids;
 pub mod logging;
 pub mod membership;
+pub mod peer;
 pub mod wait;
 
 pub use etcd_server::EtcdServer;

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
+use etcd_proto::etcdrspb::peer_server::PeerServer;
+use etcd_server::peer::PeerService;
 use etcd_server::{compactor, grpc, logging, EtcdServer};
 use tokio::sync::watch;
 
@@ -70,17 +72,31 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         "starting etcd-rs"
     );
     // Bind first, so a busy port fails fast before any data dir is touched.
-    let mut listeners = Vec::new();
-    for u in &cfg.listen_client_urls {
-        if u.scheme() != "http" {
-            return Err(format!("--listen-client-urls: scheme {} is not supported yet (http only)", u.scheme()));
-        }
-        let addr = socket_addr(u)?;
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        tracing::info!(address = %addr, "listening for client requests");
-        listeners.push(l);
-    }
+    let client_listeners = bind_all("listen-client-urls", &cfg.listen_client_urls, "client requests").await?;
+    let peer_listeners = bind_all("listen-peer-urls", &cfg.listen_peer_urls, "peers").await?;
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
+
+    // Peers first: electing a leader (and so publishing) needs them.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut serving = Vec::new();
+    for l in peer_listeners {
+        let svc = PeerServer::new(PeerService { server: server.clone() })
+            .max_decoding_message_size(64 << 20);
+        let mut stop = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        serving.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "peer listener failed");
+            }
+        }));
+    }
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
     tokio::select! {
@@ -92,9 +108,7 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         }
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut serving = Vec::new();
-    for l in listeners {
+    for l in client_listeners {
         let routes = grpc::routes(server.clone());
         let mut stop = stop_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
@@ -127,6 +141,20 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     server.stop().await;
     tracing::info!("stopped serving; data synced");
     Ok(())
+}
+
+async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<tokio::net::TcpListener>, String> {
+    let mut out = Vec::new();
+    for u in urls {
+        if u.scheme() != "http" {
+            return Err(format!("--{flag}: scheme {} is not supported yet (http only)", u.scheme()));
+        }
+        let addr = socket_addr(u)?;
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
+        tracing::info!(address = %addr, "listening for {what}");
+        out.push(l);
+    }
+    Ok(out)
 }
 
 async fn wait_for_signal() {

@@ -1,0 +1,224 @@
+//! `GrpcTransport`: raft messages to other members over their peer gRPC service.
+//!
+//! One task per peer owns a bounded queue and one client stream (`Peer.Raft`) to that peer;
+//! messages queued while the stream is up go out in batches. The raft loop never waits on the
+//! network: a full queue drops the message (raft retransmits) and a broken connection is
+//! reported as unreachable, then retried with backoff. A slow peer therefore never blocks the
+//! leader, and its memory is bounded by its queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use etcd_proto::etcdrspb::peer_client::PeerClient;
+use etcd_proto::etcdrspb::RaftBatch;
+use parking_lot::RwLock;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use tokio::sync::mpsc;
+
+use crate::node::RaftNode;
+use crate::transport::Transport;
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 4096;
+/// At most this many messages (or bytes) go in one batch on the stream.
+const MAX_BATCH_MSGS: usize = 512;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+struct PeerLink {
+    urls: Vec<String>,
+    tx: mpsc::Sender<Message>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct GrpcTransport {
+    local_id: AtomicU64,
+    cluster_id: AtomicU64,
+    peers: RwLock<HashMap<u64, PeerLink>>,
+    node: OnceLock<RaftNode>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GrpcTransport {
+    pub fn new(runtime: tokio::runtime::Handle) -> Arc<GrpcTransport> {
+        Arc::new(GrpcTransport {
+            local_id: AtomicU64::new(0),
+            cluster_id: AtomicU64::new(0),
+            peers: RwLock::new(HashMap::new()),
+            node: OnceLock::new(),
+            runtime,
+        })
+    }
+
+    /// Who we are (known once the WAL is open) and the node to report unreachable peers to.
+    pub fn bind(&self, local_id: u64, cluster_id: u64, node: RaftNode) {
+        self.local_id.store(local_id, Ordering::Relaxed);
+        self.cluster_id.store(cluster_id, Ordering::Relaxed);
+        let _ = self.node.set(node);
+    }
+
+    /// Adds a peer or changes its URLs; our own ID is ignored.
+    pub fn set_peer(&self, id: u64, urls: Vec<String>) {
+        if id == self.local_id.load(Ordering::Relaxed) || urls.is_empty() {
+            return;
+        }
+        let mut peers = self.peers.write();
+        if peers.get(&id).is_some_and(|p| p.urls == urls) {
+            return;
+        }
+        if let Some(old) = peers.remove(&id) {
+            old.task.abort();
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let link = PeerLinkTask {
+            peer_id: id,
+            urls: urls.clone(),
+            from: self.local_id.load(Ordering::Relaxed),
+            cluster_id: self.cluster_id.load(Ordering::Relaxed),
+            node: self.node.get().cloned(),
+        };
+        let task = self.runtime.spawn(link.run(rx));
+        tracing::info!(peer = %format!("{id:x}"), urls = ?urls, "added peer");
+        peers.insert(id, PeerLink { urls, tx, task });
+    }
+
+    pub fn remove_peer(&self, id: u64) {
+        if let Some(old) = self.peers.write().remove(&id) {
+            old.task.abort();
+            tracing::info!(peer = %format!("{id:x}"), "removed peer");
+        }
+    }
+
+    pub fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
+        self.peers.read().get(&id).map(|p| p.urls.clone())
+    }
+}
+
+impl Drop for GrpcTransport {
+    fn drop(&mut self) {
+        for (_, p) in self.peers.write().drain() {
+            p.task.abort();
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let peers = self.peers.read();
+        for m in msgs {
+            let to = m.to;
+            match peers.get(&to) {
+                Some(p) => {
+                    if p.tx.try_send(m).is_err() {
+                        tracing::debug!(peer = %format!("{to:x}"), "peer queue full; dropping a raft message");
+                        if let Some(n) = self.node.get() {
+                            n.report_unreachable(to);
+                        }
+                    }
+                }
+                None => tracing::debug!(peer = %format!("{to:x}"), "raft message for an unknown peer"),
+            }
+        }
+    }
+}
+
+struct PeerLinkTask {
+    peer_id: u64,
+    urls: Vec<String>,
+    from: u64,
+    cluster_id: u64,
+    node: Option<RaftNode>,
+}
+
+impl PeerLinkTask {
+    async fn run(self, mut rx: mpsc::Receiver<Message>) {
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0usize;
+        loop {
+            let url = &self.urls[attempt % self.urls.len()];
+            attempt += 1;
+            match self.stream_to(url, &mut rx).await {
+                StreamEnd::QueueClosed => return,
+                StreamEnd::Broken(why) => {
+                    tracing::debug!(peer = %format!("{:x}", self.peer_id), url = %url, error = %why, "peer stream broken");
+                    if let Some(n) = &self.node {
+                        n.report_unreachable(self.peer_id);
+                    }
+                    // Drop what queued up while the peer was away: raft resends what matters.
+                    while rx.try_recv().is_ok() {}
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                StreamEnd::Healthy => backoff = Duration::from_millis(50),
+            }
+        }
+    }
+
+    async fn stream_to(&self, url: &str, rx: &mut mpsc::Receiver<Message>) -> StreamEnd {
+        let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
+            Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true),
+            Err(e) => return StreamEnd::Broken(format!("bad peer URL: {e}")),
+        };
+        let channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return StreamEnd::Broken(e.to_string()),
+        };
+        let mut client = PeerClient::new(channel).max_encoding_message_size(64 << 20);
+        let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(16);
+        let mut call = tokio::spawn(async move {
+            client.raft(tokio_stream::wrappers::ReceiverStream::new(batch_rx)).await
+        });
+        let mut sent_any = false;
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                r = &mut call => {
+                    let why = match r {
+                        Ok(Ok(_)) => "peer closed the stream".to_string(),
+                        Ok(Err(status)) => status.to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    return if sent_any { StreamEnd::Healthy } else { StreamEnd::Broken(why) };
+                }
+            };
+            let Some(first) = first else {
+                call.abort();
+                return StreamEnd::QueueClosed;
+            };
+            let mut batch = RaftBatch { cluster_id: self.cluster_id, from: self.from, messages: Vec::new() };
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                match m.write_to_bytes() {
+                    Ok(b) => {
+                        bytes += b.len();
+                        batch.messages.push(b);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode a raft message"),
+                }
+                if batch.messages.len() >= MAX_BATCH_MSGS || bytes >= MAX_BATCH_BYTES {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if batch_tx.send(batch).await.is_err() {
+                call.abort();
+                return StreamEnd::Broken("stream closed".into());
+            }
+            sent_any = true;
+        }
+    }
+}
+
+enum StreamEnd {
+    /// The transport dropped this peer.
+    QueueClosed,
+    /// The stream failed before anything went through: count as unreachable and back off.
+    Broken(String),
+    /// The stream carried messages and then ended: reconnect at once.
+    Healthy,
+}
