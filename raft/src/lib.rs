@@ -31,7 +31,7 @@ pub mod wal;
 pub mod wal_record;
 
 pub use error::{RaftError, SnapshotError, WalError};
-pub use node::{ApplyBatch, RaftNode, RaftNodeConfig, RaftStatus};
+pub use node::{ApplyBatch, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};
 pub use raft::eraftpb;
 pub use raft::StateRole;
 pub use snapshotter::Snapshotter;

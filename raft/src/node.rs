@@ -38,6 +38,8 @@ pub struct RaftNodeConfig {
     pub member_dir: PathBuf,
     /// (member id, ConfChange context bytes), used only to bootstrap a new WAL.
     pub initial_peers: Vec<(u64, Vec<u8>)>,
+    /// A new WAL for a member added to a running cluster: empty log, no initial peers.
+    pub join_existing: bool,
     /// The backend's consistent index: entries up to it are not delivered again.
     pub applied_index: u64,
     /// One raft tick (`--heartbeat-interval`).
@@ -60,6 +62,7 @@ impl RaftNodeConfig {
             cluster_id,
             member_dir,
             initial_peers: Vec::new(),
+            join_existing: false,
             applied_index: 0,
             tick_interval: Duration::from_millis(100),
             election_tick: 10,
@@ -100,6 +103,16 @@ pub struct RaftStatus {
     pub is_learner: bool,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// On the leader: every member's replication progress (empty elsewhere).
+    pub progress: Vec<PeerProgress>,
+}
+
+/// How far the leader knows a member's log matches its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub matched: u64,
+    pub recent_active: bool,
 }
 
 pub(crate) struct Shared {
@@ -154,6 +167,7 @@ impl RaftNode {
                 is_learner: false,
                 voters: Vec::new(),
                 learners: Vec::new(),
+                progress: Vec::new(),
             }),
             stopped: AtomicBool::new(false),
             pending_proposals: AtomicUsize::new(0),

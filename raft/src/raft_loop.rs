@@ -26,7 +26,7 @@ use raft::{RawNode, StateRole, Storage, INVALID_ID};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::RaftError;
-use crate::node::{ApplyBatch, RaftNodeConfig, RaftStatus, Shared};
+use crate::node::{ApplyBatch, PeerProgress, RaftNodeConfig, RaftStatus, Shared};
 use crate::read_index::ReadIndexQueue;
 use crate::recovery::Recovered;
 use crate::snapshotter::Snapshotter;
@@ -344,6 +344,14 @@ impl RaftLoop {
             is_learner: self.conf_state.learners.contains(&id),
             voters: self.conf_state.voters.clone(),
             learners: self.conf_state.learners.clone(),
+            progress: if r.state == raft::StateRole::Leader {
+                r.prs()
+                    .iter()
+                    .map(|(id, p)| PeerProgress { id: *id, matched: p.matched, recent_active: p.recent_active })
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         *self.shared.status.write() = status;
     }

@@ -47,7 +47,9 @@ fn create_dir(path: &Path) -> Result<(), RaftError> {
 
 /// Writes the bootstrap WAL of a new member (see the module docs).
 fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftError> {
-    if cfg.initial_peers.is_empty() {
+    // A member joining a running cluster starts with an empty log and no configuration: the
+    // leader sends it the log (or a snapshot), conf changes included.
+    if cfg.initial_peers.is_empty() && !cfg.join_existing {
         return Err(RaftError::NoInitialPeers);
     }
     let tmp = cfg.member_dir.join("wal.tmp");
@@ -79,7 +81,7 @@ fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftError> 
         entries.push(e);
     }
     let hs = HardState {
-        term: 1,
+        term: if entries.is_empty() { 0 } else { 1 },
         commit: entries.len() as u64,
         ..Default::default()
     };

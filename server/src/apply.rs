@@ -17,6 +17,7 @@ use etcd_mvcc::{ApplyTxn, KvStore};
 use etcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse, RangeResponse, TxnResponse,
 };
+use etcd_proto::etcdrspb::ConfChangeContext;
 use etcd_proto::membershippb::Member;
 use etcd_raft::{ApplyBatch, GrpcTransport, RaftNode};
 use prost::Message as _;
@@ -35,6 +36,8 @@ pub enum ApplyResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compaction(CompactionResponse),
+    /// A membership change: the members after it.
+    Members(Vec<Member>),
     Empty,
 }
 
@@ -52,6 +55,10 @@ pub struct Applier {
     pub raft: RaftNode,
     pub members: Arc<Membership>,
     pub transport: Arc<GrpcTransport>,
+    /// `--max-learners` (etcd validates it in apply too; all members run with the same value).
+    pub max_learners: usize,
+    /// Set when this member's removal is applied: it must stop serving.
+    pub removed_tx: watch::Sender<bool>,
     pub wait: Arc<ApplyWait>,
     pub applied_tx: watch::Sender<u64>,
     pub runtime: tokio::runtime::Handle,
@@ -172,10 +179,27 @@ impl Applier {
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let cc = etcd_raft::recovery::conf_change_of(e)
                         .ok_or_else(|| ServerError::Internal(format!("bad conf change at index {}", e.index)))?;
-                    for c in cc.get_changes() {
-                        self.apply_conf_change(&txn, c.get_change_type(), c.node_id, &cc.context)?;
+                    let ctx = ConfChangeContext::decode(&cc.context[..])
+                        .map_err(|err| ServerError::Internal(format!("bad conf change context at {}: {err}", e.index)))?;
+                    // Validation reads only replicated state, so every member accepts or refuses alike;
+                    // a refused change is not handed to raft (the log entry becomes a no-op).
+                    let checked = cc
+                        .get_changes()
+                        .iter()
+                        .try_for_each(|c| self.validate_conf_change(c.get_change_type(), c.node_id, &ctx));
+                    let result = match checked {
+                        Ok(()) => {
+                            for c in cc.get_changes() {
+                                self.apply_conf_change(&txn, c.get_change_type(), c.node_id, &ctx)?;
+                            }
+                            self.runtime.block_on(self.raft.apply_conf_change(cc))?;
+                            Ok(ApplyResult::Members(self.members.members()))
+                        }
+                        Err(err) => Err(err),
+                    };
+                    if ctx.request_id != 0 {
+                        out.answers.push((ctx.request_id, Applied { result, revision: txn.current_revision() }));
                     }
-                    self.runtime.block_on(self.raft.apply_conf_change(cc))?;
                 }
             }
         }
@@ -187,25 +211,77 @@ impl Applier {
         Ok(out)
     }
 
+    /// etcd's membership rules for a committed conf change.
+    fn validate_conf_change(&self, kind: ConfChangeType, id: u64, ctx: &ConfChangeContext) -> Result<(), ServerError> {
+        if self.members.is_removed(id) {
+            return Err(ServerError::MemberNotFound);
+        }
+        let existing = self.members.member(id);
+        let members = self.members.members();
+        let urls_taken_by_others = |urls: &[String]| {
+            members.iter().filter(|m| m.id != id).any(|m| {
+                m.raft_attrs.as_ref().is_some_and(|r| r.peer_urls.iter().any(|u| urls.contains(u)))
+            })
+        };
+        let new_urls: Vec<String> =
+            ctx.member.as_ref().and_then(|m| m.raft_attrs.as_ref()).map(|r| r.peer_urls.clone()).unwrap_or_default();
+        match kind {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if ctx.is_promote => match existing {
+                None => Err(ServerError::MemberNotFound),
+                Some(m) if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) => Err(ServerError::MemberNotLearner),
+                Some(_) => Ok(()),
+            },
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if ctx.is_update => match existing {
+                None => Err(ServerError::MemberNotFound),
+                Some(_) if urls_taken_by_others(&new_urls) => Err(ServerError::PeerUrlExists),
+                Some(_) => Ok(()),
+            },
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                if existing.is_some() {
+                    // The bootstrap entries are re-applied after a restart: same member, same URLs.
+                    return if ctx.request_id == 0 { Ok(()) } else { Err(ServerError::MemberExists) };
+                }
+                if urls_taken_by_others(&new_urls) {
+                    return Err(ServerError::PeerUrlExists);
+                }
+                let learners = members.iter().filter(|m| m.raft_attrs.as_ref().is_some_and(|r| r.is_learner)).count();
+                if kind == ConfChangeType::AddLearnerNode && learners + 1 > self.max_learners {
+                    return Err(ServerError::TooManyLearners);
+                }
+                Ok(())
+            }
+            ConfChangeType::RemoveNode => existing.map(|_| ()).ok_or(ServerError::MemberNotFound),
+        }
+    }
+
     fn apply_conf_change(
         &self,
         txn: &ApplyTxn<'_>,
         kind: ConfChangeType,
         node_id: u64,
-        context: &[u8],
+        ctx: &ConfChangeContext,
     ) -> Result<(), ServerError> {
         match kind {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let mut m = Member::decode(context)
-                    .map_err(|e| ServerError::Internal(format!("bad member record in conf change: {e}")))?;
+                let existing = self.members.member(node_id);
+                let mut m = match (&existing, &ctx.member) {
+                    // Promotion and update keep the record and its published attributes.
+                    (Some(old), Some(new)) if ctx.is_update => {
+                        let mut m = old.clone();
+                        m.raft_attrs = new.raft_attrs.clone().map(|mut r| {
+                            r.is_learner = old.raft_attrs.as_ref().is_some_and(|o| o.is_learner);
+                            r
+                        });
+                        m
+                    }
+                    (Some(old), _) => old.clone(),
+                    (None, Some(new)) => new.clone(),
+                    (None, None) => return Err(ServerError::Internal("conf change without a member record".into())),
+                };
                 m.id = node_id;
-                if let Some(r) = m.raft_attrs.as_mut() {
-                    r.is_learner = kind == ConfChangeType::AddLearnerNode;
-                }
-                // A promotion re-adds an existing learner as a voter: keep its published attributes.
-                if let Some(existing) = self.members.member(node_id) {
-                    if m.member_attrs.as_ref().is_none_or(|a| a.client_urls.is_empty()) {
-                        m.member_attrs = existing.member_attrs;
+                if !ctx.is_update {
+                    if let Some(r) = m.raft_attrs.as_mut() {
+                        r.is_learner = kind == ConfChangeType::AddLearnerNode;
                     }
                 }
                 self.transport.set_peer(node_id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
@@ -213,7 +289,12 @@ impl Applier {
             }
             ConfChangeType::RemoveNode => {
                 self.transport.remove_peer(node_id);
-                self.members.apply_remove(txn.write_txn(), node_id)
+                self.members.apply_remove(txn.write_txn(), node_id)?;
+                if node_id == self.members.local_id() {
+                    tracing::warn!("the member has been permanently removed from the cluster");
+                    self.removed_tx.send_replace(true);
+                }
+                Ok(())
             }
         }
     }

@@ -373,6 +373,15 @@ fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
     Ok(out)
 }
 
+/// Peer URLs of a membership request, validated as etcd's types.NewURLs and printed as etcd does.
+pub fn parse_peer_urls(urls: &[String]) -> Result<Vec<String>, ConfigError> {
+    parse_urls("peer-urls", &urls.join(",")).map(|us| {
+        let mut out: Vec<String> = us.iter().map(url_string).collect();
+        out.sort();
+        out
+    })
+}
+
 /// The URL as etcd prints it (Go's url.String(): no trailing slash for an empty path).
 pub fn url_string(u: &url::Url) -> String {
     let mut s = u.to_string();

@@ -45,6 +45,28 @@ pub enum ServerError {
     TimeoutWaitAppliedIndex,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
     /// A feature etcd-rs has not built yet; the message names it.
@@ -73,8 +95,28 @@ impl From<RaftError> for ServerError {
             RaftError::NoLeader => ServerError::NoLeader,
             RaftError::Stopped => ServerError::Stopped,
             RaftError::ProposalDropped => ServerError::Timeout,
+            RaftError::TooManyRequests => ServerError::TooManyRequests,
             other => ServerError::Internal(other.to_string()),
         }
+    }
+}
+
+impl ServerError {
+    /// The error a peer's gRPC status stands for (forwarded requests), matched by etcd's message.
+    pub fn from_status(s: &Status) -> ServerError {
+        let known = [
+            ServerError::MemberNotFound,
+            ServerError::MemberNotLearner,
+            ServerError::LearnerNotReady,
+            ServerError::NotEnoughStartedMembers,
+            ServerError::NoLeader,
+            ServerError::Timeout,
+            ServerError::Stopped,
+        ];
+        known
+            .into_iter()
+            .find(|e| e.to_string() == s.message())
+            .unwrap_or_else(|| ServerError::Internal(s.message().to_string()))
     }
 }
 
@@ -83,7 +125,10 @@ impl From<ServerError> for Status {
         use ServerError::*;
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            MemberExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | TooManyLearners
+            | NotEnoughStartedMembers | BadLeaderTransferee => Code::FailedPrecondition,
+            TimeoutLeaderTransfer | Unhealthy | NotSupportedForLearner => Code::Unavailable,
             Compacted | FutureRev => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,

@@ -15,7 +15,10 @@ use etcd_proto::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse,
     TxnRequest, TxnResponse,
 };
-use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest};
+use etcd_proto::etcdrspb::peer_client::PeerClient;
+use etcd_proto::etcdrspb::{ConfChangeContext, MembersRequest, PromoteRequest};
+use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest, Member};
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
 use parking_lot::Mutex;
 use prost::Message;
@@ -43,6 +46,7 @@ pub struct EtcdServer {
     applied_rx: watch::Receiver<u64>,
     ids: RequestIdGen,
     applier: Mutex<Option<std::thread::JoinHandle<()>>>,
+    removed_rx: watch::Receiver<bool>,
     request_timeout: Duration,
 }
 
@@ -72,14 +76,11 @@ impl EtcdServer {
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&member_dir.join("wal"));
-        let (my_id, initial_peers) = if restarting {
-            (0, Vec::new())
-        } else {
-            if !cfg.initial_cluster_new {
-                return Err(ServerError::Unimplemented(
-                    "etcd-rs: joining an existing cluster (--initial-cluster-state existing) is not supported yet".into(),
-                ));
-            }
+        let mut join_existing = false;
+        let mut known_peers: Vec<(u64, Vec<String>)> = Vec::new();
+        let (my_id, cid, initial_peers) = if restarting {
+            (0, 0, Vec::new())
+        } else if cfg.initial_cluster_new {
             let mut peers = Vec::new();
             let mut my_id = 0;
             for m in &cfg.initial_cluster {
@@ -87,13 +88,40 @@ impl EtcdServer {
                 if m.name == cfg.name {
                     my_id = id;
                 }
-                peers.push((id, new_member(id, &m.name, m.peer_urls.clone(), false).encode_to_vec()));
+                let ctx = ConfChangeContext {
+                    member: Some(new_member(id, &m.name, m.peer_urls.clone(), false)),
+                    ..Default::default()
+                };
+                peers.push((id, ctx.encode_to_vec()));
+                known_peers.push((id, m.peer_urls.clone()));
             }
-            (my_id, peers)
+            let cid = cluster_id(&peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+            (my_id, cid, peers)
+        } else {
+            // Joining: the running cluster tells us its ID and our member ID (from `member add`).
+            let (cid, members) = fetch_cluster(&cfg).await?;
+            let mut mine = cfg.advertise_peer_urls.clone();
+            mine.sort();
+            let me = members.iter().find(|m| {
+                let mut urls = m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default();
+                urls.sort();
+                urls == mine
+            });
+            let Some(me) = me else {
+                return Err(ServerError::Internal(format!(
+                    "member with peer URLs {} is not in the cluster: add it with `member add` first",
+                    mine.join(",")
+                )));
+            };
+            join_existing = true;
+            for m in &members {
+                known_peers.push((m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default()));
+            }
+            (me.id, cid, Vec::new())
         };
-        let cid = cluster_id(&initial_peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
         raft_cfg.initial_peers = initial_peers;
+        raft_cfg.join_existing = join_existing;
         raft_cfg.applied_index = applied_index;
         raft_cfg.tick_interval = cfg.heartbeat;
         raft_cfg.election_tick = cfg.election_ticks;
@@ -118,10 +146,11 @@ impl EtcdServer {
                 transport.set_peer(m.id, m.raft_attrs.map(|r| r.peer_urls).unwrap_or_default());
             }
         } else {
-            for m in &cfg.initial_cluster {
-                transport.set_peer(member_id(&m.peer_urls, &cfg.initial_cluster_token, None), m.peer_urls.clone());
+            for (id, urls) in known_peers {
+                transport.set_peer(id, urls);
             }
         }
+        let (removed_tx, removed_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(applied_index);
         let wait = Arc::new(ApplyWait::default());
         let applier = Applier {
@@ -129,6 +158,8 @@ impl EtcdServer {
             raft: raft.clone(),
             members: members.clone(),
             transport: transport.clone(),
+            max_learners: cfg.max_learners,
+            removed_tx,
             wait: wait.clone(),
             applied_tx,
             runtime: tokio::runtime::Handle::current(),
@@ -153,6 +184,7 @@ impl EtcdServer {
             applied_rx,
             ids: RequestIdGen::new(my_id),
             applier: Mutex::new(Some(handle)),
+            removed_rx,
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
@@ -210,6 +242,177 @@ impl EtcdServer {
 
     pub fn members(&self) -> &Membership {
         &self.members
+    }
+
+    /// Resolves once this member's removal from the cluster has been applied.
+    pub async fn removed(&self) {
+        let mut rx = self.removed_rx.clone();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Proposes a membership conf change and waits for it to be applied here.
+    async fn configure(&self, kind: ConfChangeType, node_id: u64, mut ctx: ConfChangeContext) -> Result<Vec<Member>, ServerError> {
+        let id = self.ids.next();
+        ctx.request_id = id;
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = node_id;
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        cc.context = ctx.encode_to_vec().into();
+        let rx = self.wait.register(id);
+        if let Err(e) = self.raft.propose_conf_change(Vec::new(), cc).await {
+            self.wait.cancel(id);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(applied)) => match applied.result? {
+                ApplyResult::Members(m) => {
+                    tracing::info!(conf_change = ?kind, node_id = %format!("{node_id:x}"), "applied a configuration change through raft");
+                    Ok(m)
+                }
+                other => Err(unexpected(other)),
+            },
+            Ok(Err(_)) => Err(ServerError::Stopped),
+            Err(_) => {
+                self.wait.cancel(id);
+                Err(ServerError::Timeout)
+            }
+        }
+    }
+
+    /// Quorum safety (`--strict-reconfig-check`), judged by the leader from replication progress.
+    fn check_quorum_after(&self, voters_delta: i64, removing: Option<u64>) -> Result<(), ServerError> {
+        if !self.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let st = self.raft.status();
+        if st.progress.is_empty() {
+            return Ok(()); // not the leader: the leader's own check is what protects the cluster
+        }
+        let voters: Vec<u64> = st.voters.iter().copied().filter(|v| Some(*v) != removing).collect();
+        let total = voters.len() as i64 + voters_delta.max(0);
+        let active = st
+            .progress
+            .iter()
+            .filter(|p| voters.contains(&p.id) && (p.recent_active || p.id == self.member_id))
+            .count() as i64;
+        if active < total / 2 + 1 {
+            return Err(ServerError::NotEnoughStartedMembers);
+        }
+        Ok(())
+    }
+
+    pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<(Member, Vec<Member>), ServerError> {
+        let urls = crate::config::parse_peer_urls(&peer_urls).map_err(|_| ServerError::MemberBadUrls)?;
+        if !is_learner {
+            self.check_quorum_after(1, None)?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        // As etcd: the ID mixes in the time of the request, and no cluster token.
+        let id = member_id(&urls, "", Some(now));
+        let member = new_member(id, "", urls, is_learner);
+        let kind = if is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let members = self
+            .configure(kind, id, ConfChangeContext { member: Some(member.clone()), ..Default::default() })
+            .await?;
+        Ok((member, members))
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let Some(m) = self.members.member(id) else {
+            return Err(ServerError::MemberNotFound);
+        };
+        if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) {
+            self.check_quorum_after(-1, Some(id))?;
+        }
+        self.configure(ConfChangeType::RemoveNode, id, ConfChangeContext::default()).await
+    }
+
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<Vec<Member>, ServerError> {
+        let urls = crate::config::parse_peer_urls(&peer_urls).map_err(|_| ServerError::MemberBadUrls)?;
+        let Some(m) = self.members.member(id) else {
+            return Err(ServerError::MemberNotFound);
+        };
+        let learner = m.raft_attrs.as_ref().is_some_and(|r| r.is_learner);
+        let kind = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
+        let mut updated = m.clone();
+        updated.raft_attrs = Some(etcd_proto::membershippb::RaftAttributes { peer_urls: urls, is_learner: learner });
+        self.configure(kind, id, ConfChangeContext { member: Some(updated), is_update: true, ..Default::default() })
+            .await
+    }
+
+    /// Promotes a learner that caught up with the leader (matched >= 90% of the leader's).
+    /// Only the leader can judge that; other members forward the request to it.
+    pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let st = self.raft.status();
+        if st.leader_id == 0 {
+            return Err(ServerError::NoLeader);
+        }
+        if st.leader_id != self.member_id {
+            return self.forward_promote(st.leader_id, id).await;
+        }
+        match self.members.member(id) {
+            None => return Err(ServerError::MemberNotFound),
+            Some(m) if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) => return Err(ServerError::MemberNotLearner),
+            Some(_) => {}
+        }
+        let leader_match = st.progress.iter().find(|p| p.id == self.member_id).map(|p| p.matched).unwrap_or(0);
+        let learner_match = st.progress.iter().find(|p| p.id == id).map(|p| p.matched).unwrap_or(0);
+        if (learner_match as f64) < (leader_match as f64) * 0.9 {
+            return Err(ServerError::LearnerNotReady);
+        }
+        self.check_quorum_after(1, None)?;
+        self.configure(ConfChangeType::AddNode, id, ConfChangeContext { is_promote: true, ..Default::default() })
+            .await
+    }
+
+    async fn forward_promote(&self, leader: u64, id: u64) -> Result<Vec<Member>, ServerError> {
+        let urls = self
+            .members
+            .member(leader)
+            .and_then(|m| m.raft_attrs)
+            .map(|r| r.peer_urls)
+            .unwrap_or_default();
+        let mut last = ServerError::NoLeader;
+        for url in urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else { continue };
+            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else { continue };
+            let mut client = PeerClient::new(ch);
+            match tokio::time::timeout(self.request_timeout, client.promote(PromoteRequest { member_id: id })).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner().members),
+                Ok(Err(status)) => return Err(ServerError::from_status(&status)),
+                Err(_) => last = ServerError::Timeout,
+            }
+        }
+        Err(last)
+    }
+
+    /// Hands leadership to `to` (a voting member) and waits until it leads.
+    pub async fn move_leader(&self, to: u64) -> Result<(), ServerError> {
+        let st = self.raft.status();
+        if st.leader_id != self.member_id {
+            return Err(ServerError::NotLeader);
+        }
+        if !st.voters.contains(&to) {
+            return Err(ServerError::BadLeaderTransferee);
+        }
+        if to == self.member_id {
+            return Ok(());
+        }
+        self.raft.transfer_leader(to);
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.raft.status().leader_id == to {
+                tracing::info!(transferee = %format!("{to:x}"), "leadership transfer finished");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(ServerError::TimeoutLeaderTransfer)
     }
 
     /// A raft message from a peer.
@@ -358,6 +561,18 @@ impl EtcdServer {
         Ok((hash, compact, hash_rev, current))
     }
 
+    /// A learner serves only Status and serializable reads, as in etcd.
+    pub fn refuse_if_learner(&self) -> Result<(), ServerError> {
+        if self.raft.status().is_learner {
+            return Err(ServerError::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    pub fn raft_status(&self) -> etcd_raft::RaftStatus {
+        self.raft.status()
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.status().leader_id == self.member_id
     }
@@ -374,6 +589,30 @@ impl EtcdServer {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// Asks the members of `--initial-cluster` (other than us) for the cluster ID and members.
+async fn fetch_cluster(cfg: &ServerConfig) -> Result<(u64, Vec<Member>), ServerError> {
+    let mut errors = Vec::new();
+    for m in cfg.initial_cluster.iter().filter(|m| m.name != cfg.name) {
+        for url in &m.peer_urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else { continue };
+            match ep.connect_timeout(Duration::from_secs(2)).connect().await {
+                Ok(ch) => match PeerClient::new(ch).members(MembersRequest {}).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        return Ok((r.cluster_id, r.members));
+                    }
+                    Err(e) => errors.push(format!("{url}: {}", e.message())),
+                },
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+    }
+    Err(ServerError::Internal(format!(
+        "cannot fetch cluster info from the peer URLs of --initial-cluster: {}",
+        if errors.is_empty() { "no other member listed".to_string() } else { errors.join("; ") }
+    )))
 }
 
 /// "3.5.17" -> "3.5.0": the cluster version is major.minor.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use etcd_proto::etcdrspb::peer_server::Peer;
-use etcd_proto::etcdrspb::{MembersRequest, MembersResponse, RaftAck, RaftBatch};
+use etcd_proto::etcdrspb::{MembersRequest, MembersResponse, PromoteRequest, RaftAck, RaftBatch};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -47,6 +47,16 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembersResponse>, Status> {
+        let id = request.into_inner().member_id;
+        if self.server.raft_status().leader_id != self.server.member_id() {
+            // Forwarding again could loop between members that disagree on the leader.
+            return Err(crate::errors::ServerError::NotLeader.into());
+        }
+        let members = self.server.member_promote(id).await?;
+        Ok(Response::new(MembersResponse { cluster_id: self.server.cluster_id(), members }))
     }
 
     async fn members(&self, _request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {

@@ -130,8 +130,10 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
-    wait_for_signal().await;
-    tracing::info!("received signal; shutting down");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("received signal; shutting down"),
+        _ = server.removed() => tracing::warn!("this member was removed from the cluster; shutting down"),
+    }
     let _ = stop_tx.send(true);
     compaction.abort();
     for s in serving {

@@ -21,24 +21,30 @@ pub struct KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
+        if !req.serializable {
+            self.server.refuse_if_learner()?;
+        }
         check_range(&req)?;
         Ok(Response::new(self.server.range(req).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = request.into_inner();
+        self.server.refuse_if_learner()?;
         check_put(&req)?;
         Ok(Response::new(self.server.put(req).await?))
     }
 
     async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
+        self.server.refuse_if_learner()?;
         check_delete(&req)?;
         Ok(Response::new(self.server.delete_range(req).await?))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
+        self.server.refuse_if_learner()?;
         check_txn(&req, self.server.config().max_txn_ops)?;
         check_intervals(&req.success)?;
         check_intervals(&req.failure)?;
@@ -46,6 +52,7 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        self.server.refuse_if_learner()?;
         Ok(Response::new(self.server.compact(request.into_inner()).await?))
     }
 }

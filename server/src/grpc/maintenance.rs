@@ -28,6 +28,7 @@ type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotRes
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        self.server.refuse_if_learner()?;
         let req = request.into_inner();
         if req.action() != AlarmAction::Get {
             return Err(unimplemented("Alarm (activate/deactivate)"));
@@ -51,6 +52,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.server.refuse_if_learner()?;
         let req = request.into_inner();
         let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(req.revision)?;
         Ok(Response::new(HashKvResponse {
@@ -71,7 +73,9 @@ impl Maintenance for MaintenanceService {
         Err(unimplemented("Downgrade"))
     }
 
-    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+    async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.server.refuse_if_learner()?;
+        self.server.move_leader(request.into_inner().target_id).await?;
+        Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(self.server.kv_revision())) }))
     }
 }
