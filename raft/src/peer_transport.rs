@@ -36,6 +36,8 @@ struct PeerLink {
 }
 
 pub struct GrpcTransport {
+    /// Outgoing peer connections leave from this address (the member's own peer IP) when set.
+    local_ip: Option<std::net::IpAddr>,
     local_id: AtomicU64,
     cluster_id: AtomicU64,
     peers: RwLock<HashMap<u64, PeerLink>>,
@@ -44,8 +46,9 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    pub fn new(runtime: tokio::runtime::Handle) -> Arc<GrpcTransport> {
+    pub fn new(runtime: tokio::runtime::Handle, local_ip: Option<std::net::IpAddr>) -> Arc<GrpcTransport> {
         Arc::new(GrpcTransport {
+            local_ip,
             local_id: AtomicU64::new(0),
             cluster_id: AtomicU64::new(0),
             peers: RwLock::new(HashMap::new()),
@@ -80,6 +83,7 @@ impl GrpcTransport {
             from: self.local_id.load(Ordering::Relaxed),
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
             node: self.node.get().cloned(),
+            local_ip: self.local_ip,
         };
         let task = self.runtime.spawn(link.run(rx));
         tracing::info!(peer = %format!("{id:x}"), urls = ?urls, "added peer");
@@ -132,6 +136,7 @@ struct PeerLinkTask {
     from: u64,
     cluster_id: u64,
     node: Option<RaftNode>,
+    local_ip: Option<std::net::IpAddr>,
 }
 
 impl PeerLinkTask {
@@ -160,7 +165,7 @@ impl PeerLinkTask {
 
     async fn stream_to(&self, url: &str, rx: &mut mpsc::Receiver<Message>) -> StreamEnd {
         let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
-            Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true),
+            Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true).local_address(self.local_ip),
             Err(e) => return StreamEnd::Broken(format!("bad peer URL: {e}")),
         };
         let channel = match endpoint.connect().await {

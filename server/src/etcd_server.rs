@@ -127,7 +127,14 @@ impl EtcdServer {
         raft_cfg.election_tick = cfg.election_ticks;
         raft_cfg.heartbeat_tick = 1;
         raft_cfg.snapshot_catchup_entries = SNAPSHOT_CATCHUP_ENTRIES;
-        let transport = GrpcTransport::new(tokio::runtime::Handle::current());
+        // Peer traffic leaves from this member's own peer IP when it listens on a specific one.
+        let local_ip = cfg
+            .listen_peer_urls
+            .first()
+            .and_then(|u| u.host_str())
+            .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let transport = GrpcTransport::new(tokio::runtime::Handle::current(), local_ip);
         let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
         let meta = raft.wal_metadata();
         let (my_id, cid) = (meta.node_id, meta.cluster_id);

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +19,13 @@ pub fn free_port() -> u16 {
 }
 
 pub struct Member {
+    pub name: String,
     pub data_dir: PathBuf,
+    /// The address the member listens for peers on (and sends peer traffic from).
+    pub peer_ip: std::net::IpAddr,
+    /// The peer port others reach this member on (a proxy in cluster tests); default: peer_port.
+    pub advertise_peer_port: Option<u16>,
+    pub initial_cluster: Option<String>,
     pub client_port: u16,
     pub peer_port: u16,
     pub extra: Vec<String>,
@@ -27,6 +35,10 @@ pub struct Member {
 impl Member {
     pub fn new(data_dir: &Path, extra: &[&str]) -> Member {
         Member {
+            name: "m0".to_string(),
+            peer_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            advertise_peer_port: None,
+            initial_cluster: None,
             data_dir: data_dir.to_path_buf(),
             client_port: free_port(),
             peer_port: free_port(),
@@ -41,18 +53,20 @@ impl Member {
 
     pub fn start(&mut self) {
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let listen_peer = format!("http://{}:{}", self.peer_ip, self.peer_port);
+        let peer = format!("http://127.0.0.1:{}", self.advertise_peer_port.unwrap_or(self.peer_port));
+        let initial = self.initial_cluster.clone().unwrap_or_else(|| format!("{}={peer}", self.name));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
-            .args(["--name", "m0", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("m0={peer}")])
+            .args(["--listen-peer-urls", &listen_peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &initial, "--initial-cluster-token", "test-token"])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

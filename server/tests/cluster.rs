@@ -1,0 +1,166 @@
+//! Raft clusters of real processes: leader failure, partitions through fault-injecting peer
+//! proxies, and identical state on every member after a mixed workload.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{status, TestCluster};
+use common::{dump, put};
+use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use etcd_proto::etcdserverpb::request_op::Request as Op;
+use etcd_proto::etcdserverpb::{
+    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use tonic::transport::Channel;
+
+/// Short raft timings keep the tests quick: elections after 500 ms of silence.
+const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500"];
+const ELECTION: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3, FAST).await;
+    let all = [0, 1, 2];
+    let leader = c.wait_leader(&all).await;
+    let mut acked = Vec::new();
+    let mut kv = c.members[(leader + 1) % 3].ready_client().await;
+    for i in 0..100 {
+        acked.push((format!("k{i:03}"), put(&mut kv, &format!("k{i:03}"), "v").await.unwrap()));
+    }
+
+    c.members[leader].kill9();
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = all.iter().copied().filter(|i| *i != leader).collect();
+    let new_leader = c.wait_leader(&survivors).await;
+    let took = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    // Followers notice after one election timeout and elect within a second one; the polling
+    // and process scheduling of this test add a little on top.
+    assert!(took < 2 * ELECTION + Duration::from_millis(700), "new leader after {took:?}");
+
+    let mut kv = c.members[survivors[0]].ready_client().await;
+    let stored = dump(&mut kv).await;
+    for (k, rev) in &acked {
+        assert!(stored.iter().any(|(sk, _, sr)| sk == k && sr == rev), "acknowledged {k}@{rev} lost");
+    }
+    // The old leader rejoins as a follower and catches up.
+    c.members[leader].start();
+    put(&mut kv, "after", "x").await.unwrap();
+    let mut old = c.members[leader].ready_client().await;
+    let seen = dump(&mut old).await;
+    assert!(seen.iter().any(|(k, _, _)| k == "after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_cannot_write_or_read_stale_data_and_catches_up_when_healed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 5, FAST).await;
+    let all = [0, 1, 2, 3, 4];
+    let leader = c.wait_leader(&all).await;
+    // The minority: two followers.
+    let minority: Vec<usize> = all.iter().copied().filter(|i| *i != leader).take(2).collect();
+    let majority: Vec<usize> = all.iter().copied().filter(|i| !minority.contains(i)).collect();
+    let mut kv_major = c.members[majority[0]].ready_client().await;
+    put(&mut kv_major, "k", "before").await.unwrap();
+    let mut kv_minor = c.members[minority[0]].ready_client().await;
+
+    c.partition(&minority);
+    // The majority keeps serving.
+    let rev = put(&mut kv_major, "k", "after").await.unwrap();
+
+    // The minority cannot write...
+    let w = tokio::time::timeout(
+        Duration::from_secs(12),
+        kv_minor.put(PutRequest { key: b"k".to_vec(), value: b"minority".to_vec(), ..Default::default() }),
+    )
+    .await;
+    assert!(!matches!(w, Ok(Ok(_))), "a write on the cut-off minority succeeded");
+    // ...and its linearizable reads fail or time out rather than answer "before".
+    let r = tokio::time::timeout(
+        Duration::from_secs(12),
+        kv_minor.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }),
+    )
+    .await;
+    if let Ok(Ok(resp)) = r {
+        let v = resp.into_inner().kvs.first().map(|kv| kv.value.clone()).unwrap_or_default();
+        assert_eq!(v, b"after", "the minority answered a linearizable read with stale data");
+    }
+
+    c.heal(&minority);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = kv_minor.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await;
+        if let Ok(resp) = r {
+            let resp = resp.into_inner();
+            if resp.kvs.first().is_some_and(|kv| kv.value == b"after" && kv.mod_revision == rev) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the healed minority did not catch up; its log:\n{}\nleader log:\n{}",
+            c.members[minority[0]].log(),
+            c.members[leader].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status(&c.members[minority[0]]).await.is_some_and(|(l, _)| l != 0));
+}
+
+fn put_op(k: &str, v: &str) -> RequestOp {
+    RequestOp { request: Some(Op::RequestPut(PutRequest { key: k.into(), value: v.into(), ..Default::default() })) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_member_has_the_same_hashkv_after_a_mixed_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3, FAST).await;
+    c.wait_leader(&[0, 1, 2]).await;
+    let mut clients = Vec::new();
+    for m in &c.members {
+        clients.push(m.ready_client().await);
+    }
+    for i in 0..60 {
+        let kv = &mut clients[i % 3];
+        put(kv, &format!("key{}", i % 17), &format!("v{i}")).await.unwrap();
+        if i % 7 == 0 {
+            kv.delete_range(DeleteRangeRequest { key: format!("key{}", i % 5).into(), ..Default::default() })
+                .await
+                .unwrap();
+        }
+        if i % 11 == 0 {
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    key: b"key1".to_vec(),
+                    target: CompareTarget::Version as i32,
+                    result: CompareResult::Greater as i32,
+                    target_union: Some(TargetUnion::Version(0)),
+                    ..Default::default()
+                }],
+                success: vec![put_op("t1", "a"), put_op("t2", "b")],
+                failure: vec![put_op("t3", "c")],
+            };
+            kv.txn(txn).await.unwrap();
+        }
+        if i == 40 {
+            kv.compact(CompactionRequest { revision: 30, physical: true }).await.unwrap();
+        }
+    }
+    // A linearizable read on each member makes sure it applied everything.
+    let mut rev = 0;
+    for kv in clients.iter_mut() {
+        let r = kv.range(RangeRequest { key: b"key1".to_vec(), ..Default::default() }).await.unwrap();
+        rev = r.into_inner().header.unwrap().revision;
+    }
+    let mut hashes = Vec::new();
+    for m in &c.members {
+        let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
+        let r = MaintenanceClient::new(ch).hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
+        hashes.push((r.hash, r.compact_revision));
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "members differ: {hashes:?}");
+    assert_eq!(hashes[0].1, 30);
+}
