@@ -274,6 +274,11 @@ impl RaftNode {
     }
 
     /// Reports that `id` could not be reached (stop pipelining to it).
+    /// Tells raft whether a snapshot sent to `id` arrived.
+    pub fn report_snapshot(&self, id: u64, finished: bool) {
+        let _ = self.send(Command::ReportSnapshot { id, finished });
+    }
+
     pub fn report_unreachable(&self, id: u64) {
         let _ = self.send(Command::ReportUnreachable(id));
     }

@@ -115,6 +115,20 @@ impl Transport for GrpcTransport {
         let peers = self.peers.read();
         for m in msgs {
             let to = m.to;
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
+                // The raft snapshot carries no backend data, and shipping the backend is not
+                // built yet: installing it would leave the follower's state behind its log.
+                // Refuse; the follower stays behind (and says so) instead of diverging.
+                tracing::error!(
+                    peer = %format!("{to:x}"),
+                    "member is behind the compacted raft log and needs a snapshot, which etcd-rs cannot send yet; \
+                     raise --snapshot-count or remove and re-add the member"
+                );
+                if let Some(n) = self.node.get() {
+                    n.report_snapshot(to, false);
+                }
+                continue;
+            }
             match peers.get(&to) {
                 Some(p) => {
                     if p.tx.try_send(m).is_err() {

@@ -46,6 +46,10 @@ pub(crate) enum Command {
     ReadIndex {
         reply: oneshot::Sender<Result<u64, RaftError>>,
     },
+    ReportSnapshot {
+        id: u64,
+        finished: bool,
+    },
     ApplyConfChange {
         cc: ConfChangeV2,
         reply: oneshot::Sender<Result<ConfState, RaftError>>,
@@ -198,6 +202,10 @@ impl RaftLoop {
             }
             Command::TransferLeader(to) => self.raw.transfer_leader(to),
             Command::ReportUnreachable(id) => self.raw.report_unreachable(id),
+            Command::ReportSnapshot { id, finished } => self.raw.report_snapshot(
+                id,
+                if finished { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure },
+            ),
             Command::Stop { reply } => self.stop_replies.push(reply),
         }
         Ok(())

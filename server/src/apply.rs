@@ -106,6 +106,10 @@ impl Applier {
                     Err(_) => break,
                 }
             }
+            if batches.iter().any(|b| b.snapshot.is_some()) {
+                // Only a snapshot with the backend could be installed; none is ever accepted.
+                fatal("received a raft snapshot without backend data; refusing to diverge");
+            }
             let entries: Vec<Entry> = batches.into_iter().flat_map(|b| b.entries).collect();
             if entries.is_empty() {
                 continue;

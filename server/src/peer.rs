@@ -41,6 +41,9 @@ impl Peer for PeerService {
             }
             for bytes in &batch.messages {
                 match Message::parse_from_bytes(bytes) {
+                    Ok(m) if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot => {
+                        tracing::error!("refusing a raft snapshot without backend data (snapshot transfer is not built yet)");
+                    }
                     Ok(m) => self.server.step(m),
                     Err(e) => return Err(Status::invalid_argument(format!("etcd-rs: bad raft message: {e}"))),
                 }
