@@ -487,48 +487,29 @@ impl EtcdServer {
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, ServerError> {
-        let applied = self.propose(InternalRaftRequest { put: Some(req), ..Default::default() }).await?;
-        match applied.result? {
-            ApplyResult::Put(mut r) => {
-                r.header = Some(self.header(applied.revision));
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(InternalRaftRequest { put: Some(req), ..Default::default() }).await
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ServerError> {
-        let applied = self.propose(InternalRaftRequest { delete_range: Some(req), ..Default::default() }).await?;
-        match applied.result? {
-            ApplyResult::DeleteRange(mut r) => {
-                r.header = Some(self.header(applied.revision));
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(InternalRaftRequest { delete_range: Some(req), ..Default::default() }).await
     }
 
+    /// Nested responses keep the per-op headers mvcc gave them, as etcd answers.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ServerError> {
-        let applied = self.propose(InternalRaftRequest { txn: Some(req), ..Default::default() }).await?;
-        match applied.result? {
-            ApplyResult::Txn(mut r) => {
-                // Nested responses keep the per-op headers mvcc gave them, as etcd answers.
-                r.header = Some(self.header(applied.revision));
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(InternalRaftRequest { txn: Some(req), ..Default::default() }).await
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, ServerError> {
-        let applied = self.propose(InternalRaftRequest { compaction: Some(req), ..Default::default() }).await?;
-        match applied.result? {
-            ApplyResult::Compaction(mut r) => {
-                r.header = Some(self.header(applied.revision));
-                Ok(r)
-            }
-            other => Err(unexpected(other)),
-        }
+        self.propose_for(InternalRaftRequest { compaction: Some(req), ..Default::default() }).await
+    }
+
+    /// Proposes `req`, waits for it to apply, and answers with this member's header at the
+    /// revision right after it.
+    async fn propose_for<R: AppliedResponse>(&self, req: InternalRaftRequest) -> Result<R, ServerError> {
+        let applied = self.propose(req).await?;
+        let mut resp = R::from_result(applied.result?)?;
+        resp.set_header(self.header(applied.revision));
+        Ok(resp)
     }
 
     pub fn status(&self) -> StatusResponse {
@@ -629,6 +610,35 @@ fn cluster_version_of(api_version: &str) -> String {
     let minor = parts.next().unwrap_or("5");
     format!("{major}.{minor}.0")
 }
+
+/// A client response produced by applying one raft request.
+trait AppliedResponse: Sized {
+    fn from_result(r: ApplyResult) -> Result<Self, ServerError>;
+    fn set_header(&mut self, h: ResponseHeader);
+}
+
+macro_rules! applied_response {
+    ($($variant:ident => $ty:ty),* $(,)?) => {$(
+        impl AppliedResponse for $ty {
+            fn from_result(r: ApplyResult) -> Result<Self, ServerError> {
+                match r {
+                    ApplyResult::$variant(x) => Ok(x),
+                    other => Err(unexpected(other)),
+                }
+            }
+            fn set_header(&mut self, h: ResponseHeader) {
+                self.header = Some(h);
+            }
+        }
+    )*};
+}
+
+applied_response!(
+    Put => PutResponse,
+    DeleteRange => DeleteRangeResponse,
+    Txn => TxnResponse,
+    Compaction => CompactionResponse,
+);
 
 fn unexpected(r: ApplyResult) -> ServerError {
     ServerError::Internal(format!("applier answered with an unexpected result: {r:?}"))

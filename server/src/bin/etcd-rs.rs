@@ -80,22 +80,8 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serving = Vec::new();
     for l in peer_listeners {
-        let svc = PeerServer::new(PeerService { server: server.clone() })
-            .max_decoding_message_size(64 << 20);
-        let mut stop = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-        serving.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "peer listener failed");
-            }
-        }));
+        let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
+        serving.push(serve(l, tonic::service::Routes::new(peer), stop_rx.clone(), "peer"));
     }
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
@@ -109,24 +95,7 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     }
 
     for l in client_listeners {
-        let routes = grpc::routes(server.clone());
-        let mut stop = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-        serving.push(tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .tcp_nodelay(true)
-                .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "client listener failed");
-            }
-        }));
+        serving.push(serve(l, grpc::routes(server.clone()), stop_rx.clone(), "client"));
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -143,6 +112,32 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     server.stop().await;
     tracing::info!("stopped serving; data synced");
     Ok(())
+}
+
+/// Serves `routes` on `listener` until `stop` turns true. Client listeners also answer HTTP/1.1
+/// (`/health`, `/version`); peers speak gRPC only.
+fn serve(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let result = tonic::transport::Server::builder()
+            .accept_http1(what == "client")
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(7200)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "{what} listener failed");
+        }
+    })
 }
 
 async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<tokio::net::TcpListener>, String> {
