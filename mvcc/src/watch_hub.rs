@@ -631,7 +631,7 @@ impl KvStore {
                 EventType::Put
             };
             let is_create = !tombstone && kv.create_revision == kv.mod_revision;
-            let prev_kv = if prev && !is_create && rev.main - 1 >= self.compact_revision() {
+            let prev_kv = if prev && !is_create && rev.main > self.compact_revision() {
                 match self.index.get(&kv.key, rev.main - 1) {
                     Some(at) => table
                         .get(at.modified.to_bytes().as_slice())?
@@ -837,22 +837,5 @@ impl Drop for WatchStream {
         }
         st.streams.remove(&self.key);
         self.queue.close();
-    }
-}
-
-/// A put event as the applier produces it, for tests.
-#[cfg(test)]
-pub(crate) fn put_event(key: &str, value: &str, rev: i64, create: i64) -> Event {
-    Event {
-        r#type: EventType::Put as i32,
-        kv: Some(etcd_proto::mvccpb::KeyValue {
-            key: key.as_bytes().to_vec(),
-            value: value.as_bytes().to_vec(),
-            mod_revision: rev,
-            create_revision: create,
-            version: 1,
-            lease: 0,
-        }),
-        prev_kv: None,
     }
 }

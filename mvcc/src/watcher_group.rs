@@ -93,18 +93,18 @@ mod tests {
         g.add(1, &range("a", None));
         g.add(2, &range("a", Some("c")));
         g.add(3, &range("b", Some("")));
-        let m = |k: &str| {
+        fn m(g: &WatcherGroup, k: &str) -> Vec<u64> {
             let mut v: Vec<u64> = g.matching(k.as_bytes()).collect();
             v.sort();
             v
-        };
-        assert_eq!(m("a"), vec![1, 2]);
-        assert_eq!(m("b"), vec![2, 3]);
-        assert_eq!(m("c"), vec![3]);
-        assert_eq!(m("0"), Vec::<u64>::new());
+        }
+        assert_eq!(m(&g, "a"), vec![1, 2]);
+        assert_eq!(m(&g, "b"), vec![2, 3]);
+        assert_eq!(m(&g, "c"), vec![3]);
+        assert_eq!(m(&g, "0"), Vec::<u64>::new());
         g.remove(2, &range("a", Some("c")));
         g.remove(1, &range("a", None));
-        assert_eq!(m("a"), Vec::<u64>::new());
+        assert_eq!(m(&g, "a"), Vec::<u64>::new());
         g.remove(3, &range("b", Some("")));
         assert!(g.is_empty());
     }

@@ -45,8 +45,7 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         .route("/health", axum::routing::get(move || health(health_server.clone())))
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .fallback(unimplemented_method);
-    let routes = tonic::service::Routes::from(router);
-    routes
+    tonic::service::Routes::from(router)
 }
 
 async fn health(server: Arc<EtcdServer>) -> impl IntoResponse {
