@@ -14,6 +14,7 @@
 //! | `ARGS`                  | run `etcdctl ARGS` (shell-quoted)                            |
 //! | `@stdin 'TEXT' ARGS`    | run `etcdctl ARGS` with TEXT on stdin (`\n`, `\t`, `\\` escapes) |
 //! | `@timeout SECS ARGS`    | run `etcdctl ARGS`, interrupt it after SECS                  |
+//! | `@interactive SECS 'TEXT' ARGS` | run `etcdctl ARGS` with TEXT on stdin, kept open, interrupt it after SECS |
 //! | `@restart [I]`          | SIGTERM member I (default: all), start it on the same data   |
 //! | `@crash [I]`            | SIGKILL member I (default: all), start it on the same data   |
 //! | `@sleep SECS`           | pause                                                        |
@@ -154,6 +155,23 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, ParseError> {
                     stdin: None,
                     time_limit: Some(limit),
                     display: format!("{}  (interrupted after {secs}s)", args.trim()),
+                })
+            }
+            "@interactive" => {
+                let (secs, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+                let limit = parse_seconds(secs).map_err(err)?;
+                let mut words = split_shell_words(args).map_err(err)?;
+                if words.len() < 2 {
+                    return Err(err(
+                        "@interactive needs seconds, the stdin text and etcdctl arguments".into(),
+                    ));
+                }
+                let stdin = unescape(&words.remove(0)).map_err(err)?;
+                Step::Etcdctl(Command {
+                    args: words,
+                    stdin: Some(stdin.into_bytes()),
+                    time_limit: Some(limit),
+                    display: format!("{}  (with open stdin, interrupted after {secs}s)", args.trim()),
                 })
             }
             "@restart" => Step::Restart(parse_members(rest, scenario.members).map_err(err)?),
@@ -385,6 +403,19 @@ mod tests {
     }
 
     #[test]
+    fn interactive_lines_keep_stdin_and_a_time_limit() {
+        let s = parse("t", "@interactive 2 'watch a\\n' watch -i\n").unwrap();
+        match &s.steps[0] {
+            Step::Etcdctl(c) => {
+                assert_eq!(c.args, ["watch", "-i"]);
+                assert_eq!(c.stdin.as_deref(), Some(&b"watch a\n"[..]));
+                assert_eq!(c.time_limit, Some(Duration::from_secs(2)));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
     fn parser_rejects_late_server_flags_with_line_number() {
         let e = parse("t", "put a b\n@server-flags --x\n").unwrap_err();
         assert_eq!(e.line, 2);
@@ -402,6 +433,8 @@ mod tests {
             "@env NOEQUALS",
             "@env =v",
             "@stdin 'only-text'",
+            "@interactive 2 'only-text'",
+            "@interactive soon 'x' watch -i",
             "@stdin 'bad \\q escape' txn",
             "put 'unterminated",
         ] {

@@ -149,10 +149,14 @@ pub fn run_etcdctl(
         .map_err(|e| format!("cannot run {}: {e}", etcdctl.display()))?;
     let pid = child.id() as i32;
 
+    // With a time limit, stdin stays open until the command ends (interactive commands exit
+    // on end of input).
+    let keep_open = command.time_limit.is_some();
     let stdin_writer = match (child.stdin.take(), command.stdin.clone()) {
         (Some(mut pipe), Some(bytes)) => Some(thread::spawn(move || {
             // etcdctl may exit before reading everything; a broken pipe is not our error.
             let _ = pipe.write_all(&bytes);
+            keep_open.then_some(pipe)
         })),
         _ => None,
     };
@@ -185,7 +189,7 @@ pub fn run_etcdctl(
     // Anything the command spawned dies with it, so the pipes close and the readers finish.
     send_signal(-pid, SIGKILL);
     if let Some(t) = stdin_writer {
-        let _ = t.join();
+        drop(t.join());
     }
     let stdout = stdout_reader.map(join_reader).unwrap_or_default();
     let stderr = stderr_reader.map(join_reader).unwrap_or_default();

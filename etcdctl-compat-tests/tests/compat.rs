@@ -28,6 +28,10 @@ scenarios! {
     kv_errors_match_etcd => "errors",
     data_survives_restart_and_crash_as_in_etcd => "durability",
     endpoint_and_member_status_match_etcd => "status",
+    watch_interactive_mode_matches_etcd => "watch-interactive",
+    watch_exec_matches_etcd => "watch-exec",
+    watch_progress_notify_matches_etcd => "watch-progress-notify",
+    watch_from_compacted_negative_and_future_revisions_matches_etcd => "watch-compaction",
 }
 
 #[test]

@@ -205,7 +205,12 @@ impl KeyIndex {
     /// Finds where compaction at `at` starts: the first generation not deleted at or before `at`
     /// (or the last one), and in it the index of the latest revision `<= at`, which is added
     /// to `keep`.
-    fn compaction_point(&self, at: i64, keep: &mut HashSet<Revision>) -> (usize, Option<usize>) {
+    fn compaction_point(
+        &self,
+        at: i64,
+        keep: &mut HashSet<Revision>,
+        keep_tombstone_at: bool,
+    ) -> (usize, Option<usize>) {
         let mut gi = 0;
         while gi < self.generations.len() - 1 {
             let tomb = self.generations[gi]
@@ -214,6 +219,9 @@ impl KeyIndex {
                 .expect("ended generation has a tombstone");
             if tomb.main > at {
                 break;
+            }
+            if keep_tombstone_at && tomb.main == at {
+                keep.insert(*tomb);
             }
             gi += 1;
         }
@@ -227,11 +235,15 @@ impl KeyIndex {
     /// Removes every revision that no read at or after `at` can need: all but the latest
     /// revision `<= at`, and that one too when it is a tombstone. The surviving revision
     /// `<= at` is added to `keep`. Afterwards the key may be empty.
+    ///
+    /// A tombstone at exactly `at` leaves the index but is added to `keep`, so its key-table
+    /// row stays until the next compaction: a watcher starting at the compact revision (which
+    /// is not compacted for it) must still see that delete (etcd issue 17780).
     pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }
-        let (mut gi, ri) = self.compaction_point(at, keep);
+        let (mut gi, ri) = self.compaction_point(at, keep, true);
         let last = self.generations.len() - 1;
         let g = &mut self.generations[gi];
         if !g.is_empty() {
@@ -247,12 +259,13 @@ impl KeyIndex {
         self.generations.drain(..gi);
     }
 
-    /// Adds to `keep` the revision `compact(at)` would keep, without changing anything.
+    /// Adds to `keep` the revision `compact(at)` would keep, without changing anything, except
+    /// a tombstone at exactly `at` (kept only for watchers; hashes skip it as etcd 3.4 does).
     pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }
-        let (gi, ri) = self.compaction_point(at, keep);
+        let (gi, ri) = self.compaction_point(at, keep, false);
         let g = &self.generations[gi];
         if let Some(ri) = ri {
             if ri == g.revs.len() - 1 && gi != self.generations.len() - 1 {
@@ -483,8 +496,13 @@ mod tests {
                 "generations after compact({at})"
             );
             let want_keep: HashSet<Revision> = want_keep.into_iter().collect();
-            assert_eq!(keep, want_keep, "kept by compact({at})");
             assert_eq!(peek, want_keep, "keep({at}) predicts compact({at})");
+            // compact also keeps the row of a tombstone at exactly `at`, for watchers
+            let mut want_rows = want_keep.clone();
+            if [6, 12, 16].contains(&at) {
+                want_rows.insert(r(at));
+            }
+            assert_eq!(keep, want_rows, "kept by compact({at})");
             assert_eq!(ki.is_empty(), at >= 16);
         }
     }

@@ -9,7 +9,9 @@
 //! - [`backend`]: the redb file, its key and meta tables;
 //! - [`key_index`]: one key's generations; [`index`]: all keys;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
-//! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch.
+//! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch;
+//! - [`watch_hub`]: [`WatchHub`], the member's watchers; [`watch_queue`]: a stream's bounded
+//!   outbound queue.
 //!
 //! Request validation that etcd does in its gRPC layer (empty key, sort option values, duplicate
 //! keys in a Txn, ...) is the server's job; this crate applies what it is given.
@@ -22,12 +24,17 @@ pub mod kv_store;
 pub mod kv_store_txn;
 mod kv_view;
 pub mod revision;
+pub mod watch_hub;
+pub mod watch_queue;
+mod watcher_group;
 
 pub use backend::Backend;
 pub use errors::MvccError;
 pub use kv_store::KvStore;
 pub use kv_store_txn::ApplyTxn;
 pub use revision::Revision;
+pub use watch_hub::{WatchCreate, WatchHub, WatchHubOptions, WatchStream};
+pub use watch_queue::WatchMessage;
 
 #[cfg(test)]
 mod tests;

@@ -9,11 +9,13 @@
 //! an acknowledged write is visible to every later read. Commits are made durable (fsync) at
 //! most every `--backend-batch-interval` or `--backend-batch-limit` operations: until then the
 //! WAL holds the entries and a restart re-applies everything after the stored consistent index.
+//! After the commit and the applied index are published, the watch hub gets the batch's events
+//! (it never makes the applier wait: slow watchers are moved aside).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_mvcc::{ApplyTxn, KvStore};
+use etcd_mvcc::{ApplyTxn, KvStore, WatchHub};
 use etcd_proto::etcdserverpb::{
     CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse, RangeResponse, TxnResponse,
 };
@@ -60,6 +62,7 @@ pub struct Applier {
     /// Set when this member's removal is applied: it must stop serving.
     pub removed_tx: watch::Sender<bool>,
     pub wait: Arc<ApplyWait>,
+    pub watch_hub: Arc<WatchHub>,
     pub applied_tx: watch::Sender<u64>,
     pub runtime: tokio::runtime::Handle,
     pub batch_interval: Duration,
@@ -71,6 +74,8 @@ pub struct Applier {
 /// Per-batch bookkeeping that is not part of the replicated state.
 struct BatchOutcome {
     answers: Vec<(u64, Applied)>,
+    /// The batch's events in revision order, for the watch hub.
+    events: Vec<etcd_proto::mvccpb::Event>,
     ops: u64,
     last: Option<(u64, u64)>,
 }
@@ -115,7 +120,7 @@ impl Applier {
                 continue;
             }
             let durable_due = last_durable.elapsed() >= self.batch_interval;
-            let outcome = match self.apply_entries(&entries, durable_due || undurable_ops >= self.batch_limit) {
+            let mut outcome = match self.apply_entries(&entries, durable_due || undurable_ops >= self.batch_limit) {
                 Ok(o) => o,
                 Err(e) => fatal(&format!("applying entries failed: {e}")),
             };
@@ -129,6 +134,7 @@ impl Applier {
                 self.applied_tx.send_replace(index);
                 self.maybe_snapshot(index);
             }
+            self.watch_hub.notify(std::mem::take(&mut outcome.events));
             for (id, applied) in outcome.answers {
                 self.wait.trigger(id, applied);
             }
@@ -155,7 +161,7 @@ impl Applier {
     fn apply_entries(&self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
         let (applied_index, _) = self.kv.consistent_index();
         let mut txn = self.kv.begin_apply()?;
-        let mut out = BatchOutcome { answers: Vec::new(), ops: 0, last: None };
+        let mut out = BatchOutcome { answers: Vec::new(), events: Vec::new(), ops: 0, last: None };
         for e in entries {
             if e.index <= applied_index {
                 continue;
@@ -210,8 +216,8 @@ impl Applier {
         if let Some((index, term)) = out.last {
             txn.set_consistent_index(index, term);
         }
-        // Watch notification of the returned events comes with the watch hub.
-        let _events = txn.commit(durable)?;
+        // the watch hub gets these after the applied index is published
+        out.events = txn.commit(durable)?;
         Ok(out)
     }
 

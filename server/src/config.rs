@@ -302,6 +302,8 @@ pub struct ServerConfig {
     pub strict_reconfig_check: bool,
     pub etcd_api_version: String,
     pub unsafe_no_fsync: bool,
+    /// Period of progress notifications to watchers that asked for them (etcd: at least 100ms).
+    pub watch_progress_notify_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +519,8 @@ impl Flags {
             parse_go_duration(&self.backend_batch_interval, None)
                 .map_err(|e| ConfigError(format!("--backend-batch-interval: {}", e.0)))?
         };
+        let watch_progress_notify_interval = parse_go_duration(&self.watch_progress_notify_interval, None)
+            .map_err(|e| ConfigError(format!("--watch-progress-notify-interval: {}", e.0)))?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         Ok(ServerConfig {
             name: self.name,
@@ -541,6 +545,7 @@ impl Flags {
             strict_reconfig_check: self.strict_reconfig_check,
             etcd_api_version: self.etcd_api_version,
             unsafe_no_fsync: self.unsafe_no_fsync,
+            watch_progress_notify_interval,
         })
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_mvcc::KvStore;
+use etcd_mvcc::{KvStore, WatchHub, WatchHubOptions};
 use etcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse,
@@ -40,6 +40,8 @@ pub struct EtcdServer {
     member_id: u64,
     cluster_id: u64,
     kv: Arc<KvStore>,
+    watch_hub: Arc<WatchHub>,
+    watch_sync: Mutex<Option<std::thread::JoinHandle<()>>>,
     raft: RaftNode,
     members: Arc<Membership>,
     wait: Arc<ApplyWait>,
@@ -160,7 +162,12 @@ impl EtcdServer {
         let (removed_tx, removed_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(applied_index);
         let wait = Arc::new(ApplyWait::default());
+        let watch_hub = WatchHub::new(kv.clone(), WatchHubOptions::default());
+        let watch_sync = watch_hub
+            .start()
+            .map_err(|e| ServerError::Internal(format!("cannot start the watch sync thread: {e}")))?;
         let applier = Applier {
+            watch_hub: watch_hub.clone(),
             kv: kv.clone(),
             raft: raft.clone(),
             members: members.clone(),
@@ -185,6 +192,8 @@ impl EtcdServer {
             member_id: my_id,
             cluster_id: cid,
             kv,
+            watch_hub,
+            watch_sync: Mutex::new(Some(watch_sync)),
             raft,
             members,
             wait,
@@ -569,10 +578,25 @@ impl EtcdServer {
         self.raft.status().leader_id != 0
     }
 
+    /// The member's watchers.
+    pub fn watch_hub(&self) -> &Arc<WatchHub> {
+        &self.watch_hub
+    }
+
+    /// The election timeout (how long a stream asking for a leader tolerates having none).
+    pub fn election_timeout(&self) -> Duration {
+        self.cfg.heartbeat * self.cfg.election_ticks as u32
+    }
+
     /// Stops raft and the applier; the backend is synced by the applier on its way out.
     pub async fn stop(&self) {
         self.raft.stop().await;
         let handle = self.applier.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        self.watch_hub.stop();
+        let handle = self.watch_sync.lock().take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }

@@ -4,6 +4,7 @@
 mod cluster;
 mod kv;
 mod maintenance;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use axum::response::IntoResponse;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::etcdserverpb::RangeRequest;
 
 use crate::etcd_server::EtcdServer;
@@ -29,7 +31,12 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
             MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
                 .max_decoding_message_size(max_recv),
         )
-        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv));
+        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(
+            WatchServer::new(watch::WatchService { server: server.clone(), max_response_bytes: max_recv })
+                .max_decoding_message_size(max_recv)
+                .max_encoding_message_size(usize::MAX),
+        );
     let health_server = server.clone();
     let version_server = server;
     let router = builder
