@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcd_lease::Lessor;
 use etcd_mvcc::KvStore;
 use etcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
@@ -27,6 +28,8 @@ use crate::errors::ServerError;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
 use crate::membership::{new_member, Membership};
 
+mod lease;
+
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// Log entries kept after a raft log compaction so slow followers catch up without a snapshot.
@@ -39,6 +42,7 @@ pub struct EtcdServer {
     kv: Arc<KvStore>,
     raft: RaftNode,
     members: Arc<Membership>,
+    lessor: Arc<Lessor>,
     wait: Arc<ApplyWait>,
     applied_rx: watch::Receiver<u64>,
     ids: RequestIdGen,
@@ -69,6 +73,7 @@ impl EtcdServer {
 
         let kv = Arc::new(KvStore::open(&member_dir.join("snap").join("db"))?);
         let (applied_index, _) = kv.consistent_index();
+        let lessor = lease::open_lessor(&kv, &cfg)?;
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&member_dir.join("wal"));
@@ -120,6 +125,8 @@ impl EtcdServer {
             kv: kv.clone(),
             raft: raft.clone(),
             members: members.clone(),
+            lessor: lessor.clone(),
+            lease_promote_extend: cfg.heartbeat * cfg.election_ticks as u32,
             wait: wait.clone(),
             applied_tx,
             runtime: tokio::runtime::Handle::current(),
@@ -140,6 +147,7 @@ impl EtcdServer {
             kv,
             raft,
             members,
+            lessor,
             wait,
             applied_rx,
             ids: RequestIdGen::new(my_id),
@@ -147,6 +155,7 @@ impl EtcdServer {
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
+        tokio::spawn(lease::run_expiry_loop(Arc::downgrade(&server)));
         Ok(server)
     }
 

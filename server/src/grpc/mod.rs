@@ -3,6 +3,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::RangeRequest;
 
@@ -29,7 +31,8 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
             MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
                 .max_decoding_message_size(max_recv),
         )
-        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv));
+        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv));
     let health_server = server.clone();
     let version_server = server;
     let router = builder
