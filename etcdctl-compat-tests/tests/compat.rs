@@ -28,6 +28,9 @@ scenarios! {
     kv_errors_match_etcd => "errors",
     data_survives_restart_and_crash_as_in_etcd => "durability",
     endpoint_and_member_status_match_etcd => "status",
+    lease_keys_attach_detach_and_revoke_as_in_etcd => "lease-keys",
+    lease_expiry_deletes_keys_as_in_etcd => "lease-expiry",
+    leases_survive_restart_and_crash_as_in_etcd => "lease-restart",
 }
 
 #[test]
