@@ -190,16 +190,24 @@ async fn sigkill_keeps_leases_keys_and_checkpointed_remaining_ttl() {
     assert!((29..=31).contains(&ttl), "remaining TTL after keep-alive and restart: {ttl}");
 }
 
-/// 100,000 leases expire within a few seconds of each other: the leader revokes them at the
-/// bounded rate (1,000 a second) and writes keep being served meanwhile.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Many leases expire at the same moment: they are granted, then the member is killed and
+/// restarted, so its new primary lessor gives them all the same deadline (restart + election
+/// timeout + TTL). The leader must revoke them at the bounded rate (etcd spreads a pile-up to
+/// 3/4 of 1,000 a second) while writes keep being served. The default count keeps the debug
+/// test short (granting runs at the server's write rate); `LEASE_MASS_EXPIRY_COUNT=100000
+/// LEASE_MASS_EXPIRY_TTL=300` runs the full-size case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_expiry_is_rate_limited_and_does_not_stall_writes() {
-    const LEASES: i64 = 100_000;
+    let leases = env_or("LEASE_MASS_EXPIRY_COUNT", 10_000) as i64;
+    let ttl = env_or("LEASE_MASS_EXPIRY_TTL", 40) as i64;
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m0.etcd"), &[]);
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &["--experimental-enable-lease-checkpoint=false"]);
     m.start();
-    let (kv, l) = clients(&m).await;
-    let ttl = 20;
+    let (_, l) = clients(&m).await;
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(1));
     let mut granters = Vec::new();
@@ -209,7 +217,7 @@ async fn mass_expiry_is_rate_limited_and_does_not_stall_writes() {
         granters.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed) as i64;
-                if n > LEASES {
+                if n > leases {
                     return;
                 }
                 grant(&mut l, n, ttl).await.expect("grant");
@@ -220,15 +228,20 @@ async fn mass_expiry_is_rate_limited_and_does_not_stall_writes() {
         g.await.unwrap();
     }
     let granting = started.elapsed();
-    eprintln!("granted {LEASES} leases in {granting:?}");
-    assert!(granting < Duration::from_secs(ttl as u64), "granting took longer than the TTL; the test needs a longer TTL");
+    eprintln!("granted {leases} leases in {granting:?}");
+    assert!(granting < Duration::from_secs(ttl as u64), "granting took longer than the TTL; raise LEASE_MASS_EXPIRY_TTL");
+    m.kill9();
+    m.start();
+    let restarted = Instant::now();
+    let (kv, l) = clients(&m).await;
+    let mut l2 = l.clone();
+    assert_eq!(l2.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner().leases.len(), leases as usize);
 
     // Writes while the leases expire: none may take long, and revokes stay at the bounded rate.
-    let mut l2 = l.clone();
     let mut kv2 = kv.clone();
     let mut slowest = Duration::ZERO;
     let mut samples: Vec<(Instant, usize)> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = restarted + Duration::from_secs(ttl as u64 + 60 + leases as u64 / 500);
     let mut n = 0;
     loop {
         let t = Instant::now();
@@ -237,23 +250,27 @@ async fn mass_expiry_is_rate_limited_and_does_not_stall_writes() {
             .expect("put during mass expiry");
         slowest = slowest.max(t.elapsed());
         n += 1;
-        if n % 20 == 0 {
+        if n % 10 == 0 {
             let left = l2.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner().leases.len();
             samples.push((Instant::now(), left));
             if left == 0 {
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "leases not all revoked in time: {:?}", samples.last());
+        assert!(Instant::now() < deadline, "leases not all revoked in time: {:?}", samples.last().map(|s| s.1));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let first_drop = samples.iter().position(|(_, left)| *left < LEASES as usize).unwrap_or(0);
+    let first_drop = samples.iter().position(|(_, left)| *left < leases as usize).unwrap_or(0);
     let (t0, n0) = samples[first_drop.saturating_sub(1)];
     let (t1, _) = *samples.last().unwrap();
     let secs = (t1 - t0).as_secs_f64();
     let rate = n0 as f64 / secs;
-    eprintln!("{n} writes during the expiry, slowest {slowest:?}; revoked {n0} leases in {secs:.1}s ({rate:.0}/s)");
+    eprintln!(
+        "first revoke {:?} after restart; {n} writes during the expiry, slowest {slowest:?}; revoked {n0} leases in {secs:.1}s ({rate:.0}/s)",
+        t0 - restarted
+    );
+    assert!(t0 - restarted >= Duration::from_secs(ttl as u64), "leases expired early after the restart");
     assert!(slowest < Duration::from_secs(1), "a write took {slowest:?} during the mass expiry");
-    // 1,000 a second plus the first round and the spread's slack
-    assert!(rate <= 1300.0, "revoke rate {rate:.0}/s is above the bound");
+    // 1,000 a second at most (etcd spreads a pile-up to 750 a second)
+    assert!(rate <= 1000.0, "revoke rate {rate:.0}/s is above the bound");
 }
