@@ -210,7 +210,8 @@ impl Lessor {
         }
         g.leases.insert(id, l);
         if g.primary {
-            self.register(&mut g, id, now);
+            register_expiry(&mut g, id);
+            self.schedule_checkpoint(&mut g, id, now);
         }
         Ok(ttl)
     }
@@ -290,7 +291,8 @@ impl Lessor {
         }
         let ids: Vec<i64> = g.leases.keys().copied().collect();
         for id in ids {
-            self.register(&mut g, id, now);
+            register_expiry(&mut g, id);
+            self.schedule_checkpoint(&mut g, id, now);
         }
     }
 
@@ -322,7 +324,7 @@ impl Lessor {
         let clear = checkpoint_enabled && l.remaining_ttl > 0;
         l.expiry = Some(now + secs(l.ttl));
         let ttl = l.ttl;
-        self.register(&mut g, id, now);
+        register_expiry(&mut g, id);
         Ok((ttl, clear))
     }
 
@@ -404,15 +406,8 @@ impl Lessor {
         out
     }
 
-    /// Puts a lease (which must have a deadline) on the expiry heap and schedules its checkpoint.
-    fn register(&self, g: &mut Inner, id: i64, now: Instant) {
-        let Some(l) = g.leases.get_mut(&id) else { return };
-        let Some(expiry) = l.expiry else { return };
-        l.next_check = Some(expiry);
-        g.expiry_heap.push(Reverse((expiry, id)));
-        self.schedule_checkpoint(g, id, now);
-    }
-
+    /// Schedules the lease's next checkpoint (after a grant, a promotion or a checkpoint, as
+    /// etcd; keep-alives do not add any).
     fn schedule_checkpoint(&self, g: &mut Inner, id: i64, now: Instant) {
         if !self.cfg.checkpoint_enabled {
             return;
@@ -422,6 +417,15 @@ impl Lessor {
             g.checkpoint_heap.push(Reverse((now + self.cfg.checkpoint_interval, id)));
         }
     }
+}
+
+/// Puts a lease (if it has a deadline) on the expiry heap under that deadline; an entry left
+/// from an earlier deadline is skipped when it surfaces.
+fn register_expiry(g: &mut Inner, id: i64) {
+    let Some(l) = g.leases.get_mut(&id) else { return };
+    let Some(expiry) = l.expiry else { return };
+    l.next_check = Some(expiry);
+    g.expiry_heap.push(Reverse((expiry, id)));
 }
 
 fn attach(g: &mut Inner, id: i64, key: Vec<u8>) {

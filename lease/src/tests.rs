@@ -218,6 +218,9 @@ fn checkpoints_are_due_per_interval_and_persist_the_remaining_ttl() {
     f.lessor.promote(Duration::ZERO, t1);
     let st = f.lessor.time_to_live(1, false, t1).unwrap();
     assert_eq!((st.granted_ttl, st.remaining), (100, 90));
+    // keep-alives schedule no extra checkpoints: one per interval
+    f.lessor.renew(1, t1).unwrap();
+    assert_eq!(f.lessor.due_checkpoints(10, t1 + Duration::from_secs(11)).len(), 1);
     // a keep-alive restores the full TTL and asks to clear the stored remaining TTL
     assert_eq!(f.lessor.renew(1, t1), Ok((100, true)));
     f.checkpoint(1, 0, t1);
