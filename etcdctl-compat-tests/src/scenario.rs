@@ -19,6 +19,9 @@
 //! | `@crash [I]`            | SIGKILL member I (default: all), start it on the same data   |
 //! | `@sleep SECS`           | pause                                                        |
 //! | `@env K=V`              | set an environment variable for later etcdctl commands       |
+//!
+//! In etcdctl arguments and stdin, `{LEASEn}` stands for the ID the n-th `lease grant` of the run printed
+//! (1-based), so a scenario can attach keys to, keep alive or revoke the leases it granted.
 
 use std::fmt;
 use std::path::Path;

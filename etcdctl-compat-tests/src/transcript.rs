@@ -75,11 +75,14 @@ fn execute(
     cluster.start_all(etcdctl)?;
     let mut env = BTreeMap::new();
     env.insert("ETCDCTL_API".to_string(), "3".to_string());
+    let mut leases: Vec<String> = Vec::new();
     for step in &scenario.steps {
         match step {
             Step::Etcdctl(command) => {
                 let endpoints = cluster.endpoints();
-                let output = run_etcdctl(etcdctl, &endpoints, command, &env)?;
+                let command = with_leases(command, &leases);
+                let output = run_etcdctl(etcdctl, &endpoints, &command, &env)?;
+                leases.extend(granted_leases(&output.stdout));
                 render(out, &command.display, &output);
             }
             Step::Restart(which) => cycle(cluster, *which, SIGTERM, etcdctl, out, "@restart")?,
@@ -91,6 +94,35 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// Lease IDs that `lease grant` printed ("lease 694d71ddacfda227 granted with TTL(100s)").
+fn granted_leases(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("lease ")?.strip_suffix("s)")?.split_once(" granted with TTL("))
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
+/// Replaces `{LEASEn}` in the arguments with the n-th (1-based) granted lease ID; the
+/// displayed line keeps the placeholder, so transcripts do not carry the IDs.
+fn with_leases(command: &Command, leases: &[String]) -> Command {
+    let subst = |text: &str| {
+        let mut t = text.to_string();
+        for (i, id) in leases.iter().enumerate() {
+            t = t.replace(&format!("{{LEASE{}}}", i + 1), id);
+        }
+        t
+    };
+    let mut c = command.clone();
+    for arg in &mut c.args {
+        *arg = subst(arg);
+    }
+    if let Some(stdin) = &c.stdin {
+        c.stdin = Some(subst(&String::from_utf8_lossy(stdin)).into_bytes());
+    }
+    c
 }
 
 /// Stops the selected members with `sig`, starts them again and waits until they are healthy.
@@ -340,5 +372,26 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(o.outcome, Outcome::Interrupted);
+    }
+}
+
+#[cfg(test)]
+mod lease_placeholder_tests {
+    use super::*;
+
+    #[test]
+    fn granted_lease_ids_replace_their_placeholders_but_not_the_display() {
+        let ids = granted_leases("lease 694d71ddacfda227 granted with TTL(100s)\nother\nlease 1a granted with TTL(2s)\n");
+        assert_eq!(ids, ["694d71ddacfda227", "1a"]);
+        let c = Command {
+            args: vec!["put".into(), "k".into(), "--lease={LEASE2}".into(), "{LEASE1}{LEASE12}".into()],
+            stdin: Some(b"put e 8 --lease={LEASE1}\n".to_vec()),
+            time_limit: None,
+            display: "put k --lease={LEASE2}".into(),
+        };
+        let r = with_leases(&c, &ids);
+        assert_eq!(r.stdin.as_deref(), Some(&b"put e 8 --lease=694d71ddacfda227\n"[..]));
+        assert_eq!(r.args, ["put", "k", "--lease=1a", "694d71ddacfda227{LEASE12}"]);
+        assert_eq!(r.display, "put k --lease={LEASE2}");
     }
 }

@@ -32,6 +32,9 @@ scenarios! {
     watch_exec_matches_etcd => "watch-exec",
     watch_progress_notify_matches_etcd => "watch-progress-notify",
     watch_from_compacted_negative_and_future_revisions_matches_etcd => "watch-compaction",
+    lease_keys_attach_detach_and_revoke_as_in_etcd => "lease-keys",
+    lease_expiry_deletes_keys_as_in_etcd => "lease-expiry",
+    leases_survive_restart_and_crash_as_in_etcd => "lease-restart",
 }
 
 #[test]

@@ -109,6 +109,12 @@ impl<'s> ApplyTxn<'s> {
             .expect("the write transaction lives until commit")
     }
 
+    /// The events of the batch so far, in revision order, prev_kv filled (a failed request's
+    /// events are gone). Lets the applier follow per request what [`ApplyTxn::commit`] returns.
+    pub fn pending_events(&self) -> &[Event] {
+        &self.events
+    }
+
     /// The batch's current revision (the revision of its latest change).
     pub fn current_revision(&self) -> i64 {
         self.rev

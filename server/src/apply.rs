@@ -15,9 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etcd_lease::Lessor;
 use etcd_mvcc::{ApplyTxn, KvStore, WatchHub};
 use etcd_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, InternalRaftRequest, PutResponse, RangeResponse, TxnResponse,
+    CompactionResponse, DeleteRangeResponse, InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse,
+    PutResponse, RangeResponse, TxnResponse,
 };
 use etcd_proto::etcdrspb::ConfChangeContext;
 use etcd_proto::membershippb::Member;
@@ -40,6 +42,8 @@ pub enum ApplyResult {
     Compaction(CompactionResponse),
     /// A membership change: the members after it.
     Members(Vec<Member>),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     Empty,
 }
 
@@ -61,6 +65,10 @@ pub struct Applier {
     pub max_learners: usize,
     /// Set when this member's removal is applied: it must stop serving.
     pub removed_tx: watch::Sender<bool>,
+    pub lessor: Arc<Lessor>,
+    /// How far a new leader pushes every lease's deadline (the election timeout). Only the
+    /// leader's local expiry timing uses it, never applied state.
+    pub lease_promote_extend: Duration,
     pub wait: Arc<ApplyWait>,
     pub watch_hub: Arc<WatchHub>,
     pub applied_tx: watch::Sender<u64>,
@@ -170,7 +178,9 @@ impl Applier {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
-                        continue; // a new leader's empty entry
+                        // a new leader's empty entry: once applied, its lessor takes over expiry
+                        self.promote_lessor_if_leader(e.term);
+                        continue;
                     }
                     out.ops += 1;
                     match InternalRaftRequest::decode(&e.data[..]) {
@@ -309,9 +319,17 @@ impl Applier {
         }
     }
 
+    /// Applies one request; the lessor follows the key changes it made (attach / detach).
     fn apply_request(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest) -> Result<ApplyResult, ServerError> {
-        // Until the lessor exists no lease does: puts with a lease fail alike on every member.
-        let lease_exists = |_: i64| false;
+        let before = txn.pending_events().len();
+        let result = self.apply_request_ops(txn, req);
+        self.lessor.apply_events(&txn.pending_events()[before..]);
+        result
+    }
+
+    fn apply_request_ops(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest) -> Result<ApplyResult, ServerError> {
+        let lessor = self.lessor.clone();
+        let lease_exists = move |id: i64| lessor.exists(id);
         if let Some(r) = req.put {
             return Ok(ApplyResult::Put(txn.put(&r, &lease_exists)?));
         }
@@ -327,6 +345,15 @@ impl Applier {
         if let Some(r) = req.compaction {
             txn.compact(r.revision)?;
             return Ok(ApplyResult::Compaction(CompactionResponse::default()));
+        }
+        if let Some(r) = req.lease_grant {
+            return self.apply_lease_grant(txn, &r);
+        }
+        if let Some(r) = req.lease_revoke {
+            return self.apply_lease_revoke(txn, r.id);
+        }
+        if let Some(r) = req.lease_checkpoint {
+            return self.apply_lease_checkpoint(txn, &r);
         }
         if let Some(r) = req.cluster_member_attr_set {
             if let Some(attrs) = r.member_attributes {

@@ -218,6 +218,9 @@ pub struct Flags {
     /// Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change.
     #[arg(long = "experimental-enable-lease-checkpoint", env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub enable_lease_checkpoint: bool,
+    /// Interval of lease checkpoints (remaining TTLs recorded through raft).
+    #[arg(long = "experimental-lease-checkpoint-interval", env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", default_value = "5m")]
+    pub lease_checkpoint_interval: String,
     /// Sets the maximum revisions deleted in each compaction batch.
     #[arg(long = "experimental-compaction-batch-limit", env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
     pub compaction_batch_limit: usize,
@@ -304,6 +307,8 @@ pub struct ServerConfig {
     pub unsafe_no_fsync: bool,
     /// Period of progress notifications to watchers that asked for them (etcd: at least 100ms).
     pub watch_progress_notify_interval: Duration,
+    pub enable_lease_checkpoint: bool,
+    pub lease_checkpoint_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -521,6 +526,11 @@ impl Flags {
         };
         let watch_progress_notify_interval = parse_go_duration(&self.watch_progress_notify_interval, None)
             .map_err(|e| ConfigError(format!("--watch-progress-notify-interval: {}", e.0)))?;
+        let lease_checkpoint_interval = parse_go_duration(&self.lease_checkpoint_interval, None)
+            .map_err(|e| ConfigError(format!("--experimental-lease-checkpoint-interval: {}", e.0)))?;
+        if lease_checkpoint_interval.is_zero() {
+            return err("--experimental-lease-checkpoint-interval must be > 0");
+        }
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         Ok(ServerConfig {
             name: self.name,
@@ -546,6 +556,8 @@ impl Flags {
             etcd_api_version: self.etcd_api_version,
             unsafe_no_fsync: self.unsafe_no_fsync,
             watch_progress_notify_interval,
+            enable_lease_checkpoint: self.enable_lease_checkpoint,
+            lease_checkpoint_interval,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Server errors and the one table that maps every error a client can see to etcd's gRPC
 //! status code and message. Clients match on these strings; write each one only here.
 
+use etcd_lease::LeaseError;
 use etcd_mvcc::MvccError;
 use etcd_raft::RaftError;
 use tonic::{Code, Status};
@@ -27,6 +28,10 @@ pub enum ServerError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTTLTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
@@ -89,6 +94,18 @@ impl From<MvccError> for ServerError {
     }
 }
 
+impl From<LeaseError> for ServerError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::NotFound => ServerError::LeaseNotFound,
+            LeaseError::Exists => ServerError::LeaseExist,
+            LeaseError::TtlTooLarge => ServerError::LeaseTTLTooLarge,
+            LeaseError::NotPrimary => ServerError::NotLeader,
+            other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<RaftError> for ServerError {
     fn from(e: RaftError) -> Self {
         match e {
@@ -129,10 +146,10 @@ impl From<ServerError> for Status {
             MemberExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | TooManyLearners
             | NotEnoughStartedMembers | BadLeaderTransferee => Code::FailedPrecondition,
             TimeoutLeaderTransfer | Unhealthy | NotSupportedForLearner => Code::Unavailable,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTTLTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            NotLeader => Code::FailedPrecondition,
+            NotLeader | LeaseExist => Code::FailedPrecondition,
             NoLeader | LeaderChanged | Stopped | Timeout | TimeoutWaitAppliedIndex => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,
@@ -159,6 +176,10 @@ mod tests {
         let s: Status = ServerError::LeaseNotFound.into();
         assert_eq!(s.code(), Code::NotFound);
         assert_eq!(s.message(), "etcdserver: requested lease not found");
+        let s: Status = ServerError::LeaseExist.into();
+        assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
+        let s: Status = ServerError::LeaseTTLTooLarge.into();
+        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
         let s: Status = ServerError::NoLeader.into();
         assert_eq!((s.code(), s.message()), (Code::Unavailable, "etcdserver: no leader"));
         let s: Status = ServerError::EmptyKey.into();

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcd_lease::Lessor;
 use etcd_mvcc::{KvStore, WatchHub, WatchHubOptions};
 use etcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
@@ -30,6 +31,8 @@ use crate::errors::ServerError;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
 use crate::membership::{new_member, Membership};
 
+mod lease;
+
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// Log entries kept after a raft log compaction so slow followers catch up without a snapshot.
@@ -44,6 +47,7 @@ pub struct EtcdServer {
     watch_sync: Mutex<Option<std::thread::JoinHandle<()>>>,
     raft: RaftNode,
     members: Arc<Membership>,
+    lessor: Arc<Lessor>,
     wait: Arc<ApplyWait>,
     applied_rx: watch::Receiver<u64>,
     ids: RequestIdGen,
@@ -75,6 +79,7 @@ impl EtcdServer {
 
         let kv = Arc::new(KvStore::open(&member_dir.join("snap").join("db"))?);
         let (applied_index, _) = kv.consistent_index();
+        let lessor = lease::open_lessor(&kv, &cfg)?;
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&member_dir.join("wal"));
@@ -174,6 +179,8 @@ impl EtcdServer {
             transport: transport.clone(),
             max_learners: cfg.max_learners,
             removed_tx,
+            lessor: lessor.clone(),
+            lease_promote_extend: cfg.heartbeat * cfg.election_ticks as u32,
             wait: wait.clone(),
             applied_tx,
             runtime: tokio::runtime::Handle::current(),
@@ -196,6 +203,7 @@ impl EtcdServer {
             watch_sync: Mutex::new(Some(watch_sync)),
             raft,
             members,
+            lessor,
             wait,
             applied_rx,
             ids: RequestIdGen::new(my_id),
@@ -204,6 +212,7 @@ impl EtcdServer {
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
+        tokio::spawn(lease::run_expiry_loop(Arc::downgrade(&server)));
         Ok(server)
     }
 

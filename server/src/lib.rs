@@ -2,6 +2,7 @@
 //! services and the configuration of the `etcd-rs` binary.
 
 pub mod apply;
+mod apply_lease;
 pub mod compactor;
 pub mod config;
 pub mod errors;

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 mod watch;
 
@@ -13,6 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::etcdserverpb::RangeRequest;
@@ -36,7 +38,8 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
             WatchServer::new(watch::WatchService { server: server.clone(), max_response_bytes: max_recv })
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
-        );
+        )
+        .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv));
     let health_server = server.clone();
     let version_server = server;
     let router = builder
