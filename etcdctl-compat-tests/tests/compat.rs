@@ -28,6 +28,8 @@ scenarios! {
     kv_errors_match_etcd => "errors",
     data_survives_restart_and_crash_as_in_etcd => "durability",
     endpoint_and_member_status_match_etcd => "status",
+    cluster_membership_changes_match_etcd => "cluster-members",
+    cluster_survives_member_crash_and_restart_as_in_etcd => "cluster-restart",
 }
 
 #[test]
