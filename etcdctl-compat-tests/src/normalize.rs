@@ -115,7 +115,11 @@ fn order_unordered_blocks(lines: &mut [String], known: &std::collections::HashSe
         }
         let start = i + 1;
         let end = (start..lines.len())
-            .find(|&j| ["$ etcdctl ", "== ", "!! "].iter().any(|p| lines[j].starts_with(p)))
+            .find(|&j| {
+                ["$ etcdctl ", "== ", "!! "]
+                    .iter()
+                    .any(|p| lines[j].starts_with(p))
+            })
             .unwrap_or(lines.len());
         // The last line of a command's record is how it ended; it stays last.
         let body_end = end.saturating_sub(1).max(start);
@@ -126,7 +130,8 @@ fn order_unordered_blocks(lines: &mut [String], known: &std::collections::HashSe
                 .and_then(|l| l.strip_suffix('"'))
             {
                 let mut entries: Vec<&str> = list.split(',').collect();
-                entries.sort_by_cached_key(|e| (map_ids(e, known, |_| "<ID>".into()), e.to_string()));
+                entries
+                    .sort_by_cached_key(|e| (map_ids(e, known, |_| "<ID>".into()), e.to_string()));
                 *line = format!("ETCD_INITIAL_CLUSTER=\"{}\"", entries.join(","));
             }
         }
@@ -615,7 +620,10 @@ mod tests {
              ETCD_NAME=\"m3\"\n[exit 0]\n$ etcdctl member list\n7a1e0f35b4a9c2d0, unstarted, , x, , true\n",
         );
         assert_eq!(short, full);
-        assert!(short.contains("Member <ID1> added to cluster <ID2>\n"), "{short}");
+        assert!(
+            short.contains("Member <ID1> added to cluster <ID2>\n"),
+            "{short}"
+        );
         assert!(short.contains("<ID1>, unstarted"), "{short}");
         // A short hex word that is not a known ID stays as it is.
         assert_eq!(norm("1e0f35b4a9c2d\n"), "1e0f35b4a9c2d\n");
@@ -647,7 +655,10 @@ mod tests {
         assert_ne!(norm(&plain_a), norm(&plain_b));
         assert!(norm(a).contains("[exit 0]\n$ etcdctl member remove"));
         // A different set of lines still differs.
-        assert_ne!(norm(a), norm(&b.replace("unstarted, , p3", "started, m3, p3")));
+        assert_ne!(
+            norm(a),
+            norm(&b.replace("unstarted, , p3", "started, m3, p3"))
+        );
     }
 
     #[test]
@@ -660,4 +671,3 @@ mod tests {
         assert_ne!(norm(a), norm(&b.replace("m1=http://b", "m1=http://c")));
     }
 }
-

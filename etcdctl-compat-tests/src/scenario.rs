@@ -157,9 +157,9 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, ParseError> {
             }
         };
         if !word.starts_with('@') {
-            scenario
-                .steps
-                .push(Step::Etcdctl(command(line, line, total, false).map_err(err)?));
+            scenario.steps.push(Step::Etcdctl(
+                command(line, line, total, false).map_err(err)?,
+            ));
             continue;
         }
         let step = match word {
@@ -245,7 +245,11 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, ParseError> {
                     _ => return Err(err(format!("@env needs one KEY=VALUE, got `{rest}`"))),
                 }
             }
-            other => return Err(err(format!("unknown directive `{other}` (or bad arguments)"))),
+            other => {
+                return Err(err(format!(
+                    "unknown directive `{other}` (or bad arguments)"
+                )))
+            }
         };
         scenario.steps.push(step);
     }
@@ -715,7 +719,10 @@ mod tests {
             "--peer-urls=http://127.0.0.1:2383,http://127.0.0.1:2390"
         );
         assert_eq!(expand("{ID_1}", value).unwrap(), "abc1");
-        assert_eq!(expand("x{NAME_0}y{CLIENT_2}", value).unwrap(), "xm0yhttp://127.0.0.1:2381");
+        assert_eq!(
+            expand("x{NAME_0}y{CLIENT_2}", value).unwrap(),
+            "xm0yhttp://127.0.0.1:2381"
+        );
         assert_eq!(expand("{a}{ID_x}{", value).unwrap(), "{a}{ID_x}{");
         assert_eq!(
             placeholders("{ID_3}-{PEER_1}"),

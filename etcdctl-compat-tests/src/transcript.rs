@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::listing::{parse_member_list, Listed};
 use crate::member::{send_signal, Cluster, MemberPorts, SIGINT, SIGKILL, SIGTERM};
-use crate::scenario::{expand, placeholders, Command, Endpoints, Members, Placeholder, Scenario, Step};
+use crate::scenario::{
+    expand, placeholders, Command, Endpoints, Members, Placeholder, Scenario, Step,
+};
 
 /// A command without `@timeout` that runs longer than this is killed and recorded as hung.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
@@ -192,7 +194,10 @@ impl Runner<'_> {
         if needs_ids {
             let listing = self.member_list()?;
             for (i, member) in self.cluster.members.iter().enumerate() {
-                if let Some(listed) = listing.iter().find(|l| l.peer_urls.contains(&member.peer_url())) {
+                if let Some(listed) = listing
+                    .iter()
+                    .find(|l| l.peer_urls.contains(&member.peer_url()))
+                {
                     self.ids.insert(i, listed.id);
                 }
             }
@@ -209,9 +214,14 @@ impl Runner<'_> {
                         Placeholder::Peer(_) => Ok(member.peer_url()),
                         Placeholder::Client(_) => Ok(member.client_url()),
                         Placeholder::Name(_) => Ok(member.name.clone()),
-                        Placeholder::Id(i) => ids.get(&i).map(|id| format!("{id:x}")).ok_or_else(|| {
-                            format!("{{ID_{i}}}: {} has not been in any member list", member.name)
-                        }),
+                        Placeholder::Id(i) => {
+                            ids.get(&i).map(|id| format!("{id:x}")).ok_or_else(|| {
+                                format!(
+                                    "{{ID_{i}}}: {} has not been in any member list",
+                                    member.name
+                                )
+                            })
+                        }
                     }
                 })
             })
@@ -261,12 +271,17 @@ impl Runner<'_> {
                     .members
                     .iter()
                     .find(|m| m.peer_url() == *url)
-                    .ok_or_else(|| format!("@start-new {i}: unknown peer URL {url} in member list"))?;
+                    .ok_or_else(|| {
+                        format!("@start-new {i}: unknown peer URL {url} in member list")
+                    })?;
                 entries.push(format!("{}={url}", member.name));
             }
         }
         let member = &mut self.cluster.members[i];
-        if !listing.iter().any(|l| l.peer_urls.contains(&member.peer_url())) {
+        if !listing
+            .iter()
+            .any(|l| l.peer_urls.contains(&member.peer_url()))
+        {
             return Err(format!(
                 "@start-new {i}: {} is not in the member list (run `member add` first)",
                 member.name
@@ -278,7 +293,13 @@ impl Runner<'_> {
     }
 
     /// Stops the selected members with `sig`, starts them again and waits until they are healthy.
-    fn cycle(&mut self, which: Members, sig: i32, out: &mut String, label: &str) -> Result<(), String> {
+    fn cycle(
+        &mut self,
+        which: Members,
+        sig: i32,
+        out: &mut String,
+        label: &str,
+    ) -> Result<(), String> {
         let selected: Vec<usize> = match which {
             Members::All => self.cluster.running(),
             Members::One(i) => vec![i],
