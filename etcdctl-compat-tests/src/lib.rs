@@ -22,6 +22,7 @@
 //! - `COMPAT_KEEP_DIR=DIR`: write both transcripts and server logs of every scenario to DIR.
 
 pub mod diff;
+pub mod listing;
 pub mod member;
 pub mod normalize;
 pub mod scenario;
@@ -133,7 +134,7 @@ pub fn compare_scenario(path: &Path, config: &Config) -> Result<Comparison, Stri
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let scenario = scenario::load(path)?;
-    let ports = member::pick_ports(scenario.members)
+    let ports = member::pick_ports(scenario.members + scenario.spare)
         .map_err(|e| format!("cannot pick free loopback ports: {e}"))?;
 
     let reference = transcript::run(&scenario, &config.reference, &config.etcdctl, &ports)?;

@@ -46,6 +46,7 @@ pub struct MemberPorts {
 }
 
 /// Picks `members` pairs of currently free loopback ports (all bound at once, so distinct).
+/// Ports of spare members stay unused until `@start-new`; nothing else of ours binds them.
 pub fn pick_ports(members: usize) -> io::Result<Vec<MemberPorts>> {
     let listeners = (0..members * 2)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
@@ -72,8 +73,12 @@ pub struct Member {
     pub log_path: PathBuf,
     /// `--initial-cluster` value.
     initial_cluster: String,
+    /// `--initial-cluster-state`: `new` for initial members, `existing` for joining ones.
+    initial_state: &'static str,
     extra_flags: Vec<String>,
     child: Option<Child>,
+    /// Whether the member was ever started (so it has a data dir to start again on).
+    started_before: bool,
 }
 
 impl Member {
@@ -103,7 +108,7 @@ impl Member {
             "--initial-cluster",
             &self.initial_cluster,
             "--initial-cluster-state",
-            "new",
+            self.initial_state,
             "--initial-cluster-token",
             CLUSTER_TOKEN,
         ]
@@ -134,7 +139,20 @@ impl Member {
                 )
             })?;
         self.child = Some(child);
+        self.started_before = true;
         Ok(())
+    }
+
+    /// Whether the member was ever started.
+    pub fn started_before(&self) -> bool {
+        self.started_before
+    }
+
+    /// Makes this (never started) member join a running cluster whose membership, including
+    /// this member, is `initial_cluster`.
+    pub fn prepare_join(&mut self, initial_cluster: String) {
+        self.initial_cluster = initial_cluster;
+        self.initial_state = "existing";
     }
 
     /// Whether the process was started and has not exited.
@@ -165,7 +183,9 @@ impl Member {
         let _ = child.wait();
     }
 
-    /// Waits until `etcdctl endpoint health` succeeds against this member.
+    /// Waits until this member serves clients: `etcdctl endpoint health` succeeds, or, for a
+    /// learner (which refuses the linearizable read `endpoint health` makes, in etcd as in
+    /// etcd-rs), `endpoint status` succeeds and reports it a learner.
     pub fn wait_healthy(&mut self, etcdctl: &Path) -> Result<(), String> {
         let deadline = Instant::now() + HEALTHY_WITHIN;
         loop {
@@ -176,22 +196,11 @@ impl Member {
                     log_tail(&self.log_path, 15)
                 ));
             }
-            let status = Command::new(etcdctl)
-                .env_remove("ETCDCTL_BIN")
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", self.client_url()))
-                .args([
-                    "--dial-timeout=1s",
-                    "--command-timeout=2s",
-                    "endpoint",
-                    "health",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .map_err(|e| format!("cannot run {}: {e}", etcdctl.display()))?;
-            if status.success() {
+            if self.answers(etcdctl, &["endpoint", "health"], |_| true)?
+                || self.answers(etcdctl, &["endpoint", "status", "-w", "json"], |out| {
+                    out.contains("\"isLearner\":true")
+                })?
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -204,6 +213,28 @@ impl Member {
             }
             thread::sleep(Duration::from_millis(150));
         }
+    }
+}
+
+impl Member {
+    /// Whether `etcdctl ARGS` against this member alone succeeds with stdout accepted by `ok`.
+    fn answers(
+        &self,
+        etcdctl: &Path,
+        args: &[&str],
+        ok: impl Fn(&str) -> bool,
+    ) -> Result<bool, String> {
+        let output = Command::new(etcdctl)
+            .env_remove("ETCDCTL_BIN")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.client_url()))
+            .args(["--dial-timeout=1s", "--command-timeout=2s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", etcdctl.display()))?;
+        Ok(output.status.success() && ok(&String::from_utf8_lossy(&output.stdout)))
     }
 }
 
@@ -220,12 +251,20 @@ impl Drop for Member {
 pub struct Cluster {
     // Declared before `workdir`: members are killed before their data dirs are removed.
     pub members: Vec<Member>,
+    /// How many of `members` form the initial cluster; the others are spares.
+    initial: usize,
     workdir: tempfile::TempDir,
 }
 
 impl Cluster {
-    /// Prepares (does not start) members `m0..` of one binary on the given ports.
-    pub fn new(binary: &Path, ports: &[MemberPorts], extra_flags: &[String]) -> io::Result<Self> {
+    /// Prepares (does not start) members `m0..` of one binary, one per entry of `ports`. The
+    /// first `initial` form the initial cluster; the rest are spares for `member add`.
+    pub fn new(
+        binary: &Path,
+        ports: &[MemberPorts],
+        initial: usize,
+        extra_flags: &[String],
+    ) -> io::Result<Self> {
         let workdir = tempfile::Builder::new()
             .prefix("etcdctl-compat-")
             .tempdir()?;
@@ -233,6 +272,7 @@ impl Cluster {
         let initial_cluster = names
             .iter()
             .zip(ports)
+            .take(initial)
             .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.peer))
             .collect::<Vec<_>>()
             .join(",");
@@ -246,32 +286,46 @@ impl Cluster {
                 ports,
                 binary: binary.to_path_buf(),
                 initial_cluster: initial_cluster.clone(),
+                initial_state: "new",
                 extra_flags: extra_flags.to_vec(),
                 child: None,
+                started_before: false,
             })
             .collect();
-        Ok(Cluster { members, workdir })
+        Ok(Cluster {
+            members,
+            initial,
+            workdir,
+        })
     }
 
     pub fn workdir(&self) -> &Path {
         self.workdir.path()
     }
 
-    /// Comma-separated client URLs of all members, for `--endpoints`.
-    pub fn endpoints(&self) -> String {
+    /// Comma-separated client URLs of every running member, for `--endpoints`.
+    pub fn running_endpoints(&mut self) -> String {
         self.members
-            .iter()
-            .map(Member::client_url)
+            .iter_mut()
+            .filter_map(|m| m.is_running().then(|| m.client_url()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// Starts every member, then waits until each is healthy.
+    /// Indexes of the running members.
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// Starts the initial members, then waits until each is healthy.
     pub fn start_all(&mut self, etcdctl: &Path) -> Result<(), String> {
-        for m in &mut self.members {
+        let initial = self.initial;
+        for m in &mut self.members[..initial] {
             m.start().map_err(|e| e.to_string())?;
         }
-        self.members
+        self.members[..initial]
             .iter_mut()
             .try_for_each(|m| m.wait_healthy(etcdctl))
     }

@@ -78,22 +78,66 @@ enum Kind {
     String,
 }
 
+/// Header suffix of a command whose output lines are compared as a set (`@unordered`).
+pub const UNORDERED_MARK: &str = "  (lines unordered)";
+
 /// Normalizes a whole transcript. ID names are assigned per call, in order of appearance.
 pub fn normalize(text: &str, options: Options) -> String {
     let masked: Vec<String> = text.lines().map(mask_line).collect();
-    let tabled = canonical_tables(&masked);
+    let mut lines = canonical_tables(&masked);
+    let known = known_ids(&lines);
+    order_unordered_blocks(&mut lines, &known);
     let mut out = String::with_capacity(text.len());
     let mut ids = IdNames::default();
-    for line in tabled {
+    for line in lines {
         let line = if options.exact_ids {
             line
         } else {
-            ids.rename(&line)
+            map_ids(&line, &known, |n| ids.name(n))
         };
         out.push_str(&line);
         out.push('\n');
     }
     out
+}
+
+/// Sorts the output lines of every `@unordered` command (between its `$ etcdctl` header and
+/// its final outcome line), so that both sides list them in one order. The sort key has IDs
+/// blanked, so the order does not depend on ID values (which differ between the sides for
+/// members added at run time), and ID names are then given in the same order on both sides.
+/// `ETCD_INITIAL_CLUSTER` (printed by `member add` in member ID order) is sorted likewise.
+fn order_unordered_blocks(lines: &mut [String], known: &std::collections::HashSet<u64>) {
+    let mut i = 0;
+    while i < lines.len() {
+        if !(lines[i].starts_with("$ etcdctl ") && lines[i].ends_with(UNORDERED_MARK)) {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let end = (start..lines.len())
+            .find(|&j| {
+                ["$ etcdctl ", "== ", "!! "]
+                    .iter()
+                    .any(|p| lines[j].starts_with(p))
+            })
+            .unwrap_or(lines.len());
+        // The last line of a command's record is how it ended; it stays last.
+        let body_end = end.saturating_sub(1).max(start);
+        let body = &mut lines[start..body_end];
+        for line in body.iter_mut() {
+            if let Some(list) = line
+                .strip_prefix("ETCD_INITIAL_CLUSTER=\"")
+                .and_then(|l| l.strip_suffix('"'))
+            {
+                let mut entries: Vec<&str> = list.split(',').collect();
+                entries
+                    .sort_by_cached_key(|e| (map_ids(e, known, |_| "<ID>".into()), e.to_string()));
+                *line = format!("ETCD_INITIAL_CLUSTER=\"{}\"", entries.join(","));
+            }
+        }
+        body.sort_by_cached_key(|l| (map_ids(l, known, |_| "<ID>".into()), l.clone()));
+        i = end;
+    }
 }
 
 fn mask_line(line: &str) -> String {
@@ -113,8 +157,32 @@ fn mask_line(line: &str) -> String {
         |rest| token_len(rest, |c| c.is_ascii_digit()),
         "<TTL>",
     );
+    // Who led before a transfer depends on the election, like the leader field of status.
+    line = replace_after(
+        &line,
+        "Leadership transferred from ",
+        |rest| token_len(rest, |c| c.is_ascii_alphanumeric()),
+        "<LEADER>",
+    );
+    line = unpad_member_line(&line);
     line = mask_go_log_time(&line);
     mask_status_line(&line)
+}
+
+/// etcdctl prints membership changes as `Member %16x added to cluster %16x`: an ID shorter than
+/// 16 hex digits (as an added member's, derived from the time, may be) is padded with spaces.
+/// Runs of spaces in such lines become one, so the padding does not differ when the IDs do.
+fn unpad_member_line(line: &str) -> String {
+    if !line.starts_with("Member ") {
+        return line.to_string();
+    }
+    let mut out = String::with_capacity(line.len());
+    for c in line.chars() {
+        if !(c == ' ' && out.ends_with(' ')) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Replaces the value after each occurrence of `prefix` when it is of `kind` and `f` returns a
@@ -288,7 +356,7 @@ fn canonical_tables(lines: &[String]) -> Vec<String> {
     out
 }
 
-/// Renames IDs to `<ID1>`, `<ID2>`, ... in order of first appearance, by numeric value.
+/// Names IDs `<ID1>`, `<ID2>`, ... in order of first appearance, by numeric value.
 #[derive(Default)]
 struct IdNames {
     names: HashMap<u64, String>,
@@ -302,41 +370,89 @@ impl IdNames {
             .or_insert_with(|| format!("<ID{next}>"))
             .clone()
     }
+}
 
-    /// Renames decimal IDs after known field names, then every 14 to 16 digit lowercase hex
-    /// word (how etcdctl prints member and lease IDs). Zero is "no ID" and is kept.
-    fn rename(&mut self, line: &str) -> String {
-        let mut line = line.to_string();
-        for prefix in ID_FIELDS {
-            line = replace_values(&line, prefix, Kind::NonZeroNumber, |v| {
-                v.parse::<u64>().ok().map(|n| self.name(n))
-            });
-        }
-        self.rename_hex_words(&line)
-    }
+/// Hex words of these lengths are IDs wherever they appear (how etcdctl prints member and lease
+/// IDs; a random 64-bit ID has fewer than 14 hex digits once in 256 times).
+const HEX_ID_LENGTHS: std::ops::RangeInclusive<usize> = 14..=16;
+/// Shorter hex words are IDs only when the transcript shows elsewhere that their value is one.
+const MIN_KNOWN_HEX_ID_LENGTH: usize = 8;
 
-    fn rename_hex_words(&mut self, line: &str) -> String {
-        let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-        let mut out = String::with_capacity(line.len());
-        let mut rest = line;
-        while !rest.is_empty() {
-            let start = rest.find(is_word).unwrap_or(rest.len());
-            out.push_str(&rest[..start]);
-            rest = &rest[start..];
-            let len = token_len(rest, is_word);
-            let word = &rest[..len];
-            let hex = (14..=16).contains(&word.len())
-                && word
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-            match u64::from_str_radix(word, 16) {
-                Ok(n) if hex && n != 0 => out.push_str(&self.name(n)),
-                _ => out.push_str(word),
+/// Every ID value the transcript shows for certain: decimal values of ID fields, 14 to 16 digit
+/// hex words, and the hex words of `Member X ... cluster Y` lines (any length).
+fn known_ids(lines: &[String]) -> std::collections::HashSet<u64> {
+    let mut known = std::collections::HashSet::new();
+    for line in lines {
+        map_ids(line, &std::collections::HashSet::new(), |n| {
+            known.insert(n);
+            String::new()
+        });
+        if line.starts_with("Member ") {
+            for prefix in ["Member ", " cluster "] {
+                if let Some(at) = line.find(prefix) {
+                    let rest = &line[at + prefix.len()..];
+                    let word = &rest[..token_len(rest, |c| c.is_ascii_alphanumeric())];
+                    if is_hex(word) {
+                        if let Ok(n) = u64::from_str_radix(word, 16) {
+                            known.insert(n);
+                        }
+                    }
+                }
             }
-            rest = &rest[len..];
         }
-        out
     }
+    known.remove(&0);
+    known
+}
+
+fn is_hex(word: &str) -> bool {
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Replaces IDs with `f(value)`: decimal values after known field names, every 14 to 16 digit
+/// lowercase hex word, and shorter hex words (8 digits or more) whose value is in `known`.
+/// Zero is "no ID" and is kept.
+fn map_ids(
+    line: &str,
+    known: &std::collections::HashSet<u64>,
+    mut f: impl FnMut(u64) -> String,
+) -> String {
+    let mut line = line.to_string();
+    for prefix in ID_FIELDS {
+        line = replace_values(&line, prefix, Kind::NonZeroNumber, |v| {
+            v.parse::<u64>().ok().map(&mut f)
+        });
+    }
+    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line.as_str();
+    while !rest.is_empty() {
+        let start = rest.find(is_word).unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        let len = token_len(rest, is_word);
+        let word = &rest[..len];
+        let value = if is_hex(word) && len <= 16 {
+            u64::from_str_radix(word, 16).ok()
+        } else {
+            None
+        };
+        match value {
+            Some(n)
+                if n != 0
+                    && (HEX_ID_LENGTHS.contains(&len)
+                        || (len >= MIN_KNOWN_HEX_ID_LENGTH && known.contains(&n))) =>
+            {
+                out.push_str(&f(n))
+            }
+            _ => out.push_str(word),
+        }
+        rest = &rest[len..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -490,5 +606,68 @@ mod tests {
             norm("lease 1 granted with TTL(100s), remaining(98s)"),
             "lease 1 granted with TTL(100s), remaining(<TTL>s)\n"
         );
+    }
+
+    #[test]
+    fn padded_member_ids_compare_equal_to_full_length_ones() {
+        // An added member's ID with 13 hex digits is printed padded to 16 by etcdctl.
+        let short = norm(
+            "$ etcdctl member add m3\nMember    1e0f35b4a9c2d added to cluster 9c3b5cd1b6e9c2a1\n\
+             ETCD_NAME=\"m3\"\n[exit 0]\n$ etcdctl member list\n1e0f35b4a9c2d, unstarted, , x, , true\n",
+        );
+        let full = norm(
+            "$ etcdctl member add m3\nMember 7a1e0f35b4a9c2d0 added to cluster 9c3b5cd1b6e9c2a1\n\
+             ETCD_NAME=\"m3\"\n[exit 0]\n$ etcdctl member list\n7a1e0f35b4a9c2d0, unstarted, , x, , true\n",
+        );
+        assert_eq!(short, full);
+        assert!(
+            short.contains("Member <ID1> added to cluster <ID2>\n"),
+            "{short}"
+        );
+        assert!(short.contains("<ID1>, unstarted"), "{short}");
+        // A short hex word that is not a known ID stays as it is.
+        assert_eq!(norm("1e0f35b4a9c2d\n"), "1e0f35b4a9c2d\n");
+    }
+
+    #[test]
+    fn leadership_transfer_masks_only_the_previous_leader() {
+        assert_eq!(
+            norm("Leadership transferred from 8e9e05c52164694d to 91bc3c398fb3c146"),
+            "Leadership transferred from <LEADER> to <ID1>\n"
+        );
+    }
+
+    #[test]
+    fn unordered_output_compares_as_a_set_with_ids_named_alike() {
+        // Member list order follows IDs; an added member's ID differs between the sides.
+        let a = "$ etcdctl member list  (lines unordered)\n\
+                 1111111111111111, started, m0, p0, c0, false\n\
+                 f000000000000003, unstarted, , p3, , true\n\
+                 [exit 0]\n$ etcdctl member remove x\nMember f000000000000003 removed\n[exit 0]\n";
+        let b = "$ etcdctl member list  (lines unordered)\n\
+                 0100000000000003, unstarted, , p3, , true\n\
+                 1111111111111111, started, m0, p0, c0, false\n\
+                 [exit 0]\n$ etcdctl member remove x\nMember 0100000000000003 removed\n[exit 0]\n";
+        assert_eq!(norm(a), norm(b));
+        // Only the marked command's lines are reordered, and its outcome line stays last.
+        let plain_a = a.replace("  (lines unordered)", "");
+        let plain_b = b.replace("  (lines unordered)", "");
+        assert_ne!(norm(&plain_a), norm(&plain_b));
+        assert!(norm(a).contains("[exit 0]\n$ etcdctl member remove"));
+        // A different set of lines still differs.
+        assert_ne!(
+            norm(a),
+            norm(&b.replace("unstarted, , p3", "started, m3, p3"))
+        );
+    }
+
+    #[test]
+    fn unordered_initial_cluster_list_is_sorted() {
+        let a = "$ etcdctl member add m3  (lines unordered)\n\
+                 ETCD_INITIAL_CLUSTER=\"m0=http://a,m3=http://d,m1=http://b\"\n[exit 0]\n";
+        let b = "$ etcdctl member add m3  (lines unordered)\n\
+                 ETCD_INITIAL_CLUSTER=\"m3=http://d,m0=http://a,m1=http://b\"\n[exit 0]\n";
+        assert_eq!(norm(a), norm(b));
+        assert_ne!(norm(a), norm(&b.replace("m1=http://b", "m1=http://c")));
     }
 }

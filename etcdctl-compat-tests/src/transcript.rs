@@ -12,8 +12,11 @@ use std::process::{Command as Process, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::listing::{parse_member_list, Listed};
 use crate::member::{send_signal, Cluster, MemberPorts, SIGINT, SIGKILL, SIGTERM};
-use crate::scenario::{Command, Members, Scenario, Step};
+use crate::scenario::{
+    expand, placeholders, Command, Endpoints, Members, Placeholder, Scenario, Step,
+};
 
 /// A command without `@timeout` that runs longer than this is killed and recorded as hung.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
@@ -44,16 +47,16 @@ pub struct Output {
     pub outcome: Outcome,
 }
 
-/// Runs `scenario` against `server` on `ports` and returns the raw transcript. Failures of the
-/// harness itself (a member that does not start) end the transcript with a `!!` line, so they
-/// show up in the comparison instead of aborting it.
+/// Runs `scenario` against `server` on `ports` (initial members first, then spares) and
+/// returns the raw transcript. Failures of the harness itself (a member that does not start)
+/// end the transcript with a `!!` line, so they show up in the comparison instead of aborting it.
 pub fn run(
     scenario: &Scenario,
     server: &Path,
     etcdctl: &Path,
     ports: &[MemberPorts],
 ) -> Result<Run, String> {
-    let mut cluster = Cluster::new(server, ports, &scenario.server_flags)
+    let mut cluster = Cluster::new(server, ports, scenario.members, &scenario.server_flags)
         .map_err(|e| format!("cannot create a work dir: {e}"))?;
     let mut out = String::new();
     if let Err(e) = execute(scenario, &mut cluster, etcdctl, &mut out) {
@@ -66,6 +69,19 @@ pub fn run(
     })
 }
 
+/// The state of a run between steps.
+struct Runner<'a> {
+    cluster: &'a mut Cluster,
+    etcdctl: &'a Path,
+    env: BTreeMap<String, String>,
+    endpoints: Endpoints,
+    /// Member IDs seen in listings, by member index. Kept after a member is removed, so that
+    /// `{ID_I}` still names it (to show what removing it twice does, say).
+    ids: BTreeMap<usize, u64>,
+    /// Lease IDs `lease grant` printed so far, for `{LEASEn}`.
+    leases: Vec<String>,
+}
+
 fn execute(
     scenario: &Scenario,
     cluster: &mut Cluster,
@@ -73,25 +89,16 @@ fn execute(
     out: &mut String,
 ) -> Result<(), String> {
     cluster.start_all(etcdctl)?;
-    let mut env = BTreeMap::new();
-    env.insert("ETCDCTL_API".to_string(), "3".to_string());
-    let mut leases: Vec<String> = Vec::new();
+    let mut runner = Runner {
+        cluster,
+        etcdctl,
+        env: BTreeMap::from([("ETCDCTL_API".to_string(), "3".to_string())]),
+        endpoints: Endpoints::AllRunning,
+        ids: BTreeMap::new(),
+        leases: Vec::new(),
+    };
     for step in &scenario.steps {
-        match step {
-            Step::Etcdctl(command) => {
-                let endpoints = cluster.endpoints();
-                let command = with_leases(command, &leases);
-                let output = run_etcdctl(etcdctl, &endpoints, &command, &env)?;
-                leases.extend(granted_leases(&output.stdout));
-                render(out, &command.display, &output);
-            }
-            Step::Restart(which) => cycle(cluster, *which, SIGTERM, etcdctl, out, "@restart")?,
-            Step::Crash(which) => cycle(cluster, *which, SIGKILL, etcdctl, out, "@crash")?,
-            Step::Sleep(d) => thread::sleep(*d),
-            Step::SetEnv { key, value } => {
-                env.insert(key.clone(), value.clone());
-            }
-        }
+        runner.step(step, out)?;
     }
     Ok(())
 }
@@ -125,34 +132,229 @@ fn with_leases(command: &Command, leases: &[String]) -> Command {
     c
 }
 
-/// Stops the selected members with `sig`, starts them again and waits until they are healthy.
-fn cycle(
-    cluster: &mut Cluster,
-    which: Members,
-    sig: i32,
-    etcdctl: &Path,
-    out: &mut String,
-    label: &str,
-) -> Result<(), String> {
-    let selected: Vec<usize> = match which {
-        Members::All => (0..cluster.members.len()).collect(),
-        Members::One(i) => vec![i],
-    };
-    for &i in &selected {
-        cluster.members[i].stop(sig);
+impl Runner<'_> {
+    fn step(&mut self, step: &Step, out: &mut String) -> Result<(), String> {
+        match step {
+            Step::Etcdctl(command) => {
+                let endpoints = self.endpoints()?;
+                let expanded = with_leases(&self.expand(command)?, &self.leases);
+                let output = run_etcdctl(self.etcdctl, &endpoints, &expanded, &self.env)?;
+                self.leases.extend(granted_leases(&output.stdout));
+                render(out, &command.display, &output);
+            }
+            Step::Restart(which) => self.cycle(*which, SIGTERM, out, "@restart")?,
+            Step::Crash(which) => self.cycle(*which, SIGKILL, out, "@crash")?,
+            Step::Stop(i) => {
+                self.cluster.members[*i].stop(SIGTERM);
+                self.note(out, "@stop", *i);
+            }
+            Step::Kill(i) => {
+                self.cluster.members[*i].stop(SIGKILL);
+                self.note(out, "@kill", *i);
+            }
+            Step::Start(i) => {
+                let member = &mut self.cluster.members[*i];
+                if !member.started_before() {
+                    return Err(format!(
+                        "@start {i}: {} was never started (a new member needs @start-new)",
+                        member.name
+                    ));
+                }
+                member.start().map_err(|e| e.to_string())?;
+                self.note(out, "@start", *i);
+            }
+            Step::StartNew(i) => {
+                self.start_new(*i)?;
+                self.note(out, "@start-new", *i);
+            }
+            Step::WaitHealthy => {
+                for i in self.cluster.running() {
+                    self.cluster.members[i].wait_healthy(self.etcdctl)?;
+                }
+                out.push_str("== @wait-healthy\n");
+            }
+            Step::SetEndpoints(endpoints) => {
+                self.endpoints = endpoints.clone();
+                let names = match endpoints {
+                    Endpoints::AllRunning => "all".to_string(),
+                    Endpoints::Some(list) => self.names(list),
+                };
+                out.push_str(&format!("== @endpoints {names}\n"));
+            }
+            Step::Sleep(d) => thread::sleep(*d),
+            Step::SetEnv { key, value } => {
+                self.env.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(())
     }
-    for &i in &selected {
-        cluster.members[i].start().map_err(|e| e.to_string())?;
+
+    fn names(&self, members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|&i| self.cluster.members[i].name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     }
-    for &i in &selected {
-        cluster.members[i].wait_healthy(etcdctl)?;
+
+    fn note(&self, out: &mut String, label: &str, member: usize) {
+        out.push_str(&format!("== {label} {}\n", self.names(&[member])));
     }
-    let names: Vec<&str> = selected
-        .iter()
-        .map(|&i| cluster.members[i].name.as_str())
-        .collect();
-    out.push_str(&format!("== {label} {}\n", names.join(",")));
-    Ok(())
+
+    /// The `--endpoints` value for the next command.
+    fn endpoints(&mut self) -> Result<String, String> {
+        let endpoints = match &self.endpoints {
+            Endpoints::AllRunning => self.cluster.running_endpoints(),
+            Endpoints::Some(list) => list
+                .iter()
+                .map(|&i| self.cluster.members[i].client_url())
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        if endpoints.is_empty() {
+            return Err("no member is running to send the command to".into());
+        }
+        Ok(endpoints)
+    }
+
+    /// The command with its placeholders replaced; member IDs are looked up only if used.
+    fn expand(&mut self, command: &Command) -> Result<Command, String> {
+        let needs_ids = command
+            .args
+            .iter()
+            .flat_map(|a| placeholders(a))
+            .any(|p| matches!(p, Placeholder::Id(_)));
+        if needs_ids {
+            let listing = self.member_list()?;
+            for (i, member) in self.cluster.members.iter().enumerate() {
+                if let Some(listed) = listing
+                    .iter()
+                    .find(|l| l.peer_urls.contains(&member.peer_url()))
+                {
+                    self.ids.insert(i, listed.id);
+                }
+            }
+        }
+        let members = &self.cluster.members;
+        let ids = &self.ids;
+        let args = command
+            .args
+            .iter()
+            .map(|arg| {
+                expand(arg, |p| {
+                    let member = &members[p.member()];
+                    match p {
+                        Placeholder::Peer(_) => Ok(member.peer_url()),
+                        Placeholder::Client(_) => Ok(member.client_url()),
+                        Placeholder::Name(_) => Ok(member.name.clone()),
+                        Placeholder::Id(i) => {
+                            ids.get(&i).map(|id| format!("{id:x}")).ok_or_else(|| {
+                                format!(
+                                    "{{ID_{i}}}: {} has not been in any member list",
+                                    member.name
+                                )
+                            })
+                        }
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Command {
+            args,
+            ..command.clone()
+        })
+    }
+
+    /// The cluster's membership as the running members report it.
+    fn member_list(&mut self) -> Result<Vec<Listed>, String> {
+        let endpoints = self.cluster.running_endpoints();
+        let command = Command {
+            args: ["member", "list", "-w", "json"].map(String::from).to_vec(),
+            stdin: None,
+            time_limit: None,
+            unordered: false,
+            display: "member list -w json".into(),
+        };
+        let output = run_etcdctl(self.etcdctl, &endpoints, &command, &self.env)?;
+        if output.outcome != Outcome::Exited(0) {
+            return Err(format!(
+                "cannot look up member IDs: etcdctl member list: {}",
+                output.stderr.trim()
+            ));
+        }
+        parse_member_list(&output.stdout)
+    }
+
+    /// Starts spare member `i` with `--initial-cluster-state existing` and an
+    /// `--initial-cluster` naming the current membership (which must include `i`, added by
+    /// `member add`), then waits until it serves clients.
+    fn start_new(&mut self, i: usize) -> Result<(), String> {
+        if self.cluster.members[i].started_before() {
+            return Err(format!(
+                "@start-new {i}: {} was started before (use @start)",
+                self.cluster.members[i].name
+            ));
+        }
+        let listing = self.member_list()?;
+        let mut entries = Vec::new();
+        for listed in &listing {
+            for url in &listed.peer_urls {
+                let member = self
+                    .cluster
+                    .members
+                    .iter()
+                    .find(|m| m.peer_url() == *url)
+                    .ok_or_else(|| {
+                        format!("@start-new {i}: unknown peer URL {url} in member list")
+                    })?;
+                entries.push(format!("{}={url}", member.name));
+            }
+        }
+        let member = &mut self.cluster.members[i];
+        if !listing
+            .iter()
+            .any(|l| l.peer_urls.contains(&member.peer_url()))
+        {
+            return Err(format!(
+                "@start-new {i}: {} is not in the member list (run `member add` first)",
+                member.name
+            ));
+        }
+        member.prepare_join(entries.join(","));
+        member.start().map_err(|e| e.to_string())?;
+        member.wait_healthy(self.etcdctl)
+    }
+
+    /// Stops the selected members with `sig`, starts them again and waits until they are healthy.
+    fn cycle(
+        &mut self,
+        which: Members,
+        sig: i32,
+        out: &mut String,
+        label: &str,
+    ) -> Result<(), String> {
+        let selected: Vec<usize> = match which {
+            Members::All => self.cluster.running(),
+            Members::One(i) => vec![i],
+        };
+        if let Some(&i) = selected
+            .iter()
+            .find(|&&i| !self.cluster.members[i].started_before())
+        {
+            return Err(format!("{label} {i}: m{i} was never started"));
+        }
+        for &i in &selected {
+            self.cluster.members[i].stop(sig);
+        }
+        for &i in &selected {
+            self.cluster.members[i].start().map_err(|e| e.to_string())?;
+        }
+        for &i in &selected {
+            self.cluster.members[i].wait_healthy(self.etcdctl)?;
+        }
+        out.push_str(&format!("== {label} {}\n", self.names(&selected)));
+        Ok(())
+    }
 }
 
 /// Runs one etcdctl command, in its own process group so that a time limit also stops
@@ -344,6 +546,7 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             stdin: stdin.map(<[u8]>::to_vec),
             time_limit: limit,
+            unordered: false,
             display: args.join(" "),
         }
     }
@@ -387,6 +590,7 @@ mod lease_placeholder_tests {
             args: vec!["put".into(), "k".into(), "--lease={LEASE2}".into(), "{LEASE1}{LEASE12}".into()],
             stdin: Some(b"put e 8 --lease={LEASE1}\n".to_vec()),
             time_limit: None,
+            unordered: false,
             display: "put k --lease={LEASE2}".into(),
         };
         let r = with_leases(&c, &ids);

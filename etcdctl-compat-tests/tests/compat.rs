@@ -35,6 +35,8 @@ scenarios! {
     lease_keys_attach_detach_and_revoke_as_in_etcd => "lease-keys",
     lease_expiry_deletes_keys_as_in_etcd => "lease-expiry",
     leases_survive_restart_and_crash_as_in_etcd => "lease-restart",
+    cluster_membership_changes_match_etcd => "cluster-members",
+    cluster_survives_member_crash_and_restart_as_in_etcd => "cluster-restart",
 }
 
 #[test]
