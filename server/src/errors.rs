@@ -122,6 +122,9 @@ impl ServerError {
     /// The error a peer's gRPC status stands for (forwarded requests), matched by etcd's message.
     pub fn from_status(s: &Status) -> ServerError {
         let known = [
+            ServerError::LeaseNotFound,
+            ServerError::NotLeader,
+            ServerError::TimeoutWaitAppliedIndex,
             ServerError::MemberNotFound,
             ServerError::MemberNotLearner,
             ServerError::LearnerNotReady,

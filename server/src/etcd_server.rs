@@ -53,6 +53,8 @@ pub struct EtcdServer {
     ids: RequestIdGen,
     applier: Mutex<Option<std::thread::JoinHandle<()>>>,
     removed_rx: watch::Receiver<bool>,
+    /// The leader's peer channel, for forwarded lease and promote requests.
+    leader_channel: Mutex<Option<(u64, tonic::transport::Channel)>>,
     request_timeout: Duration,
 }
 
@@ -209,6 +211,7 @@ impl EtcdServer {
             ids: RequestIdGen::new(my_id),
             applier: Mutex::new(Some(handle)),
             removed_rx,
+            leader_channel: Mutex::new(None),
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
@@ -395,25 +398,36 @@ impl EtcdServer {
             .await
     }
 
-    async fn forward_promote(&self, leader: u64, id: u64) -> Result<Vec<Member>, ServerError> {
-        let urls = self
-            .members
-            .member(leader)
-            .and_then(|m| m.raft_attrs)
-            .map(|r| r.peer_urls)
-            .unwrap_or_default();
-        let mut last = ServerError::NoLeader;
-        for url in urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else { continue };
-            let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).connect().await else { continue };
-            let mut client = PeerClient::new(ch);
-            match tokio::time::timeout(self.request_timeout, client.promote(PromoteRequest { member_id: id })).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner().members),
-                Ok(Err(status)) => return Err(ServerError::from_status(&status)),
-                Err(_) => last = ServerError::Timeout,
+    async fn forward_promote(&self, _leader: u64, id: u64) -> Result<Vec<Member>, ServerError> {
+        let mut peer = self.leader_peer().await?;
+        match tokio::time::timeout(self.request_timeout, peer.promote(PromoteRequest { member_id: id })).await {
+            Ok(Ok(resp)) => Ok(resp.into_inner().members),
+            Ok(Err(status)) => Err(ServerError::from_status(&status)),
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    /// A client of the current leader's peer service, for requests only the leader can answer.
+    /// The channel is kept while the leader stays the same.
+    pub(crate) async fn leader_peer(&self) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
+        let leader = self.raft.status().leader_id;
+        if leader == 0 {
+            return Err(ServerError::NoLeader);
+        }
+        if let Some((id, ch)) = self.leader_channel.lock().clone() {
+            if id == leader {
+                return Ok(PeerClient::new(ch));
             }
         }
-        Err(last)
+        let urls = self.members.member(leader).and_then(|m| m.raft_attrs).map(|r| r.peer_urls).unwrap_or_default();
+        for url in urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else { continue };
+            if let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await {
+                *self.leader_channel.lock() = Some((leader, ch.clone()));
+                return Ok(PeerClient::new(ch));
+            }
+        }
+        Err(ServerError::NoLeader)
     }
 
     /// Hands leadership to `to` (a voting member) and waits until it leads.

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use etcd_proto::etcdrspb::peer_server::Peer;
-use etcd_proto::etcdrspb::{MembersRequest, MembersResponse, PromoteRequest, RaftAck, RaftBatch};
+use etcd_proto::etcdrspb::{
+    LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, PromoteRequest, RaftAck, RaftBatch,
+};
+use etcd_proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -13,6 +16,17 @@ use crate::etcd_server::EtcdServer;
 
 pub struct PeerService {
     pub server: Arc<EtcdServer>,
+}
+
+impl PeerService {
+    /// Forwarded requests are answered only by the leader: forwarding again could loop between
+    /// members that disagree on who leads.
+    fn refuse_unless_leader(&self) -> Result<(), Status> {
+        if !self.server.is_leader() {
+            return Err(crate::errors::ServerError::NotLeader.into());
+        }
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -54,12 +68,23 @@ impl Peer for PeerService {
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembersResponse>, Status> {
         let id = request.into_inner().member_id;
-        if self.server.raft_status().leader_id != self.server.member_id() {
-            // Forwarding again could loop between members that disagree on the leader.
-            return Err(crate::errors::ServerError::NotLeader.into());
-        }
+        self.refuse_unless_leader()?;
         let members = self.server.member_promote(id).await?;
         Ok(Response::new(MembersResponse { cluster_id: self.server.cluster_id(), members }))
+    }
+
+    async fn lease_renew(&self, request: Request<LeaseRenewRequest>) -> Result<Response<LeaseRenewResponse>, Status> {
+        self.refuse_unless_leader()?;
+        let ttl = self.server.lease_renew(request.into_inner().id).await?;
+        Ok(Response::new(LeaseRenewResponse { ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.refuse_unless_leader()?;
+        Ok(Response::new(self.server.lease_time_to_live(request.into_inner()).await?))
     }
 
     async fn members(&self, _request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {

@@ -164,3 +164,47 @@ async fn every_member_has_the_same_hashkv_after_a_mixed_workload() {
     assert!(hashes.iter().all(|h| *h == hashes[0]), "members differ: {hashes:?}");
     assert_eq!(hashes[0].1, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_forward_lease_keep_alives_and_time_to_live_to_the_leader() {
+    use etcd_proto::etcdserverpb::lease_client::LeaseClient;
+    use etcd_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseTimeToLiveRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3, FAST).await;
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let mut kv = c.members[follower].ready_client().await;
+    let ch = Channel::from_shared(c.members[follower].endpoint()).unwrap().connect().await.unwrap();
+    let mut lease = LeaseClient::new(ch);
+
+    let id = lease.lease_grant(LeaseGrantRequest { ttl: 3, id: 0 }).await.unwrap().into_inner().id;
+    kv.put(PutRequest { key: b"svc".to_vec(), value: b"up".to_vec(), lease: id, ..Default::default() })
+        .await
+        .unwrap();
+
+    // Keep-alives through the follower hold the key past its TTL.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut responses = lease.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for _ in 0..5 {
+        tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+        let r = responses.message().await.unwrap().unwrap();
+        assert_eq!((r.id, r.ttl), (id, 3), "keep-alive answered through the follower");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let ttl = lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await.unwrap().into_inner();
+    assert_eq!(ttl.granted_ttl, 3);
+    assert!(ttl.ttl > 0 && ttl.ttl <= 3, "remaining TTL {}", ttl.ttl);
+    assert_eq!(ttl.keys, vec![b"svc".to_vec()]);
+    assert_eq!(dump(&mut kv).await.len(), 1, "the kept-alive key is still there after 5 s");
+
+    // Without keep-alives the leader expires it, and every member deletes the key.
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for m in &c.members {
+        let mut kv = m.ready_client().await;
+        assert!(dump(&mut kv).await.is_empty(), "the lease's key outlived it on {}", m.name);
+    }
+    let gone = lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.unwrap().into_inner();
+    assert_eq!(gone.ttl, -1);
+}

@@ -3,8 +3,8 @@
 //! - Grant picks an ID for ID 0 and raises a TTL below the minimum (ceil(1.5 x election
 //!   timeout)) here, on the proposing side, as etcd does, so apply never reads local config.
 //! - Revoke and checkpoints go through raft; keep-alive and TimeToLive are answered by the
-//!   leader's (primary) lessor, which alone knows deadlines. A follower would forward them to
-//!   the leader over the peer transport; that hook answers Unimplemented until peers exist.
+//!   leader's (primary) lessor, which alone knows deadlines. A follower forwards them to the
+//!   leader's peer service.
 //! - The expiry loop runs on every member but acts only on the leader: twice a second it
 //!   proposes revokes for at most half of [`LEASE_REVOKE_RATE`] expired leases (with a bounded
 //!   number in flight) and the checkpoints that are due.
@@ -19,6 +19,7 @@ use etcd_proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, RangeRequest,
 };
+use etcd_proto::etcdrspb::LeaseRenewRequest;
 use tokio::sync::Semaphore;
 
 use super::{unexpected, EtcdServer};
@@ -91,7 +92,9 @@ impl EtcdServer {
         }
         loop {
             if !self.is_leader() {
-                return self.forward_to_leader("LeaseKeepAlive");
+                let mut peer = self.leader_peer().await?;
+                let r = peer.lease_renew(LeaseRenewRequest { id }).await.map_err(|s| ServerError::from_status(&s))?;
+                return Ok(r.into_inner().ttl);
             }
             match self.lessor.renew(id, Instant::now()) {
                 Ok((ttl, clear_checkpoint)) => {
@@ -118,7 +121,9 @@ impl EtcdServer {
 
     pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, ServerError> {
         if !self.is_leader() {
-            return self.forward_to_leader("LeaseTimeToLive");
+            let mut peer = self.leader_peer().await?;
+            let r = peer.lease_time_to_live(req).await.map_err(|s| ServerError::from_status(&s))?;
+            return Ok(r.into_inner());
         }
         self.wait_applied().await?;
         let st = self.lessor.time_to_live(req.id, req.keys, Instant::now()).ok_or(ServerError::LeaseNotFound)?;
@@ -136,16 +141,6 @@ impl EtcdServer {
             header: Some(self.header(self.kv.current_revision())),
             leases: self.lessor.leases(Instant::now()).into_iter().map(|id| LeaseStatus { id }).collect(),
         }
-    }
-
-    /// Where a follower would forward a lease request to the leader over the peer transport.
-    fn forward_to_leader<T>(&self, rpc: &str) -> Result<T, ServerError> {
-        if !self.has_leader() {
-            return Err(ServerError::NoLeader);
-        }
-        Err(ServerError::Unimplemented(format!(
-            "etcd-rs: forwarding Lease.{rpc} from a follower to the leader is not implemented yet"
-        )))
     }
 
     /// Waits until everything committed so far is applied (etcd's waitAppliedIndex).

@@ -28,10 +28,12 @@ const KEEP_ALIVE_BUFFER: usize = 16;
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        self.server.refuse_if_learner()?;
         Ok(Response::new(self.server.lease_grant(request.into_inner()).await?))
     }
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        self.server.refuse_if_learner()?;
         Ok(Response::new(self.server.lease_revoke(request.into_inner()).await?))
     }
 
@@ -41,6 +43,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.server.refuse_if_learner()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
         let server = self.server.clone();
@@ -74,6 +77,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.server.refuse_if_learner()?;
         let req = request.into_inner();
         let id = req.id;
         match self.server.lease_time_to_live(req).await {
@@ -90,6 +94,7 @@ impl Lease for LeaseService {
     }
 
     async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.server.refuse_if_learner()?;
         Ok(Response::new(self.server.lease_leases()))
     }
 }
