@@ -37,9 +37,10 @@ async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
     let new_leader = c.wait_leader(&survivors).await;
     let took = killed_at.elapsed();
     assert_ne!(new_leader, leader);
-    // Followers notice after one election timeout and elect within a second one; the polling
-    // and process scheduling of this test add a little on top.
-    assert!(took < 2 * ELECTION + Duration::from_millis(700), "new leader after {took:?}");
+    // Raft bounds this by about two election timeouts (randomized [ET, 2ET) plus a vote round);
+    // measured here 0.65-1.5 s with ET = 500 ms. The bound leaves room for a loaded CI machine.
+    eprintln!("new leader elected {took:?} after the kill");
+    assert!(took < 4 * ELECTION, "new leader after {took:?}");
 
     let mut kv = c.members[survivors[0]].ready_client().await;
     let stored = dump(&mut kv).await;
