@@ -209,3 +209,23 @@ async fn followers_forward_lease_keep_alives_and_time_to_live_to_the_leader() {
     let gone = lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.unwrap().into_inner();
     assert_eq!(gone.ttl, -1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_refuses_raft_messages_from_another_cluster() {
+    use etcd_proto::etcdrspb::peer_client::PeerClient;
+    use etcd_proto::etcdrspb::{MembersRequest, RaftBatch};
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 1, FAST).await;
+    c.members[0].ready_client().await;
+    let peer = format!("http://127.0.0.1:{}", c.proxies[0].port);
+    let mut client = PeerClient::new(Channel::from_shared(peer).unwrap().connect().await.unwrap());
+    let ours = client.members(MembersRequest {}).await.unwrap().into_inner().cluster_id;
+    let foreign = RaftBatch { cluster_id: ours ^ 1, from: 42, messages: vec![] };
+    let err = client.raft(tokio_stream::iter(vec![foreign])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("cluster ID mismatch"), "{err}");
+    // The member keeps serving its own cluster.
+    let mut kv = c.members[0].ready_client().await;
+    put(&mut kv, "still", "here").await.unwrap();
+}
