@@ -503,8 +503,12 @@ pub async fn lease_keepalive(g: &Global, a: LeaseKeepaliveArgs) -> Result<(), Be
         if !grant.error.is_empty() {
             return Err(BenchError::Setup(format!("lease grant: {}", grant.error)));
         }
+        // A server sends the stream's headers with its first answer, and tonic returns the stream
+        // only after the headers: queue one keep-alive before opening it and read its answer.
         let (tx, rx) = mpsc::channel(1);
-        let stream = lc.lease_keep_alive(ReceiverStream::new(rx)).await.map_err(|s| setup_err("lease", s))?.into_inner();
+        tx.send(LeaseKeepAliveRequest { id: grant.id }).await.map_err(|_| BenchError::Setup("keep-alive channel closed".into()))?;
+        let mut stream = lc.lease_keep_alive(ReceiverStream::new(rx)).await.map_err(|s| setup_err("lease", s))?.into_inner();
+        stream.message().await.map_err(|s| setup_err("lease keep-alive", s))?;
         ops.push(KeepAliveOp { id: grant.id, tx, rx: stream });
     }
     let r = runner::run(g.cfg.clone(), boxed(ops)).await;
