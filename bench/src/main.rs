@@ -80,6 +80,9 @@ struct FsyncArgs {
     /// Number of write+fdatasync rounds.
     #[arg(long, default_value_t = 1000)]
     count: usize,
+    /// Overwrite a preallocated file instead of appending (data-only fdatasync).
+    #[arg(long)]
+    preallocate: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -133,9 +136,9 @@ async fn connect(endpoints: &[String], conns: usize, timeout: Duration) -> Resul
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::FsyncProbe(a) = &cli.cmd {
-        return match fsync_probe::probe(&a.dir, a.write_size, a.count) {
+        return match fsync_probe::probe(&a.dir, a.write_size, a.count, a.preallocate) {
             Ok(h) => {
-                fsync_probe::print(&a.dir, &h, cli.json);
+                fsync_probe::print(&a.dir, &h, cli.json, a.preallocate);
                 ExitCode::SUCCESS
             }
             Err(e) => {
