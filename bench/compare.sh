@@ -13,6 +13,7 @@
 #   BIG_KEYS      keys written for the RSS / data-dir / restart rows (default 1000000; 0 skips)
 #   SCALE         multiplies the request totals of the short workloads (default 1)
 #   OUT           where data dirs, logs and results go (default: a new dir under /var/tmp)
+#   KEEP_DATA     set to keep each server's data dir after its run (removed by default)
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 find_etcd() {
@@ -102,6 +103,7 @@ series() { # the short workloads on one fresh server
   bench "$side" "$round" txn-put-64c --conns 16 --clients 64 --total "$(n 50000)" txn-put --key-size 8 --val-size 256 --key-space-size 100000
   record "$side" "$round" series-rss "{\"rss_mb\": $(calc "$(hwm_kb) / 1024"), \"ready_s\": $READY_S}"
   stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
 }
 
 big() { # BIG_KEYS keys of 256 bytes, then peak RSS, data-dir size and restart-to-ready
@@ -115,6 +117,7 @@ big() { # BIG_KEYS keys of 256 bytes, then peak RSS, data-dir size and restart-t
   start "$side" "$dir"
   record "$side" 0 big "{\"rss_mb\": $(calc "$rss / 1024"), \"dir_mb\": $(calc "$size / 1024"), \"restart_s\": $READY_S, \"restart_rss_mb\": $(calc "$(hwm_kb) / 1024")}"
   stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
 }
 
 log "etcd: $ETCD_BIN ($("$ETCD_BIN" --version | head -1)); etcd-rs: $ETCD_RS_BIN; results: $RESULTS"
