@@ -34,6 +34,12 @@ pub const META_SCHEDULED_COMPACT: &str = "scheduled_compact_rev";
 /// Meta key: revision of the latest compaction whose physical deletion finished.
 pub const META_FINISHED_COMPACT: &str = "finished_compact_rev";
 
+/// redb's own page cache. redb's default (1 GiB) kept the whole 340 MiB file of 1M keys
+/// resident after the start-up index scan and made peak RSS larger than etcd's
+/// (bench/compare.sh: 670 MiB vs 617 MiB). Pages outside this cache are read with pread from the
+/// kernel's page cache, which is shared and reclaimable and not part of the process's RSS.
+pub const CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The redb database file and its well-known tables.
 pub struct Backend {
     db: Database,
@@ -49,7 +55,7 @@ impl Backend {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let db = Database::create(path)?;
+        let db = Database::builder().set_cache_size(CACHE_SIZE_BYTES).create(path)?;
         let b = Backend {
             db,
             path: path.to_path_buf(),

@@ -122,7 +122,10 @@ fn serve(
     mut stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> tokio::task::JoinHandle<()> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // tonic ignores Server::tcp_nodelay for a caller's incoming stream: set TCP_NODELAY on
+    // accepted sockets here, as Go does by default (without it Nagle and delayed ACKs held
+    // answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .accept_http1(what == "client")

@@ -1,0 +1,700 @@
+//! The subcommands: each builds one `ClientOp` per client, runs them, and prints the report.
+
+use crate::keygen::{self, KeyGen};
+use crate::report;
+use crate::runner::{self, ClientOp, Outcome, RunResult};
+use crate::Global;
+use clap::Args;
+use etcd_proto::etcdserverpb::{
+    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient,
+    watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+pub enum BenchError {
+    /// The server answered Unimplemented for a service the workload needs.
+    NotSupported(&'static str, Status),
+    Setup(String),
+}
+
+fn setup_err(what: &'static str, s: Status) -> BenchError {
+    if s.code() == Code::Unimplemented {
+        BenchError::NotSupported(what, s)
+    } else {
+        BenchError::Setup(format!("{what}: {:?}: {}", s.code(), s.message()))
+    }
+}
+
+fn print(g: &Global, workload: &str, r: &RunResult, extra: Map<String, Value>) {
+    if g.json {
+        println!("{}", report::to_json(workload, r, &extra));
+    } else {
+        print!("{}", report::to_text(workload, r, &extra, g.precise));
+    }
+}
+
+fn boxed<T: ClientOp + 'static>(v: Vec<T>) -> Vec<Box<dyn ClientOp>> {
+    v.into_iter().map(|o| Box::new(o) as Box<dyn ClientOp>).collect()
+}
+
+// ---------------------------------------------------------------- put
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    /// Key size of put request.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size of put request.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Maximum possible keys.
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Use sequential keys.
+    #[arg(long)]
+    pub sequential_keys: bool,
+}
+
+struct PutOp {
+    kv: KvClient<Channel>,
+    keys: KeyGen,
+    value: Vec<u8>,
+    rng: fastrand::Rng,
+}
+
+impl ClientOp for PutOp {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        let key = self.keys.key(self.keys.index(i, &mut self.rng));
+        let req = PutRequest { key, value: self.value.clone(), ..Default::default() };
+        async move {
+            self.kv.put(req).await?;
+            Ok(Outcome::ok("put"))
+        }
+        .boxed()
+    }
+}
+
+pub async fn put(g: &Global, a: PutArgs) -> Result<(), BenchError> {
+    let ops: Vec<PutOp> = (0..g.clients)
+        .map(|c| PutOp {
+            kv: KvClient::new(g.channel(c)),
+            keys: KeyGen::new(a.key_size, a.key_space_size, a.sequential_keys),
+            value: keygen::value(a.val_size),
+            rng: fastrand::Rng::with_seed(c as u64 + 1),
+        })
+        .collect();
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    print(g, "put", &r, Map::new());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- range
+
+#[derive(Args, Debug)]
+pub struct RangeArgs {
+    /// Key to range (or start of the range).
+    pub key: String,
+    /// End of the range (exclusive); "\0" reads from KEY to the end of the key space.
+    pub end: Option<String>,
+    /// Linearizable (l) or serializable (s).
+    #[arg(long, default_value = "l")]
+    pub consistency: String,
+    /// Maximum number of results to return (0 is no limit).
+    #[arg(long, default_value_t = 0)]
+    pub limit: i64,
+    /// Return only keys.
+    #[arg(long)]
+    pub keys_only: bool,
+    /// Return only the count.
+    #[arg(long)]
+    pub count_only: bool,
+}
+
+fn serializable(consistency: &str) -> Result<bool, BenchError> {
+    match consistency {
+        "l" => Ok(false),
+        "s" => Ok(true),
+        other => Err(BenchError::Setup(format!("consistency must be l or s, not {other:?}"))),
+    }
+}
+
+fn range_end_arg(end: &Option<String>) -> Vec<u8> {
+    match end.as_deref() {
+        None => Vec::new(),
+        Some("\\0") | Some("\0") => vec![0],
+        Some(e) => e.as_bytes().to_vec(),
+    }
+}
+
+struct RangeOp {
+    kv: KvClient<Channel>,
+    req: RangeRequest,
+}
+
+impl ClientOp for RangeOp {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        let req = self.req.clone();
+        async move {
+            self.kv.range(req).await?;
+            Ok(Outcome::ok("range"))
+        }
+        .boxed()
+    }
+}
+
+pub async fn range(g: &Global, a: RangeArgs) -> Result<(), BenchError> {
+    let req = RangeRequest {
+        key: a.key.as_bytes().to_vec(),
+        range_end: range_end_arg(&a.end),
+        limit: a.limit,
+        serializable: serializable(&a.consistency)?,
+        keys_only: a.keys_only,
+        count_only: a.count_only,
+        ..Default::default()
+    };
+    let ops: Vec<RangeOp> = (0..g.clients).map(|c| RangeOp { kv: KvClient::new(g.channel(c)), req: req.clone() }).collect();
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    print(g, "range", &r, Map::new());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- txn-put (CAS)
+
+#[derive(Args, Debug)]
+pub struct TxnPutArgs {
+    /// Key size of txn put.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size of txn put.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Maximum possible keys (split between clients: each client updates its own keys, as one
+    /// controller owns an object).
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+}
+
+/// A compare-and-swap on `mod_revision`, as Kubernetes' GuaranteedUpdate: compare the cached
+/// mod_revision (0 = must not exist), put on success, read the current value on failure.
+fn cas_txn(key: Vec<u8>, value: Vec<u8>, expected_mod: i64) -> TxnRequest {
+    TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: key.clone(),
+            target_union: Some(compare::TargetUnion::ModRevision(expected_mod)),
+            ..Default::default()
+        }],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest { key: key.clone(), value, ..Default::default() })),
+        }],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest { key, ..Default::default() })),
+        }],
+    }
+}
+
+/// Runs a CAS and returns (applied, the key's mod_revision now: 0 when absent).
+async fn cas(kv: &mut KvClient<Channel>, key: Vec<u8>, value: Vec<u8>, expected_mod: i64) -> Result<(bool, i64), Status> {
+    let r = kv.txn(cas_txn(key, value, expected_mod)).await?.into_inner();
+    if r.succeeded {
+        return Ok((true, r.header.map(|h| h.revision).unwrap_or(0)));
+    }
+    let now = match r.responses.into_iter().next().and_then(|o| o.response) {
+        Some(response_op::Response::ResponseRange(rr)) => rr.kvs.first().map(|kv| kv.mod_revision).unwrap_or(0),
+        _ => 0,
+    };
+    Ok((false, now))
+}
+
+struct TxnPutOp {
+    kv: KvClient<Channel>,
+    keys: KeyGen,
+    value: Vec<u8>,
+    rng: fastrand::Rng,
+    client: u64,
+    clients: u64,
+    cache: HashMap<u64, i64>,
+}
+
+impl ClientOp for TxnPutOp {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        let owned = (self.keys.space / self.clients).max(1);
+        let idx = (self.rng.u64(0..owned) * self.clients + self.client) % self.keys.space;
+        let key = self.keys.key(idx);
+        let expected = self.cache.get(&idx).copied().unwrap_or(0);
+        let value = self.value.clone();
+        async move {
+            let (applied, now) = cas(&mut self.kv, key, value, expected).await?;
+            self.cache.insert(idx, now);
+            Ok(Outcome { kind: "txn-put", conflict: !applied })
+        }
+        .boxed()
+    }
+}
+
+pub async fn txn_put(g: &Global, a: TxnPutArgs) -> Result<(), BenchError> {
+    let ops: Vec<TxnPutOp> = (0..g.clients)
+        .map(|c| TxnPutOp {
+            kv: KvClient::new(g.channel(c)),
+            keys: KeyGen::new(a.key_size, a.key_space_size, false),
+            value: keygen::value(a.val_size),
+            rng: fastrand::Rng::with_seed(c as u64 + 1),
+            client: c as u64,
+            clients: g.clients as u64,
+            cache: HashMap::new(),
+        })
+        .collect();
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    print(g, "txn-put", &r, Map::new());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- txn-mixed
+
+#[derive(Args, Debug)]
+pub struct TxnMixedArgs {
+    /// Key to range (or start of the range).
+    pub key: String,
+    /// End of the range (exclusive).
+    pub end: Option<String>,
+    /// Reads per write.
+    #[arg(long, default_value_t = 1.0)]
+    pub rw_ratio: f64,
+    /// Linearizable (l) or serializable (s) reads.
+    #[arg(long, default_value = "l")]
+    pub consistency: String,
+    /// Maximum number of results per range (0 is no limit).
+    #[arg(long, default_value_t = 0)]
+    pub limit: i64,
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+}
+
+struct TxnMixedOp {
+    kv: KvClient<Channel>,
+    read: RangeRequest,
+    keys: KeyGen,
+    value: Vec<u8>,
+    read_fraction: f64,
+    rng: fastrand::Rng,
+}
+
+impl ClientOp for TxnMixedOp {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        if self.rng.f64() < self.read_fraction {
+            let req = self.read.clone();
+            return async move {
+                self.kv.range(req).await?;
+                Ok(Outcome::ok("range"))
+            }
+            .boxed();
+        }
+        let key = self.keys.key(self.keys.index(i, &mut self.rng));
+        let put = PutRequest { key, value: self.value.clone(), ..Default::default() };
+        let req = TxnRequest { success: vec![RequestOp { request: Some(request_op::Request::RequestPut(put)) }], ..Default::default() };
+        async move {
+            self.kv.txn(req).await?;
+            Ok(Outcome::ok("txn-put"))
+        }
+        .boxed()
+    }
+}
+
+pub async fn txn_mixed(g: &Global, a: TxnMixedArgs) -> Result<(), BenchError> {
+    let read = RangeRequest {
+        key: a.key.as_bytes().to_vec(),
+        range_end: range_end_arg(&a.end),
+        limit: a.limit,
+        serializable: serializable(&a.consistency)?,
+        ..Default::default()
+    };
+    let ratio = a.rw_ratio.max(0.0);
+    let ops: Vec<TxnMixedOp> = (0..g.clients)
+        .map(|c| TxnMixedOp {
+            kv: KvClient::new(g.channel(c)),
+            read: read.clone(),
+            keys: KeyGen::new(a.key_size, a.key_space_size, false),
+            value: keygen::value(a.val_size),
+            read_fraction: ratio / (ratio + 1.0),
+            rng: fastrand::Rng::with_seed(c as u64 + 1),
+        })
+        .collect();
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    print(g, "txn-mixed", &r, Map::new());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- watch streams (shared)
+
+/// One open watch stream: the request sender (kept open) and the response stream.
+struct WatchStream {
+    _tx: mpsc::Sender<WatchRequest>,
+    rx: Streaming<etcd_proto::etcdserverpb::WatchResponse>,
+}
+
+/// Opens a stream and creates `watchers` watchers on [key, end) from `start_rev` (0 = now),
+/// waiting for each creation to be confirmed.
+async fn open_watch(ch: Channel, key: &[u8], end: &[u8], start_rev: i64, watchers: usize) -> Result<WatchStream, BenchError> {
+    let (tx, rx) = mpsc::channel(watchers.max(1) + 1);
+    for _ in 0..watchers {
+        let create = WatchCreateRequest { key: key.to_vec(), range_end: end.to_vec(), start_revision: start_rev, ..Default::default() };
+        let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+        tx.send(req).await.map_err(|_| BenchError::Setup("watch request channel closed".into()))?;
+    }
+    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await.map_err(|s| setup_err("watch", s))?.into_inner();
+    let mut created = 0;
+    while created < watchers {
+        match stream.message().await {
+            Ok(Some(r)) if r.created => {
+                if r.canceled {
+                    return Err(BenchError::Setup(format!("watch create refused: {}", r.cancel_reason)));
+                }
+                created += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(BenchError::Setup("watch stream closed before the watchers were created".into())),
+            Err(s) => return Err(setup_err("watch", s)),
+        }
+    }
+    Ok(WatchStream { _tx: tx, rx: stream })
+}
+
+// ---------------------------------------------------------------- watch-latency
+
+#[derive(Args, Debug)]
+pub struct WatchLatencyArgs {
+    /// Total number of watch streams.
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Watchers per stream (all on the same key).
+    #[arg(long, default_value_t = 10)]
+    pub watchers_per_stream: usize,
+    /// Value size of the puts (at least 20: the value carries the put's sequence number).
+    #[arg(long, default_value_t = 32)]
+    pub val_size: usize,
+    /// How long to wait for the last events after the last put.
+    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+struct StampedPutOp {
+    kv: KvClient<Channel>,
+    key: Vec<u8>,
+    val_size: usize,
+    base: Instant,
+    sent: Arc<Vec<AtomicU64>>,
+}
+
+impl ClientOp for StampedPutOp {
+    fn call(&mut self, i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        let mut value = format!("{i:020}").into_bytes();
+        value.resize(self.val_size.max(20), b'x');
+        if let Some(slot) = self.sent.get(i as usize) {
+            slot.store(self.base.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+        }
+        let req = PutRequest { key: self.key.clone(), value, ..Default::default() };
+        async move {
+            self.kv.put(req).await?;
+            Ok(Outcome::ok("put"))
+        }
+        .boxed()
+    }
+}
+
+pub async fn watch_latency(g: &Global, a: WatchLatencyArgs) -> Result<(), BenchError> {
+    let total = g.cfg.total.ok_or_else(|| BenchError::Setup("watch-latency needs --total (the number of puts)".into()))?;
+    let key = b"/etcd-rs-bench/watch-latency".to_vec();
+    let base = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let expected = total * a.watchers_per_stream as u64;
+    let mut receivers = Vec::new();
+    for s in 0..a.streams {
+        let mut ws = open_watch(g.channel(s), &key, &[], 0, a.watchers_per_stream).await?;
+        let sent = sent.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut h = crate::histogram::Histogram::new();
+            while h.count() < expected {
+                let Ok(Some(r)) = ws.rx.message().await else { break };
+                let now = base.elapsed().as_nanos() as u64;
+                for ev in r.events {
+                    let Some(kv) = ev.kv else { continue };
+                    let seq = std::str::from_utf8(&kv.value[..kv.value.len().min(20)]).ok().and_then(|s| s.parse::<usize>().ok());
+                    if let Some(t) = seq.and_then(|i| sent.get(i)).map(|a| a.load(Ordering::Relaxed)).filter(|&t| t > 0) {
+                        h.record(now.saturating_sub(t - 1));
+                    }
+                }
+            }
+            h
+        }));
+    }
+    let ops: Vec<StampedPutOp> = (0..g.clients)
+        .map(|c| StampedPutOp { kv: KvClient::new(g.channel(c)), key: key.clone(), val_size: a.val_size, base, sent: sent.clone() })
+        .collect();
+    let puts = runner::run(g.cfg.clone(), boxed(ops)).await;
+    let mut r = RunResult { elapsed: puts.elapsed, errors: puts.errors.clone(), ..Default::default() };
+    let deadline = tokio::time::Instant::now() + a.drain_timeout;
+    for rx in receivers {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(h)) => r.latency.merge(&h),
+            _ => *r.errors.entry("watch stream did not deliver every event in time".into()).or_default() += 1,
+        }
+    }
+    let want = puts.latency.count() * (a.streams * a.watchers_per_stream) as u64;
+    let mut extra = Map::new();
+    extra.insert("puts".into(), json!(puts.latency.count()));
+    extra.insert("put_throughput".into(), json!(puts.latency.count() as f64 / puts.elapsed.as_secs_f64().max(1e-9)));
+    extra.insert("events_expected".into(), json!(want));
+    extra.insert("events_received".into(), json!(r.latency.count()));
+    r.by_kind.insert("watch-event", r.latency.clone());
+    print(g, "watch-latency", &r, extra);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- lease-keepalive
+
+#[derive(Args, Debug)]
+pub struct LeaseKeepaliveArgs {
+    /// TTL of the lease each client keeps alive.
+    #[arg(long, default_value_t = 100)]
+    pub ttl: i64,
+}
+
+struct KeepAliveOp {
+    id: i64,
+    tx: mpsc::Sender<LeaseKeepAliveRequest>,
+    rx: Streaming<etcd_proto::etcdserverpb::LeaseKeepAliveResponse>,
+}
+
+impl ClientOp for KeepAliveOp {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        async move {
+            self.tx.send(LeaseKeepAliveRequest { id: self.id }).await.map_err(|_| Status::cancelled("keep-alive stream closed"))?;
+            match self.rx.message().await? {
+                Some(r) if r.ttl > 0 => Ok(Outcome::ok("keepalive")),
+                Some(_) => Err(Status::not_found("lease expired or revoked")),
+                None => Err(Status::cancelled("keep-alive stream closed by the server")),
+            }
+        }
+        .boxed()
+    }
+}
+
+pub async fn lease_keepalive(g: &Global, a: LeaseKeepaliveArgs) -> Result<(), BenchError> {
+    let mut ops = Vec::new();
+    for c in 0..g.clients {
+        let mut lc = LeaseClient::new(g.channel(c));
+        let grant = lc.lease_grant(LeaseGrantRequest { ttl: a.ttl, id: 0 }).await.map_err(|s| setup_err("lease", s))?.into_inner();
+        if !grant.error.is_empty() {
+            return Err(BenchError::Setup(format!("lease grant: {}", grant.error)));
+        }
+        // A server sends the stream's headers with its first answer, and tonic returns the stream
+        // only after the headers: queue one keep-alive before opening it and read its answer.
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(LeaseKeepAliveRequest { id: grant.id }).await.map_err(|_| BenchError::Setup("keep-alive channel closed".into()))?;
+        let mut stream = lc.lease_keep_alive(ReceiverStream::new(rx)).await.map_err(|s| setup_err("lease", s))?.into_inner();
+        stream.message().await.map_err(|s| setup_err("lease keep-alive", s))?;
+        ops.push(KeepAliveOp { id: grant.id, tx, rx: stream });
+    }
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    print(g, "lease-keepalive", &r, Map::new());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- kube
+
+#[derive(Args, Debug)]
+pub struct KubeArgs {
+    /// Number of namespaces the objects are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub namespaces: u64,
+    /// Maximum number of objects (the key space under /registry/pods/).
+    #[arg(long, default_value_t = 10_000)]
+    pub objects: u64,
+    /// Object (value) size.
+    #[arg(long, default_value_t = 1024)]
+    pub val_size: usize,
+    /// Page size of list requests (Kubernetes' --limit / continue).
+    #[arg(long, default_value_t = 500)]
+    pub page_size: i64,
+    /// Informers: each lists /registry/pods/ in pages, then watches from the list revision.
+    #[arg(long, default_value_t = 2)]
+    pub informers: usize,
+    /// Percentages of creates, updates, gets and namespace lists (they must add up to 100).
+    #[arg(long, default_value = "10,60,25,5", value_delimiter = ',')]
+    pub mix: Vec<u32>,
+}
+
+const KUBE_RESOURCE: &str = "pods";
+
+/// A Kubernetes paged list: the first page at the current revision, the next pages at that
+/// revision from the key after the last one returned. Returns (revision, keys listed).
+async fn paged_list(kv: &mut KvClient<Channel>, prefix: &[u8], page: i64) -> Result<(i64, u64), Status> {
+    let end = keygen::prefix_end(prefix);
+    let mut key = prefix.to_vec();
+    let mut rev = 0;
+    let mut n = 0;
+    loop {
+        let req = RangeRequest { key, range_end: end.clone(), limit: page, revision: rev, ..Default::default() };
+        let r = kv.range(req).await?.into_inner();
+        if rev == 0 {
+            rev = r.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        }
+        n += r.kvs.len() as u64;
+        match r.kvs.last() {
+            Some(last) if r.more => {
+                key = last.key.clone();
+                key.push(0);
+            }
+            _ => return Ok((rev, n)),
+        }
+    }
+}
+
+struct KubeOp {
+    kv: KvClient<Channel>,
+    a: Arc<KubeArgs>,
+    rng: fastrand::Rng,
+    client: u64,
+    clients: u64,
+    /// Objects this client created or saw, with their mod_revision.
+    cache: HashMap<u64, i64>,
+    known: Vec<u64>,
+    last_write: Arc<AtomicI64>,
+}
+
+impl KubeOp {
+    fn key(&self, name: u64) -> Vec<u8> {
+        keygen::kube_key(KUBE_RESOURCE, name % self.a.namespaces.max(1), name)
+    }
+}
+
+impl ClientOp for KubeOp {
+    fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
+        let roll = self.rng.u32(0..100);
+        let m = &self.a.mix;
+        let (c, u, gt) = (m[0], m[0] + m[1], m[0] + m[1] + m[2]);
+        async move {
+            if roll < gt && roll >= u {
+                let name = self.rng.u64(0..self.a.objects.max(1));
+                let key = self.key(name);
+                self.kv.range(RangeRequest { key, ..Default::default() }).await?;
+                return Ok(Outcome::ok("get"));
+            }
+            if roll >= gt {
+                let ns = self.rng.u64(0..self.a.namespaces.max(1));
+                let prefix = format!("/registry/{KUBE_RESOURCE}/ns-{ns:04}/").into_bytes();
+                paged_list(&mut self.kv, &prefix, self.a.page_size).await?;
+                return Ok(Outcome::ok("list"));
+            }
+            // Create (or update when the name is taken) on one of this client's own objects.
+            let update = roll >= c && !self.known.is_empty();
+            let name = if update {
+                self.known[self.rng.usize(0..self.known.len())]
+            } else {
+                let owned = (self.a.objects / self.clients).max(1);
+                (self.rng.u64(0..owned) * self.clients + self.client) % self.a.objects.max(1)
+            };
+            let expected = self.cache.get(&name).copied().unwrap_or(0);
+            let key = self.key(name);
+            let (applied, now) = cas(&mut self.kv, key, keygen::value(self.a.val_size), expected).await?;
+            if !self.cache.contains_key(&name) {
+                self.known.push(name);
+            }
+            self.cache.insert(name, now);
+            if applied {
+                self.last_write.fetch_max(now, Ordering::Relaxed);
+            }
+            Ok(Outcome { kind: if expected == 0 { "create" } else { "update" }, conflict: !applied })
+        }
+        .boxed()
+    }
+}
+
+pub async fn kube(g: &Global, a: KubeArgs) -> Result<(), BenchError> {
+    if a.mix.len() != 4 || a.mix.iter().sum::<u32>() != 100 {
+        return Err(BenchError::Setup("--mix needs four percentages (create,update,get,list) adding up to 100".into()));
+    }
+    let a = Arc::new(a);
+    let prefix = format!("/registry/{KUBE_RESOURCE}/").into_bytes();
+    let mut extra = Map::new();
+    // Informers: list, then watch from the list revision + 1; count events and the last revision.
+    let mut informers = Vec::new();
+    let mut watch_note = None;
+    for i in 0..a.informers {
+        let mut kv = KvClient::new(g.channel(i));
+        let (rev, listed) = paged_list(&mut kv, &prefix, a.page_size).await.map_err(|s| setup_err("kube list", s))?;
+        match open_watch(g.channel(i), &prefix, &keygen::prefix_end(&prefix), rev + 1, 1).await {
+            Ok(mut ws) => {
+                let seen = Arc::new(AtomicI64::new(rev));
+                let events = Arc::new(AtomicU64::new(0));
+                let (s2, e2) = (seen.clone(), events.clone());
+                let task = tokio::spawn(async move {
+                    while let Ok(Some(r)) = ws.rx.message().await {
+                        e2.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+                        if let Some(kv) = r.events.last().and_then(|e| e.kv.as_ref()) {
+                            s2.fetch_max(kv.mod_revision, Ordering::Relaxed);
+                        }
+                    }
+                });
+                informers.push((seen, events, task, listed));
+            }
+            Err(BenchError::NotSupported(_, s)) => {
+                watch_note = Some(format!("watch not supported by the server yet ({}); informers skipped", s.message()));
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let last_write = Arc::new(AtomicI64::new(0));
+    let ops: Vec<KubeOp> = (0..g.clients)
+        .map(|c| KubeOp {
+            kv: KvClient::new(g.channel(c)),
+            a: a.clone(),
+            rng: fastrand::Rng::with_seed(c as u64 + 1),
+            client: c as u64,
+            clients: g.clients as u64,
+            cache: HashMap::new(),
+            known: Vec::new(),
+            last_write: last_write.clone(),
+        })
+        .collect();
+    let r = runner::run(g.cfg.clone(), boxed(ops)).await;
+    if let Some(n) = watch_note {
+        extra.insert("informers".into(), json!(n));
+    } else if !informers.is_empty() {
+        // How long after the last write until every informer has seen it.
+        let target = last_write.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs(30);
+        while informers.iter().any(|(seen, ..)| seen.load(Ordering::Relaxed) < target) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let caught_up = informers.iter().all(|(seen, ..)| seen.load(Ordering::Relaxed) >= target);
+        extra.insert("informers".into(), json!(informers.len()));
+        extra.insert("informers_caught_up".into(), json!(caught_up));
+        extra.insert("informer_lag_ms".into(), json!(t.elapsed().as_secs_f64() * 1e3));
+        extra.insert("informer_listed".into(), json!(informers.iter().map(|i| i.3).sum::<u64>()));
+        extra.insert("informer_events".into(), json!(informers.iter().map(|i| i.1.load(Ordering::Relaxed)).sum::<u64>()));
+        for (_, _, task, _) in informers {
+            task.abort();
+        }
+    }
+    print(g, "kube", &r, extra);
+    Ok(())
+}
