@@ -496,6 +496,11 @@ impl EtcdServer {
             Ok(r) => r?,
             Err(_) => return Err(ServerError::Timeout),
         };
+        self.wait_applied_index(index).await
+    }
+
+    /// Waits (bounded by the request timeout) until this member applied `index`.
+    pub(crate) async fn wait_applied_index(&self, index: u64) -> Result<(), ServerError> {
         let mut rx = self.applied_rx.clone();
         let reached = tokio::time::timeout(self.request_timeout, async move {
             rx.wait_for(|applied| *applied >= index).await.is_ok()

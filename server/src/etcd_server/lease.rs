@@ -145,17 +145,7 @@ impl EtcdServer {
 
     /// Waits until everything committed so far is applied (etcd's waitAppliedIndex).
     async fn wait_applied(&self) -> Result<(), ServerError> {
-        let committed = self.raft.status().commit_index;
-        let mut rx = self.applied_rx.clone();
-        let reached = tokio::time::timeout(self.request_timeout, async move {
-            rx.wait_for(|a| *a >= committed).await.is_ok()
-        })
-        .await;
-        match reached {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ServerError::Stopped),
-            Err(_) => Err(ServerError::TimeoutWaitAppliedIndex),
-        }
+        self.wait_applied_index(self.raft.status().commit_index).await
     }
 }
 
