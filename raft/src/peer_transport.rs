@@ -158,6 +158,10 @@ impl PeerLinkTask {
         let mut backoff = Duration::from_millis(50);
         let mut attempt = 0usize;
         loop {
+            // Whatever queued while the link was down is stale: raft regenerates appends,
+            // heartbeats and votes, and a proposal forwarded that long ago has timed out for
+            // its client — sending it now would apply a write nobody waits for any more.
+            while rx.try_recv().is_ok() {}
             let url = &self.urls[attempt % self.urls.len()];
             attempt += 1;
             match self.stream_to(url, &mut rx).await {
@@ -167,8 +171,6 @@ impl PeerLinkTask {
                     if let Some(n) = &self.node {
                         n.report_unreachable(self.peer_id);
                     }
-                    // Drop what queued up while the peer was away: raft resends what matters.
-                    while rx.try_recv().is_ok() {}
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
