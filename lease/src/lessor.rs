@@ -128,6 +128,21 @@ struct Inner {
     checkpoint_heap: BinaryHeap<Reverse<(Instant, i64)>>,
 }
 
+fn load_leases(db: &Database) -> Result<HashMap<i64, Lease>, LeaseError> {
+    let mut leases = HashMap::new();
+    let read = db.begin_read()?;
+    let table = read.open_table(LEASE_TABLE)?;
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let l = leasepb::Lease::decode(v.value())?;
+        leases.insert(
+            k.value(),
+            Lease { ttl: l.ttl, remaining_ttl: l.remaining_ttl, expiry: None, next_check: None, keys: BTreeSet::new() },
+        );
+    }
+    Ok(leases)
+}
+
 /// The lease table and, on the leader, the expiry schedule.
 pub struct Lessor {
     cfg: LessorConfig,
@@ -142,18 +157,23 @@ impl Lessor {
         let txn = db.begin_write()?;
         txn.open_table(LEASE_TABLE)?;
         txn.commit()?;
-        let mut inner = Inner::default();
-        let read = db.begin_read()?;
-        let table = read.open_table(LEASE_TABLE)?;
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let l = leasepb::Lease::decode(v.value())?;
-            inner.leases.insert(
-                k.value(),
-                Lease { ttl: l.ttl, remaining_ttl: l.remaining_ttl, expiry: None, next_check: None, keys: BTreeSet::new() },
-            );
-        }
+        let inner = Inner { leases: load_leases(db)?, ..Default::default() };
         Ok(Lessor { cfg, inner: Mutex::new(inner) })
+    }
+
+    /// Replaces every lease with those of the lease table of `db` (after a snapshot replaced
+    /// the database). Keys are attached afterwards with [`Lessor::attach_existing`]. A primary
+    /// lessor gives every lease a fresh deadline of its remaining TTL from `now`.
+    pub fn reload(&self, db: &Database, now: Instant) -> Result<(), LeaseError> {
+        let leases = load_leases(db)?;
+        let mut g = self.inner.lock();
+        let primary = g.primary;
+        *g = Inner { leases, ..Default::default() };
+        drop(g);
+        if primary {
+            self.promote(Duration::ZERO, now);
+        }
+        Ok(())
     }
 
     /// Attaches keys found in the key table at start (key, lease). A key naming a lease that

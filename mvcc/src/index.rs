@@ -76,6 +76,11 @@ impl Index {
     }
 
     /// Number of keys indexed (live or not yet compacted away).
+    /// Replaces every entry with `other`'s (a store installing a snapshot).
+    pub fn replace(&self, other: Index) {
+        *self.inner.write() = other.inner.into_inner();
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().keys.len()
     }

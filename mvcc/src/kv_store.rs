@@ -85,11 +85,17 @@ impl Rows for ReadRows {
     }
 }
 
-impl KvStore {
-    /// Opens (or creates) the store at `path`, rebuilds the index from one scan of the key
-    /// table, and finishes a compaction a crash interrupted.
-    pub fn open(path: &Path) -> Result<KvStore, MvccError> {
-        let backend = Backend::open(path)?;
+/// What one scan of the database rebuilds: the index, revisions and consistent index.
+struct StoredState {
+    index: Index,
+    current: i64,
+    consistent: (u64, u64),
+    scheduled: i64,
+    finished: i64,
+}
+
+impl StoredState {
+    fn scan(backend: &Backend) -> Result<StoredState, MvccError> {
         let index = Index::new();
         let txn = backend.begin_read()?;
         let meta = |name| -> Result<u64, MvccError> {
@@ -115,29 +121,83 @@ impl KvStore {
         if finished > 0 {
             index.compact(finished);
         }
+        Ok(StoredState { index, current, consistent, scheduled, finished })
+    }
+}
+
+impl KvStore {
+    /// Opens (or creates) the store at `path`, rebuilds the index from one scan of the key
+    /// table, and finishes a compaction a crash interrupted.
+    pub fn open(path: &Path) -> Result<KvStore, MvccError> {
+        let backend = Backend::open(path)?;
+        let state = StoredState::scan(&backend)?;
         let in_use = backend.in_use()?;
         let store = KvStore {
             backend,
-            index,
-            published: AtomicI64::new(current),
-            consistent: Mutex::new(consistent),
+            index: state.index,
+            published: AtomicI64::new(state.current),
+            consistent: Mutex::new(state.consistent),
             writer: WriterGate::default(),
             in_use: AtomicI64::new(in_use),
             #[cfg(test)]
             skip_physical_compaction: Default::default(),
         };
-        if scheduled > finished {
-            tracing::info!(scheduled, finished, "resuming an interrupted compaction");
-            let keep = store.index.compact(scheduled);
-            store.delete_compacted_rows(scheduled, &keep, true)?;
-        }
+        store.resume_compaction(state.scheduled, state.finished)?;
         tracing::debug!(
-            current,
+            current = state.current,
             compact = store.compact_revision(),
             keys = store.index.len(),
             "mvcc store opened"
         );
         Ok(store)
+    }
+
+    fn resume_compaction(&self, scheduled: i64, finished: i64) -> Result<(), MvccError> {
+        if scheduled > finished {
+            tracing::info!(scheduled, finished, "resuming an interrupted compaction");
+            let keep = self.index.compact(scheduled);
+            self.delete_compacted_rows(scheduled, &keep, true)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole database with a snapshot's contents: `fill` empties and refills every
+    /// table inside one durable write transaction (so a crash leaves the old state or the new
+    /// one, never a mix), then the index, revisions and consistent index are rebuilt from it.
+    /// Takes the writer gate: never call it from the thread holding an ApplyTxn.
+    pub fn install<E: From<MvccError>>(
+        &self,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.writer.acquire();
+        let result = self.install_locked(fill);
+        self.writer.release();
+        result
+    }
+
+    fn install_locked<E: From<MvccError>>(
+        &self,
+        fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let txn = self.backend.begin_write(true)?;
+        fill(&txn)?;
+        // the tables the store itself needs exist even if the snapshot lacked them
+        txn.open_table(KEY_TABLE).map_err(MvccError::from)?;
+        txn.open_table(crate::backend::META_TABLE).map_err(MvccError::from)?;
+        txn.commit().map_err(MvccError::from)?;
+        let state = StoredState::scan(&self.backend)?;
+        self.index.replace(state.index);
+        *self.consistent.lock() = state.consistent;
+        self.published.store(state.current, Ordering::Release);
+        self.in_use.store(self.backend.in_use()?, Ordering::Relaxed);
+        self.resume_compaction(state.scheduled, state.finished)?;
+        tracing::info!(
+            current = state.current,
+            consistent_index = state.consistent.0,
+            keys = self.index.len(),
+            "mvcc store replaced by a snapshot"
+        );
+        Ok(())
     }
 
     /// The backend, for stores that keep their own tables in the same database file.

@@ -390,6 +390,30 @@ impl WatchHub {
         }
     }
 
+    /// After the store was replaced by a snapshot (its revision jumped past events no synced
+    /// watcher was sent): every synced watcher goes back to unsynced and catches up from the
+    /// new key table — or is cancelled with `compact_revision` if that history is compacted.
+    pub fn restore(&self) {
+        let mut st = self.state.lock();
+        let synced: Vec<u64> = st
+            .watchers
+            .iter()
+            .filter(|(_, wa)| matches!(wa.state, State::Synced))
+            .map(|(w, _)| *w)
+            .collect();
+        for w in synced {
+            if let Some(wa) = st.watchers.get_mut(&w) {
+                wa.state = State::Unsynced;
+                let range = wa.range.clone();
+                st.synced.remove(w, &range);
+                st.unsynced.insert(w);
+            }
+        }
+        st.rev = st.rev.max(self.store.current_revision());
+        drop(st);
+        self.kick.kick();
+    }
+
     /// One round of the sync thread; true when unsynced watchers are left to serve at once.
     fn sync_round(&self) -> Result<bool, MvccError> {
         self.retry_victims();

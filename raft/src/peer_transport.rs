@@ -42,6 +42,8 @@ pub struct GrpcTransport {
     cluster_id: AtomicU64,
     peers: RwLock<HashMap<u64, PeerLink>>,
     node: OnceLock<RaftNode>,
+    /// Where MsgSnapshot goes: the applier, which alone can pair it with backend contents.
+    snapshot_sink: OnceLock<std::sync::mpsc::SyncSender<Message>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -53,6 +55,7 @@ impl GrpcTransport {
             cluster_id: AtomicU64::new(0),
             peers: RwLock::new(HashMap::new()),
             node: OnceLock::new(),
+            snapshot_sink: OnceLock::new(),
             runtime,
         })
     }
@@ -100,6 +103,50 @@ impl GrpcTransport {
     pub fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
         self.peers.read().get(&id).map(|p| p.urls.clone())
     }
+
+    /// IDs of the peers messages can be sent to.
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.peers.read().keys().copied().collect()
+    }
+
+    /// Routes raft's MsgSnapshot messages to `sink` instead of the peer streams.
+    pub fn set_snapshot_sink(&self, sink: std::sync::mpsc::SyncSender<Message>) {
+        let _ = self.snapshot_sink.set(sink);
+    }
+
+    pub fn local_id(&self) -> u64 {
+        self.local_id.load(Ordering::Relaxed)
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// The raft node, once bound.
+    pub fn node(&self) -> Option<&RaftNode> {
+        self.node.get()
+    }
+
+    /// A peer-service client for one peer, dialled as the raft streams are (from this member's
+    /// peer IP), trying each of its URLs.
+    pub async fn dial(&self, id: u64) -> Result<PeerClient<tonic::transport::Channel>, String> {
+        let urls = self.peer_urls(id).ok_or_else(|| format!("unknown peer {id:x}"))?;
+        let mut last = String::from("no peer URLs");
+        for url in urls {
+            let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+                Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true).local_address(self.local_ip),
+                Err(e) => {
+                    last = format!("bad peer URL {url}: {e}");
+                    continue;
+                }
+            };
+            match endpoint.connect().await {
+                Ok(c) => return Ok(PeerClient::new(c).max_encoding_message_size(64 << 20)),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(last)
+    }
 }
 
 impl Drop for GrpcTransport {
@@ -116,16 +163,14 @@ impl Transport for GrpcTransport {
         for m in msgs {
             let to = m.to;
             if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot {
-                // The raft snapshot carries no backend data, and shipping the backend is not
-                // built yet: installing it would leave the follower's state behind its log.
-                // Refuse; the follower stays behind (and says so) instead of diverging.
-                tracing::error!(
-                    peer = %format!("{to:x}"),
-                    "member is behind the compacted raft log and needs a snapshot, which etcd-rs cannot send yet; \
-                     raise --snapshot-count or remove and re-add the member"
-                );
-                if let Some(n) = self.node.get() {
-                    n.report_snapshot(to, false);
+                // The raft snapshot carries only metadata; the applier pairs it with the
+                // backend's contents at its applied index and streams both (Peer.Snapshot).
+                let routed = self.snapshot_sink.get().is_some_and(|sink| sink.try_send(m).is_ok());
+                if !routed {
+                    tracing::warn!(peer = %format!("{to:x}"), "cannot send a snapshot now; raft will retry");
+                    if let Some(n) = self.node.get() {
+                        n.report_snapshot(to, false);
+                    }
                 }
                 continue;
             }

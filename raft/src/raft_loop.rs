@@ -269,6 +269,8 @@ impl RaftLoop {
             self.snapshotter.save(&snap)?;
             self.wal.save_snapshot_marker(index, term)?;
             self.raw.mut_store().wl().apply_snapshot(snap.clone())?;
+            // the log before a received snapshot is superseded by it
+            self.wal.release_to(index)?;
             self.conf_state = snap.get_metadata().get_conf_state().clone();
             self.snapshot_index = index;
             snapshot = Some(snap);

@@ -12,6 +12,9 @@
 //! After the commit and the applied index are published, the watch hub gets the batch's events
 //! (it never makes the applier wait: slow watchers are moved aside).
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +28,8 @@ use etcd_proto::etcdrspb::ConfChangeContext;
 use etcd_proto::membershippb::Member;
 use etcd_raft::{ApplyBatch, GrpcTransport, RaftNode};
 use prost::Message as _;
-use raft::eraftpb::{ConfChangeType, Entry, EntryType};
+use parking_lot::Mutex;
+use raft::eraftpb::{ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
 use tokio::sync::watch;
 
 use crate::errors::ServerError;
@@ -77,6 +81,14 @@ pub struct Applier {
     pub batch_limit: u64,
     pub snapshot_count: u64,
     pub last_snapshot_index: u64,
+    /// `member/snap`: where received snapshots wait to be installed.
+    pub snap_dir: PathBuf,
+    /// raft's MsgSnapshot for members behind the log, from the transport.
+    pub snapshot_requests: Receiver<Message>,
+    /// Members a snapshot is being streamed to.
+    pub snapshots_sending: Arc<Mutex<HashSet<u64>>>,
+    /// The raft configuration as of the last applied entry (what a snapshot made here records).
+    pub conf_state: ConfState,
 }
 
 /// Per-batch bookkeeping that is not part of the replicated state.
@@ -97,6 +109,7 @@ impl Applier {
             let first = self.runtime.block_on(async {
                 tokio::time::timeout(self.batch_interval, rx.recv()).await
             });
+            self.serve_snapshot_requests();
             let mut batches = match first {
                 Ok(Some(b)) => vec![b],
                 Ok(None) => break,
@@ -119,9 +132,16 @@ impl Applier {
                     Err(_) => break,
                 }
             }
-            if batches.iter().any(|b| b.snapshot.is_some()) {
-                // Only a snapshot with the backend could be installed; none is ever accepted.
-                fatal("received a raft snapshot without backend data; refusing to diverge");
+            // A snapshot covers every entry raft handed over before it.
+            if let Some(at) = batches.iter().rposition(|b| b.snapshot.is_some()) {
+                batches.drain(..at);
+                if let Some(snap) = batches[0].snapshot.take() {
+                    if let Err(e) = self.install_snapshot(&snap) {
+                        fatal(&format!("installing snapshot {} failed: {e}", snap.get_metadata().index));
+                    }
+                    undurable_ops = 0;
+                    last_durable = Instant::now();
+                }
             }
             let entries: Vec<Entry> = batches.into_iter().flat_map(|b| b.entries).collect();
             if entries.is_empty() {
@@ -153,6 +173,70 @@ impl Applier {
         tracing::info!("apply scheduler stopped");
     }
 
+    /// Pairs each MsgSnapshot raft wants sent with the backend as of the last applied entry: the
+    /// message's metadata is rewritten to that entry and configuration, and the rows are read
+    /// from a read transaction opened now (the applier is between batches, so they match).
+    fn serve_snapshot_requests(&self) {
+        while let Ok(mut msg) = self.snapshot_requests.try_recv() {
+            let to = msg.to;
+            if !self.snapshots_sending.lock().insert(to) {
+                continue; // one transfer per member at a time; raft asks again if it fails
+            }
+            let (index, term) = self.kv.consistent_index();
+            let read = match self.kv.backend().begin_read() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the backend for a snapshot");
+                    self.snapshots_sending.lock().remove(&to);
+                    self.raft.report_snapshot(to, false);
+                    continue;
+                }
+            };
+            let meta = msg.mut_snapshot().mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(self.conf_state.clone());
+            tracing::info!(to = %format!("{to:x}"), index, term, "sending a snapshot of the backend");
+            crate::snapshot::spawn_send(&self.runtime, self.transport.clone(), msg, read, self.snapshots_sending.clone());
+        }
+    }
+
+    /// Replaces this member's state with a snapshot raft accepted (the rows arrived before
+    /// raft saw the message), then rebuilds everything derived from the backend.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), ServerError> {
+        let index = snap.get_metadata().index;
+        if index <= self.kv.consistent_index().0 {
+            return Ok(());
+        }
+        let path = crate::snapshot::db_path(&self.snap_dir, index);
+        tracing::info!(index, file = %path.display(), "installing a snapshot");
+        crate::snapshot::install(&self.kv, &path)?;
+        let db = self.kv.backend().database();
+        self.lessor.reload(db, Instant::now())?;
+        crate::etcd_server::lease::attach_lease_keys(&self.kv, &self.lessor)?;
+        self.members.reload(db)?;
+        let members = self.members.members();
+        for m in &members {
+            self.transport.set_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
+        }
+        for id in self.transport.peer_ids() {
+            if !members.iter().any(|m| m.id == id) {
+                self.transport.remove_peer(id);
+            }
+        }
+        if self.members.is_removed(self.members.local_id()) {
+            tracing::warn!("the member has been permanently removed from the cluster");
+            self.removed_tx.send_replace(true);
+        }
+        self.watch_hub.restore();
+        self.conf_state = snap.get_metadata().get_conf_state().clone();
+        self.last_snapshot_index = index;
+        crate::snapshot::purge_received(&self.snap_dir, index);
+        tracing::info!(index, revision = self.kv.current_revision(), "installed a snapshot");
+        self.applied_tx.send_replace(index);
+        Ok(())
+    }
+
     fn maybe_snapshot(&mut self, applied: u64) {
         if applied.saturating_sub(self.last_snapshot_index) < self.snapshot_count {
             return;
@@ -166,7 +250,7 @@ impl Applier {
         self.last_snapshot_index = applied;
     }
 
-    fn apply_entries(&self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
+    fn apply_entries(&mut self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
         let (applied_index, _) = self.kv.consistent_index();
         let mut txn = self.kv.begin_apply()?;
         let mut out = BatchOutcome { answers: Vec::new(), events: Vec::new(), ops: 0, last: None };
@@ -212,7 +296,7 @@ impl Applier {
                             for c in cc.get_changes() {
                                 self.apply_conf_change(&txn, c.get_change_type(), c.node_id, &ctx)?;
                             }
-                            self.runtime.block_on(self.raft.apply_conf_change(cc))?;
+                            self.conf_state = self.runtime.block_on(self.raft.apply_conf_change(cc))?;
                             Ok(ApplyResult::Members(self.members.members()))
                         }
                         Err(err) => Err(err),

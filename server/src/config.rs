@@ -36,6 +36,9 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// Number of entries for a slow follower to catch up after compacting the raft storage entries.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
+    pub experimental_snapshot_catchup_entries: u64,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -293,6 +296,7 @@ pub struct ServerConfig {
     pub initial_cluster_new: bool,
     pub initial_cluster_token: String,
     pub snapshot_count: u64,
+    pub snapshot_catchup_entries: u64,
     pub heartbeat: Duration,
     pub election_ticks: usize,
     pub quota_backend_bytes: i64,
@@ -543,6 +547,7 @@ impl Flags {
             initial_cluster_new,
             initial_cluster_token: self.initial_cluster_token,
             snapshot_count: self.snapshot_count.max(1),
+            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_ticks: (self.election_timeout / self.heartbeat_interval) as usize,
             quota_backend_bytes: self.quota_backend_bytes,

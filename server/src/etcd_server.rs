@@ -20,7 +20,7 @@ use etcd_proto::etcdrspb::peer_client::PeerClient;
 use etcd_proto::etcdrspb::{ConfChangeContext, MembersRequest, PromoteRequest};
 use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest, Member};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
+use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Snapshotter, Wal};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
@@ -30,13 +30,12 @@ use crate::config::ServerConfig;
 use crate::errors::ServerError;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
 use crate::membership::{new_member, Membership};
+use crate::snapshot;
 
-mod lease;
+pub(crate) mod lease;
 
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
-/// Log entries kept after a raft log compaction so slow followers catch up without a snapshot.
-const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 
 pub struct EtcdServer {
     cfg: ServerConfig,
@@ -72,6 +71,32 @@ fn create_private_dir(p: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// A crash between raft recording a received snapshot and the applier installing it leaves
+/// the backend behind the newest raft snapshot: install the received file now, before raft
+/// starts (which refuses a backend behind its snapshot).
+fn install_pending_snapshot(kv: &KvStore, snap_dir: &Path) -> Result<(), ServerError> {
+    let (applied, _) = kv.consistent_index();
+    let newest = Snapshotter::new(snap_dir)
+        .and_then(|s| s.load_newest())
+        .map_err(|e| ServerError::Internal(format!("cannot read raft snapshots: {e}")))?;
+    if let Some(snap) = newest {
+        let index = snap.get_metadata().index;
+        if index > applied {
+            let path = snapshot::db_path(snap_dir, index);
+            if !path.exists() {
+                return Err(ServerError::Internal(format!(
+                    "the backend (applied index {applied}) is behind raft snapshot {index} and {} is missing",
+                    path.display()
+                )));
+            }
+            tracing::info!(index, applied, "installing a received snapshot raft recorded before a restart");
+            snapshot::install(kv, &path)?;
+        }
+    }
+    snapshot::purge_received(snap_dir, kv.consistent_index().0);
+    Ok(())
+}
+
 impl EtcdServer {
     /// Opens (or creates) the data dir, replays the WAL and starts raft and the applier.
     pub async fn start(cfg: ServerConfig) -> Result<Arc<EtcdServer>, ServerError> {
@@ -79,7 +104,9 @@ impl EtcdServer {
         create_private_dir(&cfg.data_dir)?;
         create_private_dir(&member_dir.join("snap"))?;
 
-        let kv = Arc::new(KvStore::open(&member_dir.join("snap").join("db"))?);
+        let snap_dir = member_dir.join("snap");
+        let kv = Arc::new(KvStore::open(&snap_dir.join("db"))?);
+        install_pending_snapshot(&kv, &snap_dir)?;
         let (applied_index, _) = kv.consistent_index();
         let lessor = lease::open_lessor(&kv, &cfg)?;
 
@@ -135,7 +162,7 @@ impl EtcdServer {
         raft_cfg.tick_interval = cfg.heartbeat;
         raft_cfg.election_tick = cfg.election_ticks;
         raft_cfg.heartbeat_tick = 1;
-        raft_cfg.snapshot_catchup_entries = SNAPSHOT_CATCHUP_ENTRIES;
+        raft_cfg.snapshot_catchup_entries = cfg.snapshot_catchup_entries;
         // Peer traffic leaves from this member's own peer IP when it listens on a specific one.
         let local_ip = cfg
             .listen_peer_urls
@@ -173,7 +200,18 @@ impl EtcdServer {
         let watch_sync = watch_hub
             .start()
             .map_err(|e| ServerError::Internal(format!("cannot start the watch sync thread: {e}")))?;
+        let (snapshot_tx, snapshot_rx) = std::sync::mpsc::sync_channel(16);
+        transport.set_snapshot_sink(snapshot_tx);
+        let status = raft.status();
         let applier = Applier {
+            snap_dir: snap_dir.clone(),
+            snapshot_requests: snapshot_rx,
+            snapshots_sending: Default::default(),
+            conf_state: raft::eraftpb::ConfState {
+                voters: status.voters.clone(),
+                learners: status.learners.clone(),
+                ..Default::default()
+            },
             watch_hub: watch_hub.clone(),
             kv: kv.clone(),
             raft: raft.clone(),
@@ -256,6 +294,11 @@ impl EtcdServer {
         tracing::info!("ready to serve client requests");
     }
 
+    /// `<data-dir>/member/snap`: raft snapshots, the backend, received snapshot files.
+    pub fn snap_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join("member").join("snap")
+    }
+
     pub fn member_id(&self) -> u64 {
         self.member_id
     }
@@ -325,7 +368,9 @@ impl EtcdServer {
             .iter()
             .filter(|p| voters.contains(&p.id) && (p.recent_active || p.id == self.member_id))
             .count() as i64;
-        if active < total / 2 + 1 {
+        // etcd lets a lone started member take a second voter (how a restored cluster grows).
+        let growing_one_member = voters.len() == 1 && active == 1 && voters_delta == 1;
+        if active < total / 2 + 1 && !growing_one_member {
             return Err(ServerError::NotEnoughStartedMembers);
         }
         Ok(())

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod logging;
 pub mod membership;
 pub mod peer;
+pub mod snapshot;
 pub mod wait;
 
 pub use etcd_server::EtcdServer;

@@ -14,9 +14,9 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::errors::ServerError;
 
-const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
-const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
-const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
+pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+pub(crate) const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
+pub(crate) const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 const CLUSTER_VERSION_KEY: &str = "clusterVersion";
 
 #[derive(Default)]
@@ -36,41 +36,51 @@ fn storage_err(e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(format!("membership store: {e}"))
 }
 
+fn read_view(db: &redb::Database) -> Result<View, ServerError> {
+    let mut view = View::default();
+    let rtx = db.begin_read().map_err(storage_err)?;
+    match rtx.open_table(MEMBERS) {
+        Ok(t) => {
+            for row in t.iter().map_err(storage_err)? {
+                let (id, v) = row.map_err(storage_err)?;
+                let m = Member::decode(v.value()).map_err(storage_err)?;
+                view.members.insert(id.value(), m);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage_err(e)),
+    }
+    match rtx.open_table(MEMBERS_REMOVED) {
+        Ok(t) => {
+            for row in t.iter().map_err(storage_err)? {
+                view.removed.insert(row.map_err(storage_err)?.0.value());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage_err(e)),
+    }
+    match rtx.open_table(CLUSTER) {
+        Ok(t) => {
+            if let Some(v) = t.get(CLUSTER_VERSION_KEY).map_err(storage_err)? {
+                view.version = Some(String::from_utf8_lossy(v.value()).into_owned());
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage_err(e)),
+    }
+    Ok(view)
+}
+
 impl Membership {
     /// Loads the membership stored in the backend (empty on a new data dir).
     pub fn load(db: &redb::Database, local_id: u64, cluster_id: u64) -> Result<Self, ServerError> {
-        let mut view = View::default();
-        let rtx = db.begin_read().map_err(storage_err)?;
-        match rtx.open_table(MEMBERS) {
-            Ok(t) => {
-                for row in t.iter().map_err(storage_err)? {
-                    let (id, v) = row.map_err(storage_err)?;
-                    let m = Member::decode(v.value()).map_err(storage_err)?;
-                    view.members.insert(id.value(), m);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(storage_err(e)),
-        }
-        match rtx.open_table(MEMBERS_REMOVED) {
-            Ok(t) => {
-                for row in t.iter().map_err(storage_err)? {
-                    view.removed.insert(row.map_err(storage_err)?.0.value());
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(storage_err(e)),
-        }
-        match rtx.open_table(CLUSTER) {
-            Ok(t) => {
-                if let Some(v) = t.get(CLUSTER_VERSION_KEY).map_err(storage_err)? {
-                    view.version = Some(String::from_utf8_lossy(v.value()).into_owned());
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(storage_err(e)),
-        }
-        Ok(Membership { local_id, cluster_id, view: RwLock::new(view) })
+        Ok(Membership { local_id, cluster_id, view: RwLock::new(read_view(db)?) })
+    }
+
+    /// Replaces the view with the one stored in `db` (after a snapshot replaced the database).
+    pub fn reload(&self, db: &redb::Database) -> Result<(), ServerError> {
+        *self.view.write() = read_view(db)?;
+        Ok(())
     }
 
     pub fn local_id(&self) -> u64 {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use etcd_proto::etcdrspb::peer_server::Peer;
 use etcd_proto::etcdrspb::{
     LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, PromoteRequest, RaftAck, RaftBatch,
+    SnapshotAck, SnapshotChunk,
 };
 use etcd_proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use protobuf::Message as _;
@@ -13,12 +14,33 @@ use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::etcd_server::EtcdServer;
+use crate::snapshot::ReceivedFile;
 
 pub struct PeerService {
     pub server: Arc<EtcdServer>,
 }
 
 impl PeerService {
+    /// Messages only from members of our cluster that were not removed.
+    fn check_sender(&self, cluster_id: u64, from: u64) -> Result<(), Status> {
+        let ours = self.server.cluster_id();
+        if cluster_id != ours {
+            tracing::warn!(
+                from = %format!("{from:x}"),
+                remote_cluster = %format!("{cluster_id:x}"),
+                local_cluster = %format!("{ours:x}"),
+                "refusing raft messages from a member of another cluster"
+            );
+            return Err(Status::failed_precondition(format!(
+                "etcd-rs: request cluster ID mismatch (got {cluster_id:x} want {ours:x})"
+            )));
+        }
+        if self.server.members().is_removed(from) {
+            return Err(Status::permission_denied(format!("etcd-rs: member {from:x} was removed from the cluster")));
+        }
+        Ok(())
+    }
+
     /// Forwarded requests are answered only by the leader: forwarding again could loop between
     /// members that disagree on who leads.
     fn refuse_unless_leader(&self) -> Result<(), Status> {
@@ -33,30 +55,12 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
-        let ours = self.server.cluster_id();
         while let Some(batch) = stream.message().await? {
-            if batch.cluster_id != ours {
-                tracing::warn!(
-                    from = %format!("{:x}", batch.from),
-                    remote_cluster = %format!("{:x}", batch.cluster_id),
-                    local_cluster = %format!("{ours:x}"),
-                    "refusing raft messages from a member of another cluster"
-                );
-                return Err(Status::failed_precondition(format!(
-                    "etcd-rs: request cluster ID mismatch (got {:x} want {ours:x})",
-                    batch.cluster_id
-                )));
-            }
-            if self.server.members().is_removed(batch.from) {
-                return Err(Status::permission_denied(format!(
-                    "etcd-rs: member {:x} was removed from the cluster",
-                    batch.from
-                )));
-            }
+            self.check_sender(batch.cluster_id, batch.from)?;
             for bytes in &batch.messages {
                 match Message::parse_from_bytes(bytes) {
                     Ok(m) if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot => {
-                        tracing::error!("refusing a raft snapshot without backend data (snapshot transfer is not built yet)");
+                        tracing::warn!("ignoring a raft snapshot sent without its data (snapshots come by Peer.Snapshot)");
                     }
                     Ok(m) => self.server.step(m),
                     Err(e) => return Err(Status::invalid_argument(format!("etcd-rs: bad raft message: {e}"))),
@@ -64,6 +68,46 @@ impl Peer for PeerService {
             }
         }
         Ok(Response::new(RaftAck {}))
+    }
+
+    /// Receives a snapshot: stores its rows durably, then hands the raft message to raft, whose
+    /// applier installs them if raft accepts it.
+    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("etcd-rs: empty snapshot stream"))?;
+        self.check_sender(first.cluster_id, first.from)?;
+        let msg = Message::parse_from_bytes(&first.message)
+            .map_err(|e| Status::invalid_argument(format!("etcd-rs: bad raft message: {e}")))?;
+        if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot || msg.to != self.server.member_id() {
+            return Err(Status::invalid_argument("etcd-rs: not a snapshot for this member"));
+        }
+        let index = msg.get_snapshot().get_metadata().index;
+        tracing::info!(from = %format!("{:x}", first.from), index, "receiving a snapshot");
+        let mut file = ReceivedFile::create(&self.server.snap_dir(), index)?;
+        let mut chunk = first;
+        let mut rows = 0u64;
+        loop {
+            if let Some(r) = &chunk.rows {
+                rows += r.keys.len() as u64;
+                file.write(r)?;
+            }
+            if chunk.done {
+                break;
+            }
+            chunk = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::aborted("etcd-rs: the snapshot stream ended before its last chunk"))?;
+        }
+        tokio::task::spawn_blocking(move || file.finish())
+            .await
+            .map_err(|e| Status::internal(format!("etcd-rs: snapshot file: {e}")))??;
+        tracing::info!(index, rows, "received a snapshot; handing it to raft");
+        self.server.step(msg);
+        Ok(Response::new(SnapshotAck {}))
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembersResponse>, Status> {

@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 use common::cluster::{status, TestCluster};
 use common::{dump, put};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use etcd_proto::etcdserverpb::lease_client::LeaseClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::request_op::Request as Op;
+use etcd_proto::etcdserverpb::watch_client::WatchClient;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseLeasesRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// Short raft timings keep the tests quick: elections after 500 ms of silence.
@@ -228,4 +233,77 @@ async fn a_member_refuses_raft_messages_from_another_cluster() {
     // The member keeps serving its own cluster.
     let mut kv = c.members[0].ready_client().await;
     put(&mut kv, "still", "here").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    // The leader snapshots every 50 entries and keeps 10 after it: a follower that misses
+    // a few hundred entries can only catch up by snapshot.
+    let flags = [FAST, &["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]].concat();
+    let mut c = TestCluster::start(dir.path(), 3, &flags).await;
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let behind = (leader + 1) % 3;
+    let mut kv = c.members[leader].ready_client().await;
+    let first = put(&mut kv, "before", "1").await.unwrap();
+    let mut lagging = c.members[behind].ready_client().await;
+    assert_eq!(dump(&mut lagging).await.len(), 1);
+
+    // A watcher on the follower stays connected while the follower is cut off and catches up.
+    let ch = Channel::from_shared(c.members[behind].endpoint()).unwrap().connect().await.unwrap();
+    let (watch_tx, watch_rx) = tokio::sync::mpsc::channel(4);
+    let create = WatchCreateRequest { key: b"w/".to_vec(), range_end: b"w0".to_vec(), ..Default::default() };
+    watch_tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let mut events = WatchClient::new(ch).watch(ReceiverStream::new(watch_rx)).await.unwrap().into_inner();
+    assert!(events.message().await.unwrap().unwrap().created);
+
+    c.partition(&[behind]);
+    let mut lease = LeaseClient::new(Channel::from_shared(c.members[leader].endpoint()).unwrap().connect().await.unwrap());
+    let granted = lease.lease_grant(LeaseGrantRequest { ttl: 600, id: 0 }).await.unwrap().into_inner();
+    kv.put(PutRequest { key: b"leased".to_vec(), value: b"x".to_vec(), lease: granted.id, ..Default::default() })
+        .await
+        .unwrap();
+    for i in 0..300 {
+        put(&mut kv, &format!("k{:03}", i % 120), &format!("v{i}")).await.unwrap();
+    }
+    let gap_rev = put(&mut kv, "w/after-gap", "1").await.unwrap();
+    // history the watcher does not need is compacted away on the leader
+    kv.compact(CompactionRequest { revision: first, physical: true }).await.unwrap();
+    kv.delete_range(DeleteRangeRequest { key: b"k000".to_vec(), ..Default::default() }).await.unwrap();
+    c.heal(&[behind]);
+
+    let mut lagging = c.members[behind].ready_client().await;
+    assert_eq!(dump(&mut lagging).await, dump(&mut kv).await, "the follower's keys differ from the leader's");
+    let log = c.members[behind].log();
+    assert!(log.contains("installed a snapshot"), "the follower did not catch up by snapshot; log:\n{log}");
+    let got = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("the watcher hears of the key written while its member was cut off")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.events.len(), 1, "{got:?}");
+    assert_eq!(got.events[0].kv.as_ref().unwrap().key, b"w/after-gap");
+    assert_eq!(got.events[0].kv.as_ref().unwrap().mod_revision, gap_rev);
+
+    // Everything derived from the backend came with it: leases, and the same hash.
+    let mut follower_lease =
+        LeaseClient::new(Channel::from_shared(c.members[behind].endpoint()).unwrap().connect().await.unwrap());
+    let leases = follower_lease.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
+    assert!(leases.leases.iter().any(|l| l.id == granted.id), "lease missing on the follower: {leases:?}");
+    let now = put(&mut kv, "sync", "1").await.unwrap();
+    let _ = dump(&mut lagging).await;
+    let mut hashes = Vec::new();
+    for m in &c.members {
+        let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
+        let r = MaintenanceClient::new(ch).hash_kv(HashKvRequest { revision: now }).await.unwrap().into_inner();
+        hashes.push((r.hash, r.compact_revision));
+    }
+    assert!(hashes.iter().all(|h| *h == hashes[0]), "members differ: {hashes:?}");
+
+    // It keeps applying after the snapshot, and restarts from it.
+    put(&mut kv, "after", "1").await.unwrap();
+    c.members[behind].stop();
+    c.members[behind].start();
+    let mut lagging = c.members[behind].ready_client().await;
+    assert_eq!(dump(&mut lagging).await, dump(&mut kv).await);
 }

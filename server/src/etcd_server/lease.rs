@@ -40,12 +40,18 @@ pub(super) fn open_lessor(kv: &KvStore, cfg: &ServerConfig) -> Result<Arc<Lessor
         kv.backend().database(),
         LessorConfig { checkpoint_enabled: cfg.enable_lease_checkpoint, checkpoint_interval: cfg.lease_checkpoint_interval },
     )?;
+    attach_lease_keys(kv, &lessor)?;
+    Ok(Arc::new(lessor))
+}
+
+/// Attaches every key the store holds with a lease to its lease (after loading the lessor).
+pub(crate) fn attach_lease_keys(kv: &KvStore, lessor: &Lessor) -> Result<(), ServerError> {
     if !lessor.is_empty() {
         let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
         let kvs = kv.range(&all)?.kvs;
         lessor.attach_existing(kvs.into_iter().filter(|kv| kv.lease != 0).map(|kv| (kv.key, kv.lease)));
     }
-    Ok(Arc::new(lessor))
+    Ok(())
 }
 
 impl EtcdServer {

@@ -1,0 +1,371 @@
+//! Snapshot transfer: how a member behind the leader's compacted raft log catches up.
+//!
+//! raft-rs's MsgSnapshot carries only metadata. The transport hands it to the leader's applier,
+//! which rewrites its metadata to the applier's own position (applied index, its term, the
+//! configuration there) and opens a read transaction at that same point, so the rows sent are
+//! exactly the state the metadata names. A task streams the message and every backend table
+//! (`Peer.Snapshot`); the receiver writes the rows to `snap/<index>.snap.db` (checked records,
+//! fsynced, renamed into place only once complete), then steps the message into raft. When raft
+//! accepts it, the receiver's applier installs the file: one durable write transaction replaces
+//! every table, then the index, lessor, membership and watchers are rebuilt from it.
+//!
+//! Crash rule: raft records the snapshot (snap file, WAL marker) before the applier installs
+//! it, so a restart can find the backend behind the newest snapshot; bootstrap then installs
+//! the `.snap.db` file raft accepted before starting raft.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use etcd_mvcc::backend::{KEY_TABLE, META_TABLE};
+use etcd_proto::etcdrspb::{SnapshotChunk, SnapshotRows};
+use etcd_raft::GrpcTransport;
+use parking_lot::Mutex;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+
+use crate::errors::ServerError;
+use crate::membership::{CLUSTER, MEMBERS, MEMBERS_REMOVED};
+
+/// Bytes of keys and values per streamed chunk (one row may exceed it).
+const CHUNK_BYTES: usize = 1 << 20;
+
+fn err(what: &str, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Internal(format!("snapshot: {what}: {e}"))
+}
+
+/// Where a received snapshot's rows are kept until they are installed.
+pub fn db_path(snap_dir: &Path, index: u64) -> PathBuf {
+    snap_dir.join(format!("{index:016x}.snap.db"))
+}
+
+fn index_of(name: &str) -> Option<u64> {
+    u64::from_str_radix(name.strip_suffix(".snap.db")?, 16).ok()
+}
+
+/// Removes received snapshot files at or below `applied` (installed or superseded) and
+/// unfinished ones.
+pub fn purge_received(snap_dir: &Path, applied: u64) {
+    let Ok(dir) = fs::read_dir(snap_dir) else { return };
+    for dent in dir.flatten() {
+        let name = dent.file_name().to_string_lossy().into_owned();
+        let stale = name.ends_with(".snap.db.tmp") || index_of(&name).is_some_and(|i| i <= applied);
+        if stale {
+            if let Err(e) = fs::remove_file(dent.path()) {
+                tracing::warn!(file = %name, error = %e, "cannot remove a received snapshot file");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- tables
+
+/// Emits a table's rows in chunks; a table that does not exist emits nothing.
+fn dump_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+    emit: &mut dyn FnMut(SnapshotRows) -> Result<(), ServerError>,
+) -> Result<(), ServerError> {
+    let table = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(err("open table", e)),
+    };
+    let name = def.name().to_string();
+    let mut rows = SnapshotRows { table: name.clone(), ..Default::default() };
+    let mut bytes = 0;
+    for row in table.iter().map_err(|e| err("read", e))? {
+        let (k, v) = row.map_err(|e| err("read", e))?;
+        let key = K::as_bytes(&k.value()).as_ref().to_vec();
+        let value = V::as_bytes(&v.value()).as_ref().to_vec();
+        bytes += key.len() + value.len();
+        rows.keys.push(key);
+        rows.values.push(value);
+        if bytes >= CHUNK_BYTES {
+            emit(std::mem::replace(&mut rows, SnapshotRows { table: name.clone(), ..Default::default() }))?;
+            bytes = 0;
+        }
+    }
+    if !rows.keys.is_empty() {
+        emit(rows)?;
+    }
+    Ok(())
+}
+
+fn load_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    def: TableDefinition<K, V>,
+    rows: &SnapshotRows,
+) -> Result<(), ServerError> {
+    if rows.keys.len() != rows.values.len() {
+        return Err(err("rows", "keys and values differ in number"));
+    }
+    let mut table = txn.open_table(def).map_err(|e| err("open table", e))?;
+    for (k, v) in rows.keys.iter().zip(&rows.values) {
+        table.insert(K::from_bytes(k), V::from_bytes(v)).map_err(|e| err("write", e))?;
+    }
+    Ok(())
+}
+
+/// Every table of the backend, in one place: what a snapshot carries.
+fn dump_all(
+    txn: &ReadTransaction,
+    emit: &mut dyn FnMut(SnapshotRows) -> Result<(), ServerError>,
+) -> Result<(), ServerError> {
+    dump_table(txn, META_TABLE, emit)?;
+    dump_table(txn, KEY_TABLE, emit)?;
+    dump_table(txn, etcd_lease::LEASE_TABLE, emit)?;
+    dump_table(txn, MEMBERS, emit)?;
+    dump_table(txn, MEMBERS_REMOVED, emit)?;
+    dump_table(txn, CLUSTER, emit)
+}
+
+fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
+    let e = |e| err("clear table", e);
+    txn.delete_table(META_TABLE).map_err(e)?;
+    txn.delete_table(KEY_TABLE).map_err(e)?;
+    txn.delete_table(etcd_lease::LEASE_TABLE).map_err(e)?;
+    txn.delete_table(MEMBERS).map_err(e)?;
+    txn.delete_table(MEMBERS_REMOVED).map_err(e)?;
+    txn.delete_table(CLUSTER).map_err(e)?;
+    // the lessor expects its table to exist
+    txn.open_table(etcd_lease::LEASE_TABLE).map_err(|e| err("open table", e))?;
+    Ok(())
+}
+
+fn load_any(txn: &WriteTransaction, rows: &SnapshotRows) -> Result<(), ServerError> {
+    match rows.table.as_str() {
+        t if t == META_TABLE.name() => load_rows(txn, META_TABLE, rows),
+        t if t == KEY_TABLE.name() => load_rows(txn, KEY_TABLE, rows),
+        t if t == etcd_lease::LEASE_TABLE.name() => load_rows(txn, etcd_lease::LEASE_TABLE, rows),
+        t if t == MEMBERS.name() => load_rows(txn, MEMBERS, rows),
+        t if t == MEMBERS_REMOVED.name() => load_rows(txn, MEMBERS_REMOVED, rows),
+        t if t == CLUSTER.name() => load_rows(txn, CLUSTER, rows),
+        other => Err(err("rows", format!("unknown table {other:?}"))),
+    }
+}
+
+// ---------------------------------------------------------------- the received file
+
+/// Writes a received snapshot: records of `[u32 LE length][u32 LE crc32c][SnapshotRows]`,
+/// in `<index>.snap.db.tmp`, renamed to `<index>.snap.db` by [`ReceivedFile::finish`].
+pub struct ReceivedFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+}
+
+impl ReceivedFile {
+    pub fn create(snap_dir: &Path, index: u64) -> Result<ReceivedFile, ServerError> {
+        let path = db_path(snap_dir, index);
+        let tmp = path.with_extension("db.tmp");
+        let file = File::create(&tmp).map_err(|e| err("create", e))?;
+        Ok(ReceivedFile { tmp, path, out: BufWriter::new(file) })
+    }
+
+    pub fn write(&mut self, rows: &SnapshotRows) -> Result<(), ServerError> {
+        let body = rows.encode_to_vec();
+        let len = u32::try_from(body.len()).map_err(|_| err("write", "chunk too large"))?;
+        self.out
+            .write_all(&len.to_le_bytes())
+            .and_then(|_| self.out.write_all(&crc32c::crc32c(&body).to_le_bytes()))
+            .and_then(|_| self.out.write_all(&body))
+            .map_err(|e| err("write", e))
+    }
+
+    /// Makes the file durable and visible under its final name.
+    pub fn finish(mut self) -> Result<PathBuf, ServerError> {
+        self.out.flush().map_err(|e| err("flush", e))?;
+        self.out.get_ref().sync_all().map_err(|e| err("fsync", e))?;
+        fs::rename(&self.tmp, &self.path).map_err(|e| err("rename", e))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("fsync dir", e))?;
+        }
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for ReceivedFile {
+    fn drop(&mut self) {
+        // an unfinished file is useless; a finished one was renamed away
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn read_records(path: &Path, mut each: impl FnMut(SnapshotRows) -> Result<(), ServerError>) -> Result<(), ServerError> {
+    let file = File::open(path).map_err(|e| err(&format!("open {}", path.display()), e))?;
+    let mut r = BufReader::new(file);
+    let mut head = [0u8; 8];
+    loop {
+        match r.read_exact(&mut head) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(err("read", e)),
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).map_err(|e| err("read", e))?;
+        if crc32c::crc32c(&body) != crc {
+            return Err(err("read", format!("{} is corrupt", path.display())));
+        }
+        each(SnapshotRows::decode(&body[..]).map_err(|e| err("decode", e))?)?;
+    }
+}
+
+/// Replaces the store's tables with the received snapshot at `path` (one durable commit) and
+/// rebuilds the store's index. The caller reloads the lessor, membership and watchers.
+pub fn install(kv: &etcd_mvcc::KvStore, path: &Path) -> Result<(), ServerError> {
+    kv.install(|txn| {
+        clear_all(txn)?;
+        read_records(path, |rows| load_any(txn, &rows))
+    })
+}
+
+// ---------------------------------------------------------------- sending
+
+/// Streams `msg` (metadata already at the state `read` sees) and every table to its target;
+/// reports the outcome to raft. `inflight` holds the targets with a transfer running.
+pub fn spawn_send(
+    runtime: &tokio::runtime::Handle,
+    transport: Arc<GrpcTransport>,
+    msg: Message,
+    read: ReadTransaction,
+    inflight: Arc<Mutex<std::collections::HashSet<u64>>>,
+) {
+    let to = msg.to;
+    let index = msg.get_snapshot().get_metadata().index;
+    runtime.spawn(async move {
+        let started = std::time::Instant::now();
+        let result = send(&transport, msg, read).await;
+        inflight.lock().remove(&to);
+        let node = transport.node();
+        match result {
+            Ok(rows) => {
+                tracing::info!(to = %format!("{to:x}"), index, rows, took = ?started.elapsed(), "sent a snapshot");
+                if let Some(n) = node {
+                    n.report_snapshot(to, true);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a snapshot failed");
+                if let Some(n) = node {
+                    n.report_snapshot(to, false);
+                }
+            }
+        }
+    });
+}
+
+async fn send(transport: &GrpcTransport, msg: Message, read: ReadTransaction) -> Result<u64, String> {
+    let to = msg.to;
+    let message = msg.write_to_bytes().map_err(|e| e.to_string())?;
+    let mut client = transport.dial(to).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
+    let first = SnapshotChunk {
+        cluster_id: transport.cluster_id(),
+        from: transport.local_id(),
+        message,
+        ..Default::default()
+    };
+    tx.send(first).await.map_err(|_| "stream closed".to_string())?;
+    // the table scan blocks; it feeds the stream through the bounded channel
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut rows_sent = 0u64;
+        let mut emit = |rows: SnapshotRows| {
+            rows_sent += rows.keys.len() as u64;
+            tx.blocking_send(SnapshotChunk { rows: Some(rows), ..Default::default() })
+                .map_err(|_| err("send", "the stream closed"))
+        };
+        dump_all(&read, &mut emit)?;
+        tx.blocking_send(SnapshotChunk { done: true, ..Default::default() })
+            .map_err(|_| err("send", "the stream closed"))?;
+        Ok::<u64, ServerError>(rows_sent)
+    });
+    let call = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
+    let rows = producer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    call.map_err(|s| s.message().to_string())?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_mvcc::KvStore;
+    use etcd_proto::etcdserverpb::PutRequest;
+
+    use super::*;
+
+    fn store_with(dir: &Path, keys: usize) -> KvStore {
+        let kv = KvStore::open(&dir.join("db")).unwrap();
+        let mut txn = kv.begin_apply().unwrap();
+        for i in 0..keys {
+            let put = PutRequest { key: format!("k{i}").into_bytes(), value: vec![b'v'; 100], ..Default::default() };
+            txn.put(&put, &|_| false).unwrap();
+        }
+        txn.set_consistent_index(7, 2);
+        txn.commit(true).unwrap();
+        kv
+    }
+
+    fn dump_to_file(kv: &KvStore, snap_dir: &Path, index: u64) -> PathBuf {
+        let read = kv.backend().begin_read().unwrap();
+        let mut file = ReceivedFile::create(snap_dir, index).unwrap();
+        dump_all(&read, &mut |rows| file.write(&rows)).unwrap();
+        file.finish().unwrap()
+    }
+
+    #[test]
+    fn a_dumped_store_installs_into_another_with_the_same_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        // enough rows for several chunks
+        let source = store_with(&a, 30_000);
+        let path = dump_to_file(&source, &a, 7);
+        assert_eq!(path, db_path(&a, 7));
+        assert!(!a.join("0000000000000007.snap.db.tmp").exists());
+
+        let target = store_with(&b, 3);
+        install(&target, &path).unwrap();
+        assert_eq!(target.consistent_index(), (7, 2));
+        assert_eq!(target.current_revision(), source.current_revision());
+        assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
+        // the installed state is what a reopen finds
+        drop(target);
+        let reopened = KvStore::open(&b.join("db")).unwrap();
+        assert_eq!(reopened.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_and_leaves_the_store_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = store_with(tmp.path(), 10);
+        let path = dump_to_file(&source, tmp.path(), 9);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let target = store_with(other.path(), 3);
+        let before = target.hash_kv(0).unwrap();
+        assert!(install(&target, &path).is_err());
+        assert_eq!(target.hash_kv(0).unwrap(), before);
+        assert_eq!(target.consistent_index(), (7, 2));
+    }
+
+    #[test]
+    fn purge_removes_installed_and_unfinished_files_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in ["0000000000000005.snap.db", "0000000000000009.snap.db", "000000000000000a.snap.db.tmp", "db"] {
+            fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        purge_received(tmp.path(), 5);
+        let mut left: Vec<String> =
+            fs::read_dir(tmp.path()).unwrap().map(|d| d.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["0000000000000009.snap.db", "db"]);
+    }
+}
