@@ -20,7 +20,7 @@ use etcd_proto::etcdrspb::peer_client::PeerClient;
 use etcd_proto::etcdrspb::{ConfChangeContext, MembersRequest, PromoteRequest};
 use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest, Member};
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Snapshotter, Wal};
+use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
@@ -71,32 +71,6 @@ fn create_private_dir(p: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// A crash between raft recording a received snapshot and the applier installing it leaves
-/// the backend behind the newest raft snapshot: install the received file now, before raft
-/// starts (which refuses a backend behind its snapshot).
-fn install_pending_snapshot(kv: &KvStore, snap_dir: &Path) -> Result<(), ServerError> {
-    let (applied, _) = kv.consistent_index();
-    let newest = Snapshotter::new(snap_dir)
-        .and_then(|s| s.load_newest())
-        .map_err(|e| ServerError::Internal(format!("cannot read raft snapshots: {e}")))?;
-    if let Some(snap) = newest {
-        let index = snap.get_metadata().index;
-        if index > applied {
-            let path = snapshot::db_path(snap_dir, index);
-            if !path.exists() {
-                return Err(ServerError::Internal(format!(
-                    "the backend (applied index {applied}) is behind raft snapshot {index} and {} is missing",
-                    path.display()
-                )));
-            }
-            tracing::info!(index, applied, "installing a received snapshot raft recorded before a restart");
-            snapshot::install(kv, &path)?;
-        }
-    }
-    snapshot::purge_received(snap_dir, kv.consistent_index().0);
-    Ok(())
-}
-
 impl EtcdServer {
     /// Opens (or creates) the data dir, replays the WAL and starts raft and the applier.
     pub async fn start(cfg: ServerConfig) -> Result<Arc<EtcdServer>, ServerError> {
@@ -106,7 +80,7 @@ impl EtcdServer {
 
         let snap_dir = member_dir.join("snap");
         let kv = Arc::new(KvStore::open(&snap_dir.join("db"))?);
-        install_pending_snapshot(&kv, &snap_dir)?;
+        snapshot::install_pending(&kv, &snap_dir)?;
         let (applied_index, _) = kv.consistent_index();
         let lessor = lease::open_lessor(&kv, &cfg)?;
 

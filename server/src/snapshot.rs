@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use etcd_mvcc::backend::{KEY_TABLE, META_TABLE};
 use etcd_proto::etcdrspb::{SnapshotChunk, SnapshotRows};
-use etcd_raft::GrpcTransport;
+use etcd_raft::{GrpcTransport, Snapshotter};
 use parking_lot::Mutex;
 use prost::Message as _;
 use protobuf::Message as _;
@@ -225,6 +225,32 @@ pub fn install(kv: &etcd_mvcc::KvStore, path: &Path) -> Result<(), ServerError> 
     })
 }
 
+/// A crash between raft recording a received snapshot and the applier installing it leaves
+/// the backend behind the newest raft snapshot: install the received file now, before raft
+/// starts (raft refuses a backend behind its snapshot). Then drop files no longer needed.
+pub fn install_pending(kv: &etcd_mvcc::KvStore, snap_dir: &Path) -> Result<(), ServerError> {
+    let (applied, _) = kv.consistent_index();
+    let newest = Snapshotter::new(snap_dir)
+        .and_then(|s| s.load_newest())
+        .map_err(|e| err("cannot read raft snapshots", e))?;
+    if let Some(snap) = newest {
+        let index = snap.get_metadata().index;
+        if index > applied {
+            let path = db_path(snap_dir, index);
+            if !path.exists() {
+                return Err(err(
+                    "missing data",
+                    format!("the backend (applied index {applied}) is behind raft snapshot {index} and {} is missing", path.display()),
+                ));
+            }
+            tracing::info!(index, applied, "installing a received snapshot raft recorded before a restart");
+            install(kv, &path)?;
+        }
+    }
+    purge_received(snap_dir, kv.consistent_index().0);
+    Ok(())
+}
+
 // ---------------------------------------------------------------- sending
 
 /// Streams `msg` (metadata already at the state `read` sees) and every table to its target;
@@ -354,6 +380,38 @@ mod tests {
         assert!(install(&target, &path).is_err());
         assert_eq!(target.hash_kv(0).unwrap(), before);
         assert_eq!(target.consistent_index(), (7, 2));
+    }
+
+    #[test]
+    fn a_snapshot_raft_recorded_but_not_installed_is_installed_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        let source = store_with(&a, 50);
+        let target = store_with(&b, 3);
+        // consistent index 7 on both: make the source's newer
+        let mut txn = source.begin_apply().unwrap();
+        txn.put(&PutRequest { key: b"newer".to_vec(), ..Default::default() }, &|_| false).unwrap();
+        txn.set_consistent_index(12, 3);
+        txn.commit(true).unwrap();
+        dump_to_file(&source, &b, 12);
+        let mut snap = raft::eraftpb::Snapshot::default();
+        snap.mut_metadata().index = 12;
+        snap.mut_metadata().term = 3;
+        let snapshotter = Snapshotter::new(&b).unwrap();
+        snapshotter.save(&snap).unwrap();
+
+        install_pending(&target, &b).unwrap();
+        assert_eq!(target.consistent_index(), (12, 3));
+        assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
+        assert!(!db_path(&b, 12).exists(), "an installed file is removed");
+        // nothing left to do on the next start
+        install_pending(&target, &b).unwrap();
+
+        // raft recorded a newer snapshot whose rows are missing: refuse to start
+        snap.mut_metadata().index = 20;
+        snapshotter.save(&snap).unwrap();
+        let e = install_pending(&target, &b).unwrap_err();
+        assert!(e.to_string().contains("is behind raft snapshot 20"), "{e}");
     }
 
     #[test]

@@ -300,10 +300,16 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     }
     assert!(hashes.iter().all(|h| *h == hashes[0]), "members differ: {hashes:?}");
 
-    // It keeps applying after the snapshot, and restarts from it.
+    // It keeps applying after the snapshot; stopped (SIGKILL) while the others write on, it
+    // restarts from the installed state and catches up by a second snapshot.
     put(&mut kv, "after", "1").await.unwrap();
-    c.members[behind].stop();
+    c.members[behind].kill9();
+    for i in 0..200 {
+        put(&mut kv, &format!("s{:03}", i % 50), &format!("v{i}")).await.unwrap();
+    }
     c.members[behind].start();
     let mut lagging = c.members[behind].ready_client().await;
     assert_eq!(dump(&mut lagging).await, dump(&mut kv).await);
+    let installs = c.members[behind].log().matches("installed a snapshot").count();
+    assert_eq!(installs, 2, "expected a second snapshot after the restart");
 }
