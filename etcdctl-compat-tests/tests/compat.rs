@@ -37,6 +37,7 @@ scenarios! {
     leases_survive_restart_and_crash_as_in_etcd => "lease-restart",
     cluster_membership_changes_match_etcd => "cluster-members",
     cluster_survives_member_crash_and_restart_as_in_etcd => "cluster-restart",
+    defragment_keeps_data_as_in_etcd => "defrag",
 }
 
 #[test]

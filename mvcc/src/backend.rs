@@ -13,9 +13,10 @@
 
 use std::path::{Path, PathBuf};
 
+use parking_lot::{RwLock, RwLockReadGuard};
 use redb::{
-    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
-    WriteTransaction,
+    CompactionError, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, WriteTransaction,
 };
 
 use crate::MvccError;
@@ -42,7 +43,9 @@ pub const CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The redb database file and its well-known tables.
 pub struct Backend {
-    db: Database,
+    /// Transactions begin under the read lock; defragmentation alone takes the write lock
+    /// (redb compacts only through `&mut Database`).
+    db: RwLock<Database>,
     path: PathBuf,
 }
 
@@ -57,7 +60,7 @@ impl Backend {
         }
         let db = Database::builder().set_cache_size(CACHE_SIZE_BYTES).create(path)?;
         let b = Backend {
-            db,
+            db: RwLock::new(db),
             path: path.to_path_buf(),
         };
         let txn = b.begin_write(true)?;
@@ -68,8 +71,8 @@ impl Backend {
     }
 
     /// The database, for stores that keep their own tables in the same file.
-    pub fn database(&self) -> &Database {
-        &self.db
+    pub fn database(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read()
     }
 
     /// The file path.
@@ -80,14 +83,14 @@ impl Backend {
     /// Opens a write transaction; `durable` selects an fsynced commit (with quick repair, so a
     /// crash after it reopens fast) or a commit without fsync.
     pub fn begin_write(&self, durable: bool) -> Result<WriteTransaction, MvccError> {
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.db.read().begin_write()?;
         set_durability(&mut txn, durable)?;
         Ok(txn)
     }
 
     /// Opens a read transaction: a consistent snapshot of the latest commit.
     pub fn begin_read(&self) -> Result<ReadTransaction, MvccError> {
-        Ok(self.db.begin_read()?)
+        Ok(self.db.read().begin_read()?)
     }
 
     /// Reads a meta value (0 when absent).
@@ -107,11 +110,27 @@ impl Backend {
     /// Bytes of the file holding data (allocated pages); needs the write lock, so call it from
     /// the writer or when no batch is open.
     pub fn in_use(&self) -> Result<i64, MvccError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db.read().begin_write()?;
         let stats = txn.stats()?;
         let in_use = stats.allocated_pages() as i64 * stats.page_size() as i64;
         txn.abort()?;
         Ok(in_use)
+    }
+}
+
+impl Backend {
+    /// Rewrites the file without its free pages (etcd's defragment). Fails with
+    /// `Ok(false)` while a transaction is open; the caller holds off writers and retries.
+    pub fn compact_file(&self) -> Result<bool, MvccError> {
+        let mut db = self.db.write();
+        loop {
+            match db.compact() {
+                Ok(true) => continue, // redb compacts in steps
+                Ok(false) => return Ok(true),
+                Err(CompactionError::TransactionInProgress) => return Ok(false),
+                Err(e) => return Err(MvccError::Backend(e.to_string())),
+            }
+        }
     }
 }
 

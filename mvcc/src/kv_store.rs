@@ -301,6 +301,25 @@ impl KvStore {
         Ok(())
     }
 
+    /// Defragments the database file: waits for the open batch to commit, holds off the next
+    /// one, and retries while readers finish (up to `patience`). Member-local, as in etcd.
+    pub fn defragment(&self, patience: std::time::Duration) -> Result<(), MvccError> {
+        let deadline = std::time::Instant::now() + patience;
+        self.writer.acquire();
+        let result = loop {
+            match self.backend.compact_file() {
+                Ok(true) => break self.backend.in_use().map(|n| self.in_use.store(n, Ordering::Relaxed)),
+                Ok(false) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Ok(false) => break Err(MvccError::Backend("defragment: the database stayed busy with readers".into())),
+                Err(e) => break Err(e),
+            }
+        };
+        self.writer.release();
+        result
+    }
+
     /// (file size, bytes in use as of the last open, sync or compaction).
     pub fn db_size(&self) -> (i64, i64) {
         let file = self.backend.file_size();

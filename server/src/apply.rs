@@ -211,10 +211,10 @@ impl Applier {
         let path = crate::snapshot::db_path(&self.snap_dir, index);
         tracing::info!(index, file = %path.display(), "installing a snapshot");
         crate::snapshot::install(&self.kv, &path)?;
-        let db = self.kv.backend().database();
-        self.lessor.reload(db, Instant::now())?;
+        // (each guard is a temporary: reads below take the backend's lock again)
+        self.lessor.reload(&self.kv.backend().database(), Instant::now())?;
         crate::etcd_server::lease::attach_lease_keys(&self.kv, &self.lessor)?;
-        self.members.reload(db)?;
+        self.members.reload(&self.kv.backend().database())?;
         let members = self.members.members();
         for m in &members {
             self.transport.set_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());

@@ -155,7 +155,7 @@ impl EtcdServer {
             restarting,
             "raft node started"
         );
-        let members = Arc::new(Membership::load(kv.backend().database(), my_id, cid)?);
+        let members = Arc::new(Membership::load(&kv.backend().database(), my_id, cid)?);
         // Peers known now: the stored membership (restart) or the initial cluster (new). Conf
         // changes applied later update the transport from the applier.
         if restarting {
@@ -566,6 +566,21 @@ impl EtcdServer {
         let mut resp = R::from_result(applied.result?)?;
         resp.set_header(self.header(applied.revision));
         Ok(resp)
+    }
+
+    /// Rewrites this member's backend file without its free pages (member-local, not through
+    /// raft, as etcd). Writes wait meanwhile.
+    pub async fn defragment(&self) -> Result<(), ServerError> {
+        tracing::info!("starting defragment");
+        let kv = self.kv.clone();
+        let started = std::time::Instant::now();
+        let (before, _) = kv.db_size();
+        tokio::task::spawn_blocking(move || kv.defragment(Duration::from_secs(10)))
+            .await
+            .map_err(|e| ServerError::Internal(format!("defragment: {e}")))??;
+        let (after, in_use) = self.kv.db_size();
+        tracing::info!(took = ?started.elapsed(), size_before = before, size_after = after, size_in_use = in_use, "finished defragment");
+        Ok(())
     }
 
     pub fn status(&self) -> StatusResponse {

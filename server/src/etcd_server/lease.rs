@@ -37,7 +37,7 @@ const EXPIRED_POLL: Duration = Duration::from_millis(20);
 /// Opens the lessor on the backend's lease table and attaches the keys the key table holds.
 pub(super) fn open_lessor(kv: &KvStore, cfg: &ServerConfig) -> Result<Arc<Lessor>, ServerError> {
     let lessor = Lessor::open(
-        kv.backend().database(),
+        &kv.backend().database(),
         LessorConfig { checkpoint_enabled: cfg.enable_lease_checkpoint, checkpoint_interval: cfg.lease_checkpoint_interval },
     )?;
     attach_lease_keys(kv, &lessor)?;

@@ -1,4 +1,4 @@
-//! Maintenance service: status, alarms, hashes. RPCs not built yet answer `Unimplemented`
+//! Maintenance service: status, alarms, hashes, defragment. RPCs not built yet answer `Unimplemented`
 //! naming themselves.
 
 use std::pin::Pin;
@@ -43,7 +43,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("Defragment"))
+        self.server.refuse_if_learner()?;
+        self.server.defragment().await?;
+        Ok(Response::new(DefragmentResponse { header: Some(self.server.header(self.server.kv_revision())) }))
     }
 
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
