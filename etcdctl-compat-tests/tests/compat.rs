@@ -38,6 +38,7 @@ scenarios! {
     cluster_membership_changes_match_etcd => "cluster-members",
     cluster_survives_member_crash_and_restart_as_in_etcd => "cluster-restart",
     defragment_keeps_data_as_in_etcd => "defrag",
+    nospace_alarm_caps_writes_as_in_etcd => "alarm-nospace",
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use etcd_lease::Lessor;
 use etcd_mvcc::{ApplyTxn, KvStore, WatchHub};
 use etcd_proto::etcdserverpb::{
-    CompactionResponse, DeleteRangeResponse, InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse,
+    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse,
     PutResponse, RangeResponse, TxnResponse,
 };
 use etcd_proto::etcdrspb::ConfChangeContext;
@@ -47,6 +47,7 @@ pub enum ApplyResult {
     /// A membership change: the members after it.
     Members(Vec<Member>),
     LeaseGrant(LeaseGrantResponse),
+    Alarm(AlarmResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Empty,
 }
@@ -70,6 +71,7 @@ pub struct Applier {
     /// Set when this member's removal is applied: it must stop serving.
     pub removed_tx: watch::Sender<bool>,
     pub lessor: Arc<Lessor>,
+    pub alarms: Arc<crate::alarms::Alarms>,
     /// How far a new leader pushes every lease's deadline (the election timeout). Only the
     /// leader's local expiry timing uses it, never applied state.
     pub lease_promote_extend: Duration,
@@ -215,6 +217,7 @@ impl Applier {
         self.lessor.reload(&self.kv.backend().database(), Instant::now())?;
         crate::etcd_server::lease::attach_lease_keys(&self.kv, &self.lessor)?;
         self.members.reload(&self.kv.backend().database())?;
+        self.alarms.reload(&self.kv.backend().database())?;
         let members = self.members.members();
         for m in &members {
             self.transport.set_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
@@ -414,13 +417,21 @@ impl Applier {
     fn apply_request_ops(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest) -> Result<ApplyResult, ServerError> {
         let lessor = self.lessor.clone();
         let lease_exists = move |id: i64| lessor.exists(id);
+        // etcd's capped applier: while NOSPACE is raised nothing may grow the store
+        let no_space = self.alarms.no_space();
         if let Some(r) = req.put {
+            if no_space {
+                return Err(ServerError::NoSpace);
+            }
             return Ok(ApplyResult::Put(txn.put(&r, &lease_exists)?));
         }
         if let Some(r) = req.delete_range {
             return Ok(ApplyResult::DeleteRange(txn.delete_range(&r)?));
         }
         if let Some(r) = req.txn {
+            if no_space && crate::etcd_server::txn_cost(&r) > 0 {
+                return Err(ServerError::NoSpace);
+            }
             return Ok(ApplyResult::Txn(txn.txn(&r, &lease_exists)?));
         }
         if let Some(r) = req.range {
@@ -431,6 +442,9 @@ impl Applier {
             return Ok(ApplyResult::Compaction(CompactionResponse::default()));
         }
         if let Some(r) = req.lease_grant {
+            if no_space {
+                return Err(ServerError::NoSpace);
+            }
             return self.apply_lease_grant(txn, &r);
         }
         if let Some(r) = req.lease_revoke {
@@ -438,6 +452,9 @@ impl Applier {
         }
         if let Some(r) = req.lease_checkpoint {
             return self.apply_lease_checkpoint(txn, &r);
+        }
+        if let Some(r) = req.alarm {
+            return self.apply_alarm(txn, &r).map(ApplyResult::Alarm);
         }
         if let Some(r) = req.cluster_member_attr_set {
             if let Some(attrs) = r.member_attributes {
@@ -458,6 +475,35 @@ impl Applier {
             return Ok(ApplyResult::Empty);
         }
         Err(ServerError::Unimplemented("etcd-rs: this raft request type is not implemented yet".into()))
+    }
+}
+
+impl Applier {
+    fn apply_alarm(&self, txn: &ApplyTxn<'_>, r: &AlarmRequest) -> Result<AlarmResponse, ServerError> {
+        let name = |a: i32| AlarmType::try_from(a).map(|t| t.as_str_name()).unwrap_or("UNKNOWN");
+        let alarms = match r.action() {
+            AlarmAction::Get => self.alarms.get(r.alarm),
+            AlarmAction::Activate => {
+                if r.alarm == AlarmType::None as i32 {
+                    return Ok(AlarmResponse::default());
+                }
+                let (m, first) = self.alarms.activate(txn.write_txn(), r.member_id, r.alarm)?;
+                if first {
+                    tracing::warn!(alarm = name(m.alarm), from = %format!("{:x}", m.member_id), "alarm raised");
+                }
+                vec![m]
+            }
+            AlarmAction::Deactivate => match self.alarms.deactivate(txn.write_txn(), r.member_id, r.alarm)? {
+                Some((m, cleared)) => {
+                    if cleared {
+                        tracing::warn!(alarm = name(m.alarm), from = %format!("{:x}", m.member_id), "alarm disarmed");
+                    }
+                    vec![m]
+                }
+                None => Vec::new(),
+            },
+        };
+        Ok(AlarmResponse { header: None, alarms })
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use etcd_lease::Lessor;
 use etcd_mvcc::{KvStore, WatchHub, WatchHubOptions};
 use etcd_proto::etcdserverpb::{
+    alarm_request::AlarmAction, request_op, AlarmRequest, AlarmResponse, AlarmType, RequestOp,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse,
     TxnRequest, TxnResponse,
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::alarms::Alarms;
 use crate::apply::{Applied, ApplyResult, ApplyWait, Applier};
 use crate::config::ServerConfig;
 use crate::errors::ServerError;
@@ -47,6 +49,7 @@ pub struct EtcdServer {
     raft: RaftNode,
     members: Arc<Membership>,
     lessor: Arc<Lessor>,
+    alarms: Arc<Alarms>,
     wait: Arc<ApplyWait>,
     applied_rx: watch::Receiver<u64>,
     ids: RequestIdGen,
@@ -83,6 +86,7 @@ impl EtcdServer {
         snapshot::install_pending(&kv, &snap_dir)?;
         let (applied_index, _) = kv.consistent_index();
         let lessor = lease::open_lessor(&kv, &cfg)?;
+        let alarms = Arc::new(Alarms::load(&kv.backend().database())?);
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&member_dir.join("wal"));
@@ -194,6 +198,7 @@ impl EtcdServer {
             max_learners: cfg.max_learners,
             removed_tx,
             lessor: lessor.clone(),
+            alarms: alarms.clone(),
             lease_promote_extend: cfg.heartbeat * cfg.election_ticks as u32,
             wait: wait.clone(),
             applied_tx,
@@ -218,6 +223,7 @@ impl EtcdServer {
             raft,
             members,
             lessor,
+            alarms,
             wait,
             applied_rx,
             ids: RequestIdGen::new(my_id),
@@ -283,6 +289,10 @@ impl EtcdServer {
 
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
+    }
+
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
     }
 
     pub fn members(&self) -> &Membership {
@@ -543,6 +553,7 @@ impl EtcdServer {
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, ServerError> {
+        self.check_quota(put_cost(&req)).await?;
         self.propose_for(InternalRaftRequest { put: Some(req), ..Default::default() }).await
     }
 
@@ -552,6 +563,7 @@ impl EtcdServer {
 
     /// Nested responses keep the per-op headers mvcc gave them, as etcd answers.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ServerError> {
+        self.check_quota(txn_cost(&req)).await?;
         self.propose_for(InternalRaftRequest { txn: Some(req), ..Default::default() }).await
     }
 
@@ -566,6 +578,29 @@ impl EtcdServer {
         let mut resp = R::from_result(applied.result?)?;
         resp.set_header(self.header(applied.revision));
         Ok(resp)
+    }
+
+    /// etcd's backend quota: a request that would grow the backend past `--quota-backend-bytes`
+    /// raises the NOSPACE alarm (through raft, for the whole cluster) and is refused.
+    pub(crate) async fn check_quota(&self, cost: i64) -> Result<(), ServerError> {
+        let quota = match self.cfg.quota_backend_bytes {
+            q if q < 0 => return Ok(()),
+            0 => DEFAULT_QUOTA_BYTES,
+            q => q,
+        };
+        if cost == 0 || self.kv.db_size().0 + cost < quota {
+            return Ok(());
+        }
+        let raise = AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.member_id, alarm: AlarmType::Nospace as i32 };
+        if let Err(e) = self.alarm(raise).await {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        }
+        Err(ServerError::NoSpace)
+    }
+
+    /// Alarm get / activate / deactivate, all applied through raft as in etcd.
+    pub async fn alarm(&self, req: AlarmRequest) -> Result<AlarmResponse, ServerError> {
+        self.propose_for(InternalRaftRequest { alarm: Some(req), ..Default::default() }).await
     }
 
     /// Rewrites this member's backend file without its free pages (member-local, not through
@@ -594,7 +629,7 @@ impl EtcdServer {
             raft_index: st.commit_index,
             raft_term: st.term,
             raft_applied_index: *self.applied_rx.borrow(),
-            errors: Vec::new(),
+            errors: self.alarms.status_errors(),
             db_size_in_use,
             is_learner: st.is_learner,
             storage_version: String::new(),
@@ -724,7 +759,26 @@ applied_response!(
     DeleteRange => DeleteRangeResponse,
     Txn => TxnResponse,
     Compaction => CompactionResponse,
+    Alarm => AlarmResponse,
 );
+
+/// etcd's estimate of what a put adds to the backend (its key's metadata overhead included).
+pub(crate) fn put_cost(r: &PutRequest) -> i64 {
+    256 + r.key.len() as i64 + r.value.len() as i64
+}
+
+/// The larger of a txn's two branches, counting only their direct puts (as etcd does).
+pub(crate) fn txn_cost(r: &TxnRequest) -> i64 {
+    let branch = |ops: &[RequestOp]| -> i64 {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::RequestPut(p)) => put_cost(p),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&r.success).max(branch(&r.failure))
+}
 
 fn unexpected(r: ApplyResult) -> ServerError {
     ServerError::Internal(format!("applier answered with an unexpected result: {r:?}"))

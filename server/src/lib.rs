@@ -1,6 +1,7 @@
 //! etcd-rs's server: `EtcdServer` (bootstrap, apply, reads), cluster membership, the gRPC
 //! services and the configuration of the `etcd-rs` binary.
 
+pub mod alarms;
 pub mod apply;
 mod apply_lease;
 pub mod compactor;

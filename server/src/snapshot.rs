@@ -27,6 +27,7 @@ use protobuf::Message as _;
 use raft::eraftpb::Message;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
+use crate::alarms::ALARMS;
 use crate::errors::ServerError;
 use crate::membership::{CLUSTER, MEMBERS, MEMBERS_REMOVED};
 
@@ -120,7 +121,8 @@ fn dump_all(
     dump_table(txn, etcd_lease::LEASE_TABLE, emit)?;
     dump_table(txn, MEMBERS, emit)?;
     dump_table(txn, MEMBERS_REMOVED, emit)?;
-    dump_table(txn, CLUSTER, emit)
+    dump_table(txn, CLUSTER, emit)?;
+    dump_table(txn, ALARMS, emit)
 }
 
 fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
@@ -131,6 +133,7 @@ fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
     txn.delete_table(MEMBERS).map_err(e)?;
     txn.delete_table(MEMBERS_REMOVED).map_err(e)?;
     txn.delete_table(CLUSTER).map_err(e)?;
+    txn.delete_table(ALARMS).map_err(e)?;
     // the lessor expects its table to exist
     txn.open_table(etcd_lease::LEASE_TABLE).map_err(|e| err("open table", e))?;
     Ok(())
@@ -144,6 +147,7 @@ fn load_any(txn: &WriteTransaction, rows: &SnapshotRows) -> Result<(), ServerErr
         t if t == MEMBERS.name() => load_rows(txn, MEMBERS, rows),
         t if t == MEMBERS_REMOVED.name() => load_rows(txn, MEMBERS_REMOVED, rows),
         t if t == CLUSTER.name() => load_rows(txn, CLUSTER, rows),
+        t if t == ALARMS.name() => load_rows(txn, ALARMS, rows),
         other => Err(err("rows", format!("unknown table {other:?}"))),
     }
 }

@@ -68,6 +68,8 @@ impl EtcdServer {
             req.id = (self.ids.next() & (i64::MAX as u64)) as i64;
         }
         req.ttl = req.ttl.max(self.min_lease_ttl());
+        // etcd's lease overhead: a grant counts against the quota too
+        self.check_quota(64).await?;
         let applied = self.propose(InternalRaftRequest { lease_grant: Some(req), ..Default::default() }).await?;
         match applied.result? {
             ApplyResult::LeaseGrant(mut r) => {

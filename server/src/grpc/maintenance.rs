@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use etcd_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
@@ -29,13 +29,7 @@ type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotRes
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let req = request.into_inner();
-        if req.action() != AlarmAction::Get {
-            return Err(unimplemented("Alarm (activate/deactivate)"));
-        }
-        // No alarm can be raised yet (quota and corruption checks come with the alarm store).
-        let header = self.server.header(self.server.kv_revision());
-        Ok(Response::new(AlarmResponse { header: Some(header), alarms: vec![] }))
+        Ok(Response::new(self.server.alarm(request.into_inner()).await?))
     }
 
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {

@@ -17,7 +17,7 @@ use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
-use etcd_proto::etcdserverpb::RangeRequest;
+use etcd_proto::etcdserverpb::{AlarmType, RangeRequest};
 
 use crate::etcd_server::EtcdServer;
 
@@ -45,15 +45,36 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
     let router = builder
         .routes()
         .into_axum_router()
-        .route("/health", axum::routing::get(move || health(health_server.clone())))
+        .route(
+            "/health",
+            axum::routing::get(move |q: axum::extract::RawQuery| {
+                let exclude = q
+                    .0
+                    .unwrap_or_default()
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("exclude="))
+                    .map(str::to_string)
+                    .collect();
+                health(health_server.clone(), exclude)
+            }),
+        )
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .fallback(unimplemented_method);
     tonic::service::Routes::from(router)
 }
 
-async fn health(server: Arc<EtcdServer>) -> impl IntoResponse {
+async fn health(server: Arc<EtcdServer>, exclude: Vec<String>) -> impl IntoResponse {
     let probe = RangeRequest { key: b"health".to_vec(), keys_only: true, limit: 1, ..Default::default() };
-    let (ok, reason) = if !server.has_leader() {
+    // as etcd: a raised alarm makes the member unhealthy (`?exclude=NOSPACE` ignores one type)
+    let raised = server
+        .alarms()
+        .get(AlarmType::None as i32)
+        .into_iter()
+        .map(|m| AlarmType::try_from(m.alarm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN"))
+        .find(|name| !exclude.iter().any(|x| x == name));
+    let (ok, reason) = if let Some(name) = raised {
+        (false, format!("ALARM {name}"))
+    } else if !server.has_leader() {
         (false, "RAFT NO LEADER".to_string())
     } else {
         match tokio::time::timeout(Duration::from_secs(5), server.range(probe)).await {
