@@ -73,7 +73,7 @@ async fn a_write_past_the_quota_raises_nospace_until_space_is_freed_and_the_alar
     let size = mt.status(StatusRequest {}).await.unwrap().into_inner().db_size;
     assert!(size < 1_000_000, "db is {size} bytes after defragment");
     let disarm = AlarmRequest { action: AlarmAction::Deactivate as i32, member_id, alarm: AlarmType::Nospace as i32 };
-    assert_eq!(mt.alarm(disarm.clone()).await.unwrap().into_inner().alarms, [raised]);
+    assert_eq!(mt.alarm(disarm).await.unwrap().into_inner().alarms, [raised]);
     assert!(mt.alarm(disarm).await.unwrap().into_inner().alarms.is_empty(), "a second disarm finds nothing");
     assert!(alarms(&mut mt).await.is_empty());
     assert_eq!(health(&m).0, 200);
