@@ -73,7 +73,8 @@ if has("big"):
     row(f"restart with {KL} keys", "big", "restart_s", "s to first read")
     row(f"restart with {KL} keys", "big", "restart_rss_mb", "peak RSS MiB")
 if has("watch-idle", "watch-100", "watch-10k"):
-    W = int(os.environ.get("IDLE_WATCHERS", "10000"))
+    W = int(med("etcd-rs", "watch-idle", "watchers")[0] or med("etcd", "watch-idle", "watchers")[0]
+            or int(os.environ.get("IDLE_WATCHERS", "10000")))
     row(f"{W:,} idle watchers (distinct keys, 100 per stream)", "watch-idle", "mib_per_10k",
         "VmRSS MiB per 10k watchers", ("<=", 1.0))
     for label, name in [("watch, 100 watchers (10 streams x 10), 200 puts/s", "watch-100"),
