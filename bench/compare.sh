@@ -9,9 +9,17 @@
 #   ETCDCTL_BIN   etcdctl for seeding a key (default: etcdctl on PATH)
 #   ETCD_RS_BIN   etcd-rs (default: target/release/etcd-rs)
 #   BENCH_BIN     etcd-rs-bench (default: target/release/etcd-rs-bench)
-#   ROUNDS        rounds per side for the short workloads (default 3)
+#   SECTIONS      which sections to run, space separated (default "kv big watch lease cluster"):
+#                   kv      put / range / txn-put series on one member (ROUNDS per side)
+#                   big     BIG_KEYS keys: peak RSS, data dir, restart (once per side)
+#                   watch   idle-watcher memory, put-to-event latency with 100 and 10,000 watchers
+#                   lease   lease keep-alive throughput
+#                   cluster put / range on a 3-member loopback cluster of each
+#   ROUNDS        rounds per side for the kv, watch, lease and cluster sections (default 3)
 #   BIG_KEYS      keys written for the RSS / data-dir / restart rows (default 1000000; 0 skips)
-#   SCALE         multiplies the request totals of the short workloads (default 1)
+#   SCALE         multiplies the request totals (puts, ranges, keep-alives) of the short workloads
+#                 (default 1); watcher counts do not scale
+#   IDLE_WATCHERS idle watchers opened for the memory-per-watcher row (default 10000)
 #   OUT           where data dirs, logs and results go (default: a new dir under /var/tmp)
 #   KEEP_DATA     set to keep each server's data dir after its run (removed by default)
 set -euo pipefail
@@ -28,6 +36,12 @@ BENCH_BIN="${BENCH_BIN:-$here/target/release/etcd-rs-bench}"
 ROUNDS="${ROUNDS:-3}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
 SCALE="${SCALE:-1}"
+SECTIONS="${SECTIONS:-kv big watch lease cluster}"
+IDLE_WATCHERS="${IDLE_WATCHERS:-10000}"
+for s in $SECTIONS; do
+  case "$s" in kv|big|watch|lease|cluster) ;; *) echo "unknown section $s in SECTIONS (kv big watch lease cluster)" >&2; exit 1;; esac
+done
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT="${OUT:-$(mktemp -d /var/tmp/etcd-compare.XXXXXX)}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -37,56 +51,80 @@ calc() { awk "BEGIN{printf \"%.3f\", $*}"; }
 log() { echo "[compare] $*" >&2; }
 
 port_free() { ! ss -ltn | awk '{print $4}' | grep -q ":$1\$"; }
-pick_ports() {
+TAKEN=" "
+free_port() { # free_port VAR: sets VAR to a free loopback port not handed out before in this run
+  local p
   while :; do
-    CPORT=$((20000 + RANDOM % 30000)); PPORT=$((CPORT + 1))
-    port_free "$CPORT" && port_free "$PPORT" && return
+    p=$((20000 + RANDOM % 30000))
+    [[ "$TAKEN" != *" $p "* ]] && port_free "$p" && { TAKEN="$TAKEN$p "; printf -v "$1" %s "$p"; return; }
   done
 }
-pick_ports
+free_port CPORT; free_port PPORT
 EP="127.0.0.1:$CPORT"
-PID=""
+PID=""      # the single member (kv, big, watch, lease)
+PIDS=""     # every server process started and not yet stopped
+HOLD_PID="" # a watch-hold client
 
-# start SIDE DATADIR: starts the server with etcd's flags and waits until a read succeeds;
-# sets PID and READY_S (seconds from exec to the first successful linearizable read).
-start() {
-  local side=$1 dir=$2 bin
+# launch SIDE NAME DIR CPORT PPORT INITIAL_CLUSTER [FLAGS...]: starts one member with etcd's flags
+# in the background; sets LAUNCHED to its pid.
+launch() {
+  local side=$1 name=$2 dir=$3 cport=$4 pport=$5 initial=$6 bin; shift 6
   if [ "$side" = etcd ]; then bin=$ETCD_BIN; else bin=$ETCD_RS_BIN; fi
-  port_free "$CPORT" || { echo "port $CPORT taken by someone else" >&2; exit 1; }
-  local t0; t0=$(date +%s.%N)
-  setsid "$bin" --name bench --data-dir "$dir" \
-    --listen-client-urls "http://$EP" --advertise-client-urls "http://$EP" \
-    --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
-    --initial-cluster "bench=http://127.0.0.1:$PPORT" --quota-backend-bytes 8589934592 \
+  port_free "$cport" && port_free "$pport" || { echo "port $cport or $pport taken by someone else" >&2; exit 1; }
+  setsid "$bin" --name "$name" --data-dir "$dir" \
+    --listen-client-urls "http://127.0.0.1:$cport" --advertise-client-urls "http://127.0.0.1:$cport" \
+    --listen-peer-urls "http://127.0.0.1:$pport" --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+    --initial-cluster "$initial" --quota-backend-bytes 8589934592 "$@" \
     >> "$dir.log" 2>&1 < /dev/null &
-  PID=$!
+  LAUNCHED=$!
+  PIDS="$PIDS $LAUNCHED"
+}
+# wait_ready WHAT LOG PID ENDPOINT: until a linearizable read through ENDPOINT succeeds (60 s).
+wait_ready() {
+  local what=$1 logf=$2 pid=$3 ep=$4
   for _ in $(seq 1 1200); do
-    kill -0 "$PID" 2>/dev/null || { echo "$side exited; log: $dir.log" >&2; tail -5 "$dir.log" >&2; exit 1; }
-    if "$BENCH_BIN" --endpoints "$EP" --dial-timeout 1s --total 1 --json range probe >/dev/null 2>&1; then
-      READY_S=$(calc "$(date +%s.%N) - $t0"); return
-    fi
+    kill -0 "$pid" 2>/dev/null || { echo "$what exited; log: $logf" >&2; tail -5 "$logf" >&2; exit 1; }
+    "$BENCH_BIN" --endpoints "$ep" --dial-timeout 1s --total 1 --json range probe >/dev/null 2>&1 && return
     sleep 0.05
   done
-  echo "$side not ready after 60 s" >&2; exit 1
+  echo "$what not ready after 60 s; log: $logf" >&2; exit 1
 }
-stop() {
-  [ -n "$PID" ] || return 0
-  kill -TERM "$PID" 2>/dev/null || true
-  for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$PID" 2>/dev/null || true
-  wait "$PID" 2>/dev/null || true
-  PID=""
+
+# start SIDE DATADIR: starts a single member and waits until a read succeeds;
+# sets PID and READY_S (seconds from exec to the first successful linearizable read).
+start() {
+  local side=$1 dir=$2
+  local t0; t0=$(date +%s.%N)
+  launch "$side" bench "$dir" "$CPORT" "$PPORT" "bench=http://127.0.0.1:$PPORT"
+  PID=$LAUNCHED
+  wait_ready "$side" "$dir.log" "$PID" "$EP"
+  READY_S=$(calc "$(date +%s.%N) - $t0")
+}
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+stop() { # stops every server started (and a watch-hold client)
+  [ -z "$HOLD_PID" ] || { stop_pid "$HOLD_PID"; HOLD_PID=""; }
+  local p
+  for p in $PIDS; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in $PIDS; do stop_pid "$p"; done
+  PIDS=""; PID=""
 }
 trap stop EXIT
-hwm_kb() { awk '/VmHWM/{print $2}' "/proc/$PID/status"; }
+trap 'exit 130' INT TERM
+hwm_kb() { awk '/VmHWM/{print $2}' "/proc/${1:-$PID}/status"; }
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/${1:-$PID}/status"; }
 dir_kb() { du -sk "$1" | awk '{print $1}'; }
 record() { # record SIDE ROUND NAME JSON
   python3 -c 'import json,sys; d=json.loads(sys.argv[4]); d.update(side=sys.argv[1], round=int(sys.argv[2]), name=sys.argv[3]); print(json.dumps(d))' "$@" >> "$RESULTS"
 }
-bench() { # bench SIDE ROUND NAME ARGS...
+bench() { # bench SIDE ROUND NAME ARGS...  (against $BENCH_EP, default the single member)
   local side=$1 round=$2 name=$3; shift 3
   log "$side round $round: $name"
-  local j; j=$("$BENCH_BIN" --endpoints "$EP" --json "$@")
+  local j; j=$("$BENCH_BIN" --endpoints "${BENCH_EP:-$EP}" --json "$@")
   record "$side" "$round" "$name" "$j"
 }
 n() { awk "BEGIN{printf \"%d\", $1 * $SCALE}"; }
@@ -120,17 +158,104 @@ big() { # BIG_KEYS keys of 256 bytes, then peak RSS, data-dir size and restart-t
   [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
 }
 
+watch_series() { # idle-watcher memory, then put-to-event latency with 100 and 10,000 watchers
+  local side=$1 round=$2 dir="$OUT/$1-watch-$2"
+  rm -rf "$dir" "$dir.log"
+  start "$side" "$dir"
+  # Memory: VmRSS with IDLE_WATCHERS idle watchers (distinct keys, 100 per stream, streams over
+  # 10 connections) held open, minus VmRSS just before they were opened; both read 2 s after
+  # the previous step so the server has settled.
+  local per=100 streams=$(( (IDLE_WATCHERS + 99) / 100 ))
+  [ "$IDLE_WATCHERS" -ge 100 ] || { per=$IDLE_WATCHERS; streams=1; }
+  sleep 2
+  local before; before=$(rss_kb)
+  log "$side round $round: watch-hold ($((streams * per)) idle watchers)"
+  "$BENCH_BIN" --endpoints "$EP" --conns 10 --json watch-hold --streams "$streams" --watchers-per-stream "$per" --hold 10m \
+    > "$dir.hold" 2>> "$dir.log" &
+  HOLD_PID=$!
+  for _ in $(seq 1 1200); do
+    [ -s "$dir.hold" ] && break
+    kill -0 "$HOLD_PID" 2>/dev/null || { echo "watch-hold exited: $(cat "$dir.hold")" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -s "$dir.hold" ] || { echo "watch-hold: watchers not created in 120 s" >&2; exit 1; }
+  sleep 2
+  local after; after=$(rss_kb)
+  kill -0 "$HOLD_PID" 2>/dev/null || { echo "watch-hold exited while holding its watchers" >&2; exit 1; }
+  local setup_s; setup_s=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["setup_s"])' "$dir.hold")
+  stop_pid "$HOLD_PID"; HOLD_PID=""
+  local nw=$((streams * per))
+  record "$side" "$round" watch-idle "{\"watchers\": $nw, \"rss_before_mb\": $(calc "$before / 1024"), \"rss_after_mb\": $(calc "$after / 1024"), \"mib_per_10k\": $(calc "($after - $before) / 1024 * 10000 / $nw"), \"setup_s\": $setup_s}"
+  # Latency: every watcher watches the key one client puts to at a fixed rate; an event's
+  # latency is from just before its put is sent to its arrival on the watcher's stream.
+  bench "$side" "$round" watch-100 --conns 1 --clients 1 --rate 200 --total "$(n 4000)" \
+    watch-latency --streams 10 --watchers-per-stream 10
+  bench "$side" "$round" watch-10k --conns 10 --clients 1 --rate 10 --total "$(n 300)" \
+    watch-latency --streams 100 --watchers-per-stream 100 --drain-timeout 30s
+  stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
+}
+
+lease_series() {
+  local side=$1 round=$2 dir="$OUT/$1-lease-$2"
+  rm -rf "$dir" "$dir.log"
+  start "$side" "$dir"
+  bench "$side" "$round" lease-keepalive-256c --conns 16 --clients 256 --total "$(n 100000)" lease-keepalive
+  stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
+}
+
+cluster_series() { # a 3-member loopback cluster; the load is spread over the three endpoints
+  local side=$1 round=$2 dir="$OUT/$1-cluster-$2"
+  rm -rf "$dir".m? "$dir".m?.log
+  local i cp=() pp=() initial="" eps=""
+  for i in 1 2 3; do
+    free_port "cp[$i]"; free_port "pp[$i]"
+    initial="${initial:+$initial,}m$i=http://127.0.0.1:${pp[i]}"
+    eps="${eps:+$eps,}127.0.0.1:${cp[i]}"
+  done
+  local pids=()
+  for i in 1 2 3; do
+    launch "$side" "m$i" "$dir.m$i" "${cp[i]}" "${pp[i]}" "$initial" \
+      --initial-cluster-state new --initial-cluster-token "bench-$side-$round"
+    pids[i]=$LAUNCHED
+  done
+  for i in 1 2 3; do wait_ready "$side m$i" "$dir.m$i.log" "${pids[i]}" "127.0.0.1:${cp[i]}"; done
+  BENCH_EP=$eps
+  bench "$side" "$round" cluster-put-256c --conns 16 --clients 256 --total "$(n 100000)" put --key-size 8 --val-size 256 --key-space-size 100000
+  "$ETCDCTL_BIN" --endpoints "$eps" put foo "$(head -c 256 /dev/zero | tr '\0' x)" >/dev/null
+  bench "$side" "$round" cluster-range-l-256c --conns 16 --clients 256 --total "$(n 100000)" range foo --consistency l
+  bench "$side" "$round" cluster-range-s-256c --conns 16 --clients 256 --total "$(n 100000)" range foo --consistency s
+  unset BENCH_EP
+  local hwm=0
+  for i in 1 2 3; do hwm=$((hwm + $(hwm_kb "${pids[i]}"))); done
+  record "$side" "$round" cluster-rss "{\"rss_mb\": $(calc "$hwm / 1024")}"
+  stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir".m?
+}
+
 log "etcd: $ETCD_BIN ($("$ETCD_BIN" --version | head -1)); etcd-rs: $ETCD_RS_BIN; results: $RESULTS"
 fsync_json=$("$BENCH_BIN" fsync-probe --dir "$OUT" --count 1000 --json)
 record machine 0 fsync "$fsync_json"
-for r in $(seq 1 "$ROUNDS"); do
-  series etcd "$r"
-  series etcd-rs "$r"
-done
-if [ "$BIG_KEYS" -gt 0 ]; then
+log "sections: $SECTIONS"
+run_section() { # run_section FN: FN etcd r, FN etcd-rs r for r in 1..ROUNDS (A/B/A/B), timed
+  local t0=$SECONDS r
+  for r in $(seq 1 "$ROUNDS"); do
+    "$1" etcd "$r"
+    "$1" etcd-rs "$r"
+  done
+  log "$1: $((SECONDS - t0)) s"
+}
+want kv && run_section series
+if want big && [ "$BIG_KEYS" -gt 0 ]; then
+  t0=$SECONDS
   big etcd
   big etcd-rs
+  log "big: $((SECONDS - t0)) s"
 fi
+want watch && run_section watch_series
+want lease && run_section lease_series
+want cluster && run_section cluster_series
 
 ETCD_VERSION="$("$ETCD_BIN" --version | head -1)" MACHINE="$(nproc) vCPU $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$OUT" | awk 'NR==2{print $2}') on $(df "$OUT" | awk 'NR==2{print $1}'), Linux $(uname -r)" \
-BIG_KEYS="$BIG_KEYS" python3 "$here/bench/summarize.py" "$RESULTS"
+BIG_KEYS="$BIG_KEYS" SCALE="$SCALE" IDLE_WATCHERS="$IDLE_WATCHERS" python3 "$here/bench/summarize.py" "$RESULTS"

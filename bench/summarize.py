@@ -43,31 +43,61 @@ def row(label, name, path, unit, target=None):
     print(f"| {label}{runs} | {unit} | {fmt(a, unit)} | {fmt(b, unit)} | "
           f"{'-' if ratio is None else f'{ratio:.2f}'} | {t} | {met} |")
 
-row("put, 1 client", "put-1c", "throughput", "req/s")
-row("put, 1 client", "put-1c", "latency_ms.p50", "p50 ms")
-row("put, 1 client", "put-1c", "latency_ms.p99", "p99 ms")
-b1, _ = med("etcd-rs", "put-1c", "latency_ms.p50")
-if fs and b1:
-    print(f"| put, 1 client | etcd-rs p50 / fdatasync p50 | | {b1:.2f} / {fs:.2f} | {b1 / fs:.2f} | <= 1.2 | {'yes' if b1 / fs <= 1.2 else '**no**'} |")
-for label, name in [("put, 256 clients / 16 conns, 256 B values, 100k keys", "put-256c"),
-                    ("range linearizable, 256 clients", "range-l-256c")]:
-    row(label, name, "throughput", "req/s", (">=", 1.5))
-    row(label, name, "latency_ms.p50", "p50 ms")
-    row(label, name, "latency_ms.p99", "p99 ms", ("<=", 1.0))
-    row(label, name, "latency_ms.p999", "p99.9 ms")
-for label, name in [("range serializable, 256 clients", "range-s-256c"),
-                    ("txn-put (mod_revision CAS), 64 clients", "txn-put-64c")]:
-    row(label, name, "throughput", "req/s")
-    row(label, name, "latency_ms.p99", "p99 ms")
-row("server after the series above", "series-rss", "rss_mb", "peak RSS MiB")
-K = int(os.environ.get("BIG_KEYS", "1000000"))
-KL = f"{K // 1000000}M" if K % 1000000 == 0 else f"{K:,}"
-row(f"put {KL} keys (256 B), 256 clients", "put-big", "throughput", "req/s")
-row(f"after {KL} keys", "big", "rss_mb", "peak RSS MiB", ("<=", 0.5))
-row(f"after {KL} keys", "big", "dir_mb", "data dir MiB")
-row(f"restart with {KL} keys", "big", "restart_s", "s to first read")
-row(f"restart with {KL} keys", "big", "restart_rss_mb", "peak RSS MiB")
+def has(*names):
+    return any(r["name"] in names for r in rows)
+
+if has("put-1c"):
+    row("put, 1 client", "put-1c", "throughput", "req/s")
+    row("put, 1 client", "put-1c", "latency_ms.p50", "p50 ms")
+    row("put, 1 client", "put-1c", "latency_ms.p99", "p99 ms")
+    b1, _ = med("etcd-rs", "put-1c", "latency_ms.p50")
+    if fs and b1:
+        print(f"| put, 1 client | etcd-rs p50 / fdatasync p50 | | {b1:.2f} / {fs:.2f} | {b1 / fs:.2f} | <= 1.2 | {'yes' if b1 / fs <= 1.2 else '**no**'} |")
+    for label, name in [("put, 256 clients / 16 conns, 256 B values, 100k keys", "put-256c"),
+                        ("range linearizable, 256 clients", "range-l-256c")]:
+        row(label, name, "throughput", "req/s", (">=", 1.5))
+        row(label, name, "latency_ms.p50", "p50 ms")
+        row(label, name, "latency_ms.p99", "p99 ms", ("<=", 1.0))
+        row(label, name, "latency_ms.p999", "p99.9 ms")
+    for label, name in [("range serializable, 256 clients", "range-s-256c"),
+                        ("txn-put (mod_revision CAS), 64 clients", "txn-put-64c")]:
+        row(label, name, "throughput", "req/s")
+        row(label, name, "latency_ms.p99", "p99 ms")
+    row("server after the series above", "series-rss", "rss_mb", "peak RSS MiB")
+if has("big"):
+    K = int(os.environ.get("BIG_KEYS", "1000000"))
+    KL = f"{K // 1000000}M" if K % 1000000 == 0 else f"{K:,}"
+    row(f"put {KL} keys (256 B), 256 clients", "put-big", "throughput", "req/s")
+    row(f"after {KL} keys", "big", "rss_mb", "peak RSS MiB", ("<=", 0.5))
+    row(f"after {KL} keys", "big", "dir_mb", "data dir MiB")
+    row(f"restart with {KL} keys", "big", "restart_s", "s to first read")
+    row(f"restart with {KL} keys", "big", "restart_rss_mb", "peak RSS MiB")
+if has("watch-idle", "watch-100", "watch-10k"):
+    W = int(med("etcd-rs", "watch-idle", "watchers")[0] or med("etcd", "watch-idle", "watchers")[0]
+            or int(os.environ.get("IDLE_WATCHERS", "10000")))
+    row(f"{W:,} idle watchers (distinct keys, 100 per stream)", "watch-idle", "mib_per_10k",
+        "VmRSS MiB per 10k watchers", ("<=", 1.0))
+    for label, name in [("watch, 100 watchers (10 streams x 10), 200 puts/s", "watch-100"),
+                        ("watch, 10,000 watchers (100 streams x 100), 10 puts/s", "watch-10k")]:
+        row(label, name, "latency_ms.p50", "put-to-event p50 ms")
+        row(label, name, "latency_ms.p99", "put-to-event p99 ms", ("<=", 1.0))
+if has("lease-keepalive-256c"):
+    row("lease keep-alive, 256 clients / 16 conns", "lease-keepalive-256c", "throughput", "req/s")
+    row("lease keep-alive, 256 clients / 16 conns", "lease-keepalive-256c", "latency_ms.p99", "p99 ms")
+if has("cluster-put-256c", "cluster-range-l-256c", "cluster-range-s-256c"):
+    for label, name in [("3 members: put, 256 clients / 16 conns over all 3", "cluster-put-256c"),
+                        ("3 members: range linearizable, 256 clients over all 3", "cluster-range-l-256c"),
+                        ("3 members: range serializable, 256 clients over all 3", "cluster-range-s-256c")]:
+        row(label, name, "throughput", "req/s")
+        row(label, name, "latency_ms.p99", "p99 ms")
+    row("3 members after the series above", "cluster-rss", "rss_mb", "peak RSS MiB (sum of 3)")
 errs = {(r["side"], r["name"]): r.get("errors", 0) for r in rows if r.get("errors")}
+for r in rows:  # a watcher that missed, repeated or reordered events is an error too
+    missing = r.get("events_expected", 0) - r.get("events_received", 0)
+    if missing or r.get("events_out_of_order"):
+        k = (r["side"], f'{r["name"]} round {r["round"]} ({missing} events missing, '
+                        f'{r.get("events_out_of_order", 0)} out of order)')
+        errs[k] = errs.get(k, 0) + 1
 if errs:
     print()
     print("errors: " + ", ".join(f"{s} {n}: {e}" for (s, n), e in errs.items()))

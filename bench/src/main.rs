@@ -60,6 +60,9 @@ enum Cmd {
     TxnMixed(workloads::TxnMixedArgs),
     /// Benchmark put-to-watch-event latency.
     WatchLatency(workloads::WatchLatencyArgs),
+    /// Open idle watchers on distinct keys and hold them (for measuring a server's memory per
+    /// watcher).
+    WatchHold(workloads::WatchHoldArgs),
     /// Benchmark lease keep-alive round trips.
     LeaseKeepalive(workloads::LeaseKeepaliveArgs),
     /// A Kubernetes-like mix under /registry/: creates, CAS updates, gets, paged lists, and
@@ -186,6 +189,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         Cmd::TxnPut(a) => workloads::txn_put(&g, a).await,
         Cmd::TxnMixed(a) => workloads::txn_mixed(&g, a).await,
         Cmd::WatchLatency(a) => workloads::watch_latency(&g, a).await,
+        Cmd::WatchHold(a) => workloads::watch_hold(&g, a).await,
         Cmd::LeaseKeepalive(a) => workloads::lease_keepalive(&g, a).await,
         Cmd::Kube(a) => workloads::kube(&g, a).await,
         Cmd::FsyncProbe(_) => unreachable!("handled before the runtime starts"),

@@ -11,7 +11,7 @@ use etcd_proto::etcdserverpb::{
     WatchCreateRequest, WatchRequest,
 };
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -351,9 +351,16 @@ struct WatchStream {
 /// Opens a stream and creates `watchers` watchers on [key, end) from `start_rev` (0 = now),
 /// waiting for each creation to be confirmed.
 async fn open_watch(ch: Channel, key: &[u8], end: &[u8], start_rev: i64, watchers: usize) -> Result<WatchStream, BenchError> {
+    open_watch_keys(ch, (0..watchers).map(|_| key.to_vec()).collect(), end, start_rev).await
+}
+
+/// Opens a stream with one watcher per key in `keys` (each on [key, end) from `start_rev`),
+/// waiting for each creation to be confirmed.
+async fn open_watch_keys(ch: Channel, keys: Vec<Vec<u8>>, end: &[u8], start_rev: i64) -> Result<WatchStream, BenchError> {
+    let watchers = keys.len();
     let (tx, rx) = mpsc::channel(watchers.max(1) + 1);
-    for _ in 0..watchers {
-        let create = WatchCreateRequest { key: key.to_vec(), range_end: end.to_vec(), start_revision: start_rev, ..Default::default() };
+    for key in keys {
+        let create = WatchCreateRequest { key, range_end: end.to_vec(), start_revision: start_rev, ..Default::default() };
         let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         tx.send(req).await.map_err(|_| BenchError::Setup("watch request channel closed".into()))?;
     }
@@ -424,16 +431,25 @@ pub async fn watch_latency(g: &Global, a: WatchLatencyArgs) -> Result<(), BenchE
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let expected = total * a.watchers_per_stream as u64;
     let mut receivers = Vec::new();
+    let setup = Instant::now();
+    let reordered = Arc::new(AtomicU64::new(0));
     for s in 0..a.streams {
         let mut ws = open_watch(g.channel(s), &key, &[], 0, a.watchers_per_stream).await?;
-        let sent = sent.clone();
+        let (sent, reordered) = (sent.clone(), reordered.clone());
         receivers.push(tokio::spawn(async move {
             let mut h = crate::histogram::Histogram::new();
+            // Each watcher must see each put once, in revision order.
+            let mut last_rev: HashMap<i64, i64> = HashMap::new();
             while h.count() < expected {
                 let Ok(Some(r)) = ws.rx.message().await else { break };
                 let now = base.elapsed().as_nanos() as u64;
+                let last = last_rev.entry(r.watch_id).or_insert(0);
                 for ev in r.events {
                     let Some(kv) = ev.kv else { continue };
+                    if kv.mod_revision <= *last {
+                        reordered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    *last = kv.mod_revision;
                     let seq = std::str::from_utf8(&kv.value[..kv.value.len().min(20)]).ok().and_then(|s| s.parse::<usize>().ok());
                     if let Some(t) = seq.and_then(|i| sent.get(i)).map(|a| a.load(Ordering::Relaxed)).filter(|&t| t > 0) {
                         h.record(now.saturating_sub(t - 1));
@@ -443,6 +459,7 @@ pub async fn watch_latency(g: &Global, a: WatchLatencyArgs) -> Result<(), BenchE
             h
         }));
     }
+    let setup_s = setup.elapsed().as_secs_f64();
     let ops: Vec<StampedPutOp> = (0..g.clients)
         .map(|c| StampedPutOp { kv: KvClient::new(g.channel(c)), key: key.clone(), val_size: a.val_size, base, sent: sent.clone() })
         .collect();
@@ -457,13 +474,75 @@ pub async fn watch_latency(g: &Global, a: WatchLatencyArgs) -> Result<(), BenchE
     }
     let want = puts.latency.count() * (a.streams * a.watchers_per_stream) as u64;
     let mut extra = Map::new();
+    extra.insert("watchers".into(), json!(a.streams * a.watchers_per_stream));
+    extra.insert("watch_setup_s".into(), json!(setup_s));
     extra.insert("puts".into(), json!(puts.latency.count()));
     extra.insert("put_throughput".into(), json!(puts.latency.count() as f64 / puts.elapsed.as_secs_f64().max(1e-9)));
     extra.insert("events_expected".into(), json!(want));
     extra.insert("events_received".into(), json!(r.latency.count()));
+    extra.insert("events_out_of_order".into(), json!(reordered.load(Ordering::Relaxed)));
+    put_latency(&mut extra, &puts);
     r.by_kind.insert("watch-event", r.latency.clone());
     print(g, "watch-latency", &r, extra);
     Ok(())
+}
+
+/// The puts' own latency beside the events' (the event latency includes the put's commit).
+fn put_latency(extra: &mut Map<String, Value>, puts: &RunResult) {
+    let ms = |q: f64| puts.latency.quantile(q) as f64 / 1e6;
+    extra.insert("put_latency_ms".into(), json!({"p50": ms(0.5), "p99": ms(0.99)}));
+}
+
+// ---------------------------------------------------------------- watch-hold
+
+#[derive(Args, Debug)]
+pub struct WatchHoldArgs {
+    /// Total number of watch streams (spread over --conns connections).
+    #[arg(long, default_value_t = 100)]
+    pub streams: usize,
+    /// Idle watchers per stream, each on its own key (no key is written).
+    #[arg(long, default_value_t = 100)]
+    pub watchers_per_stream: usize,
+    /// How long to hold the watchers open after they are created (then exit); stop it earlier
+    /// with a signal.
+    #[arg(long, default_value = "1h", value_parser = crate::parse_duration)]
+    pub hold: Duration,
+}
+
+/// Opens `streams * watchers_per_stream` idle watchers on distinct keys, prints one line (JSON
+/// with --json) once every creation is confirmed, and keeps them open: a server's memory per
+/// watcher is its RSS while they are held minus its RSS before, divided by the count.
+pub async fn watch_hold(g: &Global, a: WatchHoldArgs) -> Result<(), BenchError> {
+    let t = Instant::now();
+    let opens = (0..a.streams).map(|s| {
+        let keys = (0..a.watchers_per_stream).map(|w| format!("/etcd-rs-bench/idle/{s:05}/{w:06}").into_bytes()).collect();
+        open_watch_keys(g.channel(s), keys, &[], 0)
+    });
+    // Open a few streams at a time: fast, without a burst of thousands of creates at once.
+    let held: Vec<WatchStream> = futures::stream::iter(opens).buffer_unordered(8).try_collect().await?;
+    let n = a.streams * a.watchers_per_stream;
+    let setup_s = t.elapsed().as_secs_f64();
+    if g.json {
+        println!("{}", json!({"workload": "watch-hold", "watchers": n, "streams": a.streams, "setup_s": setup_s}));
+    } else {
+        println!("{n} idle watchers on {} streams created in {setup_s:.3} s; holding for {:?}", a.streams, a.hold);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // Drain the streams (nothing should arrive; a closed stream is reported).
+    let mut closed = futures::stream::iter(held.into_iter().map(|mut ws| async move {
+        loop {
+            match ws.rx.message().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    }))
+    .buffer_unordered(usize::MAX);
+    match tokio::time::timeout(a.hold, closed.next()).await {
+        Err(_) => Ok(()),
+        Ok(_) => Err(BenchError::Setup("a held watch stream was closed by the server".into())),
+    }
 }
 
 // ---------------------------------------------------------------- lease-keepalive
