@@ -176,8 +176,9 @@ async fn sigkill_keeps_leases_keys_and_checkpointed_remaining_ttl() {
     assert_eq!(granted_ttl, 30);
     assert_eq!(keys, vec![b"held".to_vec()]);
     // about 30 - 4.5 s before the kill, plus the election timeout (1 s) a new leader adds;
-    // without checkpoints it would be back at 30 + 1
-    assert!((24..=28).contains(&ttl), "remaining TTL after restart: {ttl}");
+    // without checkpoints it would be back at 30 + 1. The bounds leave room for a loaded
+    // machine (checkpoints proposed late, a slow restart).
+    assert!((15..=29).contains(&ttl), "remaining TTL after restart: {ttl}");
     assert_eq!(time_to_live(&mut l, short, false).await.0, -1);
     assert_eq!(keys_at(&mut kv, 0).await.0, ["held"]);
     // a keep-alive restores the full TTL, and a restart after it does not bring back the checkpoint
@@ -187,7 +188,7 @@ async fn sigkill_keeps_leases_keys_and_checkpointed_remaining_ttl() {
     m.start();
     let (_, mut l) = clients(&m).await;
     let (ttl, _, _) = time_to_live(&mut l, id, false).await;
-    assert!((29..=31).contains(&ttl), "remaining TTL after keep-alive and restart: {ttl}");
+    assert!((26..=31).contains(&ttl), "remaining TTL after keep-alive and restart: {ttl}");
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
