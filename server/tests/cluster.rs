@@ -25,13 +25,22 @@ const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500
 const ELECTION: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
+async fn killing_the_leader_of_3_elects_a_new_one_and_loses_no_acknowledged_write() {
+    leader_kill(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_of_5_elects_a_new_one_and_loses_no_acknowledged_write() {
+    leader_kill(5).await;
+}
+
+async fn leader_kill(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = TestCluster::start(dir.path(), 3, FAST).await;
-    let all = [0, 1, 2];
+    let mut c = TestCluster::start(dir.path(), n, FAST).await;
+    let all: Vec<usize> = (0..n).collect();
     let leader = c.wait_leader(&all).await;
     let mut acked = Vec::new();
-    let mut kv = c.members[(leader + 1) % 3].ready_client().await;
+    let mut kv = c.members[(leader + 1) % n].ready_client().await;
     for i in 0..100 {
         acked.push((format!("k{i:03}"), put(&mut kv, &format!("k{i:03}"), "v").await.unwrap()));
     }
@@ -61,13 +70,22 @@ async fn killing_the_leader_elects_a_new_one_and_loses_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partitioned_minority_cannot_write_or_read_stale_data_and_catches_up_when_healed() {
+async fn a_partitioned_minority_of_5_cannot_write_or_read_stale_data_and_catches_up_when_healed() {
+    minority_partition(5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_minority_of_3_cannot_write_or_read_stale_data_and_catches_up_when_healed() {
+    minority_partition(3).await;
+}
+
+async fn minority_partition(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let c = TestCluster::start(dir.path(), 5, FAST).await;
-    let all = [0, 1, 2, 3, 4];
+    let c = TestCluster::start(dir.path(), n, FAST).await;
+    let all: Vec<usize> = (0..n).collect();
     let leader = c.wait_leader(&all).await;
-    // The minority: two followers.
-    let minority: Vec<usize> = all.iter().copied().filter(|i| *i != leader).take(2).collect();
+    // The minority: followers short of a quorum.
+    let minority: Vec<usize> = all.iter().copied().filter(|i| *i != leader).take((n - 1) / 2).collect();
     let majority: Vec<usize> = all.iter().copied().filter(|i| !minority.contains(i)).collect();
     let mut kv_major = c.members[majority[0]].ready_client().await;
     put(&mut kv_major, "k", "before").await.unwrap();
