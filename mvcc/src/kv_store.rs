@@ -210,6 +210,11 @@ impl KvStore {
         *self.consistent.lock()
     }
 
+    /// Keys in the index (live or with history not compacted yet).
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
     /// The published revision: 1 for an empty store, then +1 per changing write transaction.
     pub fn current_revision(&self) -> i64 {
         self.published.load(Ordering::Acquire)

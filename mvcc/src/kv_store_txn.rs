@@ -476,7 +476,9 @@ impl<'s> ApplyTxn<'s> {
             write_meta(&txn, META_TERM, term)?;
         }
         set_durability(&mut txn, durable)?;
+        let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
         txn.commit()?;
+        timer.observe_duration();
         self.undo.clear();
         self.store
             .published

@@ -22,6 +22,7 @@ pub mod index;
 pub mod key_index;
 pub mod kv_store;
 pub mod kv_store_txn;
+pub mod metrics;
 mod kv_view;
 pub mod revision;
 pub mod watch_hub;

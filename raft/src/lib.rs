@@ -19,6 +19,7 @@
 //! acknowledged to a peer before this member's fsync returns.
 
 pub mod error;
+pub mod metrics;
 pub mod node;
 pub mod peer_transport;
 mod raft_loop;

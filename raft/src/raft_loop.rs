@@ -341,6 +341,10 @@ impl RaftLoop {
     pub(crate) fn publish_status(&self) {
         let r = &self.raw.raft;
         let id = r.id;
+        let previous_leader = self.shared.status.read().leader_id;
+        if r.leader_id != INVALID_ID && r.leader_id != previous_leader {
+            crate::metrics::LEADER_CHANGES.inc();
+        }
         let status = RaftStatus {
             id,
             cluster_id: self.wal.metadata().cluster_id,

@@ -374,10 +374,12 @@ impl Wal {
 
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let path = &self.segments[self.segments.len() - 1].path;
+        let timer = crate::metrics::WAL_FSYNC_SECONDS.start_timer();
         self.file
             .write_all(buf)
             .and_then(|_| self.file.sync_data())
             .map_err(io_err(path))?;
+        timer.observe_duration();
         self.file_len += buf.len() as u64;
         Ok(())
     }

@@ -291,6 +291,21 @@ impl EtcdServer {
         &self.cfg
     }
 
+    pub fn applied_index(&self) -> u64 {
+        *self.applied_rx.borrow()
+    }
+
+    /// Proposals waiting to be applied.
+    pub fn pending_proposals(&self) -> usize {
+        self.wait.pending()
+    }
+
+    /// (keys, watchers, unsynced watchers, victim watchers, leases), for metrics.
+    pub fn store_counts(&self) -> (usize, usize, usize, usize, usize) {
+        let (watchers, unsynced, victims) = self.watch_hub.counts();
+        (self.kv.key_count(), watchers, unsynced, victims, self.lessor.len())
+    }
+
     pub fn alarms(&self) -> &Alarms {
         &self.alarms
     }
@@ -507,6 +522,7 @@ impl EtcdServer {
         let rx = self.wait.register(id);
         if let Err(e) = self.raft.propose(data).await {
             self.wait.cancel(id);
+            crate::metrics::PROPOSALS_FAILED.inc();
             return Err(e.into());
         }
         match tokio::time::timeout(self.request_timeout, rx).await {
@@ -514,6 +530,7 @@ impl EtcdServer {
             Ok(Err(_)) => Err(ServerError::Stopped),
             Err(_) => {
                 self.wait.cancel(id);
+                crate::metrics::PROPOSALS_FAILED.inc();
                 Err(ServerError::Timeout)
             }
         }

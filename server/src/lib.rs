@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod ids;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod peer;
 pub mod snapshot;
 pub mod wait;

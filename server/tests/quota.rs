@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
-use common::{put, Member};
+use common::{http_get, put, Member};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
@@ -14,15 +12,8 @@ use etcd_proto::etcdserverpb::{
 };
 use tonic::transport::Channel;
 
-/// (status code, body) of GET /health.
 fn health(m: &Member) -> (u16, String) {
-    let addr = m.endpoint().trim_start_matches("http://").to_string();
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, out.rsplit("\r\n\r\n").next().unwrap().to_string())
+    http_get(m, "/health")
 }
 
 async fn alarms(mt: &mut MaintenanceClient<Channel>) -> Vec<AlarmMember> {

@@ -41,10 +41,21 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         )
         .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv));
     let health_server = server.clone();
+    let metrics_server = server.clone();
     let version_server = server;
     let router = builder
         .routes()
         .into_axum_router()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let s = metrics_server.clone();
+                async move {
+                    let body = crate::metrics::render(&s);
+                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+                }
+            }),
+        )
         .route(
             "/health",
             axum::routing::get(move |q: axum::extract::RawQuery| {
@@ -59,7 +70,8 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
             }),
         )
         .route("/version", axum::routing::get(move || version(version_server.clone())))
-        .fallback(unimplemented_method);
+        .fallback(unimplemented_method)
+        .layer(axum::middleware::from_fn(crate::metrics::grpc_middleware));
     tonic::service::Routes::from(router)
 }
 

@@ -139,6 +139,19 @@ fn unsafe_sigterm(pid: u32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
 }
 
+/// (status code, body) of an HTTP/1.1 GET on the member's client port.
+pub fn http_get(m: &Member, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = m.endpoint().trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
 pub async fn put(c: &mut KvClient<Channel>, k: &str, v: &str) -> Result<i64, tonic::Status> {
     let r = c
         .put(PutRequest { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec(), ..Default::default() })
