@@ -14,10 +14,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcdrspb/peer.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
+    // JSON for the gRPC gateway (`/v3/...`): proto3 JSON mapping with the .proto field names, as
+    // etcd's grpc-gateway marshals (OrigName).
+    let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .preserve_proto_field_names()
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".membershippb"])?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -7,15 +7,19 @@
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 pub mod membershippb {
     tonic::include_proto!("membershippb");
+    include!(concat!(env!("OUT_DIR"), "/membershippb.serde.rs"));
 }
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 pub mod leasepb {
     tonic::include_proto!("leasepb");

@@ -2,6 +2,7 @@
 //! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
 
 mod cluster;
+mod gateway;
 mod kv;
 mod lease;
 mod maintenance;
@@ -40,6 +41,7 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv));
+    let gateway = gateway::router(server.clone());
     let health_server = server.clone();
     let metrics_server = server.clone();
     let version_server = server;
@@ -70,6 +72,7 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
             }),
         )
         .route("/version", axum::routing::get(move || version(version_server.clone())))
+        .merge(gateway)
         .fallback(unimplemented_method)
         .layer(axum::middleware::from_fn(crate::metrics::grpc_middleware));
     tonic::service::Routes::from(router)

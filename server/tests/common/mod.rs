@@ -141,10 +141,23 @@ fn unsafe_sigterm(pid: u32) {
 
 /// (status code, body) of an HTTP/1.1 GET on the member's client port.
 pub fn http_get(m: &Member, path: &str) -> (u16, String) {
+    http(m, "GET", path, "")
+}
+
+/// (status code, body) of an HTTP/1.1 POST of a JSON body on the member's client port.
+pub fn http_post(m: &Member, path: &str, body: &str) -> (u16, String) {
+    http(m, "POST", path, body)
+}
+
+fn http(m: &Member, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = m.endpoint().trim_start_matches("http://").to_string();
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
