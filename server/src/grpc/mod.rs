@@ -2,10 +2,13 @@
 //! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
 
 mod cluster;
+mod election;
 mod gateway;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod recipes;
 mod watch;
 
 use std::sync::Arc;
@@ -18,6 +21,8 @@ use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
+use etcd_proto::v3electionpb::election_server::ElectionServer;
+use etcd_proto::v3lockpb::lock_server::LockServer;
 use etcd_proto::etcdserverpb::{AlarmType, RangeRequest};
 
 use crate::etcd_server::EtcdServer;
@@ -40,7 +45,11 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
                 .max_decoding_message_size(max_recv)
                 .max_encoding_message_size(usize::MAX),
         )
-        .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv));
+        .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(LockServer::new(lock::LockService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(
+            ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
+        );
     let gateway = gateway::router(server.clone());
     let health_server = server.clone();
     let metrics_server = server.clone();
