@@ -45,9 +45,30 @@ pub struct KvStore {
     /// Taken by the open ApplyTxn: one writer at a time.
     pub(crate) writer: WriterGate,
     in_use: AtomicI64,
+    /// The physical compaction whose rows are still being deleted, step by step.
+    physical: Mutex<Option<PhysicalCompaction>>,
     /// Test hook: leave physical compaction undone, as if the process died after the commit.
     #[cfg(test)]
     pub(crate) skip_physical_compaction: std::sync::atomic::AtomicBool,
+}
+
+/// Rows of a compaction still to delete: main revision `<= rev`, not in `keep`, from `start`.
+pub(crate) struct PhysicalCompaction {
+    rev: i64,
+    keep: HashSet<Revision>,
+    start: Vec<u8>,
+    deleted: usize,
+}
+
+/// What one [`KvStore::compaction_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionStep {
+    /// No compaction pending.
+    Idle,
+    /// Rows deleted; more to go.
+    More,
+    /// The compaction to this revision is physically done.
+    Finished(i64),
 }
 
 /// One writer at a time, without a lock guard, so that an open batch can move between threads
@@ -139,6 +160,7 @@ impl KvStore {
             consistent: Mutex::new(state.consistent),
             writer: WriterGate::default(),
             in_use: AtomicI64::new(in_use),
+            physical: Mutex::new(None),
             #[cfg(test)]
             skip_physical_compaction: Default::default(),
         };
@@ -156,7 +178,8 @@ impl KvStore {
         if scheduled > finished {
             tracing::info!(scheduled, finished, "resuming an interrupted compaction");
             let keep = self.index.compact(scheduled);
-            self.delete_compacted_rows(scheduled, &keep, true)?;
+            self.schedule_physical_compaction(scheduled, keep);
+            self.finish_compaction()?;
         }
         Ok(())
     }
@@ -186,6 +209,7 @@ impl KvStore {
         txn.open_table(crate::backend::META_TABLE).map_err(MvccError::from)?;
         txn.commit().map_err(MvccError::from)?;
         let state = StoredState::scan(&self.backend)?;
+        *self.physical.lock() = None;
         self.index.replace(state.index);
         *self.consistent.lock() = state.consistent;
         self.published.store(state.current, Ordering::Release);
@@ -331,62 +355,90 @@ impl KvStore {
         (file, self.in_use.load(Ordering::Relaxed).min(file))
     }
 
-    /// Deletes the key-table rows with main revision `<= rev` not in `keep`, at most
-    /// [`COMPACTION_BATCH`] rows scanned per write transaction, and records `rev` as finished in
-    /// the last one.
-    pub(crate) fn delete_compacted_rows(
-        &self,
-        rev: i64,
-        keep: &HashSet<Revision>,
-        durable: bool,
-    ) -> Result<(), MvccError> {
+    /// Schedules the physical deletion of the rows a compaction to `rev` left behind (the index
+    /// is compacted already). A newer compaction replaces an unfinished older one: its deletions
+    /// cover the older one's.
+    pub(crate) fn schedule_physical_compaction(&self, rev: i64, keep: HashSet<Revision>) {
         #[cfg(test)]
         if self.skip_physical_compaction.load(Ordering::Relaxed) {
-            return Ok(());
+            return;
         }
-        let end = main_rev_bound(rev + 1);
-        let mut start: Vec<u8> = Vec::new();
-        let mut deleted = 0usize;
-        loop {
-            let txn = self.backend.begin_write(durable)?;
-            let mut done = true;
-            {
-                let mut table = txn.open_table(KEY_TABLE)?;
-                let mut doomed = Vec::new();
-                let mut scanned = 0;
-                for row in table.range::<&[u8]>(start.as_slice()..end.as_slice())? {
-                    let (k, _) = row?;
-                    let (r, _) = Revision::from_key_bytes(k.value())?;
-                    if !keep.contains(&r) {
-                        doomed.push(k.value().to_vec());
-                    }
-                    scanned += 1;
-                    if scanned == COMPACTION_BATCH {
-                        start = k.value().to_vec();
-                        start.push(0); // the smallest key after this one
-                        done = false;
-                        break;
-                    }
-                }
-                for k in &doomed {
-                    table.remove(k.as_slice())?;
-                }
-                deleted += doomed.len();
+        *self.physical.lock() = Some(PhysicalCompaction { rev, keep, start: Vec::new(), deleted: 0 });
+    }
+
+    /// Whether a compaction's rows are still being deleted.
+    pub fn compaction_pending(&self) -> bool {
+        self.physical.lock().is_some()
+    }
+
+    /// Deletes up to `max_rows` rows of the pending physical compaction in one write
+    /// transaction (taking the writer gate: never call it while holding an ApplyTxn), so that
+    /// a large compaction never holds up the applier for long. The last step records the
+    /// compaction as finished.
+    pub fn compaction_step(&self, max_rows: usize) -> Result<CompactionStep, MvccError> {
+        let Some(mut job) = self.physical.lock().take() else {
+            return Ok(CompactionStep::Idle);
+        };
+        self.writer.acquire();
+        let done = self.delete_batch(&mut job, max_rows);
+        self.writer.release();
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // keep the job (unless a newer one came): the next step retries it
+                self.physical.lock().get_or_insert(job);
+                return Err(e);
             }
-            if done {
-                write_meta(&txn, META_FINISHED_COMPACT, rev as u64)?;
-                let stats = txn.stats()?;
-                self.in_use.store(
-                    stats.allocated_pages() as i64 * stats.page_size() as i64,
-                    Ordering::Relaxed,
-                );
-            }
-            txn.commit()?;
-            if done {
-                break;
-            }
+        };
+        if done {
+            tracing::info!(rev = job.rev, deleted = job.deleted, "finished compaction");
+            return Ok(CompactionStep::Finished(job.rev));
         }
-        tracing::info!(rev, deleted, "finished compaction");
+        // a newer compaction scheduled meanwhile supersedes this one
+        self.physical.lock().get_or_insert(job);
+        Ok(CompactionStep::More)
+    }
+
+    /// Runs the pending physical compaction to its end.
+    pub fn finish_compaction(&self) -> Result<(), MvccError> {
+        while let CompactionStep::More | CompactionStep::Finished(_) = self.compaction_step(COMPACTION_BATCH)? {}
         Ok(())
+    }
+
+    /// One bounded write transaction of a physical compaction; true when it was the last.
+    fn delete_batch(&self, job: &mut PhysicalCompaction, max_rows: usize) -> Result<bool, MvccError> {
+        let end = main_rev_bound(job.rev + 1);
+        let txn = self.backend.begin_write(false)?;
+        let mut done = true;
+        {
+            let mut table = txn.open_table(KEY_TABLE)?;
+            let mut doomed = Vec::new();
+            let mut scanned = 0;
+            for row in table.range::<&[u8]>(job.start.as_slice()..end.as_slice())? {
+                let (k, _) = row?;
+                let (r, _) = Revision::from_key_bytes(k.value())?;
+                if !job.keep.contains(&r) {
+                    doomed.push(k.value().to_vec());
+                }
+                scanned += 1;
+                if scanned == max_rows {
+                    job.start = k.value().to_vec();
+                    job.start.push(0); // the smallest key after this one
+                    done = false;
+                    break;
+                }
+            }
+            for k in &doomed {
+                table.remove(k.as_slice())?;
+            }
+            job.deleted += doomed.len();
+        }
+        if done {
+            write_meta(&txn, META_FINISHED_COMPACT, job.rev as u64)?;
+            let stats = txn.stats()?;
+            self.in_use.store(stats.allocated_pages() as i64 * stats.page_size() as i64, Ordering::Relaxed);
+        }
+        txn.commit()?;
+        Ok(done)
     }
 }

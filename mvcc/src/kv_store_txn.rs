@@ -487,11 +487,9 @@ impl<'s> ApplyTxn<'s> {
             *self.store.consistent.lock() = ci;
         }
         if let Some(rev) = self.pending_compact.take() {
+            // readers below `rev` fail from now on; the rows go in steps between batches
             let keep = self.store.index.compact(rev);
-            if let Err(e) = self.store.delete_compacted_rows(rev, &keep, durable) {
-                // the batch is committed; the next open resumes the deletion
-                tracing::error!(rev, error = %e, "physical compaction failed");
-            }
+            self.store.schedule_physical_compaction(rev, keep);
         }
         Ok(std::mem::take(&mut self.events))
     }

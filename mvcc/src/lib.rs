@@ -31,7 +31,7 @@ mod watcher_group;
 
 pub use backend::Backend;
 pub use errors::MvccError;
-pub use kv_store::KvStore;
+pub use kv_store::{CompactionStep, KvStore};
 pub use kv_store_txn::ApplyTxn;
 pub use revision::Revision;
 pub use watch_hub::{WatchCreate, WatchHub, WatchHubOptions, WatchStream};

@@ -17,7 +17,7 @@ use etcd_proto::mvccpb::{Event, KeyValue};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
 use crate::backend::KEY_TABLE;
-use crate::{ApplyTxn, KvStore, MvccError};
+use crate::{ApplyTxn, CompactionStep, KvStore, MvccError};
 
 fn no_lease(_: i64) -> bool {
     false
@@ -57,6 +57,7 @@ impl Fixture {
         let mut t = self.store.begin_apply().unwrap();
         let out = f(&mut t);
         let events = t.commit(false).unwrap();
+        self.store.finish_compaction().unwrap();
         (out, events)
     }
 
@@ -1607,4 +1608,45 @@ fn defragment_gives_up_while_a_reader_stays() {
     let e = f.store.defragment(std::time::Duration::from_millis(50)).unwrap_err();
     assert!(e.to_string().contains("busy"), "{e}");
     f.put("b", "2"); // the writer gate was released
+}
+
+#[test]
+fn physical_compaction_runs_in_bounded_steps_and_a_newer_one_supersedes() {
+    let f = Fixture::new();
+    for i in 0..50 {
+        f.put("k", &format!("v{i}"));
+    }
+    let rev = f.rev();
+    // compact without the fixture's finishing, as the applier does
+    let mut t = f.store.begin_apply().unwrap();
+    t.compact(rev - 20).unwrap();
+    t.commit(false).unwrap();
+    assert!(f.store.compaction_pending());
+    // reads below the compaction fail at once, before any row is gone
+    let old = RangeRequest { key: b"k".to_vec(), revision: rev - 30, ..Default::default() };
+    assert!(matches!(f.range(old), Err(MvccError::Compacted)));
+    assert_eq!(f.key_table_rows(), 50);
+    assert_eq!(f.store.compaction_step(10).unwrap(), CompactionStep::More);
+    assert_eq!(f.key_table_rows(), 40);
+
+    // a newer compaction before the first finished replaces it
+    let mut t = f.store.begin_apply().unwrap();
+    t.compact(rev - 5).unwrap();
+    t.commit(false).unwrap();
+    let mut steps = 0;
+    loop {
+        steps += 1;
+        match f.store.compaction_step(10).unwrap() {
+            CompactionStep::More => continue,
+            CompactionStep::Finished(r) => {
+                assert_eq!(r, rev - 5);
+                break;
+            }
+            CompactionStep::Idle => panic!("the job vanished"),
+        }
+    }
+    assert!(steps >= 4, "{steps} steps for 45 rows of 10");
+    assert_eq!(f.key_table_rows(), 6);
+    assert_eq!(f.store.compaction_step(10).unwrap(), CompactionStep::Idle);
+    assert_eq!(f.get("k").unwrap().value, b"v49");
 }

@@ -36,6 +36,10 @@ use crate::errors::ServerError;
 use crate::membership::Membership;
 use crate::wait::WaitRegistry;
 
+/// Key-table rows one compaction step scans: a step is one short write transaction between
+/// apply batches (etcd deletes 1,000 per batch too).
+const COMPACTION_STEP_ROWS: usize = 1000;
+
 /// What applying one request produced.
 #[derive(Debug)]
 pub enum ApplyResult {
@@ -100,6 +104,8 @@ struct BatchOutcome {
     events: Vec<etcd_proto::mvccpb::Event>,
     ops: u64,
     last: Option<(u64, u64)>,
+    /// Answers to physical compactions: (revision, waiter, answer).
+    after_compaction: Vec<(i64, u64, Applied)>,
 }
 
 impl Applier {
@@ -107,14 +113,17 @@ impl Applier {
     pub fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<ApplyBatch>) {
         let mut last_durable = Instant::now();
         let mut undurable_ops: u64 = 0;
+        let mut after_compaction: Vec<(i64, u64, Applied)> = Vec::new();
         loop {
-            let first = self.runtime.block_on(async {
-                tokio::time::timeout(self.batch_interval, rx.recv()).await
-            });
+            // a compaction's rows are deleted in steps between batches, at once when idle
+            let wait = if self.kv.compaction_pending() { Duration::ZERO } else { self.batch_interval };
+            let first = self.runtime.block_on(async { tokio::time::timeout(wait, rx.recv()).await });
+            self.compaction_step(&mut after_compaction);
             self.serve_snapshot_requests();
             let mut batches = match first {
                 Ok(Some(b)) => vec![b],
                 Ok(None) => break,
+                Err(_) if self.kv.compaction_pending() => continue,
                 Err(_) => {
                     // Idle: make what was applied durable so the WAL tail to replay stays short.
                     if undurable_ops > 0 {
@@ -164,6 +173,7 @@ impl Applier {
                 self.applied_tx.send_replace(index);
                 self.maybe_snapshot(index);
             }
+            after_compaction.append(&mut outcome.after_compaction);
             self.watch_hub.notify(std::mem::take(&mut outcome.events));
             for (id, applied) in outcome.answers {
                 self.wait.trigger(id, applied);
@@ -240,6 +250,27 @@ impl Applier {
         Ok(())
     }
 
+    /// Deletes one bounded step of a pending compaction's rows; answers the physical
+    /// compactions it completes.
+    fn compaction_step(&self, waiting: &mut Vec<(i64, u64, Applied)>) {
+        let finished = match self.kv.compaction_step(COMPACTION_STEP_ROWS) {
+            Ok(etcd_mvcc::CompactionStep::More) => return,
+            Ok(etcd_mvcc::CompactionStep::Finished(rev)) => rev,
+            // nothing pending (or a replaced data set): whoever waits is done
+            Ok(etcd_mvcc::CompactionStep::Idle) => i64::MAX,
+            Err(e) => {
+                // the compaction stays scheduled; open() would resume it after a restart
+                tracing::error!(error = %e, "physical compaction step failed");
+                return;
+            }
+        };
+        let (done, still): (Vec<_>, Vec<_>) = std::mem::take(waiting).into_iter().partition(|(rev, _, _)| *rev <= finished);
+        *waiting = still;
+        for (_, id, applied) in done {
+            self.wait.trigger(id, applied);
+        }
+    }
+
     fn maybe_snapshot(&mut self, applied: u64) {
         if applied.saturating_sub(self.last_snapshot_index) < self.snapshot_count {
             return;
@@ -256,7 +287,8 @@ impl Applier {
     fn apply_entries(&mut self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
         let (applied_index, _) = self.kv.consistent_index();
         let mut txn = self.kv.begin_apply()?;
-        let mut out = BatchOutcome { answers: Vec::new(), events: Vec::new(), ops: 0, last: None };
+        let mut out =
+            BatchOutcome { answers: Vec::new(), events: Vec::new(), ops: 0, last: None, after_compaction: Vec::new() };
         for e in entries {
             if e.index <= applied_index {
                 continue;
@@ -273,9 +305,16 @@ impl Applier {
                     match InternalRaftRequest::decode(&e.data[..]) {
                         Ok(req) => {
                             let id = req.header.as_ref().map(|h| h.id).filter(|id| *id != 0).unwrap_or(req.id);
+                            // a physical compaction is answered once its rows are gone (as etcd)
+                            let physical = req.compaction.as_ref().filter(|c| c.physical).map(|c| c.revision);
                             let result = self.apply_request(&mut txn, req);
                             let revision = txn.current_revision();
-                            out.answers.push((id, Applied { result, revision }));
+                            match physical {
+                                Some(rev) if result.is_ok() => {
+                                    out.after_compaction.push((rev, id, Applied { result, revision }))
+                                }
+                                _ => out.answers.push((id, Applied { result, revision })),
+                            }
                         }
                         Err(err) => {
                             // Every member sees the same bytes, so every member skips it alike.
