@@ -14,6 +14,7 @@ pub mod logging;
 pub mod membership;
 pub mod peer;
 pub mod snapshot;
+pub mod tls;
 pub mod wait;
 
 pub use etcd_server::EtcdServer;
