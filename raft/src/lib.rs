@@ -11,7 +11,8 @@
 //!   `RawNode`, the WAL and the snapshotter ([`raft_loop`]);
 //! - [`recovery`]: bootstrap of a new member and restore of an existing one;
 //! - [`read_index`]: batching of linearizable read-index requests;
-//! - [`transport`]: how messages leave the loop; [`slog_bridge`]: raft-rs logs
+//! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
+//!   connections to peer URLs); [`slog_bridge`]: raft-rs logs
 //!   into `tracing`.
 //!
 //! The most important invariant: an entry the applier receives was persisted
@@ -21,6 +22,7 @@
 pub mod error;
 pub mod metrics;
 pub mod node;
+pub mod peer_dial;
 pub mod peer_transport;
 mod raft_loop;
 pub mod read_index;
@@ -36,6 +38,7 @@ pub use node::{ApplyBatch, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};
 pub use raft::eraftpb;
 pub use raft::StateRole;
 pub use snapshotter::Snapshotter;
+pub use peer_dial::PeerDialer;
 pub use peer_transport::GrpcTransport;
 pub use transport::{NoopTransport, Transport};
 pub use wal::{Wal, WalContents, WalMetadata};

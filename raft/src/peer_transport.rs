@@ -19,6 +19,7 @@ use raft::eraftpb::Message;
 use tokio::sync::mpsc;
 
 use crate::node::RaftNode;
+use crate::peer_dial::PeerDialer;
 use crate::transport::Transport;
 
 /// Messages queued per peer before new ones are dropped.
@@ -36,8 +37,8 @@ struct PeerLink {
 }
 
 pub struct GrpcTransport {
-    /// Outgoing peer connections leave from this address (the member's own peer IP) when set.
-    local_ip: Option<std::net::IpAddr>,
+    /// Outgoing peer connections: from the member's own peer IP, TLS for https peer URLs.
+    dialer: PeerDialer,
     local_id: AtomicU64,
     cluster_id: AtomicU64,
     peers: RwLock<HashMap<u64, PeerLink>>,
@@ -48,9 +49,9 @@ pub struct GrpcTransport {
 }
 
 impl GrpcTransport {
-    pub fn new(runtime: tokio::runtime::Handle, local_ip: Option<std::net::IpAddr>) -> Arc<GrpcTransport> {
+    pub fn new(runtime: tokio::runtime::Handle, dialer: PeerDialer) -> Arc<GrpcTransport> {
         Arc::new(GrpcTransport {
-            local_ip,
+            dialer,
             local_id: AtomicU64::new(0),
             cluster_id: AtomicU64::new(0),
             peers: RwLock::new(HashMap::new()),
@@ -86,7 +87,7 @@ impl GrpcTransport {
             from: self.local_id.load(Ordering::Relaxed),
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
             node: self.node.get().cloned(),
-            local_ip: self.local_ip,
+            dialer: self.dialer.clone(),
         };
         let task = self.runtime.spawn(link.run(rx));
         tracing::info!(peer = %format!("{id:x}"), urls = ?urls, "added peer");
@@ -133,16 +134,9 @@ impl GrpcTransport {
         let urls = self.peer_urls(id).ok_or_else(|| format!("unknown peer {id:x}"))?;
         let mut last = String::from("no peer URLs");
         for url in urls {
-            let endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
-                Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true).local_address(self.local_ip),
-                Err(e) => {
-                    last = format!("bad peer URL {url}: {e}");
-                    continue;
-                }
-            };
-            match endpoint.connect().await {
+            match self.dialer.connect(&url, DIAL_TIMEOUT).await {
                 Ok(c) => return Ok(PeerClient::new(c).max_encoding_message_size(64 << 20)),
-                Err(e) => last = format!("{url}: {e}"),
+                Err(e) => last = e,
             }
         }
         Err(last)
@@ -195,7 +189,7 @@ struct PeerLinkTask {
     from: u64,
     cluster_id: u64,
     node: Option<RaftNode>,
-    local_ip: Option<std::net::IpAddr>,
+    dialer: PeerDialer,
 }
 
 impl PeerLinkTask {
@@ -225,13 +219,9 @@ impl PeerLinkTask {
     }
 
     async fn stream_to(&self, url: &str, rx: &mut mpsc::Receiver<Message>) -> StreamEnd {
-        let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
-            Ok(e) => e.connect_timeout(DIAL_TIMEOUT).tcp_nodelay(true).local_address(self.local_ip),
-            Err(e) => return StreamEnd::Broken(format!("bad peer URL: {e}")),
-        };
-        let channel = match endpoint.connect().await {
+        let channel = match self.dialer.connect(url, DIAL_TIMEOUT).await {
             Ok(c) => c,
-            Err(e) => return StreamEnd::Broken(e.to_string()),
+            Err(e) => return StreamEnd::Broken(e),
         };
         let mut client = PeerClient::new(channel).max_encoding_message_size(64 << 20);
         let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(16);

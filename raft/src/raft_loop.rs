@@ -259,6 +259,10 @@ impl RaftLoop {
     }
 
     fn handle_ready(&mut self) -> Result<(), RaftError> {
+        // The applier reads the status while applying what this Ready commits (a new leader's
+        // empty entry promotes the lessor only if the status already names this member leader
+        // in that term): publish the role change before handing entries over.
+        self.publish_status();
         let mut rd = self.raw.ready();
         self.send(rd.take_messages());
 

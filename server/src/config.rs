@@ -149,7 +149,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_V2_DEPRECATION", default_value = "not-yet")]
     pub v2_deprecation: String,
 
-    // ---- security (TLS is not built yet: non-default values are refused) ----
+    // ---- security (TLS: see tls.rs; CRLs, cipher suites and allowed hostnames are refused) ----
     #[arg(long, env = "ETCD_CERT_FILE", default_value = "")]
     pub cert_file: String,
     #[arg(long, env = "ETCD_KEY_FILE", default_value = "")]
@@ -313,6 +313,13 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     pub enable_lease_checkpoint: bool,
     pub lease_checkpoint_interval: Duration,
+    /// Client and peer TLS flags (tls.rs builds the rustls configurations from them).
+    pub client_tls: crate::tls::TlsFlags,
+    pub peer_tls: crate::tls::TlsFlags,
+    pub self_signed_cert_validity: u32,
+    /// How this member dials https peers: set at start from `tls::TlsSetup::load` (None:
+    /// no peer certificate, so dialling an https peer fails).
+    pub peer_dial_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -424,17 +431,11 @@ impl Flags {
     /// Refuses flags whose feature is not built, so nobody runs with a setting that does nothing.
     fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
         let unbuilt: &[(&str, bool)] = &[
-            ("cert-file", !self.cert_file.is_empty()),
-            ("key-file", !self.key_file.is_empty()),
-            ("client-cert-auth", self.client_cert_auth),
             ("client-crl-file", !self.client_crl_file.is_empty()),
-            ("trusted-ca-file", !self.trusted_ca_file.is_empty()),
-            ("auto-tls", self.auto_tls),
-            ("peer-cert-file", !self.peer_cert_file.is_empty()),
-            ("peer-key-file", !self.peer_key_file.is_empty()),
-            ("peer-client-cert-auth", self.peer_client_cert_auth),
-            ("peer-trusted-ca-file", !self.peer_trusted_ca_file.is_empty()),
-            ("peer-auto-tls", self.peer_auto_tls),
+            ("peer-crl-file", !self.peer_crl_file.is_empty()),
+            ("client-cert-allowed-hostname", !self.client_cert_allowed_hostname.is_empty()),
+            ("peer-cert-allowed-hostname", !self.peer_cert_allowed_hostname.is_empty()),
+            ("cipher-suites", !self.cipher_suites.is_empty()),
             ("discovery", !self.discovery.is_empty()),
             ("discovery-srv", !self.discovery_srv.is_empty()),
             ("force-new-cluster", self.force_new_cluster),
@@ -535,6 +536,24 @@ impl Flags {
         if lease_checkpoint_interval.is_zero() {
             return err("--experimental-lease-checkpoint-interval must be > 0");
         }
+        let client_tls = crate::tls::TlsFlags {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+            auto_tls: self.auto_tls,
+            allowed_cn: String::new(),
+        };
+        let peer_tls = crate::tls::TlsFlags {
+            cert_file: self.peer_cert_file.clone(),
+            key_file: self.peer_key_file.clone(),
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            client_cert_auth: self.peer_client_cert_auth,
+            auto_tls: self.peer_auto_tls,
+            allowed_cn: self.peer_cert_allowed_cn.clone(),
+        };
+        crate::tls::check_flags(&client_tls, &peer_tls, &listen_client_urls, &listen_peer_urls)
+            .map_err(|e| ConfigError(e.0))?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         Ok(ServerConfig {
             name: self.name,
@@ -563,6 +582,10 @@ impl Flags {
             watch_progress_notify_interval,
             enable_lease_checkpoint: self.enable_lease_checkpoint,
             lease_checkpoint_interval,
+            client_tls,
+            peer_tls,
+            self_signed_cert_validity: self.self_signed_cert_validity,
+            peer_dial_tls: None,
         })
     }
 }
@@ -605,8 +628,12 @@ mod tests {
 
     #[test]
     fn unbuilt_features_are_refused_by_name() {
-        let e = parse(&["--cert-file", "/x.pem"]).unwrap_err();
-        assert!(e.contains("--cert-file"), "{e}");
+        let e = parse(&["--client-crl-file", "/x.pem"]).unwrap_err();
+        assert!(e.contains("--client-crl-file"), "{e}");
+        let e = parse(&["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]).unwrap_err();
+        assert!(e.contains("--cipher-suites"), "{e}");
+        let e = parse(&["--peer-cert-allowed-hostname", "x"]).unwrap_err();
+        assert!(e.contains("--peer-cert-allowed-hostname"), "{e}");
     }
 
     #[test]

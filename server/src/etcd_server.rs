@@ -57,6 +57,8 @@ pub struct EtcdServer {
     removed_rx: watch::Receiver<bool>,
     /// The leader's peer channel, for forwarded lease and promote requests.
     leader_channel: Mutex<Option<(u64, tonic::transport::Channel)>>,
+    /// Dials peers as the raft transport does (its local IP; TLS for https peer URLs).
+    peer_dialer: etcd_raft::PeerDialer,
     request_timeout: Duration,
 }
 
@@ -148,7 +150,8 @@ impl EtcdServer {
             .and_then(|u| u.host_str())
             .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok())
             .filter(|ip| !ip.is_unspecified());
-        let transport = GrpcTransport::new(tokio::runtime::Handle::current(), local_ip);
+        let dialer = etcd_raft::PeerDialer::new(local_ip, cfg.peer_dial_tls.clone());
+        let transport = GrpcTransport::new(tokio::runtime::Handle::current(), dialer.clone());
         let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
         let meta = raft.wal_metadata();
         let (my_id, cid) = (meta.node_id, meta.cluster_id);
@@ -230,6 +233,7 @@ impl EtcdServer {
             applier: Mutex::new(Some(handle)),
             removed_rx,
             leader_channel: Mutex::new(None),
+            peer_dialer: dialer,
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
@@ -465,10 +469,12 @@ impl EtcdServer {
         }
         let urls = self.members.member(leader).and_then(|m| m.raft_attrs).map(|r| r.peer_urls).unwrap_or_default();
         for url in urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else { continue };
-            if let Ok(ch) = ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true).connect().await {
-                *self.leader_channel.lock() = Some((leader, ch.clone()));
-                return Ok(PeerClient::new(ch));
+            match self.peer_dialer.connect(&url, Duration::from_secs(1)).await {
+                Ok(ch) => {
+                    *self.leader_channel.lock() = Some((leader, ch.clone()));
+                    return Ok(PeerClient::new(ch));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot reach the leader's peer URL"),
             }
         }
         Err(ServerError::NoLeader)
@@ -720,10 +726,12 @@ impl EtcdServer {
 /// Asks the members of `--initial-cluster` (other than us) for the cluster ID and members.
 async fn fetch_cluster(cfg: &ServerConfig) -> Result<(u64, Vec<Member>), ServerError> {
     let mut errors = Vec::new();
+    // Dialled as the raft streams are (TLS for https peers), but from any local address: the
+    // transport and its local IP do not exist yet.
+    let dialer = etcd_raft::PeerDialer::new(None, cfg.peer_dial_tls.clone());
     for m in cfg.initial_cluster.iter().filter(|m| m.name != cfg.name) {
         for url in &m.peer_urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else { continue };
-            match ep.connect_timeout(Duration::from_secs(2)).connect().await {
+            match dialer.connect(url, Duration::from_secs(2)).await {
                 Ok(ch) => match PeerClient::new(ch).members(MembersRequest {}).await {
                     Ok(r) => {
                         let r = r.into_inner();
@@ -731,7 +739,7 @@ async fn fetch_cluster(cfg: &ServerConfig) -> Result<(u64, Vec<Member>), ServerE
                     }
                     Err(e) => errors.push(format!("{url}: {}", e.message())),
                 },
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(e),
             }
         }
     }

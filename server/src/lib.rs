@@ -15,6 +15,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer;
 pub mod snapshot;
+pub mod tls;
 pub mod wait;
 
 pub use etcd_server::EtcdServer;

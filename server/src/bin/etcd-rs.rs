@@ -8,6 +8,7 @@ use clap::Parser;
 use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
+use etcd_server::tls::{self, TlsSetup};
 use etcd_server::{compactor, grpc, logging, EtcdServer};
 use tokio::sync::watch;
 
@@ -63,7 +64,7 @@ fn socket_addr(u: &url::Url) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
+async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     tracing::info!(
         etcd_version = %cfg.etcd_api_version,
         etcd_rs_version = ETCD_RS_VERSION,
@@ -74,14 +75,16 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     // Bind first, so a busy port fails fast before any data dir is touched.
     let client_listeners = bind_all("listen-client-urls", &cfg.listen_client_urls, "client requests").await?;
     let peer_listeners = bind_all("listen-peer-urls", &cfg.listen_peer_urls, "peers").await?;
+    let tls = TlsSetup::load(&cfg).map_err(|e| e.to_string())?;
+    cfg.peer_dial_tls = tls.peer_dial.clone();
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
 
     // Peers first: electing a leader (and so publishing) needs them.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serving = Vec::new();
-    for l in peer_listeners {
+    for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        serving.push(serve(l, tonic::service::Routes::new(peer), stop_rx.clone(), "peer"));
+        serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &stop_rx, "peer")?);
     }
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
@@ -94,8 +97,8 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         }
     }
 
-    for l in client_listeners {
-        serving.push(serve(l, grpc::routes(server.clone()), stop_rx.clone(), "client"));
+    for (l, https) in client_listeners {
+        serving.push(serve_url(l, https.then(|| tls.client.clone()), grpc::routes(server.clone()), &stop_rx, "client")?);
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -114,18 +117,40 @@ async fn run(cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Serves `routes` on `listener` until `stop` turns true. Client listeners also answer HTTP/1.1
-/// (`/health`, `/version`); peers speak gRPC only.
-fn serve(
+/// Serves an http listener in plain text, an https one (`tls` is Some) over TLS; an https
+/// listener without a TLS configuration is an error, never served in plain text.
+fn serve_url(
     listener: tokio::net::TcpListener,
+    tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
+    routes: tonic::service::Routes,
+    stop: &watch::Receiver<bool>,
+    what: &'static str,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    match tls {
+        None => {
+            // tonic ignores Server::tcp_nodelay for a caller's incoming stream: set TCP_NODELAY on
+            // accepted sockets here, as Go does by default (without it Nagle and delayed ACKs held
+            // answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
+            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Ok(serve(incoming, routes, stop.clone(), what))
+        }
+        Some(Some(config)) => Ok(serve(tls::incoming(listener, config, what == "peer"), routes, stop.clone(), what)),
+        Some(None) => Err(format!("no TLS configuration for the https {what} listener")),
+    }
+}
+
+/// Serves `routes` on `incoming` until `stop` turns true. Client listeners also answer HTTP/1.1
+/// (`/health`, `/version`); peers speak gRPC only.
+fn serve<I, IO>(
+    incoming: I,
     routes: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
     what: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    // tonic ignores Server::tcp_nodelay for a caller's incoming stream: set TCP_NODELAY on
-    // accepted sockets here, as Go does by default (without it Nagle and delayed ACKs held
-    // answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+) -> tokio::task::JoinHandle<()>
+where
+    I: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+{
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
             .accept_http1(what == "client")
@@ -143,16 +168,17 @@ fn serve(
     })
 }
 
-async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<tokio::net::TcpListener>, String> {
+/// Binds every URL; each listener comes with whether its URL is https.
+async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(tokio::net::TcpListener, bool)>, String> {
     let mut out = Vec::new();
     for u in urls {
-        if u.scheme() != "http" {
-            return Err(format!("--{flag}: scheme {} is not supported yet (http only)", u.scheme()));
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!("--{flag}: scheme {} is not supported yet (http and https only)", u.scheme()));
         }
         let addr = socket_addr(u)?;
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        tracing::info!(address = %addr, "listening for {what}");
-        out.push(l);
+        tracing::info!(address = %addr, scheme = u.scheme(), "listening for {what}");
+        out.push((l, u.scheme() == "https"));
     }
     Ok(out)
 }

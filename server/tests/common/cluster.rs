@@ -96,6 +96,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` members named m0..; each advertises its proxy's port as its peer URL.
     pub async fn start(dir: &Path, n: usize, extra: &[&str]) -> TestCluster {
+        TestCluster::start_with_peer_scheme(dir, n, extra, "http").await
+    }
+
+    /// As `start`, with "http" or "https" peer URLs.
+    pub async fn start_with_peer_scheme(dir: &Path, n: usize, extra: &[&str], scheme: &'static str) -> TestCluster {
         let mut members = Vec::new();
         let mut proxies = Vec::new();
         for i in 0..n {
@@ -103,11 +108,12 @@ impl TestCluster {
             m.name = format!("m{i}");
             m.peer_ip = member_ip(i);
             m.peer_port = free_port_on(m.peer_ip);
+            m.peer_scheme = scheme;
             proxies.push(PeerProxy::start(SocketAddr::new(m.peer_ip, m.peer_port)).await);
             members.push(m);
         }
         let initial: Vec<String> =
-            (0..n).map(|i| format!("m{i}=http://127.0.0.1:{}", proxies[i].port)).collect();
+            (0..n).map(|i| format!("m{i}={scheme}://127.0.0.1:{}", proxies[i].port)).collect();
         for (i, m) in members.iter_mut().enumerate() {
             m.advertise_peer_port = Some(proxies[i].port);
             m.initial_cluster = Some(initial.join(","));

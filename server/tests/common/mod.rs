@@ -29,6 +29,9 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub extra: Vec<String>,
+    /// "http" (default) or "https" for the client and the peer URLs.
+    pub client_scheme: &'static str,
+    pub peer_scheme: &'static str,
     child: Option<Child>,
 }
 
@@ -43,6 +46,8 @@ impl Member {
             client_port: free_port(),
             peer_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            client_scheme: "http",
+            peer_scheme: "http",
             child: None,
         }
     }
@@ -54,13 +59,13 @@ impl Member {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.client_scheme, self.client_port)
     }
 
     pub fn start(&mut self) {
         let client = self.endpoint();
-        let listen_peer = format!("http://{}:{}", self.peer_ip, self.peer_port);
-        let peer = format!("http://127.0.0.1:{}", self.advertise_peer_port.unwrap_or(self.peer_port));
+        let listen_peer = format!("{}://{}:{}", self.peer_scheme, self.peer_ip, self.peer_port);
+        let peer = format!("{}://127.0.0.1:{}", self.peer_scheme, self.advertise_peer_port.unwrap_or(self.peer_port));
         let initial = self.initial_cluster.clone().unwrap_or_else(|| format!("{}={peer}", self.name));
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -1,0 +1,123 @@
+//! `PeerDialer`: every outgoing connection to another member's peer URL goes through here.
+//!
+//! An `http://` peer URL gets a plain tonic channel; an `https://` one gets TLS (rustls) with the
+//! member's peer TLS client configuration (its certificate for `--peer-client-cert-auth`, the
+//! peer CA as roots). Both leave from the member's own peer IP when one is set. The invariant:
+//! an https URL is never dialled in plain text — without a TLS configuration it is an error.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// How this member dials its peers.
+#[derive(Clone, Default)]
+pub struct PeerDialer {
+    /// Outgoing connections bind this address (the member's peer IP) when set.
+    local_ip: Option<IpAddr>,
+    /// TLS client configuration for https peer URLs (`--peer-*` flags); None: no peer TLS.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for PeerDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerDialer").field("local_ip", &self.local_ip).field("tls", &self.tls.is_some()).finish()
+    }
+}
+
+impl PeerDialer {
+    pub fn new(local_ip: Option<IpAddr>, tls: Option<Arc<rustls::ClientConfig>>) -> PeerDialer {
+        PeerDialer { local_ip, tls }
+    }
+
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
+    }
+
+    /// A connected channel to `url` (http or https), the TCP connect and TLS handshake bounded
+    /// by `timeout`.
+    pub async fn connect(&self, url: &str, timeout: Duration) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("bad peer URL {url}: {e}"))?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .local_address(self.local_ip);
+        if endpoint.uri().scheme_str() != Some("https") {
+            return endpoint.connect().await.map_err(|e| format!("{url}: {e}"));
+        }
+        let Some(tls) = self.tls.clone() else {
+            return Err(format!(
+                "{url}: https peer URL but this member has no peer TLS configuration (--peer-cert-file/--peer-key-file or --peer-auto-tls)"
+            ));
+        };
+        let connector = TlsConnector { tls, local_ip: self.local_ip };
+        endpoint.connect_with_connector(connector).await.map_err(|e| {
+            // tonic's transport error hides the cause (e.g. a certificate rejection): show it.
+            let mut msg = format!("{url}: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            msg
+        })
+    }
+}
+
+/// tower connector for tonic: TCP from `local_ip`, then a rustls handshake naming the URL's host.
+#[derive(Clone)]
+struct TlsConnector {
+    tls: Arc<rustls::ClientConfig>,
+    local_ip: Option<IpAddr>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("peer URL has no host")?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = connect_tcp(&host, port, this.local_ip).await?;
+            let name = match host.parse::<IpAddr>() {
+                Ok(ip) => ServerName::IpAddress(ip.into()),
+                Err(_) => ServerName::try_from(host.clone()).map_err(|e| format!("bad peer host {host}: {e}"))?,
+            };
+            let tls = tokio_rustls::TlsConnector::from(this.tls).connect(name, tcp).await?;
+            Ok(TokioIo::new(tls))
+        })
+    }
+}
+
+async fn connect_tcp(host: &str, port: u16, local_ip: Option<IpAddr>) -> Result<TcpStream, BoxError> {
+    let mut last: BoxError = format!("{host}:{port}: no addresses").into();
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        if let Some(ip) = local_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.set_nodelay(true)?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Box::new(e),
+        }
+    }
+    Err(last)
+}
