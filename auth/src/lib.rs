@@ -18,7 +18,7 @@ mod store;
 mod token;
 
 pub use perms::{Access, RangePerms};
-pub use store::{AuthInfo, AuthStore, ROOT_ROLE, ROOT_USER};
+pub use store::{AuthInfo, AuthStore, AUTH, AUTH_ROLES, AUTH_USERS, ROOT_ROLE, ROOT_USER};
 pub use token::{gen_token_prefix, token_index, SimpleTokens};
 
 /// Errors of the auth store; the messages are etcd's (`auth: ...`), the server maps them to

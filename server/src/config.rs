@@ -189,7 +189,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
 
-    // ---- auth (not built yet) ----
+    // ---- auth (simple tokens; JWT not built yet) ----
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
@@ -313,6 +313,10 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     pub enable_lease_checkpoint: bool,
     pub lease_checkpoint_interval: Duration,
+    /// bcrypt cost of password hashes (etcd's `--bcrypt-cost`; out of range: 10).
+    pub bcrypt_cost: u32,
+    /// How long an unused simple token lives (`--auth-token-ttl`, seconds).
+    pub auth_token_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -563,6 +567,8 @@ impl Flags {
             watch_progress_notify_interval,
             enable_lease_checkpoint: self.enable_lease_checkpoint,
             lease_checkpoint_interval,
+            bcrypt_cost: self.bcrypt_cost,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }
 }
