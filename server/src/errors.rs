@@ -205,6 +205,15 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// The error as Go's gRPC prints a status ("rpc error: code = X desc = msg"): etcd puts
+    /// this text in a refused watch's cancel reason.
+    pub fn grpc_error_string(self) -> String {
+        let s = Status::from(self);
+        format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Status {
         use ServerError::*;
@@ -270,6 +279,14 @@ mod tests {
         assert_eq!(
             (s.code(), s.message()),
             (Code::Unknown, "auth: authentication failed, password was given for no password user")
+        );
+        assert_eq!(
+            ServerError::UserEmpty.grpc_error_string(),
+            "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
+        );
+        assert_eq!(
+            ServerError::PermissionDenied.grpc_error_string(),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
         );
         let s: Status = ServerError::EmptyKey.into();
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));

@@ -143,7 +143,7 @@ async fn refused_create(server: &EtcdServer, md: &tonic::metadata::MetadataMap, 
         watch_id: -1,
         created: true,
         canceled: true,
-        cancel_reason: reason.to_string(),
+        cancel_reason: reason.grpc_error_string(),
         ..Default::default()
     })
 }
