@@ -39,6 +39,7 @@ scenarios! {
     cluster_survives_member_crash_and_restart_as_in_etcd => "cluster-restart",
     defragment_keeps_data_as_in_etcd => "defrag",
     nospace_alarm_caps_writes_as_in_etcd => "alarm-nospace",
+    auth_users_roles_and_permissions_match_etcd => "auth",
 }
 
 #[test]

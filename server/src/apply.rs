@@ -53,6 +53,7 @@ pub enum ApplyResult {
     LeaseGrant(LeaseGrantResponse),
     Alarm(AlarmResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    Auth(crate::apply_auth::AuthResult),
     Empty,
 }
 
@@ -76,6 +77,7 @@ pub struct Applier {
     pub removed_tx: watch::Sender<bool>,
     pub lessor: Arc<Lessor>,
     pub alarms: Arc<crate::alarms::Alarms>,
+    pub auth: Arc<etcd_auth::AuthStore>,
     /// How far a new leader pushes every lease's deadline (the election timeout). Only the
     /// leader's local expiry timing uses it, never applied state.
     pub lease_promote_extend: Duration,
@@ -228,6 +230,7 @@ impl Applier {
         crate::etcd_server::lease::attach_lease_keys(&self.kv, &self.lessor)?;
         self.members.reload(&self.kv.backend().database())?;
         self.alarms.reload(&self.kv.backend().database())?;
+        self.auth.reload(&self.kv.backend().database())?;
         let members = self.members.members();
         for m in &members {
             self.transport.set_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
@@ -307,7 +310,7 @@ impl Applier {
                             let id = req.header.as_ref().map(|h| h.id).filter(|id| *id != 0).unwrap_or(req.id);
                             // a physical compaction is answered once its rows are gone (as etcd)
                             let physical = req.compaction.as_ref().filter(|c| c.physical).map(|c| c.revision);
-                            let result = self.apply_request(&mut txn, req);
+                            let result = self.apply_request(&mut txn, req, e.index);
                             let revision = txn.current_revision();
                             match physical {
                                 Some(rev) if result.is_ok() => {
@@ -446,14 +449,20 @@ impl Applier {
     }
 
     /// Applies one request; the lessor follows the key changes it made (attach / detach).
-    fn apply_request(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest) -> Result<ApplyResult, ServerError> {
+    fn apply_request(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest, index: u64) -> Result<ApplyResult, ServerError> {
         let before = txn.pending_events().len();
-        let result = self.apply_request_ops(txn, req);
+        let result = self.apply_request_ops(txn, req, index);
         self.lessor.apply_events(&txn.pending_events()[before..]);
         result
     }
 
-    fn apply_request_ops(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest) -> Result<ApplyResult, ServerError> {
+    fn apply_request_ops(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest, index: u64) -> Result<ApplyResult, ServerError> {
+        // etcd's auth applier: the sender named in the header must be allowed the request
+        let sender = crate::apply_auth::header_auth(&req);
+        crate::apply_auth::authorize(&self.auth, &self.lessor, &sender, &req)?;
+        if let Some(r) = crate::apply_auth::apply(&self.auth, txn.write_txn(), &req, index) {
+            return r.map(ApplyResult::Auth);
+        }
         let lessor = self.lessor.clone();
         let lease_exists = move |id: i64| lessor.exists(id);
         // etcd's capped applier: while NOSPACE is raised nothing may grow the store

@@ -52,7 +52,7 @@ pub async fn run(server: Arc<EtcdServer>, mode: AutoCompaction) {
         if !server.is_leader() {
             continue;
         }
-        match server.compact(CompactionRequest { revision: target, physical: false }).await {
+        match server.compact(CompactionRequest { revision: target, physical: false }, None).await {
             Ok(_) => {
                 tracing::info!(revision = target, "finished scheduled auto compaction");
                 last_compacted = target;

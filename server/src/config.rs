@@ -189,7 +189,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
 
-    // ---- auth (not built yet) ----
+    // ---- auth (simple tokens; JWT not built yet) ----
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
@@ -320,6 +320,10 @@ pub struct ServerConfig {
     /// How this member dials https peers: set at start from `tls::TlsSetup::load` (None:
     /// no peer certificate, so dialling an https peer fails).
     pub peer_dial_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// bcrypt cost of password hashes (etcd's `--bcrypt-cost`; out of range: 10).
+    pub bcrypt_cost: u32,
+    /// How long an unused simple token lives (`--auth-token-ttl`, seconds).
+    pub auth_token_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -586,6 +590,8 @@ impl Flags {
             peer_tls,
             self_signed_cert_validity: self.self_signed_cert_validity,
             peer_dial_tls: None,
+            bcrypt_cost: self.bcrypt_cost,
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Server errors and the one table that maps every error a client can see to etcd's gRPC
 //! status code and message. Clients match on these strings; write each one only here.
 
+use etcd_auth::AuthError;
 use etcd_lease::LeaseError;
 use etcd_mvcc::MvccError;
 use etcd_raft::RaftError;
@@ -74,6 +75,44 @@ pub enum ServerError {
     NotSupportedForLearner,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// An auth error etcd answers unmapped (code Unknown, its `auth: ...` text): a no-password
+    /// user's login, and the maintenance RPCs' root check.
+    #[error("{0}")]
+    AuthUnmapped(String),
     /// A feature etcd-rs has not built yet; the message names it.
     #[error("{0}")]
     Unimplemented(String),
@@ -102,6 +141,32 @@ impl From<LeaseError> for ServerError {
             LeaseError::TtlTooLarge => ServerError::LeaseTTLTooLarge,
             LeaseError::NotPrimary => ServerError::NotLeader,
             other => ServerError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ServerError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::RootUserNotExist => ServerError::RootUserNotExist,
+            AuthError::RootRoleNotExist => ServerError::RootRoleNotExist,
+            AuthError::UserAlreadyExist => ServerError::UserAlreadyExist,
+            AuthError::UserEmpty => ServerError::UserEmpty,
+            AuthError::UserNotFound => ServerError::UserNotFound,
+            AuthError::RoleAlreadyExist => ServerError::RoleAlreadyExist,
+            AuthError::RoleNotFound => ServerError::RoleNotFound,
+            AuthError::RoleEmpty => ServerError::RoleEmpty,
+            AuthError::AuthFailed => ServerError::AuthFailed,
+            AuthError::PermissionDenied => ServerError::PermissionDenied,
+            AuthError::RoleNotGranted => ServerError::RoleNotGranted,
+            AuthError::PermissionNotGranted => ServerError::PermissionNotGranted,
+            AuthError::PermissionNotGiven => ServerError::PermissionNotGiven,
+            AuthError::AuthNotEnabled => ServerError::AuthNotEnabled,
+            AuthError::AuthOldRevision => ServerError::AuthOldRevision,
+            AuthError::InvalidAuthToken => ServerError::InvalidAuthToken,
+            AuthError::InvalidAuthMgmt => ServerError::InvalidAuthMgmt,
+            e @ AuthError::NoPasswordUser => ServerError::AuthUnmapped(e.to_string()),
+            e @ (AuthError::Storage(_) | AuthError::Hash(_)) => ServerError::Internal(e.to_string()),
         }
     }
 }
@@ -140,6 +205,15 @@ impl ServerError {
     }
 }
 
+impl ServerError {
+    /// The error as Go's gRPC prints a status ("rpc error: code = X desc = msg"): etcd puts
+    /// this text in a refused watch's cancel reason.
+    pub fn grpc_error_string(self) -> String {
+        let s = Status::from(self);
+        format!("rpc error: code = {:?} desc = {}", s.code(), s.message())
+    }
+}
+
 impl From<ServerError> for Status {
     fn from(e: ServerError) -> Status {
         use ServerError::*;
@@ -155,6 +229,14 @@ impl From<ServerError> for Status {
             NotLeader | LeaseExist => Code::FailedPrecondition,
             NoLeader | LeaderChanged | Stopped | Timeout | TimeoutWaitAppliedIndex => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist
+            | RoleNotFound | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt | AuthOldRevision => {
+                Code::InvalidArgument
+            }
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            AuthUnmapped(_) => Code::Unknown,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Unknown,
         };
@@ -185,6 +267,27 @@ mod tests {
         assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
         let s: Status = ServerError::NoLeader.into();
         assert_eq!((s.code(), s.message()), (Code::Unavailable, "etcdserver: no leader"));
+        let s: Status = ServerError::from(AuthError::UserEmpty).into();
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: user name is empty"));
+        let s: Status = ServerError::from(AuthError::PermissionDenied).into();
+        assert_eq!((s.code(), s.message()), (Code::PermissionDenied, "etcdserver: permission denied"));
+        let s: Status = ServerError::from(AuthError::InvalidAuthToken).into();
+        assert_eq!((s.code(), s.message()), (Code::Unauthenticated, "etcdserver: invalid auth token"));
+        let s: Status = ServerError::from(AuthError::UserNotFound).into();
+        assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: user name not found"));
+        let s: Status = ServerError::from(AuthError::NoPasswordUser).into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "auth: authentication failed, password was given for no password user")
+        );
+        assert_eq!(
+            ServerError::UserEmpty.grpc_error_string(),
+            "rpc error: code = InvalidArgument desc = etcdserver: user name is empty"
+        );
+        assert_eq!(
+            ServerError::PermissionDenied.grpc_error_string(),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        );
         let s: Status = ServerError::EmptyKey.into();
         assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: key is not provided"));
     }

@@ -14,7 +14,7 @@ use etcd_mvcc::{KvStore, WatchHub, WatchHubOptions};
 use etcd_proto::etcdserverpb::{
     alarm_request::AlarmAction, request_op, AlarmRequest, AlarmResponse, AlarmType, RequestOp,
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, InternalRaftRequest,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse,
     TxnRequest, TxnResponse,
 };
 use etcd_proto::etcdrspb::peer_client::PeerClient;
@@ -30,10 +30,12 @@ use crate::alarms::Alarms;
 use crate::apply::{Applied, ApplyResult, ApplyWait, Applier};
 use crate::config::ServerConfig;
 use crate::errors::ServerError;
+use etcd_auth::AuthInfo;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
 use crate::membership::{new_member, Membership};
 use crate::snapshot;
 
+pub(crate) mod auth;
 pub(crate) mod lease;
 
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
@@ -50,6 +52,7 @@ pub struct EtcdServer {
     members: Arc<Membership>,
     lessor: Arc<Lessor>,
     alarms: Arc<Alarms>,
+    auth: Arc<etcd_auth::AuthStore>,
     wait: Arc<ApplyWait>,
     applied_rx: watch::Receiver<u64>,
     ids: RequestIdGen,
@@ -89,6 +92,8 @@ impl EtcdServer {
         let (applied_index, _) = kv.consistent_index();
         let lessor = lease::open_lessor(&kv, &cfg)?;
         let alarms = Arc::new(Alarms::load(&kv.backend().database())?);
+        let token_ttl = if cfg.auth_token_ttl.is_zero() { Duration::from_secs(300) } else { cfg.auth_token_ttl };
+        let auth = Arc::new(etcd_auth::AuthStore::load(&kv.backend().database(), token_ttl)?);
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&member_dir.join("wal"));
@@ -202,6 +207,7 @@ impl EtcdServer {
             removed_tx,
             lessor: lessor.clone(),
             alarms: alarms.clone(),
+            auth: auth.clone(),
             lease_promote_extend: cfg.heartbeat * cfg.election_ticks as u32,
             wait: wait.clone(),
             applied_tx,
@@ -227,6 +233,7 @@ impl EtcdServer {
             members,
             lessor,
             alarms,
+            auth,
             wait,
             applied_rx,
             ids: RequestIdGen::new(my_id),
@@ -520,7 +527,10 @@ impl EtcdServer {
 
     async fn propose(&self, mut req: InternalRaftRequest) -> Result<Applied, ServerError> {
         let id = self.ids.next();
-        req.header = Some(RequestHeader { id, ..Default::default() });
+        // no header: a request this member makes itself (client requests carry their sender)
+        let mut header = req.header.take().unwrap_or_else(|| self.auth_header(None));
+        header.id = id;
+        req.header = Some(header);
         let data = req.encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(ServerError::RequestTooLarge);
@@ -565,33 +575,43 @@ impl EtcdServer {
         }
     }
 
-    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, ServerError> {
+    /// `auth`: the client's identity (None: this member's own read, unchecked).
+    pub async fn range(&self, req: RangeRequest, auth: Option<&AuthInfo>) -> Result<RangeResponse, ServerError> {
         if !req.serializable {
             self.linearizable_barrier().await?;
         }
+        if let Some(ai) = auth {
+            self.auth.is_range_permitted(ai, &req.key, &req.range_end)?;
+        }
         let mut resp = self.kv.range(&req)?;
+        // the auth state changed while reading: the check above may be stale (as etcd)
+        if let Some(ai) = auth.filter(|ai| ai.revision != 0) {
+            if ai.revision != self.auth.revision() {
+                return Err(ServerError::AuthOldRevision);
+            }
+        }
         let read_at = resp.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.kv.current_revision());
         resp.header = Some(self.header(read_at));
         Ok(resp)
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResponse, ServerError> {
+    pub async fn put(&self, req: PutRequest, auth: Option<&AuthInfo>) -> Result<PutResponse, ServerError> {
         self.check_quota(put_cost(&req)).await?;
-        self.propose_for(InternalRaftRequest { put: Some(req), ..Default::default() }).await
+        self.propose_for(self.sent_by(InternalRaftRequest { put: Some(req), ..Default::default() }, auth)).await
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse, ServerError> {
-        self.propose_for(InternalRaftRequest { delete_range: Some(req), ..Default::default() }).await
+    pub async fn delete_range(&self, req: DeleteRangeRequest, auth: Option<&AuthInfo>) -> Result<DeleteRangeResponse, ServerError> {
+        self.propose_for(self.sent_by(InternalRaftRequest { delete_range: Some(req), ..Default::default() }, auth)).await
     }
 
     /// Nested responses keep the per-op headers mvcc gave them, as etcd answers.
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, ServerError> {
+    pub async fn txn(&self, req: TxnRequest, auth: Option<&AuthInfo>) -> Result<TxnResponse, ServerError> {
         self.check_quota(txn_cost(&req)).await?;
-        self.propose_for(InternalRaftRequest { txn: Some(req), ..Default::default() }).await
+        self.propose_for(self.sent_by(InternalRaftRequest { txn: Some(req), ..Default::default() }, auth)).await
     }
 
-    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse, ServerError> {
-        self.propose_for(InternalRaftRequest { compaction: Some(req), ..Default::default() }).await
+    pub async fn compact(&self, req: CompactionRequest, auth: Option<&AuthInfo>) -> Result<CompactionResponse, ServerError> {
+        self.propose_for(self.sent_by(InternalRaftRequest { compaction: Some(req), ..Default::default() }, auth)).await
     }
 
     /// Proposes `req`, waits for it to apply, and answers with this member's header at the

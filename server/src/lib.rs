@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod apply;
+mod apply_auth;
 mod apply_lease;
 pub mod compactor;
 pub mod config;

@@ -122,7 +122,10 @@ fn dump_all(
     dump_table(txn, MEMBERS, emit)?;
     dump_table(txn, MEMBERS_REMOVED, emit)?;
     dump_table(txn, CLUSTER, emit)?;
-    dump_table(txn, ALARMS, emit)
+    dump_table(txn, ALARMS, emit)?;
+    dump_table(txn, etcd_auth::AUTH, emit)?;
+    dump_table(txn, etcd_auth::AUTH_USERS, emit)?;
+    dump_table(txn, etcd_auth::AUTH_ROLES, emit)
 }
 
 fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
@@ -134,6 +137,9 @@ fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
     txn.delete_table(MEMBERS_REMOVED).map_err(e)?;
     txn.delete_table(CLUSTER).map_err(e)?;
     txn.delete_table(ALARMS).map_err(e)?;
+    txn.delete_table(etcd_auth::AUTH).map_err(e)?;
+    txn.delete_table(etcd_auth::AUTH_USERS).map_err(e)?;
+    txn.delete_table(etcd_auth::AUTH_ROLES).map_err(e)?;
     // the lessor expects its table to exist
     txn.open_table(etcd_lease::LEASE_TABLE).map_err(|e| err("open table", e))?;
     Ok(())
@@ -148,6 +154,9 @@ fn load_any(txn: &WriteTransaction, rows: &SnapshotRows) -> Result<(), ServerErr
         t if t == MEMBERS_REMOVED.name() => load_rows(txn, MEMBERS_REMOVED, rows),
         t if t == CLUSTER.name() => load_rows(txn, CLUSTER, rows),
         t if t == ALARMS.name() => load_rows(txn, ALARMS, rows),
+        t if t == etcd_auth::AUTH.name() => load_rows(txn, etcd_auth::AUTH, rows),
+        t if t == etcd_auth::AUTH_USERS.name() => load_rows(txn, etcd_auth::AUTH_USERS, rows),
+        t if t == etcd_auth::AUTH_ROLES.name() => load_rows(txn, etcd_auth::AUTH_ROLES, rows),
         other => Err(err("rows", format!("unknown table {other:?}"))),
     }
 }

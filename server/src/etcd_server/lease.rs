@@ -80,8 +80,10 @@ impl EtcdServer {
         }
     }
 
-    pub async fn lease_revoke(&self, req: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, ServerError> {
-        let applied = self.propose(InternalRaftRequest { lease_revoke: Some(req), ..Default::default() }).await?;
+    /// `auth`: the client's identity (None: this member's own expiry revoke, run as root).
+    pub async fn lease_revoke(&self, req: LeaseRevokeRequest, auth: Option<&etcd_auth::AuthInfo>) -> Result<LeaseRevokeResponse, ServerError> {
+        let req = self.sent_by(InternalRaftRequest { lease_revoke: Some(req), ..Default::default() }, auth);
+        let applied = self.propose(req).await?;
         match applied.result? {
             ApplyResult::LeaseRevoke(mut r) => {
                 r.header = Some(self.header(applied.revision));
@@ -190,7 +192,7 @@ pub(super) async fn run_expiry_loop(server: Weak<EtcdServer>) {
             let Ok(permit) = pending.clone().acquire_owned().await else { return };
             let srv = s.clone();
             tokio::spawn(async move {
-                match srv.lease_revoke(LeaseRevokeRequest { id }).await {
+                match srv.lease_revoke(LeaseRevokeRequest { id }, None).await {
                     Ok(_) | Err(ServerError::LeaseNotFound) => {}
                     Err(e) => tracing::warn!(lease_id = %format!("{id:016x}"), error = %e, "failed to revoke an expired lease"),
                 }

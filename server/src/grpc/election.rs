@@ -32,19 +32,20 @@ fn leader_key(k: Option<LeaderKey>) -> Result<LeaderKey, Status> {
 impl Election for ElectionService {
     /// Enters the election with `<name>/<lease>` holding `value` and waits to lead.
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         let server = &self.server;
         let key = participant_key(&req.name, req.lease);
-        let (rev, _, existing) = create_or_get(server, &key, &req.value, req.lease).await?;
-        let abandon = Abandon::new(server, &key, rev);
+        let (rev, _, existing) = create_or_get(server, &auth, &key, &req.value, req.lease).await?;
+        let abandon = Abandon::new(server, &auth, &key, rev);
         if existing.is_some_and(|kv| kv.value != req.value) {
             // already campaigning under this lease: announce the new value
-            let (ok, _) = put_if_created_at(server, &key, rev, &req.value, req.lease).await?;
+            let (ok, _) = put_if_created_at(server, &auth, &key, rev, &req.value, req.lease).await?;
             if !ok {
                 return Err(recipe_error(ERR_ELECTION_NOT_LEADER));
             }
         }
-        let header = wait_deletes(server, &prefix(&req.name), rev - 1).await?;
+        let header = wait_deletes(server, &auth, &prefix(&req.name), rev - 1).await?;
         abandon.disarm();
         Ok(Response::new(CampaignResponse {
             header: Some(header),
@@ -53,9 +54,10 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         let l = leader_key(req.leader)?;
-        let (ok, header) = put_if_created_at(&self.server, &l.key, l.rev, &req.value, l.lease).await?;
+        let (ok, header) = put_if_created_at(&self.server, &auth, &l.key, l.rev, &req.value, l.lease).await?;
         if !ok {
             return Err(recipe_error(ERR_ELECTION_NOT_LEADER));
         }
@@ -63,8 +65,9 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let name = request.into_inner().name;
-        match first_created(&self.server, &prefix(&name)).await? {
+        match first_created(&self.server, &auth, &prefix(&name)).await? {
             (Some(kv), header) => Ok(Response::new(LeaderResponse { header: Some(header), kv: Some(kv) })),
             (None, _) => Err(recipe_error(ERR_ELECTION_NO_LEADER)),
         }
@@ -74,13 +77,14 @@ impl Election for ElectionService {
 
     /// Streams the leader's key-value: now, on every new value, and on every new leader.
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let pfx = prefix(&request.into_inner().name);
         let server = self.server.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let result: Result<(), crate::errors::ServerError> = async {
                 loop {
-                    let (leader, header) = first_created(&server, &pfx).await?;
+                    let (leader, header) = first_created(&server, &auth, &pfx).await?;
                     let Some(mut kv) = leader else {
                         next_put_under(&server, &pfx, header.revision + 1).await?;
                         continue;
@@ -106,8 +110,9 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let l = leader_key(request.into_inner().leader)?;
-        let header = delete_if_created_at(&self.server, &l.key, l.rev).await?;
+        let header = delete_if_created_at(&self.server, &auth, &l.key, l.rev).await?;
         Ok(Response::new(ResignResponse { header: Some(header) }))
     }
 }

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use etcd_proto::etcdserverpb::auth_server::Auth;
 use etcd_proto::etcdserverpb::cluster_server::Cluster;
 use etcd_proto::etcdserverpb::kv_server::Kv;
 use etcd_proto::etcdserverpb::lease_server::Lease;
@@ -20,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Code, Status};
 
-use super::{cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService};
+use super::{auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService};
 use crate::etcd_server::EtcdServer;
 
 /// grpc-gateway (v1, as etcd 3.4/3.5 ship it): HTTP status for a gRPC code.
@@ -100,6 +101,7 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     let kv = Arc::new(KvService { server: server.clone() });
     let lease = Arc::new(LeaseService { server: server.clone() });
     let cluster = Arc::new(ClusterService { server: server.clone() });
+    let auth = Arc::new(AuthService { server: server.clone() });
     let maintenance = Arc::new(MaintenanceService { server });
     let mut router = Router::new();
     routes!(router, kv,
@@ -132,6 +134,25 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         "/maintenance/hash" => hash,
         "/maintenance/hashkv" => hash_kv,
         "/maintenance/transfer-leadership" => move_leader,
+    );
+    routes!(router, auth,
+        "/auth/enable" => auth_enable,
+        "/auth/disable" => auth_disable,
+        "/auth/status" => auth_status,
+        "/auth/authenticate" => authenticate,
+        "/auth/user/add" => user_add,
+        "/auth/user/get" => user_get,
+        "/auth/user/list" => user_list,
+        "/auth/user/delete" => user_delete,
+        "/auth/user/changepw" => user_change_password,
+        "/auth/user/grant" => user_grant_role,
+        "/auth/user/revoke" => user_revoke_role,
+        "/auth/role/add" => role_add,
+        "/auth/role/get" => role_get,
+        "/auth/role/list" => role_list,
+        "/auth/role/delete" => role_delete,
+        "/auth/role/grant" => role_grant_permission,
+        "/auth/role/revoke" => role_revoke_permission,
     );
     // streaming RPCs are not bridged yet: say so instead of a bare 404
     for path in ["/watch", "/lease/keepalive", "/maintenance/snapshot"] {

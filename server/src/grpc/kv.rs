@@ -20,40 +20,45 @@ pub struct KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         if !req.serializable {
             self.server.refuse_if_learner()?;
         }
         check_range(&req)?;
-        Ok(Response::new(self.server.range(req).await?))
+        Ok(Response::new(self.server.range(req, Some(&auth)).await?))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_put(&req)?;
-        Ok(Response::new(self.server.put(req).await?))
+        Ok(Response::new(self.server.put(req, Some(&auth)).await?))
     }
 
     async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_delete(&req)?;
-        Ok(Response::new(self.server.delete_range(req).await?))
+        Ok(Response::new(self.server.delete_range(req, Some(&auth)).await?))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_txn(&req, self.server.config().max_txn_ops)?;
         check_intervals(&req.success)?;
         check_intervals(&req.failure)?;
-        Ok(Response::new(self.server.txn(req).await?))
+        Ok(Response::new(self.server.txn(req, Some(&auth)).await?))
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         self.server.refuse_if_learner()?;
-        Ok(Response::new(self.server.compact(request.into_inner()).await?))
+        let auth = self.server.auth_info(request.metadata()).await?;
+        Ok(Response::new(self.server.compact(request.into_inner(), Some(&auth)).await?))
     }
 }
 

@@ -34,7 +34,8 @@ impl Lease for LeaseService {
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.server.refuse_if_learner()?;
-        Ok(Response::new(self.server.lease_revoke(request.into_inner()).await?))
+        let auth = self.server.auth_info(request.metadata()).await?;
+        Ok(Response::new(self.server.lease_revoke(request.into_inner(), Some(&auth)).await?))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -78,10 +79,15 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.server.refuse_if_learner()?;
+        let auth = self.server.auth_info(request.metadata()).await?;
         let req = request.into_inner();
         let id = req.id;
         match self.server.lease_time_to_live(req).await {
-            Ok(r) => Ok(Response::new(r)),
+            Ok(r) => {
+                // the keys are shown only to a user who may read them all
+                self.server.check_keys_readable(&auth, &r.keys)?;
+                Ok(Response::new(r))
+            }
             Err(ServerError::LeaseNotFound) => Ok(Response::new(LeaseTimeToLiveResponse {
                 header: Some(self.server.header(self.server.kv_revision())),
                 id,

@@ -36,19 +36,22 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(self.server.status()))
     }
 
-    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+    async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.server.refuse_if_learner()?;
+        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
         self.server.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: Some(self.server.header(self.server.kv_revision())) }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
         let (hash, revision) = self.server.hash()?;
         Ok(Response::new(HashResponse { header: Some(self.server.header(revision)), hash }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.server.refuse_if_learner()?;
+        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
         let req = request.into_inner();
         let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(req.revision)?;
         Ok(Response::new(HashKvResponse {
@@ -61,7 +64,8 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = SnapshotStream;
 
-    async fn snapshot(&self, _request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
         Err(unimplemented("Snapshot"))
     }
 

@@ -1,6 +1,7 @@
 //! The client listener: etcd's gRPC services plus `/health` and `/version` over HTTP/1.1 on
 //! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
 
+mod auth;
 mod cluster;
 mod election;
 mod gateway;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
+use etcd_proto::etcdserverpb::auth_server::AuthServer;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
@@ -49,7 +51,8 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         .add_service(LockServer::new(lock::LockService { server: server.clone() }).max_decoding_message_size(max_recv))
         .add_service(
             ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
-        );
+        )
+        .add_service(AuthServer::new(auth::AuthService { server: server.clone() }).max_decoding_message_size(max_recv));
     let gateway = gateway::router(server.clone());
     let health_server = server.clone();
     let metrics_server = server.clone();
@@ -101,7 +104,7 @@ async fn health(server: Arc<EtcdServer>, exclude: Vec<String>) -> impl IntoRespo
     } else if !server.has_leader() {
         (false, "RAFT NO LEADER".to_string())
     } else {
-        match tokio::time::timeout(Duration::from_secs(5), server.range(probe)).await {
+        match tokio::time::timeout(Duration::from_secs(5), server.range(probe, None)).await {
             Ok(Ok(_)) => (true, String::new()),
             Ok(Err(e)) => (false, format!("RANGE ERROR:{e}")),
             Err(_) => (false, "RANGE ERROR:timed out".to_string()),

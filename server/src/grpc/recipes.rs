@@ -19,6 +19,7 @@ use etcd_proto::mvccpb::KeyValue;
 use tonic::Status;
 
 use crate::errors::ServerError;
+use etcd_auth::AuthInfo;
 use crate::etcd_server::EtcdServer;
 
 /// The errors clientv3's concurrency package returns (plain errors: gRPC code Unknown).
@@ -69,6 +70,7 @@ fn op(r: Op) -> RequestOp {
 /// the header, the stored key-value if it existed).
 pub async fn create_or_get(
     server: &EtcdServer,
+    auth: &AuthInfo,
     key: &[u8],
     value: &[u8],
     lease: i64,
@@ -80,7 +82,7 @@ pub async fn create_or_get(
             compare: vec![create_revision_is(key, 0)],
             success: vec![op(Op::RequestPut(put))],
             failure: vec![op(Op::RequestRange(get))],
-        })
+        }, Some(auth))
         .await?;
     let header = resp.header.unwrap_or_default();
     if resp.succeeded {
@@ -97,7 +99,7 @@ pub async fn create_or_get(
 }
 
 /// The key under `prefix` with the lowest create revision (the owner / leader).
-pub async fn first_created(server: &EtcdServer, prefix: &[u8]) -> Result<(Option<KeyValue>, ResponseHeader), ServerError> {
+pub async fn first_created(server: &EtcdServer, auth: &AuthInfo, prefix: &[u8]) -> Result<(Option<KeyValue>, ResponseHeader), ServerError> {
     let resp = server
         .range(RangeRequest {
             key: prefix.to_vec(),
@@ -106,14 +108,14 @@ pub async fn first_created(server: &EtcdServer, prefix: &[u8]) -> Result<(Option
             sort_target: SortTarget::Create as i32,
             limit: 1,
             ..Default::default()
-        })
+        }, Some(auth))
         .await?;
     Ok((resp.kvs.into_iter().next(), resp.header.unwrap_or_default()))
 }
 
 /// Waits until no key under `prefix` has a create revision `<= max_rev`: each round watches
 /// the newest such key until it is deleted. Returns the header of the read that found none.
-pub async fn wait_deletes(server: &Arc<EtcdServer>, prefix: &[u8], max_rev: i64) -> Result<ResponseHeader, ServerError> {
+pub async fn wait_deletes(server: &Arc<EtcdServer>, auth: &AuthInfo, prefix: &[u8], max_rev: i64) -> Result<ResponseHeader, ServerError> {
     loop {
         let resp = server
             .range(RangeRequest {
@@ -124,7 +126,7 @@ pub async fn wait_deletes(server: &Arc<EtcdServer>, prefix: &[u8], max_rev: i64)
                 max_create_revision: max_rev,
                 limit: 1,
                 ..Default::default()
-            })
+            }, Some(auth))
             .await?;
         let header = resp.header.unwrap_or_default();
         let Some(last) = resp.kvs.into_iter().next() else { return Ok(header) };
@@ -191,14 +193,14 @@ pub async fn next_put_under(server: &Arc<EtcdServer>, prefix: &[u8], from: i64) 
 }
 
 /// Deletes `key` if it still has create revision `rev` (resign / give up a lock attempt).
-pub async fn delete_if_created_at(server: &EtcdServer, key: &[u8], rev: i64) -> Result<ResponseHeader, ServerError> {
+pub async fn delete_if_created_at(server: &EtcdServer, auth: &AuthInfo, key: &[u8], rev: i64) -> Result<ResponseHeader, ServerError> {
     let del = DeleteRangeRequest { key: key.to_vec(), ..Default::default() };
     let resp = server
         .txn(TxnRequest {
             compare: vec![create_revision_is(key, rev)],
             success: vec![op(Op::RequestDeleteRange(del))],
             failure: vec![],
-        })
+        }, Some(auth))
         .await?;
     Ok(resp.header.unwrap_or_default())
 }
@@ -207,6 +209,7 @@ pub async fn delete_if_created_at(server: &EtcdServer, key: &[u8], rev: i64) -> 
 /// Returns false when it does not (someone else's key now, or gone).
 pub async fn put_if_created_at(
     server: &EtcdServer,
+    auth: &AuthInfo,
     key: &[u8],
     rev: i64,
     value: &[u8],
@@ -218,7 +221,7 @@ pub async fn put_if_created_at(
             compare: vec![create_revision_is(key, rev)],
             success: vec![op(Op::RequestPut(put))],
             failure: vec![],
-        })
+        }, Some(auth))
         .await?;
     Ok((resp.succeeded, resp.header.unwrap_or_default()))
 }
@@ -226,13 +229,14 @@ pub async fn put_if_created_at(
 /// Gives up a participant key if the request is dropped (client gone) before it completes.
 pub struct Abandon {
     server: Option<Arc<EtcdServer>>,
+    auth: AuthInfo,
     key: Vec<u8>,
     rev: i64,
 }
 
 impl Abandon {
-    pub fn new(server: &Arc<EtcdServer>, key: &[u8], rev: i64) -> Abandon {
-        Abandon { server: Some(server.clone()), key: key.to_vec(), rev }
+    pub fn new(server: &Arc<EtcdServer>, auth: &AuthInfo, key: &[u8], rev: i64) -> Abandon {
+        Abandon { server: Some(server.clone()), auth: auth.clone(), key: key.to_vec(), rev }
     }
 
     pub fn disarm(mut self) {
@@ -243,10 +247,10 @@ impl Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            let (key, rev) = (std::mem::take(&mut self.key), self.rev);
+            let (key, rev, auth) = (std::mem::take(&mut self.key), self.rev, std::mem::take(&mut self.auth));
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {
-                    if let Err(e) = delete_if_created_at(&server, &key, rev).await {
+                    if let Err(e) = delete_if_created_at(&server, &auth, &key, rev).await {
                         tracing::warn!(error = %e, "could not remove an abandoned lock or election key");
                     }
                 });

@@ -53,15 +53,26 @@ impl Watch for WatchService {
         if require_leader && !self.server.has_leader() {
             return Err(ServerError::NoLeader.into());
         }
+        let metadata = request.metadata().clone();
         let mut inbound = request.into_inner();
         let stream = Arc::new(self.server.watch_hub().open_stream());
         let (err_tx, err_rx) = oneshot::channel::<Status>();
+        let (denied_tx, denied_rx) = tokio::sync::mpsc::channel::<WatchResponse>(DENIED_BUFFER);
         let reader = stream.clone();
+        let server = self.server.clone();
         tokio::spawn(async move {
             loop {
                 reader.control_room().await;
                 match inbound.message().await {
-                    Ok(Some(req)) => handle_request(&reader, req),
+                    Ok(Some(req)) => {
+                        if let Some(denied) = refused_create(&server, &metadata, &req).await {
+                            if denied_tx.send(denied).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        handle_request(&reader, req)
+                    }
                     // a client that only half-closes keeps receiving, as with etcd
                     Ok(None) => break,
                     Err(status) => {
@@ -83,6 +94,7 @@ impl Watch for WatchService {
                 tokio::time::interval_at(tokio::time::Instant::now() + every, every)
             }),
             err_rx: Some(err_rx),
+            denied_rx,
             done: false,
             max_response_bytes: self.max_response_bytes,
         };
@@ -109,10 +121,36 @@ fn progress_period(configured: Duration) -> Duration {
     base + Duration::from_nanos(h.finish() % tenth)
 }
 
+/// Refused watch creations waiting to be sent, before the reader waits for the client.
+const DENIED_BUFFER: usize = 16;
+
+/// etcd's isWatchPermitted: a create the sender may not read is answered at once with a
+/// created-and-canceled response (watch ID -1) naming why.
+async fn refused_create(server: &EtcdServer, md: &tonic::metadata::MetadataMap, req: &WatchRequest) -> Option<WatchResponse> {
+    let Some(RequestUnion::CreateRequest(c)) = &req.request_union else { return None };
+    let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+    let checked = match server.auth_info(md).await {
+        Ok(ai) => server.check_range_readable(&ai, key, &c.range_end),
+        Err(e) => Err(e),
+    };
+    let reason = match checked {
+        Ok(()) => return None,
+        Err(e @ (ServerError::InvalidAuthToken | ServerError::AuthOldRevision | ServerError::UserEmpty)) => e,
+        Err(_) => ServerError::PermissionDenied,
+    };
+    Some(WatchResponse {
+        header: Some(server.header(server.kv_revision())),
+        watch_id: -1,
+        created: true,
+        canceled: true,
+        cancel_reason: reason.grpc_error_string(),
+        ..Default::default()
+    })
+}
+
 fn handle_request(stream: &HubStream, req: WatchRequest) {
     match req.request_union {
         Some(RequestUnion::CreateRequest(c)) => {
-            // auth's permission check for the range belongs here when auth exists
             let key = if c.key.is_empty() { vec![0] } else { c.key };
             stream.watch(WatchCreate {
                 watch_id: c.watch_id,
@@ -139,6 +177,7 @@ struct Outbound {
     progress: tokio::time::Interval,
     leader_check: Option<tokio::time::Interval>,
     err_rx: Option<oneshot::Receiver<Status>>,
+    denied_rx: tokio::sync::mpsc::Receiver<WatchResponse>,
     done: bool,
     max_response_bytes: usize,
 }
@@ -175,6 +214,7 @@ impl Outbound {
                     }
                     None => return None,
                 },
+                Some(r) = self.denied_rx.recv() => self.pending.push_back(r),
                 e = err_rx => match e {
                     Some(status) => {
                         self.done = true;
