@@ -783,7 +783,11 @@ mod tests {
         assert!(ki.tombstone(r(6)));
         assert_eq!(form(&ki), "full");
         ki.compact(5, &mut HashSet::new());
-        assert_eq!(form(&ki), "full", "the tombstone is newer than the compaction");
+        assert_eq!(
+            form(&ki),
+            "full",
+            "the tombstone is newer than the compaction"
+        );
         ki.compact(6, &mut HashSet::new());
         assert_eq!(form(&ki), "empty");
         assert!(ki.is_empty());
@@ -802,7 +806,10 @@ mod tests {
 
     impl Lcg {
         fn below(&mut self, n: u64) -> u64 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (self.0 >> 33) % n
         }
     }
