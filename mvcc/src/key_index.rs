@@ -68,13 +68,40 @@ enum Repr {
     Empty { modified: Revision },
     /// Generations `[Generation { version, created, revs: [modified] }]`: one live generation
     /// whose only indexed revision is the latest change.
-    Single {
-        created: Revision,
-        modified: Revision,
-        version: i64,
-    },
-    /// Any other state.
-    Full(Full),
+    Single(Single),
+    /// Any other state (boxed: keeps the map's entries at 40 bytes).
+    Full(Box<Full>),
+}
+
+/// [`Repr::Single`]'s fields, packed: sub revisions (changes inside one transaction) fit 32 bits
+/// in practice; a state whose do not is kept as [`Repr::Full`].
+#[derive(Debug, Clone, Copy)]
+struct Single {
+    created_main: i64,
+    modified_main: i64,
+    created_sub: u32,
+    modified_sub: u32,
+    version: i64,
+}
+
+impl Single {
+    fn new(created: Revision, modified: Revision, version: i64) -> Option<Single> {
+        Some(Single {
+            created_main: created.main,
+            modified_main: modified.main,
+            created_sub: u32::try_from(created.sub).ok()?,
+            modified_sub: u32::try_from(modified.sub).ok()?,
+            version,
+        })
+    }
+
+    fn created(&self) -> Revision {
+        Revision::new(self.created_main, i64::from(self.created_sub))
+    }
+
+    fn modified(&self) -> Revision {
+        Revision::new(self.modified_main, i64::from(self.modified_sub))
+    }
 }
 
 /// The general form: every generation in full.
@@ -111,19 +138,24 @@ impl KeyIndex {
     /// A key known only by its latest row, as found when rebuilding the index from a key table
     /// whose older rows compaction removed.
     pub fn restored(created: Revision, modified: Revision, version: i64) -> KeyIndex {
-        KeyIndex {
-            repr: Repr::Single {
-                created,
-                modified,
+        let full = Full {
+            modified,
+            generations: vec![Generation {
                 version,
-            },
+                created,
+                revs: vec![modified],
+            }],
+        };
+        KeyIndex {
+            repr: full.into_repr(),
         }
     }
 
     /// The revision of the key's latest change (put or tombstone).
     pub fn modified(&self) -> Revision {
         match &self.repr {
-            Repr::Empty { modified } | Repr::Single { modified, .. } => *modified,
+            Repr::Empty { modified } => *modified,
+            Repr::Single(s) => s.modified(),
             Repr::Full(f) => f.modified,
         }
     }
@@ -145,15 +177,9 @@ impl KeyIndex {
             "put {rev:?} not after {:?}",
             self.modified()
         );
-        match &mut self.repr {
+        match (&self.repr, Single::new(rev, rev, 1)) {
             // the common case, a new key, stays inline
-            Repr::Empty { .. } => {
-                self.repr = Repr::Single {
-                    created: rev,
-                    modified: rev,
-                    version: 1,
-                }
-            }
+            (Repr::Empty { .. }, Some(single)) => self.repr = Repr::Single(single),
             _ => self.change(|f| f.put(rev)),
         }
     }
@@ -177,14 +203,10 @@ impl KeyIndex {
     pub fn get(&self, at: i64) -> Option<KeyAt> {
         match &self.repr {
             Repr::Empty { .. } => None,
-            Repr::Single {
-                created,
-                modified,
-                version,
-            } => (modified.main <= at).then_some(KeyAt {
-                modified: *modified,
-                created: *created,
-                version: *version,
+            Repr::Single(s) => (s.modified_main <= at).then(|| KeyAt {
+                modified: s.modified(),
+                created: s.created(),
+                version: s.version,
             }),
             Repr::Full(f) => f.get(at),
         }
@@ -195,9 +217,9 @@ impl KeyIndex {
     pub fn since(&self, rev: i64) -> Vec<Revision> {
         match &self.repr {
             Repr::Empty { .. } => Vec::new(),
-            Repr::Single { modified, .. } => {
-                if *modified >= Revision::new(rev, 0) {
-                    vec![*modified]
+            Repr::Single(s) => {
+                if s.modified() >= Revision::new(rev, 0) {
+                    vec![s.modified()]
                 } else {
                     Vec::new()
                 }
@@ -217,9 +239,9 @@ impl KeyIndex {
         match &self.repr {
             Repr::Empty { .. } => {}
             // a live key's only revision is its latest: it stays, and nothing changes
-            Repr::Single { modified, .. } => {
-                if modified.main <= at {
-                    keep.insert(*modified);
+            Repr::Single(s) => {
+                if s.modified_main <= at {
+                    keep.insert(s.modified());
                 }
             }
             Repr::Full(_) => self.change(|f| f.compact(at, keep)),
@@ -231,9 +253,9 @@ impl KeyIndex {
     pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
         match &self.repr {
             Repr::Empty { .. } => {}
-            Repr::Single { modified, .. } => {
-                if modified.main <= at {
-                    keep.insert(*modified);
+            Repr::Single(s) => {
+                if s.modified_main <= at {
+                    keep.insert(s.modified());
                 }
             }
             Repr::Full(f) => f.keep(at, keep),
@@ -260,19 +282,15 @@ impl Repr {
                 modified,
                 generations: vec![Generation::default()],
             },
-            Repr::Single {
-                created,
-                modified,
-                version,
-            } => Full {
-                modified,
+            Repr::Single(s) => Full {
+                modified: s.modified(),
                 generations: vec![Generation {
-                    version,
-                    created,
-                    revs: vec![modified],
+                    version: s.version,
+                    created: s.created(),
+                    revs: vec![s.modified()],
                 }],
             },
-            Repr::Full(f) => f,
+            Repr::Full(f) => *f,
         }
     }
 }
@@ -288,16 +306,14 @@ impl Full {
                     }
                 }
                 [only] if *only == self.modified => {
-                    return Repr::Single {
-                        created: g.created,
-                        modified: *only,
-                        version: g.version,
+                    if let Some(single) = Single::new(g.created, *only, g.version) {
+                        return Repr::Single(single);
                     }
                 }
                 _ => {}
             }
         }
-        Repr::Full(self)
+        Repr::Full(Box::new(self))
     }
 
     fn put(&mut self, rev: Revision) {
@@ -762,7 +778,7 @@ mod tests {
     fn form(ki: &KeyIndex) -> &'static str {
         match ki.repr {
             Repr::Empty { .. } => "empty",
-            Repr::Single { .. } => "single",
+            Repr::Single(_) => "single",
             Repr::Full(_) => "full",
         }
     }
@@ -799,6 +815,40 @@ mod tests {
         assert_eq!(form(&ki), "single", "undo back to one put");
         ki.undo(r(2), false);
         assert_eq!(form(&ki), "empty");
+    }
+
+    #[test]
+    fn a_key_index_takes_40_bytes() {
+        assert_eq!(std::mem::size_of::<KeyIndex>(), 40);
+    }
+
+    #[test]
+    fn sub_revisions_beyond_32_bits_stay_in_the_general_form() {
+        let big = Revision::new(5, i64::from(u32::MAX) + 1);
+        let mut ki = KeyIndex::new();
+        ki.put(big);
+        assert_eq!(form(&ki), "full");
+        assert_eq!(ki.generations(), vec![gen(1, big, &[big])]);
+        assert_eq!(ki.get(5).unwrap().modified, big);
+        assert_eq!(ki.since(5), vec![big]);
+        let restored = KeyIndex::restored(r(2), big, 3);
+        assert_eq!(form(&restored), "full");
+        assert_eq!(restored.get(5).unwrap().created, r(2));
+        // its creation revision keeps even the compacted key in the general form
+        ki.put(r(6));
+        ki.compact(6, &mut HashSet::new());
+        assert_eq!(form(&ki), "full");
+        assert_eq!(ki.get(6).unwrap().created, big);
+        assert_eq!(ki.get(6).unwrap().version, 2);
+        // the largest sub revision that fits is held inline
+        let max = Revision::new(8, i64::from(u32::MAX));
+        let mut ki = KeyIndex::new();
+        ki.put(r(7));
+        ki.put(max);
+        ki.compact(8, &mut HashSet::new());
+        assert_eq!(form(&ki), "single");
+        let at = ki.get(8).unwrap();
+        assert_eq!((at.modified, at.created, at.version), (max, r(7), 2));
     }
 
     /// A small deterministic generator for the model test (no dependency needed).
