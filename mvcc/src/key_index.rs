@@ -8,6 +8,13 @@
 //! - every generation but the last ends with a tombstone;
 //! - `version` of a generation counts its puts, including those compacted away (so the version
 //!   of a key read after compaction is still the number of puts since its creation).
+//!
+//! Representation: most keys of a large keyspace are live with one indexed revision (written
+//! once, or compacted down to their latest put). Those are held inline ([`Repr::Single`]: no
+//! heap allocation); a key never written or fully compacted holds nothing ([`Repr::Empty`]);
+//! everything else keeps the general generations list ([`Repr::Full`]). Every change goes
+//! through the general algorithm and is then normalized back to the smallest form, so the
+//! forms are canonical and behave exactly as the general one.
 
 use std::collections::HashSet;
 
@@ -48,8 +55,58 @@ pub struct KeyAt {
 }
 
 /// All generations of one key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyIndex {
+    repr: Repr,
+}
+
+/// The forms of a key's generations; see the module docs. Only [`Repr::Full`] states that fit
+/// no smaller form are ever stored as `Full`.
+#[derive(Debug, Clone)]
+enum Repr {
+    /// Generations `[Generation::default()]`: nothing indexed.
+    Empty { modified: Revision },
+    /// Generations `[Generation { version, created, revs: [modified] }]`: one live generation
+    /// whose only indexed revision is the latest change.
+    Single(Single),
+    /// Any other state (boxed: keeps the map's entries at 40 bytes).
+    Full(Box<Full>),
+}
+
+/// [`Repr::Single`]'s fields, packed: sub revisions (changes inside one transaction) fit 32 bits
+/// in practice; a state whose do not is kept as [`Repr::Full`].
+#[derive(Debug, Clone, Copy)]
+struct Single {
+    created_main: i64,
+    modified_main: i64,
+    created_sub: u32,
+    modified_sub: u32,
+    version: i64,
+}
+
+impl Single {
+    fn new(created: Revision, modified: Revision, version: i64) -> Option<Single> {
+        Some(Single {
+            created_main: created.main,
+            modified_main: modified.main,
+            created_sub: u32::try_from(created.sub).ok()?,
+            modified_sub: u32::try_from(modified.sub).ok()?,
+            version,
+        })
+    }
+
+    fn created(&self) -> Revision {
+        Revision::new(self.created_main, i64::from(self.created_sub))
+    }
+
+    fn modified(&self) -> Revision {
+        Revision::new(self.modified_main, i64::from(self.modified_sub))
+    }
+}
+
+/// The general form: every generation in full.
+#[derive(Debug, Clone)]
+struct Full {
     modified: Revision,
     generations: Vec<Generation>,
 }
@@ -60,50 +117,206 @@ impl Default for KeyIndex {
     }
 }
 
+impl PartialEq for KeyIndex {
+    fn eq(&self, other: &Self) -> bool {
+        self.modified() == other.modified() && self.generations() == other.generations()
+    }
+}
+
+impl Eq for KeyIndex {}
+
 impl KeyIndex {
     /// A key that has never been written.
     pub fn new() -> KeyIndex {
         KeyIndex {
-            modified: Revision::default(),
-            generations: vec![Generation::default()],
+            repr: Repr::Empty {
+                modified: Revision::default(),
+            },
         }
     }
 
     /// A key known only by its latest row, as found when rebuilding the index from a key table
     /// whose older rows compaction removed.
     pub fn restored(created: Revision, modified: Revision, version: i64) -> KeyIndex {
-        KeyIndex {
+        let full = Full {
             modified,
             generations: vec![Generation {
                 version,
                 created,
                 revs: vec![modified],
             }],
+        };
+        KeyIndex {
+            repr: full.into_repr(),
         }
     }
 
     /// The revision of the key's latest change (put or tombstone).
     pub fn modified(&self) -> Revision {
-        self.modified
+        match &self.repr {
+            Repr::Empty { modified } => *modified,
+            Repr::Single(s) => s.modified(),
+            Repr::Full(f) => f.modified,
+        }
     }
 
-    /// The generations, oldest first (for tests and diagnostics).
-    pub fn generations(&self) -> &[Generation] {
-        &self.generations
+    /// The generations, oldest first (for tests and diagnostics; built on each call).
+    pub fn generations(&self) -> Vec<Generation> {
+        self.repr.clone().into_full().generations
     }
 
     /// True when nothing is indexed for the key (never written, or fully compacted away).
     pub fn is_empty(&self) -> bool {
-        self.generations.len() == 1 && self.generations[0].is_empty()
+        matches!(self.repr, Repr::Empty { .. })
     }
 
     /// Records a put at `rev`, which must be newer than every indexed revision.
     pub fn put(&mut self, rev: Revision) {
         debug_assert!(
-            rev > self.modified,
+            rev > self.modified(),
             "put {rev:?} not after {:?}",
-            self.modified
+            self.modified()
         );
+        match (&self.repr, Single::new(rev, rev, 1)) {
+            // the common case, a new key, stays inline
+            (Repr::Empty { .. }, Some(single)) => self.repr = Repr::Single(single),
+            _ => self.change(|f| f.put(rev)),
+        }
+    }
+
+    /// Records a deletion at `rev`, ending the current generation. Returns false (and changes
+    /// nothing) when the key is not live.
+    pub fn tombstone(&mut self, rev: Revision) -> bool {
+        match self.repr {
+            Repr::Empty { .. } => false,
+            _ => self.change(|f| f.tombstone(rev)),
+        }
+    }
+
+    /// Reverts the latest change, which must be the put (or tombstone) at `rev`. Used to roll
+    /// back changes of a batch that is never committed.
+    pub fn undo(&mut self, rev: Revision, tombstone: bool) {
+        self.change(|f| f.undo(rev, tombstone))
+    }
+
+    /// The key's state at revision `at`, or None when it did not exist then.
+    pub fn get(&self, at: i64) -> Option<KeyAt> {
+        match &self.repr {
+            Repr::Empty { .. } => None,
+            Repr::Single(s) => (s.modified_main <= at).then(|| KeyAt {
+                modified: s.modified(),
+                created: s.created(),
+                version: s.version,
+            }),
+            Repr::Full(f) => f.get(at),
+        }
+    }
+
+    /// Every indexed revision with main revision `>= rev`, ascending, keeping only the last
+    /// change of each main revision (what a watcher from `rev` must see).
+    pub fn since(&self, rev: i64) -> Vec<Revision> {
+        match &self.repr {
+            Repr::Empty { .. } => Vec::new(),
+            Repr::Single(s) => {
+                if s.modified() >= Revision::new(rev, 0) {
+                    vec![s.modified()]
+                } else {
+                    Vec::new()
+                }
+            }
+            Repr::Full(f) => f.since(rev),
+        }
+    }
+
+    /// Removes every revision that no read at or after `at` can need: all but the latest
+    /// revision `<= at`, and that one too when it is a tombstone. The surviving revision
+    /// `<= at` is added to `keep`. Afterwards the key may be empty.
+    ///
+    /// A tombstone at exactly `at` leaves the index but is added to `keep`, so its key-table
+    /// row stays until the next compaction: a watcher starting at the compact revision (which
+    /// is not compacted for it) must still see that delete (etcd issue 17780).
+    pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+        match &self.repr {
+            Repr::Empty { .. } => {}
+            // a live key's only revision is its latest: it stays, and nothing changes
+            Repr::Single(s) => {
+                if s.modified_main <= at {
+                    keep.insert(s.modified());
+                }
+            }
+            Repr::Full(_) => self.change(|f| f.compact(at, keep)),
+        }
+    }
+
+    /// Adds to `keep` the revision `compact(at)` would keep, without changing anything, except
+    /// a tombstone at exactly `at` (kept only for watchers; hashes skip it as etcd 3.4 does).
+    pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        match &self.repr {
+            Repr::Empty { .. } => {}
+            Repr::Single(s) => {
+                if s.modified_main <= at {
+                    keep.insert(s.modified());
+                }
+            }
+            Repr::Full(f) => f.keep(at, keep),
+        }
+    }
+
+    /// Applies `op` to the general form, then stores the result in its smallest form.
+    fn change<T>(&mut self, op: impl FnOnce(&mut Full) -> T) -> T {
+        let placeholder = Repr::Empty {
+            modified: Revision::default(),
+        };
+        let mut full = std::mem::replace(&mut self.repr, placeholder).into_full();
+        let out = op(&mut full);
+        self.repr = full.into_repr();
+        out
+    }
+}
+
+impl Repr {
+    /// The general form of this state.
+    fn into_full(self) -> Full {
+        match self {
+            Repr::Empty { modified } => Full {
+                modified,
+                generations: vec![Generation::default()],
+            },
+            Repr::Single(s) => Full {
+                modified: s.modified(),
+                generations: vec![Generation {
+                    version: s.version,
+                    created: s.created(),
+                    revs: vec![s.modified()],
+                }],
+            },
+            Repr::Full(f) => *f,
+        }
+    }
+}
+
+impl Full {
+    /// The smallest form holding exactly this state.
+    fn into_repr(self) -> Repr {
+        if let [g] = self.generations.as_slice() {
+            match g.revs.as_slice() {
+                [] => {
+                    return Repr::Empty {
+                        modified: self.modified,
+                    }
+                }
+                [only] if *only == self.modified => {
+                    if let Some(single) = Single::new(g.created, *only, g.version) {
+                        return Repr::Single(single);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Repr::Full(Box::new(self))
+    }
+
+    fn put(&mut self, rev: Revision) {
         let g = self
             .generations
             .last_mut()
@@ -116,9 +329,7 @@ impl KeyIndex {
         self.modified = rev;
     }
 
-    /// Records a deletion at `rev`, ending the current generation. Returns false (and changes
-    /// nothing) when the key is not live.
-    pub fn tombstone(&mut self, rev: Revision) -> bool {
+    fn tombstone(&mut self, rev: Revision) -> bool {
         if self.generations.last().is_none_or(Generation::is_empty) {
             return false;
         }
@@ -127,9 +338,7 @@ impl KeyIndex {
         true
     }
 
-    /// Reverts the latest change, which must be the put (or tombstone) at `rev`. Used to roll
-    /// back changes of a batch that is never committed.
-    pub fn undo(&mut self, rev: Revision, tombstone: bool) {
+    fn undo(&mut self, rev: Revision, tombstone: bool) {
         if tombstone {
             debug_assert!(self.generations.last().is_some_and(Generation::is_empty));
             self.generations.pop();
@@ -150,6 +359,10 @@ impl KeyIndex {
             .rev()
             .find_map(|g| g.revs.last().copied())
             .unwrap_or_default();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.generations.len() == 1 && self.generations[0].is_empty()
     }
 
     /// The generation holding the key's state at `at`, if the key was live then.
@@ -173,8 +386,7 @@ impl KeyIndex {
         None
     }
 
-    /// The key's state at revision `at`, or None when it did not exist then.
-    pub fn get(&self, at: i64) -> Option<KeyAt> {
+    fn get(&self, at: i64) -> Option<KeyAt> {
         let gi = self.find_generation(at)?;
         let g = &self.generations[gi];
         let n = g.last_at_or_before(at)?;
@@ -185,9 +397,7 @@ impl KeyIndex {
         })
     }
 
-    /// Every indexed revision with main revision `>= rev`, ascending, keeping only the last
-    /// change of each main revision (what a watcher from `rev` must see).
-    pub fn since(&self, rev: i64) -> Vec<Revision> {
+    fn since(&self, rev: i64) -> Vec<Revision> {
         let since = Revision::new(rev, 0);
         let mut out: Vec<Revision> = Vec::new();
         for r in self.generations.iter().flat_map(|g| g.revs.iter()) {
@@ -232,14 +442,7 @@ impl KeyIndex {
         (gi, ri)
     }
 
-    /// Removes every revision that no read at or after `at` can need: all but the latest
-    /// revision `<= at`, and that one too when it is a tombstone. The surviving revision
-    /// `<= at` is added to `keep`. Afterwards the key may be empty.
-    ///
-    /// A tombstone at exactly `at` leaves the index but is added to `keep`, so its key-table
-    /// row stays until the next compaction: a watcher starting at the compact revision (which
-    /// is not compacted for it) must still see that delete (etcd issue 17780).
-    pub fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
+    fn compact(&mut self, at: i64, keep: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }
@@ -257,11 +460,13 @@ impl KeyIndex {
             }
         }
         self.generations.drain(..gi);
+        if self.generations.len() == 1 {
+            // what a long-lived key is compacted down to: let it stop holding spare capacity
+            self.generations[0].revs.shrink_to_fit();
+        }
     }
 
-    /// Adds to `keep` the revision `compact(at)` would keep, without changing anything, except
-    /// a tombstone at exactly `at` (kept only for watchers; hashes skip it as etcd 3.4 does).
-    pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+    fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
         if self.is_empty() {
             return;
         }
@@ -568,5 +773,170 @@ mod tests {
         ki.undo(r(2), false);
         assert!(ki.is_empty());
         assert_eq!(ki, KeyIndex::new());
+    }
+
+    fn form(ki: &KeyIndex) -> &'static str {
+        match ki.repr {
+            Repr::Empty { .. } => "empty",
+            Repr::Single(_) => "single",
+            Repr::Full(_) => "full",
+        }
+    }
+
+    #[test]
+    fn common_states_are_held_inline() {
+        let mut ki = KeyIndex::new();
+        assert_eq!(form(&ki), "empty");
+        ki.put(r(2));
+        assert_eq!(form(&ki), "single", "a key written once");
+        assert_eq!(ki.generations(), vec![gen(1, r(2), &[r(2)])]);
+        ki.put(r(4));
+        assert_eq!(form(&ki), "full");
+        ki.compact(4, &mut HashSet::new());
+        assert_eq!(form(&ki), "single", "compacted to its latest put");
+        assert_eq!(ki.generations(), vec![gen(2, r(2), &[r(4)])]);
+        assert_eq!(ki.get(4).unwrap().version, 2);
+        assert!(ki.tombstone(r(6)));
+        assert_eq!(form(&ki), "full");
+        ki.compact(5, &mut HashSet::new());
+        assert_eq!(
+            form(&ki),
+            "full",
+            "the tombstone is newer than the compaction"
+        );
+        ki.compact(6, &mut HashSet::new());
+        assert_eq!(form(&ki), "empty");
+        assert!(ki.is_empty());
+        assert_eq!(form(&KeyIndex::restored(r(3), r(9), 4)), "single");
+        let mut ki = KeyIndex::new();
+        ki.put(r(2));
+        ki.put(r(3));
+        ki.undo(r(3), false);
+        assert_eq!(form(&ki), "single", "undo back to one put");
+        ki.undo(r(2), false);
+        assert_eq!(form(&ki), "empty");
+    }
+
+    #[test]
+    fn a_key_index_takes_40_bytes() {
+        assert_eq!(std::mem::size_of::<KeyIndex>(), 40);
+    }
+
+    #[test]
+    fn sub_revisions_beyond_32_bits_stay_in_the_general_form() {
+        let big = Revision::new(5, i64::from(u32::MAX) + 1);
+        let mut ki = KeyIndex::new();
+        ki.put(big);
+        assert_eq!(form(&ki), "full");
+        assert_eq!(ki.generations(), vec![gen(1, big, &[big])]);
+        assert_eq!(ki.get(5).unwrap().modified, big);
+        assert_eq!(ki.since(5), vec![big]);
+        let restored = KeyIndex::restored(r(2), big, 3);
+        assert_eq!(form(&restored), "full");
+        assert_eq!(restored.get(5).unwrap().created, r(2));
+        // its creation revision keeps even the compacted key in the general form
+        ki.put(r(6));
+        ki.compact(6, &mut HashSet::new());
+        assert_eq!(form(&ki), "full");
+        assert_eq!(ki.get(6).unwrap().created, big);
+        assert_eq!(ki.get(6).unwrap().version, 2);
+        // the largest sub revision that fits is held inline
+        let max = Revision::new(8, i64::from(u32::MAX));
+        let mut ki = KeyIndex::new();
+        ki.put(r(7));
+        ki.put(max);
+        ki.compact(8, &mut HashSet::new());
+        assert_eq!(form(&ki), "single");
+        let at = ki.get(8).unwrap();
+        assert_eq!((at.modified, at.created, at.version), (max, r(7), 2));
+    }
+
+    /// A small deterministic generator for the model test (no dependency needed).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Drives a `KeyIndex` and the general form (never normalized) with the same random puts,
+    /// tombstones, undos, compactions and restores, and checks after every step that every
+    /// observable answer is the same: the compact forms behave exactly like the general one.
+    #[test]
+    fn compact_forms_behave_like_the_general_form() {
+        let mut rng = Lcg(7);
+        for _ in 0..300 {
+            let (mut ki, mut model) = if rng.below(4) == 0 {
+                let c = r(1 + rng.below(3) as i64);
+                let v = 1 + rng.below(5) as i64;
+                let m = r(4);
+                (
+                    KeyIndex::restored(c, m, v),
+                    Full {
+                        modified: m,
+                        generations: vec![gen(v, c, &[m])],
+                    },
+                )
+            } else {
+                (KeyIndex::new(), Repr::Empty { modified: r(0) }.into_full())
+            };
+            let mut main = 4;
+            // the last change, while it may still be undone
+            let mut undoable: Option<(Revision, bool)> = None;
+            for _ in 0..40 {
+                match rng.below(10) {
+                    0..=3 => {
+                        // a put, sometimes a second change in the same main revision
+                        let rev = if rng.below(4) == 0 && model.modified.main == main {
+                            Revision::new(main, model.modified.sub + 1)
+                        } else {
+                            main += 1 + rng.below(2) as i64;
+                            r(main)
+                        };
+                        ki.put(rev);
+                        model.put(rev);
+                        undoable = Some((rev, false));
+                    }
+                    4..=5 => {
+                        main += 1;
+                        let done = ki.tombstone(r(main));
+                        assert_eq!(done, model.tombstone(r(main)));
+                        undoable = done.then_some((r(main), true));
+                    }
+                    6 => {
+                        if let Some((rev, tomb)) = undoable.take() {
+                            ki.undo(rev, tomb);
+                            model.undo(rev, tomb);
+                        }
+                    }
+                    _ => {
+                        let at = rng.below(main as u64 + 2) as i64;
+                        let (mut a, mut b) = (HashSet::new(), HashSet::new());
+                        ki.compact(at, &mut a);
+                        model.compact(at, &mut b);
+                        assert_eq!(a, b, "kept by compact({at})");
+                        undoable = None;
+                    }
+                }
+                assert_eq!(ki.generations(), model.generations);
+                assert_eq!(ki.modified(), model.modified);
+                assert_eq!(ki.is_empty(), model.is_empty());
+                for at in 0..=main + 1 {
+                    assert_eq!(ki.get(at), model.get(at), "get({at})");
+                    assert_eq!(ki.since(at), model.since(at), "since({at})");
+                    let (mut a, mut b) = (HashSet::new(), HashSet::new());
+                    ki.keep(at, &mut a);
+                    model.keep(at, &mut b);
+                    assert_eq!(a, b, "keep({at})");
+                }
+                let canonical = model.clone().into_repr();
+                assert_eq!(form(&ki), form(&KeyIndex { repr: canonical }));
+            }
+        }
     }
 }

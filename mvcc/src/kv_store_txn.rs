@@ -75,6 +75,10 @@ pub struct ApplyTxn<'s> {
     /// Set when a failed request could not be rolled back in the backend: the batch must not
     /// commit.
     poisoned: Option<String>,
+    /// Whether puts read the key's previous value for their event's prev_kv.
+    read_prev: bool,
+    /// False once a put's event was made without reading its previous value.
+    prev_complete: bool,
 }
 
 impl<'s> ApplyTxn<'s> {
@@ -98,6 +102,8 @@ impl<'s> ApplyTxn<'s> {
             events: Vec::new(),
             undo: Vec::new(),
             poisoned: None,
+            read_prev: true,
+            prev_complete: true,
         })
     }
 
@@ -109,10 +115,24 @@ impl<'s> ApplyTxn<'s> {
             .expect("the write transaction lives until commit")
     }
 
-    /// The events of the batch so far, in revision order, prev_kv filled (a failed request's
-    /// events are gone). Lets the applier follow per request what [`ApplyTxn::commit`] returns.
+    /// The events of the batch so far, in revision order (a failed request's events are
+    /// gone), prev_kv filled except for puts made while [`ApplyTxn::read_prev_kv`] was off.
+    /// Lets the applier follow per request what [`ApplyTxn::commit`] returns.
     pub fn pending_events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// Whether the following puts read the key's previous value for their event's prev_kv (on
+    /// by default). Reading it is a B-tree lookup and a decode per put; the applier turns it
+    /// off when nothing would look at it (no leases, no prev_kv watcher). Deletes always read
+    /// it. Only events, never the replicated state or a response, depend on this.
+    pub fn read_prev_kv(&mut self, on: bool) {
+        self.read_prev = on;
+    }
+
+    /// False when some put's event of the batch lacks the prev_kv it would otherwise have.
+    pub fn prev_kv_complete(&self) -> bool {
+        self.prev_complete
     }
 
     /// The batch's current revision (the revision of its latest change).
@@ -213,7 +233,12 @@ impl<'s> ApplyTxn<'s> {
             Some(s) => (s.created.main, s.version + 1),
             None => (main, 1),
         };
-        let prev_kv = self.kv_at(key, self.rev)?;
+        let prev_kv = if self.read_prev {
+            self.kv_at(key, self.rev)?
+        } else {
+            self.prev_complete = false;
+            None
+        };
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision,

@@ -1650,3 +1650,62 @@ fn physical_compaction_runs_in_bounded_steps_and_a_newer_one_supersedes() {
     assert_eq!(f.store.compaction_step(10).unwrap(), CompactionStep::Idle);
     assert_eq!(f.get("k").unwrap().value, b"v49");
 }
+
+/// The applier skips reading a put's previous value when no watcher asks for prev_kv; a
+/// prev_kv watcher that arrives before the batch reaches the hub still gets it, read by the hub.
+#[test]
+fn put_events_applied_without_prev_kv_get_it_from_the_hub() {
+    use crate::watch_hub::{WatchCreate, WatchHub, WatchHubOptions};
+    use crate::watch_queue::WatchMessage;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(KvStore::open(&dir.path().join("db")).unwrap());
+    let mut t = store.begin_apply().unwrap();
+    t.put(&put_req("a", "1"), &no_lease).unwrap();
+    t.commit(false).unwrap();
+
+    let hub = WatchHub::new(store.clone(), WatchHubOptions::default());
+    assert!(!hub.wants_prev_kv());
+    let mut t = store.begin_apply().unwrap();
+    t.read_prev_kv(hub.wants_prev_kv());
+    t.put(&put_req("a", "2"), &no_lease).unwrap();
+    t.put(&put_req("b", "1"), &no_lease).unwrap();
+    assert!(!t.prev_kv_complete());
+    assert!(t.pending_events().iter().all(|e| e.prev_kv.is_none()));
+    let events = t.commit(false).unwrap();
+
+    // the watcher comes in after the batch was applied, before the hub is told of it
+    let stream = hub.open_stream();
+    stream.watch(WatchCreate {
+        key: b"a".to_vec(),
+        range_end: b"\0".to_vec(),
+        prev_kv: true,
+        start_revision: 3,
+        ..Default::default()
+    });
+    assert!(hub.wants_prev_kv());
+    hub.notify(events, false);
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut got = Vec::new();
+    while stream.queued() > 0 {
+        if let Some(WatchMessage::Events { events, .. }) = rt.block_on(stream.recv()) {
+            got.extend(events);
+        }
+    }
+    assert_eq!(got.len(), 2);
+    let prev = got[0].prev_kv.as_ref().expect("prev_kv of the overwrite");
+    assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"1"[..], 2));
+    assert_eq!(got[1].prev_kv, None, "b was created");
+
+    // with a prev_kv watcher the applier reads it itself
+    let mut t = store.begin_apply().unwrap();
+    t.read_prev_kv(hub.wants_prev_kv());
+    t.put(&put_req("b", "2"), &no_lease).unwrap();
+    assert!(t.prev_kv_complete());
+    assert_eq!(t.pending_events()[0].prev_kv.as_ref().unwrap().value, b"1");
+    t.commit(false).unwrap();
+    drop(stream); // cancels its watchers
+    assert!(!hub.wants_prev_kv());
+}

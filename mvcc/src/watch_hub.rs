@@ -24,6 +24,7 @@
 //!   `compact_revision` set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,12 +155,17 @@ struct HubState {
     /// Where the next catch-up round starts choosing unsynced watchers (round robin).
     sync_cursor: u64,
     stopped: bool,
+    /// Number of watchers asking for prev_kv; changed only under the state lock (so exact
+    /// there), read without it as the applier's hint (see [`WatchHub::wants_prev_kv`]).
+    prev_kv_watchers: Arc<AtomicUsize>,
 }
 
 /// The member's watchers. Create with [`WatchHub::new`], run the sync thread with
 /// [`WatchHub::start`], feed with [`WatchHub::notify`] after each applied batch.
 pub struct WatchHub {
     store: Arc<KvStore>,
+    /// The state's count of prev_kv watchers, readable without its lock.
+    prev_kv_watchers: Arc<AtomicUsize>,
     state: Mutex<HubState>,
     kick: Arc<Kick>,
     opts: WatchHubOptions,
@@ -212,6 +218,9 @@ impl HubState {
 
     fn remove_watcher(&mut self, w: u64) -> Option<Watcher> {
         let wa = self.watchers.remove(&w)?;
+        if wa.prev_kv {
+            self.prev_kv_watchers.fetch_sub(1, Ordering::Relaxed);
+        }
         match wa.state {
             State::Synced => self.synced.remove(w, &wa.range),
             State::Unsynced => {
@@ -256,8 +265,10 @@ impl WatchHub {
     /// A hub at the store's current revision. Create it before the applier applies anything.
     pub fn new(store: Arc<KvStore>, opts: WatchHubOptions) -> Arc<WatchHub> {
         let rev = store.current_revision();
+        let prev_kv_watchers = Arc::new(AtomicUsize::new(0));
         Arc::new(WatchHub {
             store,
+            prev_kv_watchers: prev_kv_watchers.clone(),
             state: Mutex::new(HubState {
                 rev,
                 watchers: HashMap::new(),
@@ -268,6 +279,7 @@ impl WatchHub {
                 next_key: 1,
                 sync_cursor: 0,
                 stopped: false,
+                prev_kv_watchers,
             }),
             kick: Arc::new(Kick::default()),
             opts,
@@ -359,11 +371,28 @@ impl WatchHub {
 
     /// Hands the events of an applied batch (in revision order, as `ApplyTxn::commit` returns
     /// them) to the synced watchers. Call after the batch's revision is published.
-    pub fn notify(&self, events: Vec<Event>) {
+    /// Whether some watcher asks for prev_kv: the applier reads a put's previous value for its
+    /// event only then (or when leases need it). A hint: a watcher may come or go right after;
+    /// [`WatchHub::notify`] fills what a batch applied without it lacks.
+    pub fn wants_prev_kv(&self) -> bool {
+        self.prev_kv_watchers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Hands the hub the events of an applied (committed) batch, in revision order.
+    /// `prev_kv_complete` is false when the applier skipped reading puts' previous values (no
+    /// prev_kv watcher when it applied them); they are then read here if a synced watcher needs
+    /// them, as a catch-up read would (none once compacted away, as etcd).
+    pub fn notify(&self, events: Vec<Event>, prev_kv_complete: bool) {
         if events.is_empty() {
             return;
         }
         let mut st = self.state.lock();
+        let mut events = events;
+        if !prev_kv_complete && st.prev_kv_watchers.load(Ordering::Relaxed) > 0 {
+            if let Err(e) = self.store.fill_prev_kvs(&mut events) {
+                tracing::warn!(error = %e, "could not read prev_kv for watch events");
+            }
+        }
         let mut events = events.into_iter().map(Arc::new).peekable();
         while let Some(first) = events.next() {
             let rev = mod_rev(&first);
@@ -610,6 +639,31 @@ fn wa_victim(st: &mut HubState, w: u64, pending: Pending) {
 }
 
 impl KvStore {
+    /// Fills prev_kv of put events that lack it and did not create their key: the key's value
+    /// at the revision before the event's, unless compacted away.
+    pub(crate) fn fill_prev_kvs(&self, events: &mut [Event]) -> Result<(), MvccError> {
+        let txn = self.backend.begin_read()?;
+        let table = txn.open_table(KEY_TABLE)?;
+        let compacted = self.compact_revision();
+        for ev in events.iter_mut() {
+            let Some(kv) = ev.kv.as_ref() else { continue };
+            let is_put = ev.r#type == EventType::Put as i32;
+            if !is_put || ev.prev_kv.is_some() || kv.create_revision == kv.mod_revision {
+                continue;
+            }
+            if kv.mod_revision <= compacted {
+                continue;
+            }
+            if let Some(at) = self.index.get(&kv.key, kv.mod_revision - 1) {
+                ev.prev_kv = table
+                    .get(at.modified.to_bytes().as_slice())?
+                    .map(|v| decode_kv(v.value(), at.modified))
+                    .transpose()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The events of the key table with main revision in `[from, to]`, for watchers catching
     /// up: only keys `wanted` says some watcher needs, prev_kv filled where it says so (unless
     /// compacted away, as etcd). Reads whole revisions until `max_rows` rows or `max_bytes` of
@@ -773,6 +827,9 @@ impl WatchStream {
         } else {
             st.unsynced.insert(wkey);
             hub.kick.kick();
+        }
+        if wa.prev_kv {
+            st.prev_kv_watchers.fetch_add(1, Ordering::Relaxed);
         }
         st.watchers.insert(wkey, wa);
     }

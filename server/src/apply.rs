@@ -104,6 +104,8 @@ struct BatchOutcome {
     answers: Vec<(u64, Applied)>,
     /// The batch's events in revision order, for the watch hub.
     events: Vec<etcd_proto::mvccpb::Event>,
+    /// False when some put's event lacks prev_kv (see `ApplyTxn::read_prev_kv`).
+    prev_kv_complete: bool,
     ops: u64,
     last: Option<(u64, u64)>,
     /// Answers to physical compactions: (revision, waiter, answer).
@@ -176,7 +178,7 @@ impl Applier {
                 self.maybe_snapshot(index);
             }
             after_compaction.append(&mut outcome.after_compaction);
-            self.watch_hub.notify(std::mem::take(&mut outcome.events));
+            self.watch_hub.notify(std::mem::take(&mut outcome.events), outcome.prev_kv_complete);
             for (id, applied) in outcome.answers {
                 self.wait.trigger(id, applied);
             }
@@ -290,8 +292,14 @@ impl Applier {
     fn apply_entries(&mut self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
         let (applied_index, _) = self.kv.consistent_index();
         let mut txn = self.kv.begin_apply()?;
-        let mut out =
-            BatchOutcome { answers: Vec::new(), events: Vec::new(), ops: 0, last: None, after_compaction: Vec::new() };
+        let mut out = BatchOutcome {
+            answers: Vec::new(),
+            events: Vec::new(),
+            prev_kv_complete: true,
+            ops: 0,
+            last: None,
+            after_compaction: Vec::new(),
+        };
         for e in entries {
             if e.index <= applied_index {
                 continue;
@@ -356,6 +364,7 @@ impl Applier {
             txn.set_consistent_index(index, term);
         }
         // the watch hub gets these after the applied index is published
+        out.prev_kv_complete = txn.prev_kv_complete();
         out.events = txn.commit(durable)?;
         Ok(out)
     }
@@ -451,6 +460,10 @@ impl Applier {
     /// Applies one request; the lessor follows the key changes it made (attach / detach).
     fn apply_request(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest, index: u64) -> Result<ApplyResult, ServerError> {
         let before = txn.pending_events().len();
+        // A put's previous value is read only for those who look at it: the lessor (to detach
+        // the key from its old lease; with no lease at all no key has one) and prev_kv watchers
+        // (the hub fills in what it lacks if one comes in meanwhile).
+        txn.read_prev_kv(!self.lessor.is_empty() || self.watch_hub.wants_prev_kv());
         let result = self.apply_request_ops(txn, req, index);
         self.lessor.apply_events(&txn.pending_events()[before..]);
         result

@@ -12,6 +12,10 @@ use etcd_server::tls::{self, TlsSetup};
 use etcd_server::{compactor, grpc, logging, EtcdServer};
 use tokio::sync::watch;
 
+/// mimalloc instead of glibc malloc: see server/Cargo.toml and README "Benchmarks".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
         Ok(f) => f,
