@@ -11,6 +11,8 @@
 //! WAL holds the entries and a restart re-applies everything after the stored consistent index.
 //! After the commit and the applied index are published, the watch hub gets the batch's events
 //! (it never makes the applier wait: slow watchers are moved aside).
+//! A compaction's rows are deleted in bounded steps between batches (and at once when idle), so
+//! a large compaction never holds up writes; a physical compaction is answered once they are gone.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
