@@ -45,6 +45,9 @@ pub struct KvStore {
     /// Taken by the open ApplyTxn: one writer at a time.
     pub(crate) writer: WriterGate,
     in_use: AtomicI64,
+    /// The file's size as of the last commit: quota checks read it on every write request,
+    /// so it is taken once per write transaction instead (a `stat` each time).
+    file_size: AtomicI64,
     /// The physical compaction whose rows are still being deleted, step by step.
     physical: Mutex<Option<PhysicalCompaction>>,
     /// Test hook: leave physical compaction undone, as if the process died after the commit.
@@ -160,11 +163,13 @@ impl KvStore {
             consistent: Mutex::new(state.consistent),
             writer: WriterGate::default(),
             in_use: AtomicI64::new(in_use),
+            file_size: AtomicI64::new(0),
             physical: Mutex::new(None),
             #[cfg(test)]
             skip_physical_compaction: Default::default(),
         };
         store.resume_compaction(state.scheduled, state.finished)?;
+        store.note_file_size();
         tracing::debug!(
             current = state.current,
             compact = store.compact_revision(),
@@ -215,6 +220,7 @@ impl KvStore {
         self.published.store(state.current, Ordering::Release);
         self.in_use.store(self.backend.in_use()?, Ordering::Relaxed);
         self.resume_compaction(state.scheduled, state.finished)?;
+        self.note_file_size();
         tracing::info!(
             current = state.current,
             consistent_index = state.consistent.0,
@@ -327,6 +333,7 @@ impl KvStore {
             Ordering::Relaxed,
         );
         txn.commit()?;
+        self.note_file_size();
         Ok(())
     }
 
@@ -337,7 +344,10 @@ impl KvStore {
         self.writer.acquire();
         let result = loop {
             match self.backend.compact_file() {
-                Ok(true) => break self.backend.in_use().map(|n| self.in_use.store(n, Ordering::Relaxed)),
+                Ok(true) => {
+                    self.note_file_size();
+                    break self.backend.in_use().map(|n| self.in_use.store(n, Ordering::Relaxed));
+                }
                 Ok(false) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(1))
                 }
@@ -351,8 +361,13 @@ impl KvStore {
 
     /// (file size, bytes in use as of the last open, sync or compaction).
     pub fn db_size(&self) -> (i64, i64) {
-        let file = self.backend.file_size();
+        let file = self.file_size.load(Ordering::Relaxed);
         (file, self.in_use.load(Ordering::Relaxed).min(file))
+    }
+
+    /// Records the file's size; called after every write transaction.
+    pub(crate) fn note_file_size(&self) {
+        self.file_size.store(self.backend.file_size(), Ordering::Relaxed);
     }
 
     /// Schedules the physical deletion of the rows a compaction to `rev` left behind (the index
@@ -439,6 +454,7 @@ impl KvStore {
             self.in_use.store(stats.allocated_pages() as i64 * stats.page_size() as i64, Ordering::Relaxed);
         }
         txn.commit()?;
+        self.note_file_size();
         Ok(done)
     }
 }

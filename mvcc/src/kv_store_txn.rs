@@ -504,6 +504,7 @@ impl<'s> ApplyTxn<'s> {
         let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
         txn.commit()?;
         timer.observe_duration();
+        self.store.note_file_size();
         self.undo.clear();
         self.store
             .published

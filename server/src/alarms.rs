@@ -7,6 +7,7 @@
 //! defragment and disarm.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use etcd_proto::etcdserverpb::{AlarmMember, AlarmType};
 use parking_lot::RwLock;
@@ -25,6 +26,8 @@ fn storage_err(e: impl std::fmt::Display) -> ServerError {
 pub struct Alarms {
     /// (alarm type, member ID), so listings come grouped by type, then member.
     raised: RwLock<BTreeSet<(i32, u64)>>,
+    /// Whether a NOSPACE alarm is among them: the applier asks for every request.
+    no_space: AtomicBool,
 }
 
 fn member(alarm: i32, member_id: u64) -> AlarmMember {
@@ -53,7 +56,7 @@ impl Alarms {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(storage_err(e)),
         }
-        *self.raised.write() = raised;
+        self.set(raised);
         Ok(())
     }
 
@@ -68,13 +71,29 @@ impl Alarms {
     }
 
     pub fn no_space(&self) -> bool {
-        self.raised.read().iter().any(|(a, _)| *a == AlarmType::Nospace as i32)
+        self.no_space.load(Ordering::Acquire)
+    }
+
+    fn set(&self, raised: BTreeSet<(i32, u64)>) {
+        let mut g = self.raised.write();
+        *g = raised;
+        self.refresh(&g);
+    }
+
+    fn refresh(&self, raised: &BTreeSet<(i32, u64)>) {
+        self.no_space.store(raised.iter().any(|(a, _)| *a == AlarmType::Nospace as i32), Ordering::Release);
     }
 
     /// Raises an alarm (again: a no-op); returns the alarm, and whether its type was clear.
     pub fn activate(&self, wtx: &WriteTransaction, member_id: u64, alarm: i32) -> Result<(AlarmMember, bool), ServerError> {
         let first_of_type = self.get(alarm).is_empty();
-        if self.raised.write().insert((alarm, member_id)) {
+        let inserted = {
+            let mut g = self.raised.write();
+            let inserted = g.insert((alarm, member_id));
+            self.refresh(&g);
+            inserted
+        };
+        if inserted {
             wtx.open_table(ALARMS).map_err(storage_err)?.insert((member_id, alarm), ()).map_err(storage_err)?;
         }
         Ok((member(alarm, member_id), first_of_type))
@@ -87,7 +106,13 @@ impl Alarms {
         member_id: u64,
         alarm: i32,
     ) -> Result<Option<(AlarmMember, bool)>, ServerError> {
-        if !self.raised.write().remove(&(alarm, member_id)) {
+        let removed = {
+            let mut g = self.raised.write();
+            let removed = g.remove(&(alarm, member_id));
+            self.refresh(&g);
+            removed
+        };
+        if !removed {
             return Ok(None);
         }
         wtx.open_table(ALARMS).map_err(storage_err)?.remove((member_id, alarm)).map_err(storage_err)?;

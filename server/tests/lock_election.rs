@@ -18,14 +18,20 @@ async fn lease(ch: &Channel) -> i64 {
     l.lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().into_inner().id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_is_held_by_one_lease_at_a_time_in_arrival_order() {
-    let dir = tempfile::tempdir().unwrap();
+/// A running member, a channel to it and two leases of 60 s.
+async fn member_with_two_leases(dir: &tempfile::TempDir) -> (Member, Channel, i64, i64) {
     let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
     m.start();
     m.ready_client().await;
     let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
     let (l1, l2) = (lease(&ch).await, lease(&ch).await);
+    (m, ch, l1, l2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_held_by_one_lease_at_a_time_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, ch, l1, l2) = member_with_two_leases(&dir).await;
     let mut lock = LockClient::new(ch.clone());
     let first = lock.lock(LockRequest { name: b"m".to_vec(), lease: l1 }).await.unwrap().into_inner();
     assert_eq!(first.key, format!("m/{l1:x}").into_bytes());
@@ -44,11 +50,7 @@ async fn a_lock_is_held_by_one_lease_at_a_time_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_election_has_one_leader_whose_value_observers_follow() {
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
-    let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
-    let (l1, l2) = (lease(&ch).await, lease(&ch).await);
+    let (_m, ch, l1, l2) = member_with_two_leases(&dir).await;
     let mut e = ElectionClient::new(ch.clone());
     let name = b"e".to_vec();
     let no_leader = e.leader(LeaderRequest { name: name.clone() }).await.unwrap_err();
