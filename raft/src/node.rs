@@ -17,7 +17,7 @@ use raft::StateRole;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::RaftError;
-use crate::raft_loop::{Command, RaftLoop};
+use crate::raft_loop::{Command, ProposeReply, RaftLoop};
 use crate::recovery::recover;
 use crate::slog_bridge::raft_logger;
 #[cfg(test)]
@@ -203,6 +203,20 @@ impl RaftNode {
     /// Hands `data` to raft as a new entry. Ok means raft-rs accepted it (a
     /// follower forwards it to the leader), not that it is committed.
     pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
+        let (reply, rx) = oneshot::channel();
+        self.hand_over(data, ProposeReply::Wait(reply))?;
+        rx.await.map_err(|_| RaftError::Stopped)?
+    }
+
+    /// Hands `data` to raft without waiting for the raft loop to take it: for a
+    /// proposer that waits for the entry to be applied anyway. Errors found at
+    /// once are returned; a refusal by the loop (no leader by then, proposal
+    /// dropped) is passed to `on_refused`, on the raft thread, so keep it short.
+    pub fn submit(&self, data: Vec<u8>, on_refused: Box<dyn FnOnce(RaftError) + Send>) -> Result<(), RaftError> {
+        self.hand_over(data, ProposeReply::OnRefused(on_refused))
+    }
+
+    fn hand_over(&self, data: Vec<u8>, reply: ProposeReply) -> Result<(), RaftError> {
         if self.inner.shared.status.read().leader_id == 0 {
             return Err(RaftError::NoLeader);
         }
@@ -211,12 +225,11 @@ impl RaftNode {
             pending.fetch_sub(1, Ordering::AcqRel);
             return Err(RaftError::TooManyRequests);
         }
-        let (reply, rx) = oneshot::channel();
         if let Err(e) = self.send(Command::Propose { data, reply }) {
             pending.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
         }
-        rx.await.map_err(|_| RaftError::Stopped)?
+        Ok(())
     }
 
     /// A linearizable read index: once the applier has applied up to it, a

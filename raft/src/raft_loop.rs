@@ -36,7 +36,7 @@ use crate::wal::Wal;
 pub(crate) enum Command {
     Propose {
         data: Vec<u8>,
-        reply: oneshot::Sender<Result<(), RaftError>>,
+        reply: ProposeReply,
     },
     ProposeConfChange {
         context: Vec<u8>,
@@ -64,6 +64,27 @@ pub(crate) enum Command {
     Stop {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// How the raft loop answers a proposal.
+pub(crate) enum ProposeReply {
+    /// The proposer waits for raft-rs to take the entry (or refuse it).
+    Wait(oneshot::Sender<Result<(), RaftError>>),
+    /// The proposer waits for the applier instead; only a refusal is reported, so a taken
+    /// proposal costs no extra wake-up of its task.
+    OnRefused(Box<dyn FnOnce(RaftError) + Send>),
+}
+
+impl ProposeReply {
+    fn send(self, result: Result<(), RaftError>) {
+        match (self, result) {
+            (ProposeReply::Wait(tx), result) => {
+                let _ = tx.send(result);
+            }
+            (ProposeReply::OnRefused(f), Err(e)) => f(e),
+            (ProposeReply::OnRefused(_), Ok(())) => {}
+        }
+    }
 }
 
 pub(crate) struct RaftLoop {
@@ -168,7 +189,7 @@ impl RaftLoop {
                 } else {
                     self.raw.propose(Vec::new(), data).map_err(RaftError::from)
                 };
-                let _ = reply.send(result);
+                reply.send(result);
             }
             Command::ProposeConfChange { context, cc, reply } => {
                 let result = if self.raw.raft.leader_id == INVALID_ID {

@@ -2,14 +2,19 @@
 //!
 //! Counters and histograms are updated where things happen (proposals here; WAL fsync and
 //! leader changes in `etcd_raft::metrics`; backend commits in `etcd_mvcc::metrics`; gRPC calls
-//! by [`grpc_middleware`]). Gauges that mirror server state (leader, sizes, indexes, watchers,
+//! by [`GrpcMetricsLayer`]). Gauges that mirror server state (leader, sizes, indexes, watchers,
 //! process) are read when scraped. Everything lives in Prometheus' default registry.
 
 use std::sync::LazyLock;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::Response;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use axum::http::{self, Request};
+use parking_lot::RwLock;
 use prometheus::{
     register_gauge, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder,
     Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
@@ -90,50 +95,154 @@ fn grpc_type(method: &str) -> &'static str {
     }
 }
 
-/// gRPC status code names as go-grpc-prometheus labels them.
-fn code_name(code: &str) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
-    code.parse::<usize>().ok().and_then(|c| NAMES.get(c).copied()).unwrap_or("Unknown")
+/// gRPC status code names as go-grpc-prometheus labels them, by code.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The gRPC counters of one method path, found once per call by the path (no label hashing
+/// or allocation per call); a code's `handled` counter is registered at its first use.
+struct MethodCounters {
+    kind: &'static str,
+    service: String,
+    method: String,
+    started: IntCounter,
+    handled: [OnceLock<IntCounter>; 17],
 }
 
-/// Counts gRPC calls by service, method and code. A call is "handled" when its response
-/// starts: an error answered before any message carries its code in the headers; otherwise it
-/// is counted OK (a stream that fails later is not re-counted).
-pub async fn grpc_middleware(req: Request, next: Next) -> Response {
-    let is_grpc = req
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !is_grpc {
-        return next.run(req).await;
+impl MethodCounters {
+    fn new(path: &str) -> MethodCounters {
+        // "/etcdserverpb.KV/Range" -> ("etcdserverpb.KV", "Range")
+        let path = path.trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        let kind = grpc_type(method);
+        MethodCounters {
+            kind,
+            started: GRPC_STARTED.with_label_values(&[kind, service, method]),
+            service: service.to_string(),
+            method: method.to_string(),
+            handled: Default::default(),
+        }
     }
-    // "/etcdserverpb.KV/Range" -> ("etcdserverpb.KV", "Range")
-    let path = req.uri().path().trim_start_matches('/').to_string();
-    let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
-    let kind = grpc_type(method);
-    GRPC_STARTED.with_label_values(&[kind, service, method]).inc();
-    let resp = next.run(req).await;
-    let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(code_name).unwrap_or("OK");
-    GRPC_HANDLED.with_label_values(&[kind, service, method, code]).inc();
-    resp
+
+    fn handled(&self, code: usize) -> &IntCounter {
+        const UNKNOWN: usize = 2;
+        let code = if code < CODE_NAMES.len() { code } else { UNKNOWN };
+        self.handled[code].get_or_init(|| {
+            GRPC_HANDLED.with_label_values(&[self.kind, &self.service, &self.method, CODE_NAMES[code]])
+        })
+    }
+}
+
+/// Paths seen so far. Bounded: clients may call any path (answered Unimplemented), and past
+/// the bound such calls are counted without being remembered.
+static METHODS: LazyLock<RwLock<HashMap<String, Arc<MethodCounters>>>> = LazyLock::new(Default::default);
+const MAX_METHODS: usize = 1024;
+
+fn method_counters(path: &str) -> Arc<MethodCounters> {
+    if let Some(m) = METHODS.read().get(path) {
+        return m.clone();
+    }
+    let mut methods = METHODS.write();
+    if let Some(m) = methods.get(path) {
+        return m.clone();
+    }
+    let m = Arc::new(MethodCounters::new(path));
+    if methods.len() < MAX_METHODS {
+        methods.insert(path.to_string(), m.clone());
+    }
+    m
+}
+
+/// A tower layer counting gRPC calls by service, method and code (`grpc_server_started_total`,
+/// `grpc_server_handled_total`). A call is "handled" when its response starts: an error
+/// answered before any message carries its code in the headers; otherwise it is counted OK (a
+/// stream that fails later is not re-counted). Other HTTP requests pass through uncounted.
+#[derive(Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<Request<B>, Response = http::Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = GrpcMetricsFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let is_grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let counters = is_grpc.then(|| method_counters(req.uri().path()));
+        if let Some(c) = &counters {
+            c.started.inc();
+        }
+        GrpcMetricsFuture { inner: self.inner.call(req), counters }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct GrpcMetricsFuture<F> {
+        #[pin]
+        inner: F,
+        counters: Option<Arc<MethodCounters>>,
+    }
+}
+
+impl<F, RB, E> Future for GrpcMetricsFuture<F>
+where
+    F: Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Some(c), Ok(resp)) = (this.counters.take(), &result) {
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            c.handled(code).inc();
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// The text exposition of every metric, with the state gauges read now.

@@ -70,7 +70,8 @@ impl EtcdServer {
         req.ttl = req.ttl.max(self.min_lease_ttl());
         // etcd's lease overhead: a grant counts against the quota too
         self.check_quota(64).await?;
-        let applied = self.propose(InternalRaftRequest { lease_grant: Some(req), ..Default::default() }).await?;
+        let req = InternalRaftRequest { lease_grant: Some(req), ..Default::default() };
+        let applied = self.propose(req).await?;
         match applied.result? {
             ApplyResult::LeaseGrant(mut r) => {
                 r.header = Some(self.header(applied.revision));

@@ -86,7 +86,7 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .merge(gateway)
         .fallback(unimplemented_method)
-        .layer(axum::middleware::from_fn(crate::metrics::grpc_middleware));
+        .layer(crate::metrics::GrpcMetricsLayer);
     tonic::service::Routes::from(router)
 }
 
