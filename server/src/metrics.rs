@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    register_gauge, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder,
+    register_gauge, register_histogram_vec, HistogramVec, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder,
     Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
@@ -81,11 +81,30 @@ static GRPC_HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `--metrics extensive`: gRPC handling times too (go-grpc-prometheus' handling-time histogram).
+static EXTENSIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GRPC_HANDLING_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+        &["grpc_type", "grpc_service", "grpc_method"],
+        prometheus::DEFAULT_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// Turns on the extensive metrics (`--metrics extensive`); call once at start.
+pub fn enable_extensive() {
+    EXTENSIVE.store(true, std::sync::atomic::Ordering::Relaxed);
+    LazyLock::force(&GRPC_HANDLING_SECONDS);
+}
+
 /// The streaming RPCs of etcd's services (everything else is unary).
-fn grpc_type(method: &str) -> &'static str {
-    match method {
-        "Watch" | "LeaseKeepAlive" => "bidi_stream",
-        "Snapshot" | "Observe" => "server_stream",
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("grpc.health.v1.Health", "Watch") => "server_stream",
+        (_, "Watch" | "LeaseKeepAlive") => "bidi_stream",
+        (_, "Snapshot" | "Observe") => "server_stream",
         _ => "unary",
     }
 }
@@ -128,9 +147,14 @@ pub async fn grpc_middleware(req: Request, next: Next) -> Response {
     // "/etcdserverpb.KV/Range" -> ("etcdserverpb.KV", "Range")
     let path = req.uri().path().trim_start_matches('/').to_string();
     let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
-    let kind = grpc_type(method);
+    let kind = grpc_type(service, method);
     GRPC_STARTED.with_label_values(&[kind, service, method]).inc();
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    // a stream is timed to its response headers (go-grpc-prometheus: to its end)
+    if EXTENSIVE.load(std::sync::atomic::Ordering::Relaxed) {
+        GRPC_HANDLING_SECONDS.with_label_values(&[kind, service, method]).observe(started.elapsed().as_secs_f64());
+    }
     let code = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(code_name).unwrap_or("OK");
     GRPC_HANDLED.with_label_values(&[kind, service, method, code]).inc();
     resp
@@ -171,6 +195,7 @@ pub fn render(server: &EtcdServer) -> String {
     LazyLock::force(&PROPOSALS_FAILED);
     LazyLock::force(&GRPC_STARTED);
     LazyLock::force(&GRPC_HANDLED);
+    crate::health::register_metrics();
 
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut out) {
