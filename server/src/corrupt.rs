@@ -124,9 +124,14 @@ async fn peer_hash_kvs(server: &EtcdServer, rev: i64) -> Vec<PeerHash> {
     out
 }
 
-/// (hash, revision it was taken at, compact revision) of this member now.
-fn local_hash(server: &EtcdServer) -> Result<(u32, i64, i64), String> {
-    let (hash, compact, hash_rev, _) = server.hash_kv(0).map_err(|e| e.to_string())?;
+/// (hash, revision it was taken at, compact revision) of this member now (a scan of the whole
+/// key table, so off the async workers).
+async fn local_hash(server: &Arc<EtcdServer>) -> Result<(u32, i64, i64), String> {
+    let s = server.clone();
+    let (hash, compact, hash_rev, _) = tokio::task::spawn_blocking(move || s.hash_kv(0))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
     Ok((hash, hash_rev, compact))
 }
 
@@ -135,7 +140,7 @@ fn local_hash(server: &EtcdServer) -> Result<(u32, i64, i64), String> {
 pub async fn initial_check(server: &Arc<EtcdServer>) -> Result<(), String> {
     let me = hex(server.member_id());
     tracing::info!(local_member_id = %me, timeout = ?server.request_timeout(), "starting initial corruption check");
-    let (h, rev, crev) = local_hash(server).map_err(|e| format!("{me} failed to fetch hash ({e})"))?;
+    let (h, rev, crev) = local_hash(server).await.map_err(|e| format!("{me} failed to fetch hash ({e})"))?;
     let mut mismatch = 0;
     for p in peer_hash_kvs(server, rev).await {
         match &p.result {
@@ -198,10 +203,10 @@ pub async fn run_periodic(server: Arc<EtcdServer>, interval: Duration) {
 
 /// One periodic check (etcd's checkHashKV); raises CORRUPT on a mismatch.
 async fn check_hash_kv(server: &Arc<EtcdServer>) -> Result<(), String> {
-    let (h, rev, crev) = local_hash(server)?;
+    let (h, rev, crev) = local_hash(server).await?;
     let peers = peer_hash_kvs(server, rev).await;
     server.linearizable_barrier().await.map_err(|e| e.to_string())?;
-    let (h2, rev2, crev2) = local_hash(server)?;
+    let (h2, rev2, crev2) = local_hash(server).await?;
 
     let mut corrupt = false;
     if h2 != h && rev2 == rev && crev == crev2 {

@@ -134,7 +134,11 @@ impl Peer for PeerService {
     /// This member's HashKV for another member's corruption check: the header names this member,
     /// its cluster and its current revision (learners answer too, unlike Maintenance.HashKV).
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(request.into_inner().revision)?;
+        // a scan of the whole key table: off the async workers
+        let (server, rev) = (self.server.clone(), request.into_inner().revision);
+        let (hash, compact_revision, hash_revision, revision) = tokio::task::spawn_blocking(move || server.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(format!("etcd-rs: hash kv: {e}")))??;
         Ok(Response::new(HashKvResponse {
             header: Some(self.server.header(revision)),
             hash,
