@@ -99,6 +99,12 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
     router
 }
 
+/// What a `--listen-metrics-urls` listener serves: these endpoints only, 404 for anything else.
+pub fn metrics_listener_routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
+    let router = router(server).fallback(|| async { http_error(StatusCode::NOT_FOUND, "404 page not found") });
+    tonic::service::Routes::from(router)
+}
+
 /// The query parameters the health endpoints read (Go's url.Query: repeated keys, %-decoding).
 #[derive(Default)]
 struct Query {
@@ -316,10 +322,4 @@ mod tests {
         let q = Query::parse(None);
         assert!(q.exclude.is_empty() && !q.serializable);
     }
-}
-
-/// What a `--listen-metrics-urls` listener serves: these endpoints only, 404 for anything else.
-pub fn metrics_listener_routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
-    let router = router(server).fallback(|| async { http_error(StatusCode::NOT_FOUND, "404 page not found") });
-    tonic::service::Routes::from(router)
 }
