@@ -8,7 +8,8 @@
 //!   JSON `{"health":"true","reason":""}`; 503 with the JSON and a newline when unhealthy.
 //! - `/livez`: `serializable_read`; `/readyz`: `data_corruption`, `serializable_read`,
 //!   `linearizable_read`. `?exclude=<check>` skips a check, `/<endpoint>/<check>` runs one,
-//!   `?verbose` lists the checks before `ok`. A failure is 503 with the list of checks.
+//!   `?verbose` lists the checks before `ok`. A failure is 503 with the list of checks. etcd
+//!   runs and lists them in Go map order (random); etcd-rs in the order of [`Probe::checks`].
 //! - only GET: anything else is 405 with `Allow: GET`.
 
 use std::sync::{Arc, LazyLock};
