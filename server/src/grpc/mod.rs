@@ -1,5 +1,7 @@
-//! The client listener: etcd's gRPC services plus `/health` and `/version` over HTTP/1.1 on
-//! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
+//! The client listener: etcd's gRPC services (with `grpc.health.v1.Health`), plus over HTTP/1.1
+//! on the same port `/version`, the gateway and the probes of crate::health (`/metrics`,
+//! `/health`, `/livez`, `/readyz`). A gRPC method etcd-rs has not built yet answers
+//! `Unimplemented` naming it.
 
 mod auth;
 mod cluster;
