@@ -34,3 +34,7 @@ pub mod v3electionpb {
 pub mod etcdrspb {
     tonic::include_proto!("etcdrspb");
 }
+/// The gRPC health checking protocol (`grpc.health.v1.Health`), as etcd serves it.
+pub mod grpc_health_v1 {
+    tonic::include_proto!("grpc.health.v1");
+}

@@ -4,7 +4,8 @@
 //! batch transaction (table `alarm`), so every member holds the same set. While a NOSPACE
 //! alarm is raised the applier refuses what would grow the store (puts, txns with puts, lease
 //! grants), as etcd's capped applier does; reads and deletes go on, so an operator can compact,
-//! defragment and disarm.
+//! defragment and disarm. While a CORRUPT alarm is raised it refuses writes, compactions and
+//! lease grants/revokes (etcd's corrupt applier; see corrupt.rs).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,8 @@ pub struct Alarms {
     raised: RwLock<BTreeSet<(i32, u64)>>,
     /// Whether a NOSPACE alarm is among them: the applier asks for every request.
     no_space: AtomicBool,
+    /// Whether a CORRUPT alarm is among them (the applier refuses writes while it is).
+    corrupt: AtomicBool,
 }
 
 fn member(alarm: i32, member_id: u64) -> AlarmMember {
@@ -74,6 +77,10 @@ impl Alarms {
         self.no_space.load(Ordering::Acquire)
     }
 
+    pub fn corrupt(&self) -> bool {
+        self.corrupt.load(Ordering::Acquire)
+    }
+
     fn set(&self, raised: BTreeSet<(i32, u64)>) {
         let mut g = self.raised.write();
         *g = raised;
@@ -82,6 +89,7 @@ impl Alarms {
 
     fn refresh(&self, raised: &BTreeSet<(i32, u64)>) {
         self.no_space.store(raised.iter().any(|(a, _)| *a == AlarmType::Nospace as i32), Ordering::Release);
+        self.corrupt.store(raised.iter().any(|(a, _)| *a == AlarmType::Corrupt as i32), Ordering::Release);
     }
 
     /// Raises an alarm (again: a no-op); returns the alarm, and whether its type was clear.
@@ -149,6 +157,7 @@ mod tests {
         assert!(alarms.no_space());
         assert_eq!(alarms.get(AlarmType::None as i32), [member(nospace, 3), member(nospace, 7)]);
         assert!(alarms.get(AlarmType::Corrupt as i32).is_empty());
+        assert!(!alarms.corrupt());
         assert_eq!(alarms.status_errors(), ["memberID:3 alarm:NOSPACE ", "memberID:7 alarm:NOSPACE "]);
 
         let reloaded = Alarms::load(&db).unwrap();
@@ -161,5 +170,13 @@ mod tests {
         wtx.commit().unwrap();
         assert!(!alarms.no_space());
         assert!(Alarms::load(&db).unwrap().get(AlarmType::None as i32).is_empty());
+
+        let corrupt = AlarmType::Corrupt as i32;
+        let wtx = db.begin_write().unwrap();
+        alarms.activate(&wtx, 0, corrupt).unwrap();
+        wtx.commit().unwrap();
+        assert!(alarms.corrupt() && !alarms.no_space());
+        assert!(Alarms::load(&db).unwrap().corrupt());
+        assert_eq!(alarms.status_errors(), ["memberID:0 alarm:CORRUPT "]);
     }
 }

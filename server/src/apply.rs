@@ -472,6 +472,10 @@ impl Applier {
     }
 
     fn apply_request_ops(&self, txn: &mut ApplyTxn<'_>, req: InternalRaftRequest, index: u64) -> Result<ApplyResult, ServerError> {
+        // etcd's corrupt applier, outermost: while CORRUPT is raised the store must not change
+        if self.alarms.corrupt() && refused_while_corrupt(&req) {
+            return Err(ServerError::Corrupt);
+        }
         // etcd's auth applier: the sender named in the header must be allowed the request
         let sender = crate::apply_auth::header_auth(&req);
         crate::apply_auth::authorize(&self.auth, &self.lessor, &sender, &req)?;
@@ -568,6 +572,18 @@ impl Applier {
         };
         Ok(AlarmResponse { header: None, alarms })
     }
+}
+
+/// What etcd's corrupt applier refuses: every KV write, range and compaction, lease grant and
+/// revoke (read-only txns never reach etcd's applier, so they are served).
+fn refused_while_corrupt(req: &InternalRaftRequest) -> bool {
+    req.put.is_some()
+        || req.delete_range.is_some()
+        || req.range.is_some()
+        || req.compaction.is_some()
+        || req.lease_grant.is_some()
+        || req.lease_revoke.is_some()
+        || req.txn.as_ref().is_some_and(|t| !crate::corrupt::txn_is_read_only(t))
 }
 
 /// A backend or raft failure in apply leaves the member's state unknown: stop, as etcd panics,

@@ -200,6 +200,7 @@ pub struct Flags {
     // ---- profiling, metrics and logging ----
     #[arg(long, env = "ETCD_ENABLE_PPROF", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub enable_pprof: bool,
+    /// Level of detail for exported metrics: 'basic', or 'extensive' to include gRPC handling-time histograms.
     #[arg(long, env = "ETCD_METRICS", default_value = "basic")]
     pub metrics: String,
     /// Currently only supports 'zap' for structured logging ('capnslog' prints plain text).
@@ -227,8 +228,10 @@ pub struct Flags {
     /// Sets the maximum revisions deleted in each compaction batch.
     #[arg(long = "experimental-compaction-batch-limit", env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
     pub compaction_batch_limit: usize,
+    /// Check every peer's HashKV before serving clients (a restarting member only, as etcd).
     #[arg(long = "experimental-initial-corrupt-check", env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub initial_corrupt_check: bool,
+    /// How often the leader compares the members' HashKV (0: never).
     #[arg(long = "experimental-corrupt-check-time", env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s")]
     pub corrupt_check_time: String,
     #[arg(long = "experimental-warning-apply-duration", env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", default_value = "100ms")]
@@ -291,6 +294,14 @@ pub struct ServerConfig {
     pub listen_client_urls: Vec<url::Url>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<url::Url>,
+    /// Extra listeners serving only `/metrics` and the health endpoints (`--listen-metrics-urls`).
+    pub listen_metrics_urls: Vec<url::Url>,
+    /// `--metrics extensive`: gRPC handling-time histograms too.
+    pub extensive_metrics: bool,
+    /// `--experimental-initial-corrupt-check`: compare HashKV with every peer before serving.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: the leader's periodic HashKV comparison (0: off).
+    pub corrupt_check_time: Duration,
     pub advertise_peer_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_new: bool,
@@ -446,7 +457,6 @@ impl Flags {
             ("enable-v2", self.enable_v2),
             ("wal-dir", !self.wal_dir.is_empty()),
             ("config-file", !self.config_file.is_empty()),
-            ("listen-metrics-urls", !self.listen_metrics_urls.is_empty()),
         ];
         for (flag, set) in unbuilt {
             if *set {
@@ -540,6 +550,18 @@ impl Flags {
         if lease_checkpoint_interval.is_zero() {
             return err("--experimental-lease-checkpoint-interval must be > 0");
         }
+        let listen_metrics_urls = if self.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_urls("listen-metrics-urls", &self.listen_metrics_urls)?
+        };
+        let extensive_metrics = match self.metrics.as_str() {
+            "basic" => false,
+            "extensive" => true,
+            other => return err(format!("--metrics: invalid value {other:?} (basic or extensive)")),
+        };
+        let corrupt_check_time = parse_go_duration(&self.corrupt_check_time, None)
+            .map_err(|e| ConfigError(format!("--experimental-corrupt-check-time: {}", e.0)))?;
         let client_tls = crate::tls::TlsFlags {
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
@@ -556,7 +578,10 @@ impl Flags {
             auto_tls: self.peer_auto_tls,
             allowed_cn: self.peer_cert_allowed_cn.clone(),
         };
-        crate::tls::check_flags(&client_tls, &peer_tls, &listen_client_urls, &listen_peer_urls)
+        // https metrics URLs serve with the client certificate, as etcd's
+        let client_and_metrics_urls: Vec<url::Url> =
+            listen_client_urls.iter().chain(&listen_metrics_urls).cloned().collect();
+        crate::tls::check_flags(&client_tls, &peer_tls, &client_and_metrics_urls, &listen_peer_urls)
             .map_err(|e| ConfigError(e.0))?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
         Ok(ServerConfig {
@@ -565,6 +590,10 @@ impl Flags {
             listen_client_urls,
             advertise_client_urls,
             listen_peer_urls,
+            listen_metrics_urls,
+            extensive_metrics,
+            initial_corrupt_check: self.initial_corrupt_check,
+            corrupt_check_time,
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_new,
@@ -640,6 +669,31 @@ mod tests {
         assert!(e.contains("--cipher-suites"), "{e}");
         let e = parse(&["--peer-cert-allowed-hostname", "x"]).unwrap_err();
         assert!(e.contains("--peer-cert-allowed-hostname"), "{e}");
+    }
+
+    #[test]
+    fn metrics_urls_and_corruption_checks_are_parsed() {
+        let c = parse(&[]).unwrap();
+        assert!(c.listen_metrics_urls.is_empty());
+        assert!(!c.extensive_metrics && !c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::ZERO);
+        let c = parse(&[
+            "--listen-metrics-urls",
+            "http://127.0.0.1:2381,http://127.0.0.1:2382",
+            "--metrics",
+            "extensive",
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-corrupt-check-time",
+            "5m",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_metrics_urls.len(), 2);
+        assert!(c.extensive_metrics && c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(300));
+        assert!(parse(&["--metrics", "verbose"]).unwrap_err().contains("--metrics"));
+        let e = parse(&["--listen-metrics-urls", "https://127.0.0.1:2381"]).unwrap_err();
+        assert!(e.contains("--cert-file"), "{e}");
+        assert!(parse(&["--listen-metrics-urls", "127.0.0.1:2381"]).is_err());
     }
 
     #[test]

@@ -757,6 +757,16 @@ impl EtcdServer {
         &self.watch_hub
     }
 
+    /// etcd's request timeout (5 s + 2 election timeouts): how long a proposal or read may wait.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Dials other members' peer URLs (TLS for https peers).
+    pub(crate) fn peer_dialer(&self) -> &etcd_raft::PeerDialer {
+        &self.peer_dialer
+    }
+
     /// The election timeout (how long a stream asking for a leader tolerates having none).
     pub fn election_timeout(&self) -> Duration {
         self.cfg.heartbeat * self.cfg.election_ticks as u32

@@ -5,19 +5,18 @@
 //! by [`GrpcMetricsLayer`]). Gauges that mirror server state (leader, sizes, indexes, watchers,
 //! process) are read when scraped. Everything lives in Prometheus' default registry.
 
-use std::sync::LazyLock;
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::http::{self, Request};
 use parking_lot::RwLock;
 use prometheus::{
-    register_gauge, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder,
-    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Encoder,
+    Gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 use crate::etcd_server::EtcdServer;
@@ -86,11 +85,30 @@ static GRPC_HANDLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// `--metrics extensive`: gRPC handling times too (go-grpc-prometheus' handling-time histogram).
+static EXTENSIVE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static GRPC_HANDLING_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+        &["grpc_type", "grpc_service", "grpc_method"],
+        prometheus::DEFAULT_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
+/// Turns on the extensive metrics (`--metrics extensive`); call once at start.
+pub fn enable_extensive() {
+    EXTENSIVE.store(true, std::sync::atomic::Ordering::Relaxed);
+    LazyLock::force(&GRPC_HANDLING_SECONDS);
+}
+
 /// The streaming RPCs of etcd's services (everything else is unary).
-fn grpc_type(method: &str) -> &'static str {
-    match method {
-        "Watch" | "LeaseKeepAlive" => "bidi_stream",
-        "Snapshot" | "Observe" => "server_stream",
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("grpc.health.v1.Health", "Watch") => "server_stream",
+        (_, "Watch" | "LeaseKeepAlive") => "bidi_stream",
+        (_, "Snapshot" | "Observe") => "server_stream",
         _ => "unary",
     }
 }
@@ -124,6 +142,8 @@ struct MethodCounters {
     method: String,
     started: IntCounter,
     handled: [OnceLock<IntCounter>; 17],
+    /// `--metrics extensive` only.
+    handling: Option<Histogram>,
 }
 
 impl MethodCounters {
@@ -131,10 +151,13 @@ impl MethodCounters {
         // "/etcdserverpb.KV/Range" -> ("etcdserverpb.KV", "Range")
         let path = path.trim_start_matches('/');
         let (service, method) = path.split_once('/').unwrap_or((path, ""));
-        let kind = grpc_type(method);
+        let kind = grpc_type(service, method);
         MethodCounters {
             kind,
             started: GRPC_STARTED.with_label_values(&[kind, service, method]),
+            handling: EXTENSIVE
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| GRPC_HANDLING_SECONDS.with_label_values(&[kind, service, method])),
             service: service.to_string(),
             method: method.to_string(),
             handled: Default::default(),
@@ -211,7 +234,8 @@ where
         if let Some(c) = &counters {
             c.started.inc();
         }
-        GrpcMetricsFuture { inner: self.inner.call(req), counters }
+        let started = counters.as_ref().is_some_and(|c| c.handling.is_some()).then(Instant::now);
+        GrpcMetricsFuture { inner: self.inner.call(req), counters, started }
     }
 }
 
@@ -220,6 +244,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         counters: Option<Arc<MethodCounters>>,
+        started: Option<Instant>,
     }
 }
 
@@ -240,6 +265,10 @@ where
                 .and_then(|v| v.parse::<usize>().ok())
                 .unwrap_or(0);
             c.handled(code).inc();
+            // a stream is timed to its response headers (go-grpc-prometheus: to its end)
+            if let (Some(h), Some(t)) = (&c.handling, this.started) {
+                h.observe(t.elapsed().as_secs_f64());
+            }
         }
         Poll::Ready(result)
     }
@@ -280,6 +309,7 @@ pub fn render(server: &EtcdServer) -> String {
     LazyLock::force(&PROPOSALS_FAILED);
     LazyLock::force(&GRPC_STARTED);
     LazyLock::force(&GRPC_HANDLED);
+    crate::health::register_metrics();
 
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&prometheus::gather(), &mut out) {

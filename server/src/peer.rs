@@ -8,7 +8,7 @@ use etcd_proto::etcdrspb::{
     LeaseRenewRequest, LeaseRenewResponse, MembersRequest, MembersResponse, PromoteRequest, RaftAck, RaftBatch,
     SnapshotAck, SnapshotChunk,
 };
-use etcd_proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
+use etcd_proto::etcdserverpb::{HashKvRequest, HashKvResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use protobuf::Message as _;
 use raft::eraftpb::Message;
 use tonic::{Request, Response, Status, Streaming};
@@ -129,6 +129,22 @@ impl Peer for PeerService {
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.refuse_unless_leader()?;
         Ok(Response::new(self.server.lease_time_to_live(request.into_inner()).await?))
+    }
+
+    /// This member's HashKV for another member's corruption check: the header names this member,
+    /// its cluster and its current revision (learners answer too, unlike Maintenance.HashKV).
+    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        // a scan of the whole key table: off the async workers
+        let (server, rev) = (self.server.clone(), request.into_inner().revision);
+        let (hash, compact_revision, hash_revision, revision) = tokio::task::spawn_blocking(move || server.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(format!("etcd-rs: hash kv: {e}")))??;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.server.header(revision)),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     async fn members(&self, _request: Request<MembersRequest>) -> Result<Response<MembersResponse>, Status> {

@@ -132,7 +132,8 @@ impl TlsSetup {
     /// Loads certificates (generating auto-TLS ones when asked) and builds the rustls configs.
     pub fn load(cfg: &ServerConfig) -> Result<TlsSetup, TlsError> {
         let validity = cfg.self_signed_cert_validity;
-        let client_https = cfg.listen_client_urls.iter().any(|u| u.scheme() == "https");
+        // https metrics listeners serve with the client certificate, as etcd's
+        let client_https = cfg.listen_client_urls.iter().chain(&cfg.listen_metrics_urls).any(|u| u.scheme() == "https");
         let peer_https = cfg.listen_peer_urls.iter().any(|u| u.scheme() == "https");
         let client_cert = resolve_cert("client", &cfg.client_tls, &cfg.data_dir, &cfg.listen_client_urls, validity)?;
         let peer_cert = resolve_cert("peer", &cfg.peer_tls, &cfg.data_dir, &cfg.listen_peer_urls, validity)?;

@@ -226,7 +226,7 @@ async fn peer_with_an_untrusted_certificate_or_another_cn_is_refused() {
         };
         assert!(refused, "a peer with {cert} was served");
     }
-    assert!(m.log().contains("client certificate authentication failed"), "{}", m.log());
+    assert!(m.log_shows("client certificate authentication failed"), "{}", m.log());
     // The right certificate is served.
     let good = PeerDialer::new(None, Some(pki.client_config(Some((&peer_cert, &peer_key)), b"h2")));
     let ch = good.connect(&peer_url, Duration::from_secs(2)).await.expect("dial with the peer certificate");
@@ -234,4 +234,54 @@ async fn peer_with_an_untrusted_certificate_or_another_cn_is_refused() {
         .members(etcd_proto::etcdrspb::MembersRequest {})
         .await
         .expect("Members over peer TLS");
+}
+
+/// kubeadm's shape: clients on https with client-cert auth, probes on a plain-http metrics URL;
+/// an https metrics URL serves with the client certificate (and its client-cert auth), as etcd.
+#[tokio::test]
+async fn metrics_urls_serve_plain_http_and_https_with_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1", "localhost"], true);
+    let (client_cert, client_key) = pki.issue("client", "root", &[], false);
+    let ca = pki.ca_file();
+    let (plain, tls) = (common::free_port(), common::free_port());
+    let metrics = format!("http://127.0.0.1:{plain},https://127.0.0.1:{tls}");
+    let flags = [
+        "--cert-file", &server_cert, "--key-file", &server_key, "--trusted-ca-file", &ca, "--client-cert-auth",
+        "--listen-metrics-urls", &metrics,
+    ];
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &flags);
+    m.client_scheme = "https";
+    m.start();
+    tls_ready_client(&m, pki.client_config(Some((&client_cert, &client_key)), b"h2")).await;
+
+    let probe = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", plain)).unwrap();
+        s.write_all(b"GET /health?exclude=NOSPACE&serializable=true HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(probe.starts_with("HTTP/1.1 200"), "{probe}");
+    assert!(probe.ends_with(r#"{"health":"true","reason":""}"#), "{probe}");
+    let with_cert = pki.client_config(Some((&client_cert, &client_key)), b"http/1.1");
+    let readyz = https_get(tls, "/readyz", with_cert.clone()).await;
+    assert!(readyz.starts_with("HTTP/1.1 200") && readyz.ends_with("ok\n"), "{readyz}");
+    let metrics_body = https_get(tls, "/metrics", with_cert).await;
+    assert!(metrics_body.contains("etcd_server_has_leader 1"), "{metrics_body}");
+    // client-cert auth holds on the https metrics URL too
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls)).await.unwrap();
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let refused = match tokio_rustls::TlsConnector::from(pki.client_config(None, b"http/1.1")).connect(name, tcp).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+            !String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200")
+        }
+    };
+    assert!(refused, "a client without a certificate was served on the https metrics URL");
 }

@@ -9,7 +9,7 @@ use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
 use etcd_server::tls::{self, TlsSetup};
-use etcd_server::{compactor, grpc, logging, EtcdServer};
+use etcd_server::{compactor, corrupt, grpc, health, logging, metrics, EtcdServer};
 use tokio::sync::watch;
 
 /// mimalloc instead of glibc malloc: see server/Cargo.toml and README "Benchmarks".
@@ -79,13 +79,31 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     // Bind first, so a busy port fails fast before any data dir is touched.
     let client_listeners = bind_all("listen-client-urls", &cfg.listen_client_urls, "client requests").await?;
     let peer_listeners = bind_all("listen-peer-urls", &cfg.listen_peer_urls, "peers").await?;
+    let metrics_listeners = bind_all("listen-metrics-urls", &cfg.listen_metrics_urls, "metrics").await?;
     let tls = TlsSetup::load(&cfg).map_err(|e| e.to_string())?;
     cfg.peer_dial_tls = tls.peer_dial.clone();
+    if cfg.extensive_metrics {
+        metrics::enable_extensive();
+    }
+    // as etcd: only a member that has run before checks its data against its peers'
+    let member_initialized = etcd_raft::Wal::exists(&cfg.data_dir.join("member").join("wal"));
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
+    if cfg.initial_corrupt_check && member_initialized {
+        if let Err(e) = corrupt::initial_check(&server).await {
+            server.stop().await;
+            return Err(e);
+        }
+    }
+    let corrupt_check = tokio::spawn(corrupt::run_periodic(server.clone(), cfg.corrupt_check_time));
 
     // Peers first: electing a leader (and so publishing) needs them.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut serving = Vec::new();
+    // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
+    for (l, https) in metrics_listeners {
+        let routes = health::metrics_listener_routes(server.clone());
+        serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &stop_rx, "metrics")?);
+    }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
         serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &stop_rx, "peer")?);
@@ -96,6 +114,8 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         _ = server.publish() => {}
         _ = wait_for_signal() => {
             tracing::info!("received signal before ready; shutting down");
+            let _ = stop_tx.send(true);
+            corrupt_check.abort();
             server.stop().await;
             return Ok(());
         }
@@ -112,6 +132,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     }
     let _ = stop_tx.send(true);
     compaction.abort();
+    corrupt_check.abort();
     for s in serving {
         // Long-lived streams must not hold the member up forever.
         let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
@@ -143,8 +164,8 @@ fn serve_url(
     }
 }
 
-/// Serves `routes` on `incoming` until `stop` turns true. Client listeners also answer HTTP/1.1
-/// (`/health`, `/version`); peers speak gRPC only.
+/// Serves `routes` on `incoming` until `stop` turns true. Client and metrics listeners answer
+/// HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC only.
 fn serve<I, IO>(
     incoming: I,
     routes: tonic::service::Routes,
@@ -157,7 +178,7 @@ where
 {
     tokio::spawn(async move {
         let result = tonic::transport::Server::builder()
-            .accept_http1(what == "client")
+            .accept_http1(what != "peer")
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(7200)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))

@@ -1,10 +1,13 @@
-//! The client listener: etcd's gRPC services plus `/health` and `/version` over HTTP/1.1 on
-//! the same port. A gRPC method etcd-rs has not built yet answers `Unimplemented` naming it.
+//! The client listener: etcd's gRPC services (with `grpc.health.v1.Health`), plus over HTTP/1.1
+//! on the same port `/version`, the gateway and the probes of crate::health (`/metrics`,
+//! `/health`, `/livez`, `/readyz`). A gRPC method etcd-rs has not built yet answers
+//! `Unimplemented` naming it.
 
 mod auth;
 mod cluster;
 mod election;
 mod gateway;
+mod health;
 mod kv;
 mod lease;
 mod lock;
@@ -13,11 +16,11 @@ mod recipes;
 mod watch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
+use etcd_proto::grpc_health_v1::health_server::HealthServer;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
 use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
@@ -25,7 +28,6 @@ use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
 use etcd_proto::v3electionpb::election_server::ElectionServer;
 use etcd_proto::v3lockpb::lock_server::LockServer;
-use etcd_proto::etcdserverpb::{AlarmType, RangeRequest};
 
 use crate::etcd_server::EtcdServer;
 
@@ -52,67 +54,19 @@ pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
         .add_service(
             ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
         )
-        .add_service(AuthServer::new(auth::AuthService { server: server.clone() }).max_decoding_message_size(max_recv));
+        .add_service(AuthServer::new(auth::AuthService { server: server.clone() }).max_decoding_message_size(max_recv))
+        .add_service(HealthServer::new(health::HealthService));
     let gateway = gateway::router(server.clone());
-    let health_server = server.clone();
-    let metrics_server = server.clone();
-    let version_server = server;
+    let version_server = server.clone();
     let router = builder
         .routes()
         .into_axum_router()
-        .route(
-            "/metrics",
-            axum::routing::get(move || {
-                let s = metrics_server.clone();
-                async move {
-                    let body = crate::metrics::render(&s);
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
-                }
-            }),
-        )
-        .route(
-            "/health",
-            axum::routing::get(move |q: axum::extract::RawQuery| {
-                let exclude = q
-                    .0
-                    .unwrap_or_default()
-                    .split('&')
-                    .filter_map(|kv| kv.strip_prefix("exclude="))
-                    .map(str::to_string)
-                    .collect();
-                health(health_server.clone(), exclude)
-            }),
-        )
+        .merge(crate::health::router(server))
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .merge(gateway)
         .fallback(unimplemented_method)
         .layer(crate::metrics::GrpcMetricsLayer);
     tonic::service::Routes::from(router)
-}
-
-async fn health(server: Arc<EtcdServer>, exclude: Vec<String>) -> impl IntoResponse {
-    let probe = RangeRequest { key: b"health".to_vec(), keys_only: true, limit: 1, ..Default::default() };
-    // as etcd: a raised alarm makes the member unhealthy (`?exclude=NOSPACE` ignores one type)
-    let raised = server
-        .alarms()
-        .get(AlarmType::None as i32)
-        .into_iter()
-        .map(|m| AlarmType::try_from(m.alarm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN"))
-        .find(|name| !exclude.iter().any(|x| x == name));
-    let (ok, reason) = if let Some(name) = raised {
-        (false, format!("ALARM {name}"))
-    } else if !server.has_leader() {
-        (false, "RAFT NO LEADER".to_string())
-    } else {
-        match tokio::time::timeout(Duration::from_secs(5), server.range(probe, None)).await {
-            Ok(Ok(_)) => (true, String::new()),
-            Ok(Err(e)) => (false, format!("RANGE ERROR:{e}")),
-            Err(_) => (false, "RANGE ERROR:timed out".to_string()),
-        }
-    };
-    let body = serde_json::json!({"health": ok.to_string(), "reason": reason}).to_string();
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn version(server: Arc<EtcdServer>) -> impl IntoResponse {
