@@ -17,6 +17,7 @@
 //! keys in a Txn, ...) is the server's job; this crate applies what it is given.
 
 pub mod backend;
+pub mod bolt;
 mod errors;
 pub mod index;
 pub mod key_index;
