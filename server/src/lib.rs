@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod apply;
+pub mod backup;
 mod apply_auth;
 mod apply_lease;
 pub mod compactor;
