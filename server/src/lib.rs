@@ -16,6 +16,7 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod peer;
+pub mod restore;
 pub mod snapshot;
 pub mod tls;
 pub mod wait;
