@@ -196,10 +196,7 @@ fn for_each(r: &BoltReader, b: &BucketRef, mut f: impl FnMut(&[u8], &[u8]) -> Re
         }
         Ok(())
     })
-    .or_else(|e| match failed.take() {
-        Some(x) => Err(x),
-        None => Err(bolt_err(e)),
-    })
+    .map_err(|e| failed.take().unwrap_or_else(|| bolt_err(e)))
 }
 
 fn be_u64(what: &str, v: &[u8]) -> Result<u64, ServerError> {

@@ -25,6 +25,9 @@ use tonic::{Code, Request};
 
 const LEASE: i64 = 0x7e57;
 
+/// Every key (key, value, create and mod revision, version, lease) and the header revision.
+type Dump = (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64);
+
 fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
     let mut r = Request::new(msg);
     if let Some(t) = token {
@@ -67,8 +70,7 @@ async fn fill(kv: &mut KvClient<Channel>, lease: &mut LeaseClient<Channel>) -> i
     100
 }
 
-/// Every key with value, create/mod revision, version and lease; and the header revision.
-async fn dump(kv: &mut KvClient<Channel>, token: Option<&str>) -> (Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64) {
+async fn dump(kv: &mut KvClient<Channel>, token: Option<&str>) -> Dump {
     let all = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
     let r = kv.range(with_token(all, token)).await.unwrap().into_inner();
     let rows = r.kvs.into_iter().map(|k| (k.key, k.value, k.create_revision, k.mod_revision, k.version, k.lease)).collect();
@@ -109,7 +111,7 @@ fn restore(file: &Path, dir: &Path, name: &str, peer_port: u16) {
 async fn check_restored(
     m: &Member,
     token: Option<&str>,
-    before: &(Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>, i64),
+    before: &Dump,
     compacted: i64,
 ) {
     let ch = channel(m).await;
@@ -172,7 +174,7 @@ async fn snapshot_rpc_streams_etcds_file_and_a_restore_serves_the_same_data_and_
     let before = dump(&mut kv, Some(&root)).await;
 
     let mut mt = MaintenanceClient::new(ch);
-    let e = mt.snapshot(with_token(SnapshotRequest {}, Some(&alice))).await.err().expect("alice is refused");
+    let Err(e) = mt.snapshot(with_token(SnapshotRequest {}, Some(&alice))).await else { panic!("alice is refused") };
     // etcd answers the maintenance RPCs' root check with the auth error unmapped
     assert_eq!((e.code(), e.message()), (Code::Unknown, "auth: permission denied"));
 
