@@ -7,6 +7,7 @@
 //!
 //! - [`revision`]: the (main, sub) revision and its key-table encoding;
 //! - [`backend`]: the redb file, its key and meta tables;
+//! - [`bolt`]: etcd's backend file format (bbolt), written and read, for snapshot files;
 //! - [`key_index`]: one key's generations; [`index`]: all keys;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
 //! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch;
@@ -17,6 +18,7 @@
 //! keys in a Txn, ...) is the server's job; this crate applies what it is given.
 
 pub mod backend;
+pub mod bolt;
 mod errors;
 pub mod index;
 pub mod key_index;

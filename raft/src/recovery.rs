@@ -46,7 +46,7 @@ fn create_dir(path: &Path) -> Result<(), RaftError> {
 }
 
 /// Writes the bootstrap WAL of a new member (see the module docs).
-fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftError> {
+pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftError> {
     // A member joining a running cluster starts with an empty log and no configuration: the
     // leader sends it the log (or a snapshot), conf changes included.
     if cfg.initial_peers.is_empty() && !cfg.join_existing {

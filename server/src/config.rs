@@ -385,7 +385,8 @@ pub fn parse_go_duration(s: &str, bare_unit: Option<Duration>) -> Result<Duratio
     Ok(total)
 }
 
-fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
+/// Parses a comma-separated URL flag as etcd's types.NewURLs.
+pub fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let u = url::Url::parse(part).map_err(|e| ConfigError(format!("--{flag}: invalid URL {part:?}: {e}")))?;
@@ -424,7 +425,8 @@ pub fn url_string(u: &url::Url) -> String {
     s
 }
 
-fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError> {
+/// Parses `--initial-cluster` (name=url,...): members in flag order, URLs as etcd prints them.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError> {
     let mut members: Vec<InitialMember> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((name, url)) = part.split_once('=') else {

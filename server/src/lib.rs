@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod apply;
+pub mod backup;
 mod apply_auth;
 mod apply_lease;
 pub mod compactor;
@@ -17,6 +18,7 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod peer;
+pub mod restore;
 pub mod snapshot;
 pub mod tls;
 pub mod wait;
