@@ -121,10 +121,18 @@ dir_kb() { du -sk "$1" | awk '{print $1}'; }
 record() { # record SIDE ROUND NAME JSON
   python3 -c 'import json,sys; d=json.loads(sys.argv[4]); d.update(side=sys.argv[1], round=int(sys.argv[2]), name=sys.argv[3]); print(json.dumps(d))' "$@" >> "$RESULTS"
 }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
+CLK_TCK="$(getconf CLK_TCK)"
 bench() { # bench SIDE ROUND NAME ARGS...  (against $BENCH_EP, default the single member)
   local side=$1 round=$2 name=$3; shift 3
   log "$side round $round: $name"
+  # the single member's CPU time over the run: its cost per request, whatever the load
+  # generator (on the same cores) costs
+  local t0=""; [ -n "$PID" ] && [ -z "${BENCH_EP:-}" ] && t0=$(cpu_ticks "$PID")
   local j; j=$("$BENCH_BIN" --endpoints "${BENCH_EP:-$EP}" --json "$@")
+  if [ -n "$t0" ]; then
+    j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=max(d["requests"],1); d["server_cpu_us_per_req"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/n; print(json.dumps(d))' "$j" "$t0" "$(cpu_ticks "$PID")" "$CLK_TCK")
+  fi
   record "$side" "$round" "$name" "$j"
 }
 n() { awk "BEGIN{printf \"%d\", $1 * $SCALE}"; }

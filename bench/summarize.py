@@ -50,12 +50,14 @@ if has("put-1c"):
     row("put, 1 client", "put-1c", "throughput", "req/s")
     row("put, 1 client", "put-1c", "latency_ms.p50", "p50 ms")
     row("put, 1 client", "put-1c", "latency_ms.p99", "p99 ms")
+    row("put, 1 client", "put-1c", "server_cpu_us_per_req", "server CPU µs per request")
     b1, _ = med("etcd-rs", "put-1c", "latency_ms.p50")
     if fs and b1:
         print(f"| put, 1 client | etcd-rs p50 / fdatasync p50 | | {b1:.2f} / {fs:.2f} | {b1 / fs:.2f} | <= 1.2 | {'yes' if b1 / fs <= 1.2 else '**no**'} |")
     for label, name in [("put, 256 clients / 16 conns, 256 B values, 100k keys", "put-256c"),
                         ("range linearizable, 256 clients", "range-l-256c")]:
         row(label, name, "throughput", "req/s", (">=", 1.5))
+        row(label, name, "server_cpu_us_per_req", "server CPU µs per request")
         row(label, name, "latency_ms.p50", "p50 ms")
         row(label, name, "latency_ms.p99", "p99 ms", ("<=", 1.0))
         row(label, name, "latency_ms.p999", "p99.9 ms")
