@@ -301,6 +301,12 @@ impl RaftNode {
         self.inner.shared.status.read().clone()
     }
 
+    /// Reads one thing from the status without copying it (a copy allocates its member lists;
+    /// request paths ask for the term or leader on every call).
+    pub fn with_status<R>(&self, f: impl FnOnce(&RaftStatus) -> R) -> R {
+        f(&self.inner.shared.status.read())
+    }
+
     /// The member and cluster ids stored in the WAL (for the server to check).
     pub fn wal_metadata(&self) -> WalMetadata {
         self.inner.metadata

@@ -273,7 +273,7 @@ impl EtcdServer {
                 }
             }
         }
-        if self.members.cluster_version().is_none() && self.raft.status().leader_id == self.member_id {
+        if self.members.cluster_version().is_none() && self.raft.with_status(|st| st.leader_id) == self.member_id {
             let ver = cluster_version_of(&self.cfg.etcd_api_version);
             let req = InternalRaftRequest {
                 cluster_version_set: Some(ClusterVersionSetRequest { ver }),
@@ -466,7 +466,7 @@ impl EtcdServer {
     /// A client of the current leader's peer service, for requests only the leader can answer.
     /// The channel is kept while the leader stays the same.
     pub(crate) async fn leader_peer(&self) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
-        let leader = self.raft.status().leader_id;
+        let leader = self.raft.with_status(|st| st.leader_id);
         if leader == 0 {
             return Err(ServerError::NoLeader);
         }
@@ -503,7 +503,7 @@ impl EtcdServer {
         self.raft.transfer_leader(to);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         while tokio::time::Instant::now() < deadline {
-            if self.raft.status().leader_id == to {
+            if self.raft.with_status(|st| st.leader_id) == to {
                 tracing::info!(transferee = %format!("{to:x}"), "leadership transfer finished");
                 return Ok(());
             }
@@ -522,7 +522,7 @@ impl EtcdServer {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.raft.status().term,
+            raft_term: self.raft.with_status(|st| st.term),
         }
     }
 
@@ -740,7 +740,7 @@ impl EtcdServer {
 
     /// A learner serves only Status and serializable reads, as in etcd.
     pub fn refuse_if_learner(&self) -> Result<(), ServerError> {
-        if self.raft.status().is_learner {
+        if self.raft.with_status(|st| st.is_learner) {
             return Err(ServerError::NotSupportedForLearner);
         }
         Ok(())
@@ -751,11 +751,11 @@ impl EtcdServer {
     }
 
     pub fn is_leader(&self) -> bool {
-        self.raft.status().leader_id == self.member_id
+        self.raft.with_status(|st| st.leader_id) == self.member_id
     }
 
     pub fn has_leader(&self) -> bool {
-        self.raft.status().leader_id != 0
+        self.raft.with_status(|st| st.leader_id) != 0
     }
 
     /// The member's watchers.

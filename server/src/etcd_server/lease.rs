@@ -156,7 +156,7 @@ impl EtcdServer {
 
     /// Waits until everything committed so far is applied (etcd's waitAppliedIndex).
     async fn wait_applied(&self) -> Result<(), ServerError> {
-        self.wait_applied_index(self.raft.status().commit_index).await
+        self.wait_applied_index(self.raft.with_status(|st| st.commit_index)).await
     }
 }
 
