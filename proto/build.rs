@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
+        .ignore_unknown_fields()
         .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".membershippb"])?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");
