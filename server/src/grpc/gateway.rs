@@ -158,11 +158,11 @@ impl JsonMessages {
                         self.buf.drain(..used);
                         return Next::Message(m);
                     }
-                    Some(Err(e)) if e.is_eof() && !self.ended => {
-                        if self.buf.len() > self.max {
-                            return Next::Bad(format!("request message larger than {} bytes", self.max));
-                        }
+                    // incomplete: wait for more bytes, up to the limit
+                    Some(Err(e)) if e.is_eof() && !self.ended && self.buf.len() > self.max => {
+                        return Next::Bad(format!("request message larger than {} bytes", self.max));
                     }
+                    Some(Err(e)) if e.is_eof() && !self.ended => {}
                     Some(Err(e)) => return Next::Bad(e.to_string()),
                     None => {}
                 }
