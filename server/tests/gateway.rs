@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{http_post, Member};
+use common::{http_get, http_post, Member};
 use etcd_proto::etcdserverpb::SnapshotResponse;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,6 +134,15 @@ async fn gateway_watch_streams_a_put_made_after_it() {
     assert_eq!((&kv["key"], &kv["value"]), (&"Zm9v".into(), &"YmF6".into()), "{event}");
     assert_eq!(kv["mod_revision"], put["header"]["revision"]);
 
+    // the client going away ends the watch stream and its watchers
+    assert_eq!(watchers(&m), 2);
+    drop(w);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watchers(&m) != 0 {
+        assert!(std::time::Instant::now() < deadline, "watchers left after the client disconnected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // a first message that does not parse is refused as grpc-gateway does
     let (code, err) = http_post(&m, "/v3/watch", "{bad");
     assert_eq!(code, 500, "{err}");
@@ -216,6 +225,16 @@ async fn gateway_stream_errors_come_as_grpc_gateway_error_objects() {
     let refused = w.next_result().unwrap();
     assert_eq!(refused["canceled"], true);
     assert_eq!(refused["cancel_reason"], "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token");
+}
+
+/// etcd_debugging_mvcc_watcher_total from /metrics.
+fn watchers(m: &Member) -> u64 {
+    let (_, metrics) = http_get(m, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("watcher gauge")
 }
 
 fn b64(data: &[u8]) -> String {
