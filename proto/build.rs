@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, ["proto"])?;
     // JSON for the gRPC gateway (`/v3/...`): proto3 JSON mapping with the .proto field names, as
-    // etcd's grpc-gateway marshals (OrigName).
+    // etcd's grpc-gateway marshals (OrigName); unknown fields are skipped, as its jsonpb decoder does.
     let descriptors = prost::Message::encode_to_vec(&fds);
     tonic_prost_build::configure()
         .build_server(true)
@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
+        .ignore_unknown_fields()
         .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".membershippb"])?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");

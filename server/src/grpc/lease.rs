@@ -20,7 +20,7 @@ pub struct LeaseService {
     pub server: Arc<EtcdServer>,
 }
 
-type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+pub(super) type KeepAliveStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 /// Responses buffered per keep-alive stream before the reader waits for the client.
 const KEEP_ALIVE_BUFFER: usize = 16;
@@ -44,34 +44,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.server.refuse_if_learner()?;
-        let mut inbound = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
-        let server = self.server.clone();
-        tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
-                let req = match next {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "lease keep-alive stream ended");
-                        return;
-                    }
-                };
-                // The header is taken before the renewal, so its revision is never newer than
-                // a revoke that the renewal would have raced with (as etcd).
-                let header = server.header(server.kv_revision());
-                let item = match server.lease_renew(req.id).await {
-                    Ok(ttl) => Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl }),
-                    Err(ServerError::LeaseNotFound) => Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl: 0 }),
-                    Err(e) => Err(Status::from(e)),
-                };
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive(request.into_inner())?))
     }
 
     async fn lease_time_to_live(
@@ -102,5 +75,42 @@ impl Lease for LeaseService {
     async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.server.refuse_if_learner()?;
         Ok(Response::new(self.server.lease_leases()))
+    }
+}
+
+impl LeaseService {
+    /// Answers each keep-alive of `inbound` (a gRPC stream, or the gateway's JSON messages) in
+    /// order; the answers end when `inbound` does.
+    pub(super) fn keep_alive(
+        &self,
+        mut inbound: impl tokio_stream::Stream<Item = Result<LeaseKeepAliveRequest, Status>> + Send + Unpin + 'static,
+    ) -> Result<KeepAliveStream, Status> {
+        self.server.refuse_if_learner()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEP_ALIVE_BUFFER);
+        let server = self.server.clone();
+        tokio::spawn(async move {
+            while let Some(next) = inbound.next().await {
+                let req = match next {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "lease keep-alive stream ended");
+                        return;
+                    }
+                };
+                // The header is taken before the renewal, so its revision is never newer than
+                // a revoke that the renewal would have raced with (as etcd).
+                let header = server.header(server.kv_revision());
+                let item = match server.lease_renew(req.id).await {
+                    Ok(ttl) => Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl }),
+                    Err(ServerError::LeaseNotFound) => Ok(LeaseKeepAliveResponse { header: Some(header), id: req.id, ttl: 0 }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
 }

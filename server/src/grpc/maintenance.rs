@@ -25,6 +25,22 @@ pub struct MaintenanceService {
     pub server: Arc<EtcdServer>,
 }
 
+impl MaintenanceService {
+    /// etcd's maintenance auth check (Defragment, Hash, HashKV, Snapshot): the sender must hold
+    /// the root role; its errors, a bad token included, come back unmapped (code Unknown,
+    /// `auth: ...`), as etcd's authMaintenanceServer returns them.
+    async fn require_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), ServerError> {
+        let ai = match self.server.auth_info(md).await {
+            Ok(ai) => ai,
+            Err(ServerError::InvalidAuthToken) => {
+                return Err(ServerError::AuthUnmapped(etcd_auth::AuthError::InvalidAuthToken.to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        self.server.check_admin(&ai)
+    }
+}
+
 fn unimplemented(rpc: &str) -> Status {
     ServerError::Unimplemented(format!("etcd-rs: Maintenance.{rpc} is not implemented yet")).into()
 }
@@ -82,20 +98,20 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.server.refuse_if_learner()?;
-        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
+        self.require_admin(request.metadata()).await?;
         self.server.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: Some(self.server.header(self.server.kv_revision())) }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
+        self.require_admin(request.metadata()).await?;
         let (hash, revision) = self.server.hash()?;
         Ok(Response::new(HashResponse { header: Some(self.server.header(revision)), hash }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.server.refuse_if_learner()?;
-        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
+        self.require_admin(request.metadata()).await?;
         let req = request.into_inner();
         let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(req.revision)?;
         Ok(Response::new(HashKvResponse {
@@ -109,7 +125,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.server.check_admin(&self.server.auth_info(request.metadata()).await?)?;
+        self.require_admin(request.metadata()).await?;
         let read = self.server.backend_snapshot()?;
         let dir = self.server.snap_dir();
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -17,9 +17,10 @@ use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::watch_server::Watch;
 use etcd_proto::etcdserverpb::{WatchRequest, WatchResponse};
 use etcd_proto::mvccpb::Event;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::oneshot;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::errors::ServerError;
@@ -36,25 +37,35 @@ pub struct WatchService {
     pub max_response_bytes: usize,
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+pub(super) type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Watch for WatchService {
     type WatchStream = ResponseStream;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<ResponseStream>, Status> {
+        let metadata = request.metadata().clone();
+        Ok(Response::new(self.open(metadata, request.into_inner())?))
+    }
+}
+
+impl WatchService {
+    /// One watch stream fed by `inbound` (a gRPC stream, or the gateway's JSON messages);
+    /// `metadata` carries the token and clientv3's require-leader flag.
+    pub(super) fn open(
+        &self,
+        metadata: MetadataMap,
+        mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    ) -> Result<ResponseStream, Status> {
         // As etcd, a learner serves no streams.
         self.server.refuse_if_learner()?;
-        let require_leader = request
-            .metadata()
+        let require_leader = metadata
             .get(REQUIRE_LEADER_KEY)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == "true");
         if require_leader && !self.server.has_leader() {
             return Err(ServerError::NoLeader.into());
         }
-        let metadata = request.metadata().clone();
-        let mut inbound = request.into_inner();
         let stream = Arc::new(self.server.watch_hub().open_stream());
         let (err_tx, err_rx) = oneshot::channel::<Status>();
         let (denied_tx, denied_rx) = tokio::sync::mpsc::channel::<WatchResponse>(DENIED_BUFFER);
@@ -63,8 +74,8 @@ impl Watch for WatchService {
         tokio::spawn(async move {
             loop {
                 reader.control_room().await;
-                match inbound.message().await {
-                    Ok(Some(req)) => {
+                match inbound.next().await {
+                    Some(Ok(req)) => {
                         if let Some(denied) = refused_create(&server, &metadata, &req).await {
                             if denied_tx.send(denied).await.is_err() {
                                 break;
@@ -74,8 +85,8 @@ impl Watch for WatchService {
                         handle_request(&reader, req)
                     }
                     // a client that only half-closes keeps receiving, as with etcd
-                    Ok(None) => break,
-                    Err(status) => {
+                    None => break,
+                    Some(Err(status)) => {
                         let _ = err_tx.send(status);
                         break;
                     }
@@ -98,7 +109,7 @@ impl Watch for WatchService {
             done: false,
             max_response_bytes: self.max_response_bytes,
         };
-        Ok(Response::new(Box::pin(futures::stream::unfold(out, Outbound::next))))
+        Ok(Box::pin(futures::stream::unfold(out, Outbound::next)))
     }
 }
 
@@ -126,7 +137,7 @@ const DENIED_BUFFER: usize = 16;
 
 /// etcd's isWatchPermitted: a create the sender may not read is answered at once with a
 /// created-and-canceled response (watch ID -1) naming why.
-async fn refused_create(server: &EtcdServer, md: &tonic::metadata::MetadataMap, req: &WatchRequest) -> Option<WatchResponse> {
+async fn refused_create(server: &EtcdServer, md: &MetadataMap, req: &WatchRequest) -> Option<WatchResponse> {
     let Some(RequestUnion::CreateRequest(c)) = &req.request_union else { return None };
     let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
     let checked = match server.auth_info(md).await {
