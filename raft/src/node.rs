@@ -34,8 +34,13 @@ pub struct RaftNodeConfig {
     /// This member's id (used for a new WAL; a restart takes the WAL's).
     pub id: u64,
     pub cluster_id: u64,
-    /// `<data-dir>/member`; the WAL lives in `wal/`, snapshots in `snap/`.
+    /// `<data-dir>/member`; snapshots live in `snap/`.
     pub member_dir: PathBuf,
+    /// The WAL's directory: `<member_dir>/wal` unless a dedicated one is given (`--wal-dir`).
+    pub wal_dir: PathBuf,
+    /// Restart as the only voter: remove every other member through conf change entries
+    /// committed locally (`--force-new-cluster`; ignored when there is no WAL yet).
+    pub force_new_cluster: bool,
     /// (member id, ConfChange context bytes), used only to bootstrap a new WAL.
     pub initial_peers: Vec<(u64, Vec<u8>)>,
     /// A new WAL for a member added to a running cluster: empty log, no initial peers.
@@ -60,6 +65,8 @@ impl RaftNodeConfig {
         RaftNodeConfig {
             id,
             cluster_id,
+            wal_dir: member_dir.join("wal"),
+            force_new_cluster: false,
             member_dir,
             initial_peers: Vec::new(),
             join_existing: false,
