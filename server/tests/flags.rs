@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::cluster::TestCluster;
 use common::{dump, free_port, put, Member};
@@ -27,6 +28,15 @@ fn has_wal_segment(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".wal")))
         .unwrap_or(false)
+}
+
+/// `ready_client` bounded: a linearizable read on a member without a leader does not end by
+/// itself in etcd-rs today (etcd answers "request timed out" after its request timeout).
+async fn ready(m: &Member) -> etcd_proto::etcdserverpb::kv_client::KvClient<Channel> {
+    match tokio::time::timeout(Duration::from_secs(30), m.ready_client()).await {
+        Ok(c) => c,
+        Err(_) => panic!("no linearizable read within 30s; log:\n{}", m.log()),
+    }
 }
 
 async fn members(m: &Member) -> Vec<PbMember> {
@@ -91,7 +101,7 @@ async fn config_file_alone_configures_the_server_and_other_flags_and_env_are_ign
     };
 
     let p = spawn(true);
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     put(&mut c, "from", "yaml").await.unwrap();
     let list = members(&m).await;
     assert_eq!(list.len(), 1);
@@ -104,7 +114,7 @@ async fn config_file_alone_configures_the_server_and_other_flags_and_env_are_ign
 
     // ETCD_CONFIG_FILE works as the flag does; the restart finds the data the file points at
     let _p = spawn(false);
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     let kvs: Vec<(String, String)> = dump(&mut c).await.into_iter().map(|(k, v, _)| (k, v)).collect();
     assert_eq!(kvs, vec![("from".to_string(), "yaml".to_string())]);
     assert!(!ignored_dir.exists());
@@ -129,7 +139,7 @@ async fn wal_dir_holds_the_wal_and_is_found_on_restart() {
     let data_dir = tmp.path().join("m0.etcd");
     let mut m = Member::new(&data_dir, &["--wal-dir", wal_dir.to_str().unwrap()]);
     m.start();
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     for i in 0..20 {
         put(&mut c, &format!("k{i:02}"), &format!("v{i}")).await.unwrap();
     }
@@ -141,7 +151,7 @@ async fn wal_dir_holds_the_wal_and_is_found_on_restart() {
     // the backend alone is not enough: the restart must replay the WAL from --wal-dir, or it
     // would bootstrap a new member over the old data
     m.start();
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     assert_eq!(dump(&mut c).await, before);
     put(&mut c, "after", "restart").await.unwrap();
     assert!(m.log().contains("\"restarting\":true") || m.log().contains("restarting=true"), "{}", m.log());
@@ -149,10 +159,23 @@ async fn wal_dir_holds_the_wal_and_is_found_on_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn force_new_cluster_restarts_one_member_alone_with_its_data() {
+    assert!(!force_new_cluster_scenario(&[]).await, "the WAL-only path took a raft snapshot");
+}
+
+/// The members' ids come from the raft snapshot's configuration when the WAL no longer holds
+/// the bootstrap entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_new_cluster_after_raft_snapshots() {
+    assert!(force_new_cluster_scenario(&["--snapshot-count", "5"]).await, "no raft snapshot was taken");
+}
+
+/// 3 members write, all stop, member 0 restarts with --force-new-cluster; returns whether
+/// member 0 had raft snapshot files when it was forced.
+async fn force_new_cluster_scenario(extra: &[&str]) -> bool {
     let tmp = tempfile::tempdir().unwrap();
-    let mut cl = TestCluster::start(tmp.path(), 3, &[]).await;
+    let mut cl = TestCluster::start(tmp.path(), 3, extra).await;
     let leader = cl.wait_leader(&[0, 1, 2]).await;
-    let mut c = cl.members[leader].ready_client().await;
+    let mut c = ready(&cl.members[leader]).await;
     for i in 0..10 {
         put(&mut c, &format!("before{i}"), "x").await.unwrap();
     }
@@ -160,16 +183,20 @@ async fn force_new_cluster_restarts_one_member_alone_with_its_data() {
     assert_eq!(members(&cl.members[0]).await.len(), 3);
     let own_id = common::cluster::status(&cl.members[0]).await.unwrap().1;
     // wait until member 0 has applied everything, then lose the whole cluster
-    let mut c0 = cl.members[0].ready_client().await;
+    let mut c0 = ready(&cl.members[0]).await;
     assert_eq!(dump(&mut c0).await, before);
     for m in cl.members.iter_mut() {
         m.stop();
     }
+    let had_snapshots = std::fs::read_dir(cl.members[0].data_dir.join("member").join("snap"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".snap"));
 
     let m = &mut cl.members[0];
     m.extra.push("--force-new-cluster".into());
     m.start();
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     assert_eq!(dump(&mut c).await, before);
     put(&mut c, "after", "forced").await.unwrap();
     let list = members(m).await;
@@ -181,9 +208,10 @@ async fn force_new_cluster_restarts_one_member_alone_with_its_data() {
     m.stop();
     m.extra.clear();
     m.start();
-    let mut c = m.ready_client().await;
+    let mut c = ready(&m).await;
     put(&mut c, "after2", "plain").await.unwrap();
     assert_eq!(members(m).await.len(), 1);
     let keys: Vec<String> = dump(&mut c).await.into_iter().map(|(k, _, _)| k).collect();
     assert!(keys.contains(&"after".to_string()) && keys.contains(&"before0".to_string()), "{keys:?}");
+    had_snapshots
 }
