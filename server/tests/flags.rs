@@ -196,7 +196,7 @@ async fn force_new_cluster_scenario(extra: &[&str]) -> bool {
     let m = &mut cl.members[0];
     m.extra.push("--force-new-cluster".into());
     m.start();
-    let mut c = ready(&m).await;
+    let mut c = ready(m).await;
     assert_eq!(dump(&mut c).await, before);
     put(&mut c, "after", "forced").await.unwrap();
     let list = members(m).await;
@@ -208,7 +208,7 @@ async fn force_new_cluster_scenario(extra: &[&str]) -> bool {
     m.stop();
     m.extra.clear();
     m.start();
-    let mut c = ready(&m).await;
+    let mut c = ready(m).await;
     put(&mut c, "after2", "plain").await.unwrap();
     assert_eq!(members(m).await.len(), 1);
     let keys: Vec<String> = dump(&mut c).await.into_iter().map(|(k, _, _)| k).collect();
