@@ -87,6 +87,11 @@ pub enum RaftError {
          {snapshot}; the entries in between are no longer in the WAL"
     )]
     BackendBehindSnapshot { applied: u64, snapshot: u64 },
+    #[error(
+        "--force-new-cluster: member {0:x} is not a voter in its own raft log (removed, or a \
+         learner), so it cannot become a one-member cluster"
+    )]
+    ForceNewClusterNotVoter(u64),
     #[error("could not start the raft loop thread: {0}")]
     Spawn(#[source] io::Error),
 }

@@ -34,8 +34,13 @@ pub struct RaftNodeConfig {
     /// This member's id (used for a new WAL; a restart takes the WAL's).
     pub id: u64,
     pub cluster_id: u64,
-    /// `<data-dir>/member`; the WAL lives in `wal/`, snapshots in `snap/`.
+    /// `<data-dir>/member`; snapshots live in `snap/`.
     pub member_dir: PathBuf,
+    /// The WAL's directory: `<member_dir>/wal` unless a dedicated one is given (`--wal-dir`).
+    pub wal_dir: PathBuf,
+    /// Restart as the only voter: remove every other member through conf change entries
+    /// committed locally (`--force-new-cluster`; ignored when there is no WAL yet).
+    pub force_new_cluster: bool,
     /// (member id, ConfChange context bytes), used only to bootstrap a new WAL.
     pub initial_peers: Vec<(u64, Vec<u8>)>,
     /// A new WAL for a member added to a running cluster: empty log, no initial peers.
@@ -60,6 +65,8 @@ impl RaftNodeConfig {
         RaftNodeConfig {
             id,
             cluster_id,
+            wal_dir: member_dir.join("wal"),
+            force_new_cluster: false,
             member_dir,
             initial_peers: Vec::new(),
             join_existing: false,
@@ -337,6 +344,7 @@ mod tests {
     use super::*;
     use crate::recovery::conf_change_of;
     use crate::transport::NoopTransport;
+    use crate::wal::Wal;
 
     const TICK: Duration = Duration::from_millis(50);
     const ELECTION_TICKS: usize = 10;
@@ -624,6 +632,58 @@ mod tests {
             read.is_err(),
             "a read index without a leader must wait for the caller's deadline"
         );
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn force_new_cluster_removes_the_other_members_after_the_committed_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let member_dir = tmp.path().join("member");
+        // a dedicated WAL dir (--wal-dir), created by the first start
+        let wal_dir = tmp.path().join("elsewhere").join("wal");
+        let three = |applied, force| RaftNodeConfig {
+            initial_peers: vec![(1, b"m1".to_vec()), (2, b"m2".to_vec()), (3, b"m3".to_vec())],
+            wal_dir: wal_dir.clone(),
+            force_new_cluster: force,
+            ..config(member_dir.clone(), applied)
+        };
+        // First life: members 2 and 3 never answer, so only the bootstrap entries commit.
+        let (node, mut rx) = start(three(0, false));
+        apply(&node, &mut rx, 3).await;
+        let mut voters = node.status().voters;
+        voters.sort();
+        assert_eq!(voters, vec![1, 2, 3]);
+        node.stop().await;
+        assert!(Wal::exists(&wal_dir) && !member_dir.join("wal").exists());
+        // an entry that never committed (commit stays 3), as an old leader could have left
+        let (mut wal, contents) = Wal::open(&wal_dir, (0, 0)).unwrap();
+        let term = contents.hard_state.term;
+        assert_eq!(contents.hard_state.commit, 3);
+        let mut stale = Entry::default();
+        (stale.index, stale.term, stale.data) = (4, term, b"uncommitted".to_vec().into());
+        wal.save(None, &[stale]).unwrap();
+        drop(wal);
+
+        let (node, mut rx) = start(three(3, true));
+        let ents = apply(&node, &mut rx, 2).await;
+        let removed: Vec<(u64, u64, u64)> = ents
+            .iter()
+            .map(|e| {
+                let cc = ConfChange::parse_from_bytes(&e.data).unwrap();
+                assert_eq!(cc.get_change_type(), ConfChangeType::RemoveNode);
+                (e.index, e.term, cc.node_id)
+            })
+            .collect();
+        assert_eq!(removed, vec![(4, term, 2), (5, term, 3)]);
+        wait_for("leadership alone", || node.status().role == StateRole::Leader).await;
+        assert_eq!(node.status().voters, vec![1]);
+        node.propose(b"alone".to_vec()).await.unwrap();
+        node.stop().await;
+
+        // the removals were written to the WAL as committed: a plain restart is still alone
+        let (node, _rx) = start(three(5, false));
+        wait_for("leadership after a plain restart", || node.status().role == StateRole::Leader).await;
+        assert_eq!(node.status().voters, vec![1]);
         node.stop().await;
     }
 }

@@ -5,6 +5,8 @@
 //! bytes, with HardState {term 1, commit n}. The WAL is written in `wal.tmp/`
 //! and renamed to `wal/`, so a crash leaves either no WAL or a complete one.
 //!
+//! The WAL is `cfg.wal_dir` (`member/wal`, or a dedicated `--wal-dir` created on first start).
+//!
 //! Restore: newest intact snapshot into `MemStorage`, then the WAL entries
 //! after it and its HardState. The backend's applied index is the truth about
 //! what was applied: entries at or below it were committed, so commit is raised
@@ -12,6 +14,7 @@
 //! delivered again), and the conf changes among them are re-applied to raft
 //! here, because the applier will not see them again.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
@@ -52,7 +55,10 @@ pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftErr
     if cfg.initial_peers.is_empty() && !cfg.join_existing {
         return Err(RaftError::NoInitialPeers);
     }
-    let tmp = cfg.member_dir.join("wal.tmp");
+    // `<wal dir>.tmp` beside the WAL dir (`member/wal.tmp`, or next to a dedicated --wal-dir)
+    let mut tmp_name = wal_dir.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = wal_dir.with_file_name(tmp_name);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|source| WalError::Io {
             path: tmp.clone(),
@@ -92,13 +98,106 @@ pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftErr
         source,
     };
     fs::rename(&tmp, wal_dir).map_err(io)?;
-    fs::File::open(&cfg.member_dir)
+    fs::File::open(parent_dir(wal_dir))
         .and_then(|d| d.sync_all())
         .map_err(io)?;
     tracing::info!(
         member = %format!("{:x}", cfg.id),
         peers = cfg.initial_peers.len(),
         "bootstrapped a new raft log"
+    );
+    Ok(())
+}
+
+/// The directory holding `path` ("." for a bare relative name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The log's voters and learners after the snapshot's configuration and the conf changes in
+/// `entries` (etcd's getIDs, learners kept apart so a learner is not taken for a voter).
+fn members_in_log(snapshot_conf: Option<&ConfState>, entries: &[Entry]) -> (BTreeSet<u64>, BTreeSet<u64>) {
+    let mut voters: BTreeSet<u64> = BTreeSet::new();
+    let mut learners: BTreeSet<u64> = BTreeSet::new();
+    if let Some(cs) = snapshot_conf {
+        voters.extend(cs.voters.iter().chain(&cs.voters_outgoing));
+        learners.extend(cs.learners.iter().chain(&cs.learners_next));
+    }
+    for cc in entries.iter().filter_map(conf_change_of) {
+        for c in cc.get_changes() {
+            match c.get_change_type() {
+                ConfChangeType::AddNode => {
+                    learners.remove(&c.node_id);
+                    voters.insert(c.node_id);
+                }
+                ConfChangeType::AddLearnerNode => {
+                    voters.remove(&c.node_id);
+                    learners.insert(c.node_id);
+                }
+                ConfChangeType::RemoveNode => {
+                    voters.remove(&c.node_id);
+                    learners.remove(&c.node_id);
+                }
+            }
+        }
+    }
+    (voters, learners)
+}
+
+/// etcd's restartAsStandaloneNode (`--force-new-cluster`): the uncommitted tail of the log is
+/// dropped, one RemoveNode conf change per other member is appended at the commit index's term
+/// and committed locally (written to the WAL with the raised commit index before raft starts),
+/// so the applier removes the others from raft and from the membership as for any removal,
+/// and this member, the only voter left, elects itself.
+fn force_new_cluster(
+    wal: &mut Wal,
+    self_id: u64,
+    snapshot_conf: Option<&ConfState>,
+    entries: &mut Vec<Entry>,
+    hs: &mut HardState,
+) -> Result<(), RaftError> {
+    if let Some(i) = entries.iter().position(|e| e.index > hs.commit) {
+        tracing::info!(
+            entry_index = entries[i].index,
+            commit_index_from_wal = hs.commit,
+            number_of_discarded_entries = entries.len() - i,
+            "discarding uncommitted WAL entries"
+        );
+        entries.truncate(i);
+    }
+    let (voters, learners) = members_in_log(snapshot_conf, entries);
+    if !voters.contains(&self_id) {
+        return Err(RaftError::ForceNewClusterNotVoter(self_id));
+    }
+    let mut next = hs.commit + 1;
+    let mut forced = Vec::new();
+    for id in voters.iter().chain(&learners).filter(|id| **id != self_id) {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = *id;
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = hs.term;
+        e.index = next;
+        e.data = cc
+            .write_to_bytes()
+            .map_err(|e| WalError::Encode(e.to_string()))?
+            .into();
+        forced.push(e);
+        next += 1;
+    }
+    hs.commit = next - 1;
+    wal.save(Some(hs), &forced)?;
+    entries.extend(forced);
+    tracing::info!(
+        local_member_id = %format!("{self_id:x}"),
+        cluster_id = %format!("{:x}", wal.metadata().cluster_id),
+        commit_index = hs.commit,
+        removed = voters.len() + learners.len() - 1,
+        "forcing restart member"
     );
     Ok(())
 }
@@ -128,33 +227,23 @@ pub fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
 /// Bootstraps or restores the member in `cfg.member_dir`.
 pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Recovered, RaftError> {
     create_dir(&cfg.member_dir)?;
-    let wal_dir = cfg.member_dir.join("wal");
+    let wal_dir = cfg.wal_dir.as_path();
+    create_dir(parent_dir(wal_dir))?;
     let snapshotter = Snapshotter::new(&cfg.member_dir.join("snap"))?;
-    let bootstrapping = !Wal::exists(&wal_dir);
+    let bootstrapping = !Wal::exists(wal_dir);
     if bootstrapping {
-        bootstrap_wal(cfg, &wal_dir)?;
+        bootstrap_wal(cfg, wal_dir)?;
     }
 
     let snapshot = snapshotter.load_newest()?;
     let (snap_index, snap_term) = snapshot
         .as_ref()
         .map_or((0, 0), |s| (s.get_metadata().index, s.get_metadata().term));
-    let (wal, contents) = Wal::open(&wal_dir, (snap_index, snap_term))?;
+    let snapshot_conf = snapshot.as_ref().map(|s| s.get_metadata().get_conf_state().clone());
+    let (mut wal, contents) = Wal::open(wal_dir, (snap_index, snap_term))?;
     let metadata = contents.metadata;
-
-    let storage = MemStorage::new();
-    if let Some(snap) = snapshot {
-        storage.wl().apply_snapshot(snap)?;
-    }
-    if bootstrapping {
-        let cs = ConfState {
-            voters: cfg.initial_peers.iter().map(|(id, _)| *id).collect(),
-            ..Default::default()
-        };
-        storage.wl().set_conf_state(cs);
-    }
-    storage.wl().append(&contents.entries)?;
-    let last_index = storage.last_index()?;
+    let mut entries = contents.entries;
+    let last_index = entries.last().map_or(snap_index, |e| e.index);
 
     let mut hs = contents.hard_state;
     hs.term = hs.term.max(snap_term);
@@ -184,6 +273,23 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
     if applied > hs.commit {
         hs.commit = applied;
     }
+    if cfg.force_new_cluster && !bootstrapping {
+        force_new_cluster(&mut wal, metadata.node_id, snapshot_conf.as_ref(), &mut entries, &mut hs)?;
+    }
+
+    let storage = MemStorage::new();
+    if let Some(snap) = snapshot {
+        storage.wl().apply_snapshot(snap)?;
+    }
+    if bootstrapping {
+        let cs = ConfState {
+            voters: cfg.initial_peers.iter().map(|(id, _)| *id).collect(),
+            ..Default::default()
+        };
+        storage.wl().set_conf_state(cs);
+    }
+    storage.wl().append(&entries)?;
+    let last_index = storage.last_index()?;
     storage.wl().set_hardstate(hs.clone());
 
     let config = Config {
@@ -203,7 +309,7 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
     // Conf changes the backend already applied are not delivered again; apply
     // them to raft here so its configuration matches the backend's.
     let mut conf_state = raw.store().initial_state()?.conf_state;
-    for e in contents.entries.iter().take_while(|e| e.index <= applied) {
+    for e in entries.iter().take_while(|e| e.index <= applied) {
         if let Some(cc) = conf_change_of(e) {
             conf_state = raw.apply_conf_change(&cc)?;
         }

@@ -140,7 +140,7 @@ pub struct Flags {
     /// Maximum number of learners in the cluster.
     #[arg(long = "max-learners", alias = "experimental-max-learners", env = "ETCD_MAX_LEARNERS", default_value_t = 1)]
     pub max_learners: usize,
-    /// Force to create a new one member cluster (not supported yet).
+    /// Force to create a new one member cluster (a restarting member only: the others are removed).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub force_new_cluster: bool,
     /// Accept etcd V2 client requests (etcd-rs serves v3 only).
@@ -243,7 +243,8 @@ pub struct Flags {
     #[arg(long = "etcd-api-version", env = "ETCD_RS_ETCD_API_VERSION", default_value = ETCD_API_VERSION)]
     pub etcd_api_version: String,
 
-    /// Path to the server configuration file (not supported yet).
+    /// Path to the server configuration file (YAML, see config_file.rs). When given, the other
+    /// flags and `ETCD_*` variables are ignored, as in etcd.
     #[arg(long, env = "ETCD_CONFIG_FILE", default_value = "")]
     pub config_file: String,
     /// Proxy mode (etcd-rs has no v2 proxy).
@@ -291,6 +292,10 @@ pub enum AutoCompaction {
 pub struct ServerConfig {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`, or `<data-dir>/member/wal` when it is not given.
+    pub wal_dir: PathBuf,
+    /// `--force-new-cluster`: a restarting member comes up as the only member of its cluster.
+    pub force_new_cluster: bool,
     pub listen_client_urls: Vec<url::Url>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer_urls: Vec<url::Url>,
@@ -455,10 +460,7 @@ impl Flags {
             ("cipher-suites", !self.cipher_suites.is_empty()),
             ("discovery", !self.discovery.is_empty()),
             ("discovery-srv", !self.discovery_srv.is_empty()),
-            ("force-new-cluster", self.force_new_cluster),
             ("enable-v2", self.enable_v2),
-            ("wal-dir", !self.wal_dir.is_empty()),
-            ("config-file", !self.config_file.is_empty()),
         ];
         for (flag, set) in unbuilt {
             if *set {
@@ -586,9 +588,16 @@ impl Flags {
         crate::tls::check_flags(&client_tls, &peer_tls, &client_and_metrics_urls, &listen_peer_urls)
             .map_err(|e| ConfigError(e.0))?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
+        let wal_dir = if self.wal_dir.is_empty() {
+            data_dir.join("member").join("wal")
+        } else {
+            PathBuf::from(&self.wal_dir)
+        };
         Ok(ServerConfig {
             name: self.name,
             data_dir,
+            wal_dir,
+            force_new_cluster: self.force_new_cluster,
             listen_client_urls,
             advertise_client_urls,
             listen_peer_urls,

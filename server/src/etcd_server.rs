@@ -97,7 +97,7 @@ impl EtcdServer {
         let auth = Arc::new(etcd_auth::AuthStore::load(&kv.backend().database(), token_ttl)?);
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
-        let restarting = Wal::exists(&member_dir.join("wal"));
+        let restarting = Wal::exists(&cfg.wal_dir);
         let mut join_existing = false;
         let mut known_peers: Vec<(u64, Vec<String>)> = Vec::new();
         let (my_id, cid, initial_peers) = if restarting {
@@ -142,6 +142,8 @@ impl EtcdServer {
             (me.id, cid, Vec::new())
         };
         let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
+        raft_cfg.wal_dir = cfg.wal_dir.clone();
+        raft_cfg.force_new_cluster = cfg.force_new_cluster;
         raft_cfg.initial_peers = initial_peers;
         raft_cfg.join_existing = join_existing;
         raft_cfg.applied_index = applied_index;

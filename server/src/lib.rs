@@ -8,6 +8,7 @@ mod apply_auth;
 mod apply_lease;
 pub mod compactor;
 pub mod config;
+pub mod config_file;
 pub mod corrupt;
 pub mod errors;
 pub mod etcd_server;

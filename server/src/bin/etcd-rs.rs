@@ -9,7 +9,7 @@ use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
 use etcd_server::tls::{self, TlsSetup};
-use etcd_server::{compactor, corrupt, grpc, health, logging, metrics, EtcdServer};
+use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, EtcdServer};
 use tokio::sync::watch;
 
 /// mimalloc instead of glibc malloc: see server/Cargo.toml and README "Benchmarks".
@@ -24,6 +24,18 @@ fn main() {
             std::process::exit(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // As etcd: a config file replaces every other flag and ETCD_* variable.
+    let flags = if flags.config_file.is_empty() || flags.version {
+        flags
+    } else {
+        match config_file::flags_from_file(&flags.config_file) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("etcd-rs: {e}");
+                std::process::exit(2);
+            }
+        }
+    };
     if flags.version {
         println!("etcd Version: {}", flags.etcd_api_version);
         println!("etcd-rs Version: {ETCD_RS_VERSION}");
@@ -33,6 +45,12 @@ fn main() {
     if let Err(e) = logging::init(&flags.logger, &flags.log_outputs, &flags.log_level) {
         eprintln!("etcd-rs: {e}");
         std::process::exit(2);
+    }
+    if !flags.config_file.is_empty() {
+        tracing::info!(
+            path = %flags.config_file,
+            "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
+        );
     }
     let cfg = match flags.into_config() {
         Ok(c) => c,
@@ -86,7 +104,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         metrics::enable_extensive();
     }
     // as etcd: only a member that has run before checks its data against its peers'
-    let member_initialized = etcd_raft::Wal::exists(&cfg.data_dir.join("member").join("wal"));
+    let member_initialized = etcd_raft::Wal::exists(&cfg.wal_dir);
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
     if cfg.initial_corrupt_check && member_initialized {
         if let Err(e) = corrupt::initial_check(&server).await {

@@ -1,0 +1,381 @@
+//! `--config-file`: etcd's YAML configuration file, read into the same [`Flags`] the command line
+//! fills.
+//!
+//! As etcd (3.4/3.5 `embed.ConfigFromFile` + etcdmain's proxy keys): the keys are the flag names,
+//! matched case-insensitively (etcd decodes YAML through Go's encoding/json); values must have the
+//! type etcd's `configYAML` field has (a string for strings and URL lists, a number for counts, a
+//! boolean for switches, an integer number of NANOSECONDS for durations, a list of strings for
+//! `log-outputs` and `cipher-suites`); a null value leaves the default; unknown keys are ignored.
+//! TLS settings sit in `client-transport-security` / `peer-transport-security` maps. When a config
+//! file is given every other flag and `ETCD_*` variable is ignored: the result starts from the
+//! flag defaults, never from the environment.
+
+use std::path::Path;
+
+use clap::{CommandFactory, FromArgMatches};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::config::{ConfigError, Flags};
+
+/// etcd's `securityConfig`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct SecurityYaml {
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_cert_auth: Option<bool>,
+    trusted_ca_file: Option<String>,
+    auto_tls: Option<bool>,
+    // 3.5: the certificate etcd uses when it is itself a client (not built in etcd-rs)
+    client_cert_file: Option<String>,
+    client_key_file: Option<String>,
+}
+
+/// The keys of etcd 3.4's and 3.5.1's `configYAML` that etcd-rs has a flag for, typed as etcd's.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ConfigYaml {
+    name: Option<String>,
+    data_dir: Option<String>,
+    wal_dir: Option<String>,
+    snapshot_count: Option<u64>,
+    max_snapshots: Option<u32>,
+    max_wals: Option<u32>,
+    heartbeat_interval: Option<u64>,
+    election_timeout: Option<u64>,
+    initial_election_tick_advance: Option<bool>,
+    backend_batch_interval: Option<i64>,
+    backend_batch_limit: Option<u64>,
+    quota_backend_bytes: Option<i64>,
+    max_txn_ops: Option<usize>,
+    max_request_bytes: Option<usize>,
+    listen_peer_urls: Option<String>,
+    listen_client_urls: Option<String>,
+    initial_advertise_peer_urls: Option<String>,
+    advertise_client_urls: Option<String>,
+    listen_metrics_urls: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    initial_cluster_state: Option<String>,
+    discovery_srv: Option<String>,
+    discovery_srv_name: Option<String>,
+    discovery_proxy: Option<String>,
+    discovery: Option<String>,
+    discovery_fallback: Option<String>,
+    proxy: Option<String>,
+    initial_cluster: Option<String>,
+    initial_cluster_token: Option<String>,
+    strict_reconfig_check: Option<bool>,
+    enable_v2: Option<bool>,
+    v2_deprecation: Option<String>,
+    auto_compaction_mode: Option<String>,
+    auto_compaction_retention: Option<String>,
+    grpc_keepalive_min_time: Option<i64>,
+    grpc_keepalive_interval: Option<i64>,
+    grpc_keepalive_timeout: Option<i64>,
+    pre_vote: Option<bool>,
+    cors: Option<String>,
+    host_whitelist: Option<String>,
+    auth_token: Option<String>,
+    bcrypt_cost: Option<u32>,
+    auth_token_ttl: Option<u64>,
+    experimental_initial_corrupt_check: Option<bool>,
+    experimental_corrupt_check_time: Option<i64>,
+    /// 3.4's name; 3.5 calls it `backend-bbolt-freelist-type`.
+    experimental_backend_bbolt_freelist_type: Option<String>,
+    backend_bbolt_freelist_type: Option<String>,
+    experimental_enable_lease_checkpoint: Option<bool>,
+    experimental_compaction_batch_limit: Option<usize>,
+    experimental_watch_progress_notify_interval: Option<i64>,
+    experimental_warning_apply_duration: Option<i64>,
+    force_new_cluster: Option<bool>,
+    enable_pprof: Option<bool>,
+    metrics: Option<String>,
+    logger: Option<String>,
+    log_level: Option<String>,
+    log_outputs: Option<Vec<String>>,
+    enable_log_rotation: Option<bool>,
+    self_signed_cert_validity: Option<u32>,
+    unsafe_no_fsync: Option<bool>,
+    client_transport_security: Option<SecurityYaml>,
+    peer_transport_security: Option<SecurityYaml>,
+}
+
+/// The flag defaults, with every `ETCD_*` variable ignored.
+fn default_flags() -> Result<Flags, ConfigError> {
+    let cmd = Flags::command().mut_args(|a| a.env(None::<&'static str>));
+    let matches = cmd
+        .try_get_matches_from(["etcd-rs"])
+        .map_err(|e| ConfigError(format!("cannot build the default configuration: {e}")))?;
+    Flags::from_arg_matches(&matches).map_err(|e| ConfigError(format!("cannot build the default configuration: {e}")))
+}
+
+/// Lower-cases the string keys of every mapping (Go's encoding/json matches field names
+/// case-insensitively); keys that are not strings name no field and are dropped.
+fn fold_keys(v: Value) -> Value {
+    match v {
+        Value::Mapping(m) => {
+            let mut out = Mapping::new();
+            for (k, v) in m {
+                if let Value::String(k) = k {
+                    out.insert(Value::String(k.to_ascii_lowercase()), fold_keys(v));
+                }
+            }
+            Value::Mapping(out)
+        }
+        other => other,
+    }
+}
+
+/// A time.Duration from the file (integer nanoseconds) in the Go form the flag takes.
+fn duration(ns: i64) -> String {
+    format!("{ns}ns")
+}
+
+/// Decodes the folded mapping; an error names the key whose value has the wrong type.
+fn decode(value: Value) -> Result<ConfigYaml, ConfigError> {
+    serde_yaml::from_value::<ConfigYaml>(value.clone()).map_err(|e| {
+        let culprit = value.as_mapping().into_iter().flatten().find_map(|(k, v)| {
+            let mut one = Mapping::new();
+            one.insert(k.clone(), v.clone());
+            let err = serde_yaml::from_value::<ConfigYaml>(Value::Mapping(one)).err()?;
+            Some(format!("{}: {err}", k.as_str().unwrap_or_default()))
+        });
+        ConfigError(format!("error unmarshaling YAML: {}", culprit.unwrap_or_else(|| e.to_string())))
+    })
+}
+
+/// Parses the YAML text of a config file into flags (see the module docs).
+pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
+    let value: Value = serde_yaml::from_str(text).map_err(|e| ConfigError(format!("error converting YAML: {e}")))?;
+    let value = match value {
+        Value::Null => Value::Mapping(Mapping::new()),
+        v => fold_keys(v),
+    };
+    let y = decode(value)?;
+    let mut f = default_flags()?;
+    macro_rules! set {
+        ($($field:ident => $flag:ident),* $(,)?) => {$(
+            if let Some(v) = y.$field { f.$flag = v.into(); }
+        )*};
+    }
+    set!(
+        name => name,
+        wal_dir => wal_dir,
+        snapshot_count => snapshot_count,
+        max_snapshots => max_snapshots,
+        max_wals => max_wals,
+        heartbeat_interval => heartbeat_interval,
+        election_timeout => election_timeout,
+        initial_election_tick_advance => initial_election_tick_advance,
+        backend_batch_limit => backend_batch_limit,
+        quota_backend_bytes => quota_backend_bytes,
+        max_txn_ops => max_txn_ops,
+        max_request_bytes => max_request_bytes,
+        listen_peer_urls => listen_peer_urls,
+        listen_client_urls => listen_client_urls,
+        initial_advertise_peer_urls => initial_advertise_peer_urls,
+        advertise_client_urls => advertise_client_urls,
+        listen_metrics_urls => listen_metrics_urls,
+        initial_cluster_state => initial_cluster_state,
+        discovery_srv => discovery_srv,
+        discovery_srv_name => discovery_srv_name,
+        discovery_proxy => discovery_proxy,
+        discovery => discovery,
+        discovery_fallback => discovery_fallback,
+        proxy => proxy,
+        initial_cluster_token => initial_cluster_token,
+        strict_reconfig_check => strict_reconfig_check,
+        enable_v2 => enable_v2,
+        v2_deprecation => v2_deprecation,
+        auto_compaction_mode => auto_compaction_mode,
+        auto_compaction_retention => auto_compaction_retention,
+        pre_vote => pre_vote,
+        cors => cors,
+        host_whitelist => host_whitelist,
+        auth_token => auth_token,
+        bcrypt_cost => bcrypt_cost,
+        auth_token_ttl => auth_token_ttl,
+        experimental_initial_corrupt_check => initial_corrupt_check,
+        experimental_backend_bbolt_freelist_type => backend_bbolt_freelist_type,
+        backend_bbolt_freelist_type => backend_bbolt_freelist_type,
+        experimental_enable_lease_checkpoint => enable_lease_checkpoint,
+        experimental_compaction_batch_limit => compaction_batch_limit,
+        force_new_cluster => force_new_cluster,
+        enable_pprof => enable_pprof,
+        metrics => metrics,
+        logger => logger,
+        log_level => log_level,
+        enable_log_rotation => enable_log_rotation,
+        self_signed_cert_validity => self_signed_cert_validity,
+        unsafe_no_fsync => unsafe_no_fsync,
+    );
+    if let Some(d) = y.data_dir {
+        f.data_dir = Some(d.into());
+    }
+    if let Some(c) = y.initial_cluster {
+        f.initial_cluster = Some(c);
+    }
+    let durations = [
+        (y.backend_batch_interval, &mut f.backend_batch_interval),
+        (y.grpc_keepalive_min_time, &mut f.grpc_keepalive_min_time),
+        (y.grpc_keepalive_interval, &mut f.grpc_keepalive_interval),
+        (y.grpc_keepalive_timeout, &mut f.grpc_keepalive_timeout),
+        (y.experimental_corrupt_check_time, &mut f.corrupt_check_time),
+        (y.experimental_watch_progress_notify_interval, &mut f.watch_progress_notify_interval),
+        (y.experimental_warning_apply_duration, &mut f.warning_apply_duration),
+    ];
+    for (ns, flag) in durations {
+        if let Some(ns) = ns {
+            *flag = duration(ns);
+        }
+    }
+    if let Some(v) = y.log_outputs {
+        f.log_outputs = v.join(",");
+    }
+    if let Some(v) = y.cipher_suites {
+        f.cipher_suites = v.join(",");
+    }
+    for (key, sec) in [("client-transport-security", &y.client_transport_security), ("peer-transport-security", &y.peer_transport_security)] {
+        let Some(sec) = sec else { continue };
+        for (sub, v) in [("client-cert-file", &sec.client_cert_file), ("client-key-file", &sec.client_key_file)] {
+            if v.as_deref().is_some_and(|v| !v.is_empty()) {
+                return Err(ConfigError(format!("{key}.{sub} is not supported by etcd-rs yet")));
+            }
+        }
+    }
+    // etcd copies the whole security map: a missing field is empty/false, not the flag default
+    if let Some(s) = y.client_transport_security {
+        f.cert_file = s.cert_file.unwrap_or_default();
+        f.key_file = s.key_file.unwrap_or_default();
+        f.client_cert_auth = s.client_cert_auth.unwrap_or_default();
+        f.trusted_ca_file = s.trusted_ca_file.unwrap_or_default();
+        f.auto_tls = s.auto_tls.unwrap_or_default();
+    }
+    if let Some(s) = y.peer_transport_security {
+        f.peer_cert_file = s.cert_file.unwrap_or_default();
+        f.peer_key_file = s.key_file.unwrap_or_default();
+        f.peer_client_cert_auth = s.client_cert_auth.unwrap_or_default();
+        f.peer_trusted_ca_file = s.trusted_ca_file.unwrap_or_default();
+        f.peer_auto_tls = s.auto_tls.unwrap_or_default();
+    }
+    Ok(f)
+}
+
+/// Reads `path` and parses it with [`flags_from_yaml`]; the flags remember the path.
+pub fn flags_from_file(path: &str) -> Result<Flags, ConfigError> {
+    let text = std::fs::read_to_string(Path::new(path)).map_err(|e| ConfigError(format!("open {path}: {e}")))?;
+    let mut f = flags_from_yaml(&text).map_err(|e| ConfigError(format!("config file {path}: {}", e.0)))?;
+    f.config_file = path.to_string();
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::InitialMember;
+
+    #[test]
+    fn keys_are_flag_names_typed_as_etcds_config_yaml() {
+        let f = flags_from_yaml(
+            "name: n1\n\
+             data-dir: /var/lib/n1\n\
+             wal-dir: /wal/n1\n\
+             snapshot-count: 777\n\
+             heartbeat-interval: 50\n\
+             election-timeout: 500\n\
+             listen-client-urls: http://127.0.0.1:45001,http://127.0.0.1:45011\n\
+             advertise-client-urls: http://127.0.0.1:45001\n\
+             listen-peer-urls: http://127.0.0.1:45002\n\
+             initial-advertise-peer-urls: http://127.0.0.1:45002\n\
+             initial-cluster: n1=http://127.0.0.1:45002\n\
+             initial-cluster-state: new\n\
+             quota-backend-bytes: 1048576\n\
+             auto-compaction-mode: revision\n\
+             auto-compaction-retention: \"10\"\n\
+             grpc-keepalive-min-time: 5000000000\n\
+             experimental-watch-progress-notify-interval: 250000000\n\
+             pre-vote: false\n\
+             log-outputs: [stdout]\n\
+             force-new-cluster: true\n",
+        )
+        .unwrap();
+        let c = f.clone().into_config().unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/n1"));
+        assert_eq!(c.wal_dir, PathBuf::from("/wal/n1"));
+        assert_eq!(c.snapshot_count, 777);
+        assert_eq!(c.heartbeat, Duration::from_millis(50));
+        assert_eq!(c.election_ticks, 10);
+        assert_eq!(c.listen_client_urls.len(), 2);
+        assert_eq!(c.initial_cluster, vec![InitialMember { name: "n1".into(), peer_urls: vec!["http://127.0.0.1:45002".into()] }]);
+        assert_eq!(c.quota_backend_bytes, 1 << 20);
+        assert_eq!(c.auto_compaction, crate::config::AutoCompaction::Revision(10));
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_millis(250));
+        assert!(c.force_new_cluster);
+        assert!(!f.pre_vote);
+        assert_eq!(f.log_outputs, "stdout");
+        assert_eq!(f.grpc_keepalive_min_time, "5000000000ns");
+    }
+
+    #[test]
+    fn missing_keys_take_the_flag_defaults() {
+        let f = flags_from_yaml("").unwrap();
+        assert_eq!(f.name, "default");
+        assert_eq!(f.data_dir, None);
+        assert_eq!(f.snapshot_count, 100_000);
+        assert_eq!(f.listen_client_urls, "http://localhost:2379");
+        let c = f.into_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(c.wal_dir, PathBuf::from("default.etcd/member/wal"));
+        let f = flags_from_yaml("name: ~\nsnapshot-count:\n").unwrap();
+        assert_eq!((f.name.as_str(), f.snapshot_count), ("default", 100_000));
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_keys_match_case_insensitively() {
+        let f = flags_from_yaml("bogus-key: 12\nName: x\nDATA-DIR: /d\nnested: {a: 1}\n").unwrap();
+        assert_eq!(f.name, "x");
+        assert_eq!(f.data_dir, Some(PathBuf::from("/d")));
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_errors_as_in_etcd() {
+        // etcd: "json: cannot unmarshal number into Go struct field configYAML.auto-compaction-retention of type string"
+        let e = flags_from_yaml("auto-compaction-retention: 1\n").unwrap_err().0;
+        assert!(e.contains("auto-compaction-retention"), "{e}");
+        // durations are integer nanoseconds (time.Duration), not "5s"
+        let e = flags_from_yaml("grpc-keepalive-min-time: 5s\n").unwrap_err().0;
+        assert!(e.contains("grpc-keepalive-min-time"), "{e}");
+        assert!(flags_from_yaml("snapshot-count: \"100\"\n").is_err());
+        assert!(flags_from_yaml("snapshot-count: -1\n").is_err());
+        assert!(flags_from_yaml("pre-vote: \"true\"\n").is_err());
+        assert!(flags_from_yaml("name: 5\n").is_err());
+        assert!(flags_from_yaml("client-transport-security:\n  cert-file: 5\n").is_err());
+        assert!(flags_from_yaml("- a\n- b\n").is_err());
+        assert!(flags_from_yaml("name: [\n").is_err());
+    }
+
+    #[test]
+    fn transport_security_maps_set_the_tls_flags() {
+        let f = flags_from_yaml(
+            "client-transport-security:\n  cert-file: /c.pem\n  key-file: /k.pem\n  client-cert-auth: true\n  trusted-ca-file: /ca.pem\n\
+             peer-transport-security:\n  auto-tls: true\n",
+        )
+        .unwrap();
+        assert_eq!((f.cert_file.as_str(), f.key_file.as_str(), f.trusted_ca_file.as_str()), ("/c.pem", "/k.pem", "/ca.pem"));
+        assert!(f.client_cert_auth && !f.auto_tls);
+        assert!(f.peer_auto_tls && f.peer_cert_file.is_empty() && !f.peer_client_cert_auth);
+        let e = flags_from_yaml("peer-transport-security:\n  client-cert-file: /x.pem\n").unwrap_err().0;
+        assert!(e.contains("peer-transport-security.client-cert-file"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let e = flags_from_file("/nonexistent/etcd.conf.yml").unwrap_err().0;
+        assert!(e.contains("/nonexistent/etcd.conf.yml"), "{e}");
+    }
+}

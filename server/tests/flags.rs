@@ -1,0 +1,217 @@
+//! Operator flags with their own start-up paths: `--config-file` (YAML instead of flags and
+//! `ETCD_*`), `--wal-dir` (the WAL outside the data dir) and `--force-new-cluster` (a member of a
+//! cluster that lost quorum restarts alone with its data).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::cluster::TestCluster;
+use common::{dump, free_port, put, Member};
+use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
+use etcd_proto::etcdserverpb::{Member as PbMember, MemberListRequest};
+use tonic::transport::Channel;
+
+/// An etcd-rs process started with only the config-file settings given; killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn has_wal_segment(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(".wal")))
+        .unwrap_or(false)
+}
+
+/// `ready_client` bounded: a linearizable read on a member without a leader does not end by
+/// itself in etcd-rs today (etcd answers "request timed out" after its request timeout).
+async fn ready(m: &Member) -> etcd_proto::etcdserverpb::kv_client::KvClient<Channel> {
+    match tokio::time::timeout(Duration::from_secs(30), m.ready_client()).await {
+        Ok(c) => c,
+        Err(_) => panic!("no linearizable read within 30s; log:\n{}", m.log()),
+    }
+}
+
+async fn members(m: &Member) -> Vec<PbMember> {
+    let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
+    ClusterClient::new(ch)
+        .member_list(MemberListRequest { linearizable: true })
+        .await
+        .expect("member list")
+        .into_inner()
+        .members
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_alone_configures_the_server_and_other_flags_and_env_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("from-yaml.etcd");
+    // `m` only names the endpoint, the log file and the data dir: the process is started here
+    let mut m = Member::new(&data_dir, &[]);
+    m.name = "yaml-member".into();
+    let client = m.endpoint();
+    let peer = format!("http://127.0.0.1:{}", m.peer_port);
+    let yaml = format!(
+        "# etcd's sample config style\n\
+         name: 'yaml-member'\n\
+         data-dir: {data}\n\
+         snapshot-count: 10000\n\
+         heartbeat-interval: 100\n\
+         election-timeout: 1000\n\
+         listen-peer-urls: {peer}\n\
+         listen-client-urls: {client}\n\
+         initial-advertise-peer-urls: {peer}\n\
+         advertise-client-urls: {client}\n\
+         initial-cluster: yaml-member={peer}\n\
+         initial-cluster-token: 'yaml-token'\n\
+         initial-cluster-state: 'new'\n\
+         grpc-keepalive-min-time: 5000000000\n\
+         some-key-etcd-rs-does-not-know: [1, 2]\n\
+         client-transport-security:\n  client-cert-auth: false\n  auto-tls: false\n\
+         peer-transport-security:\n  client-cert-auth: false\n",
+        data = data_dir.display()
+    );
+    let cfg = tmp.path().join("etcd.conf.yml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let ignored_dir = tmp.path().join("ignored.etcd");
+    let spawn = |with_flag: bool| {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcd-rs"));
+        if with_flag {
+            // everything besides the file is ignored, as in etcd: a data dir and a client URL
+            // that would make the test fail if used
+            cmd.arg("--config-file").arg(&cfg).args(["--name", "flag-name", "--data-dir"]).arg(&ignored_dir);
+        } else {
+            cmd.env("ETCD_CONFIG_FILE", &cfg);
+        }
+        cmd.env("ETCD_NAME", "env-name")
+            .env("ETCD_DATA_DIR", &ignored_dir)
+            .env("ETCD_LISTEN_CLIENT_URLS", format!("http://127.0.0.1:{}", free_port()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        Proc(cmd.spawn().expect("start etcd-rs"))
+    };
+
+    let p = spawn(true);
+    let mut c = ready(&m).await;
+    put(&mut c, "from", "yaml").await.unwrap();
+    let list = members(&m).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].name, "yaml-member");
+    assert_eq!(list[0].client_ur_ls, vec![client.clone()]);
+    assert!(m.log_shows("loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"));
+    assert!(has_wal_segment(&data_dir.join("member").join("wal")));
+    assert!(!ignored_dir.exists(), "the --data-dir flag / ETCD_DATA_DIR must be ignored");
+    drop(p);
+
+    // ETCD_CONFIG_FILE works as the flag does; the restart finds the data the file points at
+    let _p = spawn(false);
+    let mut c = ready(&m).await;
+    let kvs: Vec<(String, String)> = dump(&mut c).await.into_iter().map(|(k, v, _)| (k, v)).collect();
+    assert_eq!(kvs, vec![("from".to_string(), "yaml".to_string())]);
+    assert!(!ignored_dir.exists());
+}
+
+#[test]
+fn config_file_with_a_value_of_the_wrong_type_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.yml");
+    std::fs::write(&cfg, format!("data-dir: {}\nauto-compaction-retention: 1\n", tmp.path().join("d").display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-rs")).arg("--config-file").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auto-compaction-retention"), "{err}");
+    assert!(!tmp.path().join("d").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_dir_holds_the_wal_and_is_found_on_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal_dir = tmp.path().join("dedicated").join("wal");
+    let data_dir = tmp.path().join("m0.etcd");
+    let mut m = Member::new(&data_dir, &["--wal-dir", wal_dir.to_str().unwrap()]);
+    m.start();
+    let mut c = ready(&m).await;
+    for i in 0..20 {
+        put(&mut c, &format!("k{i:02}"), &format!("v{i}")).await.unwrap();
+    }
+    let before = dump(&mut c).await;
+    m.stop();
+    assert!(has_wal_segment(&wal_dir), "no WAL segment in --wal-dir");
+    assert!(!data_dir.join("member").join("wal").exists(), "a WAL was written in the data dir too");
+
+    // the backend alone is not enough: the restart must replay the WAL from --wal-dir, or it
+    // would bootstrap a new member over the old data
+    m.start();
+    let mut c = ready(&m).await;
+    assert_eq!(dump(&mut c).await, before);
+    put(&mut c, "after", "restart").await.unwrap();
+    assert!(m.log().contains("\"restarting\":true") || m.log().contains("restarting=true"), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_new_cluster_restarts_one_member_alone_with_its_data() {
+    assert!(!force_new_cluster_scenario(&[]).await, "the WAL-only path took a raft snapshot");
+}
+
+/// The members' ids come from the raft snapshot's configuration when the WAL no longer holds
+/// the bootstrap entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn force_new_cluster_after_raft_snapshots() {
+    assert!(force_new_cluster_scenario(&["--snapshot-count", "5"]).await, "no raft snapshot was taken");
+}
+
+/// 3 members write, all stop, member 0 restarts with --force-new-cluster; returns whether
+/// member 0 had raft snapshot files when it was forced.
+async fn force_new_cluster_scenario(extra: &[&str]) -> bool {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cl = TestCluster::start(tmp.path(), 3, extra).await;
+    let leader = cl.wait_leader(&[0, 1, 2]).await;
+    let mut c = ready(&cl.members[leader]).await;
+    for i in 0..10 {
+        put(&mut c, &format!("before{i}"), "x").await.unwrap();
+    }
+    let before = dump(&mut c).await;
+    assert_eq!(members(&cl.members[0]).await.len(), 3);
+    let own_id = common::cluster::status(&cl.members[0]).await.unwrap().1;
+    // wait until member 0 has applied everything, then lose the whole cluster
+    let mut c0 = ready(&cl.members[0]).await;
+    assert_eq!(dump(&mut c0).await, before);
+    for m in cl.members.iter_mut() {
+        m.stop();
+    }
+    let had_snapshots = std::fs::read_dir(cl.members[0].data_dir.join("member").join("snap"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".snap"));
+
+    let m = &mut cl.members[0];
+    m.extra.push("--force-new-cluster".into());
+    m.start();
+    let mut c = ready(m).await;
+    assert_eq!(dump(&mut c).await, before);
+    put(&mut c, "after", "forced").await.unwrap();
+    let list = members(m).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].id, own_id);
+    assert!(m.log_shows("forcing restart member"));
+
+    // the removals were committed: a plain restart stays a one-member cluster with all the data
+    m.stop();
+    m.extra.clear();
+    m.start();
+    let mut c = ready(m).await;
+    put(&mut c, "after2", "plain").await.unwrap();
+    assert_eq!(members(m).await.len(), 1);
+    let keys: Vec<String> = dump(&mut c).await.into_iter().map(|(k, _, _)| k).collect();
+    assert!(keys.contains(&"after".to_string()) && keys.contains(&"before0".to_string()), "{keys:?}");
+    had_snapshots
+}
