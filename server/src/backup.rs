@@ -67,10 +67,23 @@ fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
     Ok(())
 }
 
-fn write_sorted<W: Write + Seek>(w: &mut BoltWriter<W>, bucket: &[u8], mut rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), ServerError> {
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+/// Writes the rows of `table` that `map` turns into etcd's (key, value) into `bucket`, sorted
+/// by etcd's key (which need not sort as the table's key does).
+fn copy_table<W: Write + Seek, K: redb::Key + 'static, V: redb::Value + 'static>(
+    w: &mut BoltWriter<W>,
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    bucket: &[u8],
+    mut map: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<Option<(Vec<u8>, Vec<u8>)>, ServerError>,
+) -> Result<(), ServerError> {
+    let mut all = Vec::new();
+    rows(txn, table, |k, v| {
+        all.extend(map(k, v)?);
+        Ok(())
+    })?;
+    all.sort_by(|a, b| a.0.cmp(&b.0));
     let mut b = w.bucket(bucket).map_err(bolt_err)?;
-    for (k, v) in rows {
+    for (k, v) in all {
         b.put(&k, &v).map_err(bolt_err)?;
     }
     b.finish().map_err(bolt_err)
@@ -105,72 +118,34 @@ pub fn write_snapshot<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<
     rows(txn, KEY_TABLE, |k, v| b.put(k, v).map_err(bolt_err))?;
     b.finish().map_err(bolt_err)?;
 
-    let mut meta = Vec::new();
-    rows(txn, META_TABLE, |name, v| {
-        match name {
-            META_CONSISTENT_INDEX => meta.push((ETCD_CONSISTENT_INDEX.to_vec(), v.to_be_bytes().to_vec())),
-            META_TERM => meta.push((ETCD_TERM.to_vec(), v.to_be_bytes().to_vec())),
+    copy_table(&mut w, txn, META_TABLE, b"meta", |name, v| {
+        Ok(match name {
+            META_CONSISTENT_INDEX => Some((ETCD_CONSISTENT_INDEX.to_vec(), v.to_be_bytes().to_vec())),
+            META_TERM => Some((ETCD_TERM.to_vec(), v.to_be_bytes().to_vec())),
             META_SCHEDULED_COMPACT if v > 0 => {
-                meta.push((ETCD_SCHEDULED_COMPACT.to_vec(), Revision::new(v as i64, 0).to_bytes()))
+                Some((ETCD_SCHEDULED_COMPACT.to_vec(), Revision::new(v as i64, 0).to_bytes()))
             }
             META_FINISHED_COMPACT if v > 0 => {
-                meta.push((ETCD_FINISHED_COMPACT.to_vec(), Revision::new(v as i64, 0).to_bytes()))
+                Some((ETCD_FINISHED_COMPACT.to_vec(), Revision::new(v as i64, 0).to_bytes()))
             }
-            _ => {}
-        }
-        Ok(())
+            _ => None,
+        })
     })?;
-    write_sorted(&mut w, b"meta", meta)?;
-
-    let mut leases = Vec::new();
-    rows(txn, etcd_lease::LEASE_TABLE, |id, v| {
-        leases.push((id.to_be_bytes().to_vec(), v.to_vec()));
-        Ok(())
-    })?;
-    write_sorted(&mut w, b"lease", leases)?;
-
-    let mut members = Vec::new();
-    rows(txn, MEMBERS, |id, v| {
+    copy_table(&mut w, txn, etcd_lease::LEASE_TABLE, b"lease", |id, v| Ok(Some((id.to_be_bytes().to_vec(), v.to_vec()))))?;
+    copy_table(&mut w, txn, MEMBERS, b"members", |id, v| {
         let m = Member::decode(v).map_err(|e| err("member", e))?;
-        members.push((format!("{id:x}").into_bytes(), member_json(&m)));
-        Ok(())
+        Ok(Some((format!("{id:x}").into_bytes(), member_json(&m))))
     })?;
-    write_sorted(&mut w, b"members", members)?;
-
-    let mut removed = Vec::new();
-    rows(txn, MEMBERS_REMOVED, |id, ()| {
-        removed.push((format!("{id:x}").into_bytes(), b"removed".to_vec()));
-        Ok(())
+    copy_table(&mut w, txn, MEMBERS_REMOVED, b"members_removed", |id, ()| {
+        Ok(Some((format!("{id:x}").into_bytes(), b"removed".to_vec())))
     })?;
-    write_sorted(&mut w, b"members_removed", removed)?;
-
-    let mut cluster = Vec::new();
-    rows(txn, CLUSTER, |k, v| {
-        cluster.push((k.as_bytes().to_vec(), v.to_vec()));
-        Ok(())
+    copy_table(&mut w, txn, CLUSTER, b"cluster", |k, v| Ok(Some((k.as_bytes().to_vec(), v.to_vec()))))?;
+    copy_table(&mut w, txn, ALARMS, b"alarm", |(member_id, alarm), ()| {
+        Ok(Some((AlarmMember { member_id, alarm }.encode_to_vec(), Vec::new())))
     })?;
-    write_sorted(&mut w, b"cluster", cluster)?;
-
-    let mut alarms = Vec::new();
-    rows(txn, ALARMS, |(member_id, alarm), ()| {
-        alarms.push((AlarmMember { member_id, alarm }.encode_to_vec(), Vec::new()));
-        Ok(())
-    })?;
-    write_sorted(&mut w, b"alarm", alarms)?;
-
-    let mut auth = Vec::new();
-    rows(txn, etcd_auth::AUTH, |k, v| {
-        auth.push((k.as_bytes().to_vec(), v.to_vec()));
-        Ok(())
-    })?;
-    write_sorted(&mut w, b"auth", auth)?;
+    copy_table(&mut w, txn, etcd_auth::AUTH, b"auth", |k, v| Ok(Some((k.as_bytes().to_vec(), v.to_vec()))))?;
     for (table, bucket) in [(etcd_auth::AUTH_USERS, &b"authUsers"[..]), (etcd_auth::AUTH_ROLES, b"authRoles")] {
-        let mut all = Vec::new();
-        rows(txn, table, |k, v| {
-            all.push((k.to_vec(), v.to_vec()));
-            Ok(())
-        })?;
-        write_sorted(&mut w, bucket, all)?;
+        copy_table(&mut w, txn, table, bucket, |k, v| Ok(Some((k.to_vec(), v.to_vec()))))?;
     }
     w.finish().map_err(bolt_err)
 }
