@@ -720,7 +720,7 @@ impl EtcdServer {
     /// A consistent read view of every backend table (what Maintenance.Snapshot sends);
     /// writes go on meanwhile.
     pub fn backend_snapshot(&self) -> Result<redb::ReadTransaction, ServerError> {
-        Ok(self.kv.backend().begin_read()?)
+        Ok(self.kv.read_all()?)
     }
 
     pub fn kv_revision(&self) -> i64 {
