@@ -54,6 +54,8 @@ pub struct KvStore {
     pub(crate) open_txn: Mutex<Option<WriteTransaction>>,
     /// The rows of those batches, for readers.
     pub(crate) pending: Mutex<Arc<PendingRows>>,
+    /// Bytes of those rows: the file grows by about that much when they commit.
+    pub(crate) pending_bytes: AtomicI64,
     /// Set when a batch was dropped without commit after earlier batches were carried in its
     /// write transaction: they are gone from the backend, so the store takes no more writes
     /// (a restart applies them again from the WAL).
@@ -199,6 +201,7 @@ impl KvStore {
             writer: WriterGate::default(),
             open_txn: Mutex::new(None),
             pending: Mutex::new(Arc::new(PendingRows::default())),
+            pending_bytes: AtomicI64::new(0),
             lost_batches: Mutex::new(None),
             in_use: AtomicI64::new(in_use),
             file_size: AtomicI64::new(0),
@@ -346,6 +349,13 @@ impl KvStore {
     /// Forgets the pending rows: a commit now holds them.
     pub(crate) fn clear_pending(&self) {
         *self.pending.lock() = Arc::new(PendingRows::default());
+        self.pending_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes of key-table rows applied but not committed to the backend yet (what the quota
+    /// adds to the file size, which moves only at commits).
+    pub fn uncommitted_bytes(&self) -> i64 {
+        self.pending_bytes.load(Ordering::Relaxed)
     }
 
     /// Records that published batches carried in an aborted write transaction are gone from

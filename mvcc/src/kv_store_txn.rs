@@ -597,6 +597,8 @@ impl<'s> ApplyTxn<'s> {
             self.store.note_file_size();
         } else {
             let rows = std::mem::take(&mut *self.rows.borrow_mut());
+            let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+            self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
             Arc::make_mut(&mut self.store.pending.lock()).push(rows);
             *self.store.open_txn.lock() = Some(txn);
         }
