@@ -145,9 +145,13 @@ pub fn set_durability(txn: &mut WriteTransaction, durable: bool) -> Result<(), M
     Ok(())
 }
 
-/// Writes a meta value inside `txn`.
-pub fn write_meta(txn: &WriteTransaction, name: &str, value: u64) -> Result<(), MvccError> {
-    txn.open_table(META_TABLE)?.insert(name, value)?;
+/// Writes meta values inside `txn` (opening the table once: that costs about as much as the
+/// inserts).
+pub fn write_meta(txn: &WriteTransaction, values: &[(&str, u64)]) -> Result<(), MvccError> {
+    let mut table = txn.open_table(META_TABLE)?;
+    for (name, value) in values {
+        table.insert(*name, *value)?;
+    }
     Ok(())
 }
 

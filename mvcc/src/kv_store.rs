@@ -3,22 +3,26 @@
 //! Invariants:
 //! - one writer: the applier's [`ApplyTxn`](crate::ApplyTxn) (a gate held from `begin_apply` to
 //!   the end of `commit`), which applies a batch of raft entries in one redb write transaction;
-//! - readers read at the *published* revision, which moves only after the batch's redb commit,
-//!   through a redb read transaction opened after loading it: they never block on the writer
-//!   and never see part of a batch;
+//! - readers read at the *published* revision, which moves only after a batch is complete: they
+//!   never block on the writer and never see part of a batch;
+//! - the backend write transaction stays open across batches until a durable commit is due
+//!   (`ApplyTxn::commit(true)`, [`KvStore::sync`]); published rows not committed yet are read
+//!   from [`PendingRows`] (see there for the order readers take things in);
 //! - the consistent index (last applied raft entry) is stored in the same commit as its effects;
 //! - a compaction is recorded (`scheduled_compact_rev`) in the commit that asks for it; its
 //!   physical deletion then runs in bounded write transactions and records
 //!   `finished_compact_rev` in the last one; `open` resumes it when scheduled > finished.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use etcd_proto::mvccpb::KeyValue;
 use parking_lot::{Condvar, Mutex};
-use redb::{ReadOnlyTable, ReadableTable};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, WriteTransaction};
 
 use crate::backend::{
     write_meta, Backend, KEY_TABLE, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
@@ -26,6 +30,7 @@ use crate::backend::{
 };
 use crate::index::Index;
 use crate::kv_view::{decode_kv, missing_row, Rows, View};
+use crate::pending_rows::PendingRows;
 use crate::revision::{main_rev_bound, Revision};
 use crate::MvccError;
 
@@ -44,6 +49,17 @@ pub struct KvStore {
     pub(crate) consistent: Mutex<(u64, u64)>,
     /// Taken by the open ApplyTxn: one writer at a time.
     pub(crate) writer: WriterGate,
+    /// The backend write transaction holding published batches not committed yet; taken by the
+    /// next batch (or committed) under the writer gate.
+    pub(crate) open_txn: Mutex<Option<WriteTransaction>>,
+    /// The rows of those batches, for readers.
+    pub(crate) pending: Mutex<Arc<PendingRows>>,
+    /// Bytes of those rows: the file grows by about that much when they commit.
+    pub(crate) pending_bytes: AtomicI64,
+    /// Set when a batch was dropped without commit after earlier batches were carried in its
+    /// write transaction: they are gone from the backend, so the store takes no more writes
+    /// (a restart applies them again from the WAL).
+    pub(crate) lost_batches: Mutex<Option<String>>,
     in_use: AtomicI64,
     /// The file's size as of the last commit: quota checks read it on every write request,
     /// so it is taken once per write transaction instead (a `stat` each time).
@@ -97,15 +113,36 @@ impl WriterGate {
     }
 }
 
-struct ReadRows(ReadOnlyTable<&'static [u8], &'static [u8]>);
+/// What readers read rows from: the committed key table and the pending rows.
+pub(crate) struct ReadRows {
+    pub(crate) table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pub(crate) pending: Arc<PendingRows>,
+}
 
 impl Rows for ReadRows {
     fn kv(&self, rev: Revision) -> Result<KeyValue, MvccError> {
-        let v = self
-            .0
-            .get(rev.to_bytes().as_slice())?
-            .ok_or_else(|| missing_row(rev))?;
-        decode_kv(v.value(), rev)
+        self.find(rev)?.ok_or_else(|| missing_row(rev))
+    }
+}
+
+impl ReadRows {
+    /// The KeyValue stored at a (non-tombstone) revision, if the row exists.
+    pub(crate) fn find(&self, rev: Revision) -> Result<Option<KeyValue>, MvccError> {
+        let key = rev.to_bytes();
+        if let Some(v) = self.pending.get(&key) {
+            return decode_kv(v, rev).map(Some);
+        }
+        self.table.get(key.as_slice())?.map(|v| decode_kv(v.value(), rev)).transpose()
+    }
+
+    /// The rows with keys in `[lo, hi)` in key order (see [`PendingRows::scan`]).
+    pub(crate) fn scan(
+        &self,
+        lo: &[u8],
+        hi: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, MvccError>,
+    ) -> Result<(), MvccError> {
+        self.pending.scan(&self.table, lo, hi, f)
     }
 }
 
@@ -162,6 +199,10 @@ impl KvStore {
             published: AtomicI64::new(state.current),
             consistent: Mutex::new(state.consistent),
             writer: WriterGate::default(),
+            open_txn: Mutex::new(None),
+            pending: Mutex::new(Arc::new(PendingRows::default())),
+            pending_bytes: AtomicI64::new(0),
+            lost_batches: Mutex::new(None),
             in_use: AtomicI64::new(in_use),
             file_size: AtomicI64::new(0),
             physical: Mutex::new(None),
@@ -207,6 +248,7 @@ impl KvStore {
         &self,
         fill: impl FnOnce(&redb::WriteTransaction) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.commit_open(false)?;
         let txn = self.backend.begin_write(true)?;
         fill(&txn)?;
         // the tables the store itself needs exist even if the snapshot lacked them
@@ -259,8 +301,7 @@ impl KvStore {
     /// revision read at (etcd's current revision), for the server to complete.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         let current = self.current_revision();
-        let txn = self.backend.begin_read()?;
-        let rows = ReadRows(txn.open_table(KEY_TABLE)?);
+        let (rows, _txn) = self.read_rows()?;
         View {
             index: &self.index,
             rows: &rows,
@@ -281,6 +322,62 @@ impl KvStore {
             .collect()
     }
 
+    /// The rows readers see: everything at or below the revision published before the call
+    /// (pending rows taken before the read transaction is opened; see [`PendingRows`]).
+    pub(crate) fn read_rows(&self) -> Result<(ReadRows, ReadTransaction), MvccError> {
+        let pending = self.pending.lock().clone();
+        let txn = self.backend.begin_read()?;
+        let table = txn.open_table(KEY_TABLE)?;
+        Ok((ReadRows { table, pending }, txn))
+    }
+
+    /// Commits the write transaction carried between batches, if any, and forgets the pending
+    /// rows it held. The caller holds the writer gate.
+    fn commit_open(&self, durable: bool) -> Result<(), MvccError> {
+        let Some(mut txn) = self.open_txn.lock().take() else {
+            return Ok(());
+        };
+        if let Err(e) = crate::backend::set_durability(&mut txn, durable).and_then(|_| Ok(txn.commit()?)) {
+            self.lose_batches(&e);
+            return Err(e);
+        }
+        self.clear_pending();
+        self.note_file_size();
+        Ok(())
+    }
+
+    /// Forgets the pending rows: a commit now holds them.
+    pub(crate) fn clear_pending(&self) {
+        *self.pending.lock() = Arc::new(PendingRows::default());
+        self.pending_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// Bytes of key-table rows applied but not committed to the backend yet (what the quota
+    /// adds to the file size, which moves only at commits).
+    pub fn uncommitted_bytes(&self) -> i64 {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records that published batches carried in an aborted write transaction are gone from
+    /// the backend: from now on the store refuses batches.
+    pub(crate) fn lose_batches(&self, why: &dyn std::fmt::Display) {
+        let why = format!("applied batches were not committed ({why}); restart to apply them again from the WAL");
+        tracing::error!("{why}");
+        self.lost_batches.lock().get_or_insert(why);
+    }
+
+    /// A read transaction of every table holding every batch applied so far (the batches
+    /// carried in the open write transaction are committed first, without fsync): for readers
+    /// of whole tables such as snapshots. Waits for an open batch: never call it from the
+    /// thread holding an ApplyTxn.
+    pub fn read_all(&self) -> Result<ReadTransaction, MvccError> {
+        self.writer.acquire();
+        let result = self.commit_open(false);
+        self.writer.release();
+        result?;
+        self.backend.begin_read()
+    }
+
     /// Starts applying a batch; blocks while another batch is open.
     pub fn begin_apply(&self) -> Result<crate::ApplyTxn<'_>, MvccError> {
         crate::ApplyTxn::begin(self)
@@ -293,48 +390,54 @@ impl KvStore {
     /// HashKV answers. The hash equals etcd 3.4's for the same history.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
         let current = self.current_revision();
-        let txn = self.backend.begin_read()?;
+        let (rows, _txn) = self.read_rows()?;
         let (rev, compact, keep) = self.index.keep_for_hash(rev, current)?;
-        let table = txn.open_table(KEY_TABLE)?;
         let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
         let upper = main_rev_bound(rev + 1);
-        for row in table.range::<&[u8]>(..upper.as_slice())? {
-            let (k, v) = row?;
-            let (r, _) = Revision::from_key_bytes(k.value())?;
-            if r.main <= compact && !keep.is_empty() && !keep.contains(&r) {
-                continue;
+        rows.scan(&[], &upper, |k, v| {
+            let (r, _) = Revision::from_key_bytes(k)?;
+            if !(r.main <= compact && !keep.is_empty() && !keep.contains(&r)) {
+                h = crc32c::crc32c_append(h, k);
+                h = crc32c::crc32c_append(h, v);
             }
-            h = crc32c::crc32c_append(h, k.value());
-            h = crc32c::crc32c_append(h, v.value());
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok((h, if compact == 0 { -1 } else { compact }, rev))
     }
 
     /// crc32c of the whole key table (etcd's Hash, restricted to the key table).
     pub fn hash(&self) -> Result<u32, MvccError> {
-        let txn = self.backend.begin_read()?;
-        let table = txn.open_table(KEY_TABLE)?;
+        let (rows, _txn) = self.read_rows()?;
         let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
-        for row in table.iter()? {
-            let (k, v) = row?;
-            h = crc32c::crc32c_append(h, k.value());
-            h = crc32c::crc32c_append(h, v.value());
-        }
+        rows.scan(&[], &[0xff; 19], |k, v| {
+            h = crc32c::crc32c_append(h, k);
+            h = crc32c::crc32c_append(h, v);
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok(h)
     }
 
-    /// Makes every commit so far durable (an fsynced empty commit). Waits for an open batch to
-    /// commit: never call it from the thread holding an ApplyTxn.
+    /// Makes every batch applied so far durable (one fsynced commit). Waits for an open batch
+    /// to commit: never call it from the thread holding an ApplyTxn.
     pub fn sync(&self) -> Result<(), MvccError> {
-        let txn = self.backend.begin_write(true)?;
+        self.writer.acquire();
+        let result = self.sync_locked();
+        self.writer.release();
+        result
+    }
+
+    fn sync_locked(&self) -> Result<(), MvccError> {
+        let txn = match self.open_txn.lock().take() {
+            Some(txn) => txn,
+            None => self.backend.begin_write(true)?,
+        };
         let stats = txn.stats()?;
         self.in_use.store(
             stats.allocated_pages() as i64 * stats.page_size() as i64,
             Ordering::Relaxed,
         );
-        txn.commit()?;
-        self.note_file_size();
-        Ok(())
+        *self.open_txn.lock() = Some(txn);
+        self.commit_open(true)
     }
 
     /// Defragments the database file: waits for the open batch to commit, holds off the next
@@ -342,7 +445,7 @@ impl KvStore {
     pub fn defragment(&self, patience: std::time::Duration) -> Result<(), MvccError> {
         let deadline = std::time::Instant::now() + patience;
         self.writer.acquire();
-        let result = loop {
+        let result = self.commit_open(false).and_then(|_| loop {
             match self.backend.compact_file() {
                 Ok(true) => {
                     self.note_file_size();
@@ -354,7 +457,7 @@ impl KvStore {
                 Ok(false) => break Err(MvccError::Backend("defragment: the database stayed busy with readers".into())),
                 Err(e) => break Err(e),
             }
-        };
+        });
         self.writer.release();
         result
     }
@@ -422,8 +525,21 @@ impl KvStore {
 
     /// One bounded write transaction of a physical compaction; true when it was the last.
     fn delete_batch(&self, job: &mut PhysicalCompaction, max_rows: usize) -> Result<bool, MvccError> {
+        // the carried batches commit with the deletions: pending rows never hold a deleted row
+        let txn = match self.open_txn.lock().take() {
+            Some(txn) => txn,
+            None => self.backend.begin_write(false)?,
+        };
+        let result = self.delete_rows(&txn, job, max_rows);
+        // kept even after a failed step: deleting compacted rows only in part is harmless
+        *self.open_txn.lock() = Some(txn);
+        let done = result?;
+        self.commit_open(false)?;
+        Ok(done)
+    }
+
+    fn delete_rows(&self, txn: &WriteTransaction, job: &mut PhysicalCompaction, max_rows: usize) -> Result<bool, MvccError> {
         let end = main_rev_bound(job.rev + 1);
-        let txn = self.backend.begin_write(false)?;
         let mut done = true;
         {
             let mut table = txn.open_table(KEY_TABLE)?;
@@ -449,12 +565,19 @@ impl KvStore {
             job.deleted += doomed.len();
         }
         if done {
-            write_meta(&txn, META_FINISHED_COMPACT, job.rev as u64)?;
+            write_meta(txn, &[(META_FINISHED_COMPACT, job.rev as u64)])?;
             let stats = txn.stats()?;
             self.in_use.store(stats.allocated_pages() as i64 * stats.page_size() as i64, Ordering::Relaxed);
         }
-        txn.commit()?;
-        self.note_file_size();
         Ok(done)
+    }
+}
+
+impl Drop for KvStore {
+    /// Commits the batches carried in the open write transaction (a clean close keeps them).
+    fn drop(&mut self) {
+        if let Err(e) = self.commit_open(true) {
+            tracing::error!(error = %e, "could not commit the last batches at close; the WAL has them");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `ApplyTxn`: the applier's write view, one redb write transaction per batch of raft entries.
+//! `ApplyTxn`: the applier's write view of one batch of raft entries, written into the backend
+//! write transaction carried from batch to batch until a durable commit.
 //!
 //! Invariants:
 //! - each request (Put, DeleteRange, Txn) that changes something takes the next main revision;
@@ -22,7 +23,8 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::mvccpb::event::EventType;
 use etcd_proto::mvccpb::{Event, KeyValue};
 use prost::Message;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
@@ -31,6 +33,7 @@ use crate::backend::{
 };
 use crate::index::range_end;
 use crate::kv_view::{decode_kv, header, missing_row, Rows, View};
+use crate::pending_rows::Row;
 use crate::revision::Revision;
 use crate::{KvStore, MvccError};
 
@@ -64,6 +67,10 @@ impl Rows for WriteRows<'_> {
 pub struct ApplyTxn<'s> {
     store: &'s KvStore,
     txn: Option<WriteTransaction>,
+    /// Whether `txn` holds earlier batches not committed yet.
+    carried: bool,
+    /// Set once other stores wrote through [`ApplyTxn::write_txn`].
+    foreign_writes: Cell<bool>,
     /// The revision of the last change of the batch (the published one at the start).
     rev: i64,
     /// Changes made so far by the request being applied.
@@ -77,10 +84,12 @@ pub struct ApplyTxn<'s> {
     /// Set when a failed request could not be rolled back in the backend: the batch must not
     /// commit.
     poisoned: Option<String>,
-    /// Key-table rows written by the batch but not yet inserted: opening the table costs about
-    /// as much as a third of a put's insert, so rows are inserted together, before anything
-    /// reads the table and at commit.
-    unwritten: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Key-table rows written by the batch, in revision order. Those from `written` on are not
+    /// inserted yet: opening the table costs about as much as a third of a put's insert, so
+    /// rows are inserted together, before anything reads the table and at commit. They become
+    /// the batch's pending rows for readers if the commit leaves the transaction open.
+    rows: RefCell<Vec<Row>>,
+    written: Cell<usize>,
     /// Set when inserting unwritten rows failed: rows of requests already answered are lost,
     /// so the batch must not commit.
     write_failed: RefCell<Option<String>>,
@@ -93,16 +102,26 @@ pub struct ApplyTxn<'s> {
 impl<'s> ApplyTxn<'s> {
     pub(crate) fn begin(store: &'s KvStore) -> Result<ApplyTxn<'s>, MvccError> {
         store.writer.acquire();
-        let txn = match store.backend.begin_write(false) {
-            Ok(txn) => txn,
-            Err(e) => {
-                store.writer.release();
-                return Err(e);
-            }
+        if let Some(why) = store.lost_batches.lock().clone() {
+            store.writer.release();
+            return Err(MvccError::Backend(why));
+        }
+        let carried = store.open_txn.lock().take();
+        let (txn, carried) = match carried {
+            Some(txn) => (txn, true),
+            None => match store.backend.begin_write(false) {
+                Ok(txn) => (txn, false),
+                Err(e) => {
+                    store.writer.release();
+                    return Err(e);
+                }
+            },
         };
         Ok(ApplyTxn {
             store,
             txn: Some(txn),
+            carried,
+            foreign_writes: Cell::new(false),
             rev: store.current_revision(),
             req_changes: 0,
             compact_floor: store.compact_revision(),
@@ -111,7 +130,8 @@ impl<'s> ApplyTxn<'s> {
             events: Vec::new(),
             undo: Vec::new(),
             poisoned: None,
-            unwritten: RefCell::new(Vec::new()),
+            rows: RefCell::new(Vec::new()),
+            written: Cell::new(0),
             write_failed: RefCell::new(None),
             read_prev: true,
             prev_complete: true,
@@ -119,11 +139,28 @@ impl<'s> ApplyTxn<'s> {
     }
 
     /// The write transaction, for other stores' tables in the same commit. Do not touch the
-    /// `key` and `meta` tables through it.
+    /// `key` and `meta` tables through it. (What is written through it cannot be taken back if
+    /// the batch is dropped without commit.)
     pub fn write_txn(&self) -> &WriteTransaction {
+        self.foreign_writes.set(true);
+        self.backend_txn()
+    }
+
+    fn backend_txn(&self) -> &WriteTransaction {
         self.txn
             .as_ref()
             .expect("the write transaction lives until commit")
+    }
+
+    /// Takes this batch's rows out of the write transaction again, so that the transaction can
+    /// carry the earlier batches on.
+    fn remove_rows(&self) -> Result<(), MvccError> {
+        let rows = self.rows.borrow();
+        let mut table = self.backend_txn().open_table(KEY_TABLE)?;
+        for (k, _) in &rows[..self.written.get()] {
+            table.remove(k.as_slice())?;
+        }
+        Ok(())
     }
 
     /// The events of the batch so far, in revision order (a failed request's events are
@@ -161,7 +198,7 @@ impl<'s> ApplyTxn<'s> {
         f: impl FnOnce(&View<'_, WriteRows<'_>>) -> Result<T, MvccError>,
     ) -> Result<T, MvccError> {
         self.write_rows()?;
-        let rows = WriteRows(self.write_txn().open_table(KEY_TABLE)?);
+        let rows = WriteRows(self.backend_txn().open_table(KEY_TABLE)?);
         f(&View {
             index: &self.store.index,
             rows: &rows,
@@ -180,22 +217,23 @@ impl<'s> ApplyTxn<'s> {
             return Err(MvccError::Backend(why));
         }
         let (undo_start, events_start) = (self.undo.len(), self.events.len());
+        let rows_start = self.rows.borrow().len();
         self.req_changes = 0;
         let out = f(self);
         match out {
             Ok(_) if self.req_changes > 0 => self.rev += 1,
             Ok(_) => {}
-            Err(_) => self.roll_back(undo_start, events_start),
+            Err(_) => self.roll_back(undo_start, events_start, rows_start),
         }
         self.req_changes = 0;
         out
     }
 
-    fn roll_back(&mut self, undo_start: usize, events_start: usize) {
+    fn roll_back(&mut self, undo_start: usize, events_start: usize, rows_start: usize) {
         let changes: Vec<Change> = self.undo.drain(undo_start..).collect();
         self.events.truncate(events_start);
         let mut failure = None;
-        match self.write_rows().and_then(|_| Ok(self.write_txn().open_table(KEY_TABLE)?)) {
+        match self.write_rows().and_then(|_| Ok(self.backend_txn().open_table(KEY_TABLE)?)) {
             Ok(mut table) => {
                 for c in changes.iter().rev() {
                     self.store.index.undo(&c.key, c.rev, c.tombstone);
@@ -211,6 +249,9 @@ impl<'s> ApplyTxn<'s> {
                 failure = Some(e.to_string());
             }
         }
+        // the request's rows are the last ones; those inserted were removed above
+        self.rows.borrow_mut().truncate(rows_start);
+        self.written.set(self.written.get().min(rows_start));
         if let Some(why) = failure {
             tracing::error!(%why, "could not roll back a failed request; the batch cannot commit");
             self.poisoned = Some(why);
@@ -218,25 +259,26 @@ impl<'s> ApplyTxn<'s> {
     }
 
     fn insert_row(&self, rev: Revision, tombstone: bool, kv: &KeyValue) {
-        self.unwritten
+        self.rows
             .borrow_mut()
             .push((rev.to_key_bytes(tombstone), kv.encode_to_vec()));
     }
 
-    /// Inserts the rows kept in `unwritten` into the key table.
+    /// Inserts the rows not inserted yet into the key table.
     fn write_rows(&self) -> Result<(), MvccError> {
-        let mut rows = self.unwritten.borrow_mut();
-        if rows.is_empty() {
+        let rows = self.rows.borrow();
+        let from = self.written.get();
+        if from == rows.len() {
             return Ok(());
         }
         let result = (|| -> Result<(), MvccError> {
-            let mut table = self.write_txn().open_table(KEY_TABLE)?;
-            for (k, v) in rows.iter() {
+            let mut table = self.backend_txn().open_table(KEY_TABLE)?;
+            for (k, v) in &rows[from..] {
                 table.insert(k.as_slice(), v.as_slice())?;
             }
             Ok(())
         })();
-        rows.clear();
+        self.written.set(rows.len());
         if let Err(e) = &result {
             *self.write_failed.borrow_mut() = Some(e.to_string());
         }
@@ -248,7 +290,7 @@ impl<'s> ApplyTxn<'s> {
         match self.store.index.get(key, at) {
             Some(s) => {
                 self.write_rows()?;
-                let rows = WriteRows(self.write_txn().open_table(KEY_TABLE)?);
+                let rows = WriteRows(self.backend_txn().open_table(KEY_TABLE)?);
                 Ok(Some(rows.kv(s.modified)?))
             }
             None => Ok(None),
@@ -308,7 +350,7 @@ impl<'s> ApplyTxn<'s> {
         );
         if !self.store.index.tombstone(key, rev) {
             self.write_rows()?;
-            self.write_txn()
+            self.backend_txn()
                 .open_table(KEY_TABLE)?
                 .remove(rev.to_key_bytes(true).as_slice())?;
             return Err(MvccError::Corrupt(format!(
@@ -506,7 +548,7 @@ impl<'s> ApplyTxn<'s> {
         if rev > self.rev {
             return Err(MvccError::FutureRev);
         }
-        write_meta(self.write_txn(), META_SCHEDULED_COMPACT, rev as u64)?;
+        // recorded in the backend at commit
         self.pending_compact = Some(rev);
         self.compact_floor = rev;
         Ok(())
@@ -517,8 +559,10 @@ impl<'s> ApplyTxn<'s> {
         self.consistent = Some((index, term));
     }
 
-    /// Commits the batch (fsynced when `durable`), publishes its revision to readers, runs a
-    /// compaction it asked for, and returns its events in revision order, prev_kv filled.
+    /// Completes the batch and publishes its revision to readers. With `durable` the backend
+    /// transaction (this batch and those carried in it) commits with fsync; otherwise it stays
+    /// open for the next batch and the rows reach readers as pending rows. Runs a compaction
+    /// the batch asked for and returns its events in revision order, prev_kv filled.
     pub fn commit(mut self, durable: bool) -> Result<Vec<Event>, MvccError> {
         if let Some(why) = self.poisoned.take() {
             return Err(MvccError::Backend(why));
@@ -527,23 +571,45 @@ impl<'s> ApplyTxn<'s> {
         if let Some(why) = self.write_failed.borrow_mut().take() {
             return Err(MvccError::Backend(why));
         }
+        let mut meta = Vec::with_capacity(3);
+        if let Some((index, term)) = self.consistent {
+            meta.extend([(META_CONSISTENT_INDEX, index), (META_TERM, term)]);
+        }
+        if let Some(rev) = self.pending_compact {
+            meta.push((META_SCHEDULED_COMPACT, rev as u64));
+        }
+        if !meta.is_empty() {
+            write_meta(self.backend_txn(), &meta)?;
+        }
         let mut txn = self
             .txn
             .take()
             .expect("the write transaction lives until commit");
-        if let Some((index, term)) = self.consistent {
-            write_meta(&txn, META_CONSISTENT_INDEX, index)?;
-            write_meta(&txn, META_TERM, term)?;
+        if durable {
+            let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
+            if let Err(e) = set_durability(&mut txn, true).and_then(|_| Ok(txn.commit()?)) {
+                if self.carried {
+                    self.store.lose_batches(&e);
+                }
+                return Err(e);
+            }
+            timer.observe_duration();
+            self.store.note_file_size();
+        } else {
+            let rows = std::mem::take(&mut *self.rows.borrow_mut());
+            let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+            self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
+            Arc::make_mut(&mut self.store.pending.lock()).push(rows);
+            *self.store.open_txn.lock() = Some(txn);
         }
-        set_durability(&mut txn, durable)?;
-        let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
-        txn.commit()?;
-        timer.observe_duration();
-        self.store.note_file_size();
         self.undo.clear();
         self.store
             .published
             .store(self.rev, std::sync::atomic::Ordering::Release);
+        if durable {
+            // after publishing: a reader that sees the new revision reads the commit
+            self.store.clear_pending();
+        }
         if let Some(ci) = self.consistent {
             *self.store.consistent.lock() = ci;
         }
@@ -558,7 +624,20 @@ impl<'s> ApplyTxn<'s> {
 
 impl Drop for ApplyTxn<'_> {
     fn drop(&mut self) {
-        // abort the write transaction (if not committed) before letting the next writer in
+        // Without commit: a fresh write transaction is aborted; one carrying earlier batches
+        // goes back to the store without this batch's rows, or, if that cannot be done, is
+        // aborted with the earlier batches.
+        if self.txn.is_some() && self.carried {
+            let undone = if self.foreign_writes.get() {
+                Err(MvccError::Backend("other stores wrote in it".into()))
+            } else {
+                self.remove_rows()
+            };
+            match undone {
+                Ok(()) => *self.store.open_txn.lock() = self.txn.take(),
+                Err(e) => self.store.lose_batches(&format!("a batch was abandoned and {e}")),
+            }
+        }
         drop(self.txn.take());
         for c in self.undo.drain(..).rev() {
             self.store.index.undo(&c.key, c.rev, c.tombstone);

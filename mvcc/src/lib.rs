@@ -26,6 +26,7 @@ pub mod kv_store;
 pub mod kv_store_txn;
 pub mod metrics;
 mod kv_view;
+mod pending_rows;
 pub mod revision;
 pub mod watch_hub;
 pub mod watch_queue;

@@ -108,7 +108,7 @@ impl Fixture {
     }
 
     fn key_table_rows(&self) -> u64 {
-        let txn = self.store.backend().database().begin_read().unwrap();
+        let txn = self.store.read_all().unwrap();
         txn.open_table(KEY_TABLE).unwrap().len().unwrap()
     }
 }
@@ -206,7 +206,7 @@ fn txn_with_three_puts_takes_one_revision_with_increasing_sub() {
         .all(|kv| kv.mod_revision == 2 && kv.create_revision == 2));
     assert_eq!(events.len(), 3);
     // sub revisions 0, 1, 2 in the key table
-    let txn = f.store.backend().database().begin_read().unwrap();
+    let txn = f.store.read_all().unwrap();
     let table = txn.open_table(KEY_TABLE).unwrap();
     let revs: Vec<crate::Revision> = redb::ReadableTable::iter(&table)
         .unwrap()
@@ -1364,6 +1364,38 @@ fn consistent_index_is_stored_only_with_a_commit() {
 }
 
 #[test]
+fn batches_carried_uncommitted_are_read_from_memory_and_survive_a_dropped_batch() {
+    const LEASES: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("lease");
+    let f = Fixture::new();
+    f.put("a", "1");
+    f.put("b", "1");
+    // not committed to the backend yet, yet readers see both
+    let committed = f.store.backend().database().begin_read().unwrap();
+    assert!(committed.open_table(KEY_TABLE).map_or(true, |t| t.len().unwrap() == 0));
+    drop(committed);
+    assert_eq!(f.all().len(), 2);
+    assert_eq!(f.store.watch_events(1, 3, |_| (true, true), 100, 1 << 20).unwrap().0.len(), 2);
+    // a dropped KV batch goes; the carried ones stay
+    {
+        let mut t = f.store.begin_apply().unwrap();
+        t.put(&put_req("c", "1"), &no_lease).unwrap();
+        t.range(&RangeRequest { key: b"c".to_vec(), ..Default::default() }).unwrap();
+    }
+    assert_eq!(f.put("d", "1"), 4);
+    assert_eq!(f.all().iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), [b"a".to_vec(), b"b".to_vec(), b"d".to_vec()]);
+    f.store.sync().unwrap();
+    assert_eq!(f.key_table_rows(), 3);
+    // a dropped batch in which another store wrote cannot be taken back: the carried batches
+    // are lost with it, and the store takes no more batches
+    f.put("e", "1");
+    {
+        let t = f.store.begin_apply().unwrap();
+        t.write_txn().open_table(LEASES).unwrap().insert(1, 60).unwrap();
+    }
+    assert!(matches!(f.store.begin_apply().err(), Some(MvccError::Backend(_))));
+}
+
+#[test]
 fn other_stores_write_their_tables_in_the_same_commit() {
     const LEASES: redb::TableDefinition<u64, u64> = redb::TableDefinition::new("lease");
     let mut f = Fixture::new();
@@ -1374,7 +1406,7 @@ fn other_stores_write_their_tables_in_the_same_commit() {
         .unwrap()
         .insert(1, 60)
         .unwrap();
-    t.commit(false).unwrap();
+    t.commit(true).unwrap();
     {
         let t = f.store.begin_apply().unwrap();
         t.write_txn()

@@ -24,6 +24,7 @@
 //!   `compact_revision` set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,6 @@ use etcd_proto::mvccpb::event::EventType;
 use etcd_proto::mvccpb::Event;
 use parking_lot::Mutex;
 
-use crate::backend::KEY_TABLE;
 use crate::kv_view::decode_kv;
 use crate::revision::{main_rev_bound, Revision};
 use crate::watch_queue::{Kick, StreamQueue, WatchMessage};
@@ -642,8 +642,7 @@ impl KvStore {
     /// Fills prev_kv of put events that lack it and did not create their key: the key's value
     /// at the revision before the event's, unless compacted away.
     pub(crate) fn fill_prev_kvs(&self, events: &mut [Event]) -> Result<(), MvccError> {
-        let txn = self.backend.begin_read()?;
-        let table = txn.open_table(KEY_TABLE)?;
+        let (rows, _txn) = self.read_rows()?;
         let compacted = self.compact_revision();
         for ev in events.iter_mut() {
             let Some(kv) = ev.kv.as_ref() else { continue };
@@ -655,10 +654,7 @@ impl KvStore {
                 continue;
             }
             if let Some(at) = self.index.get(&kv.key, kv.mod_revision - 1) {
-                ev.prev_kv = table
-                    .get(at.modified.to_bytes().as_slice())?
-                    .map(|v| decode_kv(v.value(), at.modified))
-                    .transpose()?;
+                ev.prev_kv = rows.find(at.modified)?;
             }
         }
         Ok(())
@@ -676,31 +672,29 @@ impl KvStore {
         max_rows: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Event>, i64), MvccError> {
-        let txn = self.backend.begin_read()?;
-        let table = txn.open_table(KEY_TABLE)?;
+        let (table, _txn) = self.read_rows()?;
         let (lo, hi) = (main_rev_bound(from.max(1)), main_rev_bound(to + 1));
         let mut events = Vec::new();
         let (mut rows, mut bytes) = (0usize, 0usize);
         let mut stop_after: Option<i64> = None;
         let mut end = to;
-        for row in table.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
-            let (k, v) = row?;
-            let (rev, tombstone) = Revision::from_key_bytes(k.value())?;
+        table.scan(&lo, &hi, |k, v| {
+            let (rev, tombstone) = Revision::from_key_bytes(k)?;
             if let Some(last) = stop_after {
                 if rev.main != last {
                     end = last;
-                    break;
+                    return Ok(ControlFlow::Break(()));
                 }
             }
             rows += 1;
-            bytes += v.value().len();
+            bytes += v.len();
             if stop_after.is_none() && (rows >= max_rows || bytes >= max_bytes) {
                 stop_after = Some(rev.main);
             }
-            let mut kv = decode_kv(v.value(), rev)?;
+            let mut kv = decode_kv(v, rev)?;
             let (any, prev) = wanted(&kv.key);
             if !any {
-                continue;
+                return Ok(ControlFlow::Continue(()));
             }
             let r#type = if tombstone {
                 kv.mod_revision = rev.main;
@@ -711,10 +705,7 @@ impl KvStore {
             let is_create = !tombstone && kv.create_revision == kv.mod_revision;
             let prev_kv = if prev && !is_create && rev.main > self.compact_revision() {
                 match self.index.get(&kv.key, rev.main - 1) {
-                    Some(at) => table
-                        .get(at.modified.to_bytes().as_slice())?
-                        .map(|v| decode_kv(v.value(), at.modified))
-                        .transpose()?,
+                    Some(at) => table.find(at.modified)?,
                     None => None,
                 }
             } else {
@@ -725,7 +716,8 @@ impl KvStore {
                 kv: Some(kv),
                 prev_kv,
             });
-        }
+            Ok(ControlFlow::Continue(()))
+        })?;
         Ok((events, end))
     }
 }

@@ -201,7 +201,7 @@ impl Applier {
                 continue; // one transfer per member at a time; raft asks again if it fails
             }
             let (index, term) = self.kv.consistent_index();
-            let read = match self.kv.backend().begin_read() {
+            let read = match self.kv.read_all() {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the backend for a snapshot");

@@ -658,14 +658,15 @@ impl EtcdServer {
     }
 
     /// etcd's backend quota: a request that would grow the backend past `--quota-backend-bytes`
-    /// raises the NOSPACE alarm (through raft, for the whole cluster) and is refused.
+    /// raises the NOSPACE alarm (through raft, for the whole cluster) and is refused. The size is
+    /// the file at the last backend commit plus the rows applied since.
     pub(crate) async fn check_quota(&self, cost: i64) -> Result<(), ServerError> {
         let quota = match self.cfg.quota_backend_bytes {
             q if q < 0 => return Ok(()),
             0 => DEFAULT_QUOTA_BYTES,
             q => q,
         };
-        if cost == 0 || self.kv.db_size().0 + cost < quota {
+        if cost == 0 || self.kv.db_size().0 + self.kv.uncommitted_bytes() + cost < quota {
             return Ok(());
         }
         let raise = AlarmRequest { action: AlarmAction::Activate as i32, member_id: self.member_id, alarm: AlarmType::Nospace as i32 };
@@ -720,7 +721,7 @@ impl EtcdServer {
     /// A consistent read view of every backend table (what Maintenance.Snapshot sends);
     /// writes go on meanwhile.
     pub fn backend_snapshot(&self) -> Result<redb::ReadTransaction, ServerError> {
-        Ok(self.kv.backend().begin_read()?)
+        Ok(self.kv.read_all()?)
     }
 
     pub fn kv_revision(&self) -> i64 {

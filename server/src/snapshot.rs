@@ -350,7 +350,7 @@ mod tests {
     }
 
     fn dump_to_file(kv: &KvStore, snap_dir: &Path, index: u64) -> PathBuf {
-        let read = kv.backend().begin_read().unwrap();
+        let read = kv.read_all().unwrap();
         let mut file = ReceivedFile::create(snap_dir, index).unwrap();
         dump_all(&read, &mut |rows| file.write(&rows)).unwrap();
         file.finish().unwrap()
