@@ -241,6 +241,7 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
         .map_or((0, 0), |s| (s.get_metadata().index, s.get_metadata().term));
     let snapshot_conf = snapshot.as_ref().map(|s| s.get_metadata().get_conf_state().clone());
     let (mut wal, contents) = Wal::open(wal_dir, (snap_index, snap_term))?;
+    wal.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
     let metadata = contents.metadata;
     let mut entries = contents.entries;
     let last_index = entries.last().map_or(snap_index, |e| e.index);
