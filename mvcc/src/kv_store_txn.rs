@@ -535,7 +535,7 @@ impl<'s> ApplyTxn<'s> {
             write_meta(&txn, META_CONSISTENT_INDEX, index)?;
             write_meta(&txn, META_TERM, term)?;
         }
-        set_durability(&mut txn, durable)?;
+        set_durability(&mut txn, self.store.backend.durable(durable))?;
         let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
         txn.commit()?;
         timer.observe_duration();

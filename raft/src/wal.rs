@@ -433,7 +433,12 @@ impl Wal {
             }),
         }
         .map_err(io_err(path))?;
-        timer.observe_duration();
+        if sync {
+            timer.observe_duration();
+        } else {
+            // as etcd: no fsync, no fsync duration
+            timer.stop_and_discard();
+        }
         self.file_len += buf.len() as u64;
         Ok(())
     }

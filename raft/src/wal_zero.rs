@@ -27,7 +27,10 @@ use parking_lot::{Condvar, Mutex};
 pub const MIN_CHUNK: u64 = 64 * 1024;
 /// The largest extension (the chunk doubles with the file up to this).
 pub const MAX_CHUNK: u64 = 16 * 1024 * 1024;
-/// Zeros are written in pieces of this size so a stop request is seen quickly.
+/// Zeros are written, and synced, in pieces of this size: an fdatasync of a record waits for
+/// every dirty page of the file, so a chunk of zeros is never left dirty as a whole (that
+/// would stall the record's fdatasync for the whole chunk's write-back). A stop request is
+/// also seen between pieces.
 const PIECE: usize = 1024 * 1024;
 
 #[derive(Debug)]
@@ -192,7 +195,8 @@ fn fill_loop(shared: &Shared) {
     }
 }
 
-/// Writes zeros over `[from, to)` and fsyncs (size included). `Ok(false)` if asked to stop.
+/// Writes zeros over `[from, to)`, syncing piece by piece, then fsyncs the size. `Ok(false)`
+/// if asked to stop.
 fn fill(shared: &Shared, zeros: &[u8], from: u64, to: u64) -> io::Result<bool> {
     let mut at = from;
     while at < to {
@@ -201,6 +205,7 @@ fn fill(shared: &Shared, zeros: &[u8], from: u64, to: u64) -> io::Result<bool> {
         }
         let n = ((to - at) as usize).min(zeros.len());
         shared.file.write_all_at(&zeros[..n], at)?;
+        shared.file.sync_data()?;
         at += n as u64;
     }
     shared.file.sync_all()?;
