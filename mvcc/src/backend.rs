@@ -12,6 +12,7 @@
 //! consistent index stored with it says where raft must resume applying.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use redb::{
@@ -47,6 +48,8 @@ pub struct Backend {
     /// (redb compacts only through `&mut Database`).
     db: RwLock<Database>,
     path: PathBuf,
+    /// `--unsafe-no-fsync`: commits asked to be durable are made without fsync.
+    no_fsync: AtomicBool,
 }
 
 impl Backend {
@@ -62,6 +65,7 @@ impl Backend {
         let b = Backend {
             db: RwLock::new(db),
             path: path.to_path_buf(),
+            no_fsync: AtomicBool::new(false),
         };
         let txn = b.begin_write(true)?;
         txn.open_table(KEY_TABLE)?;
@@ -81,11 +85,22 @@ impl Backend {
     }
 
     /// Opens a write transaction; `durable` selects an fsynced commit (with quick repair, so a
-    /// crash after it reopens fast) or a commit without fsync.
+    /// crash after it reopens fast) or a commit without fsync (always, with `--unsafe-no-fsync`).
     pub fn begin_write(&self, durable: bool) -> Result<WriteTransaction, MvccError> {
         let mut txn = self.db.read().begin_write()?;
-        set_durability(&mut txn, durable)?;
+        set_durability(&mut txn, self.durable(durable))?;
         Ok(txn)
+    }
+
+    /// `--unsafe-no-fsync` (etcd: "Disables fsync, unsafe, will cause data loss"): from now on
+    /// no commit of this backend fsyncs (closing the database still persists the last one).
+    pub fn set_unsafe_no_fsync(&self, on: bool) {
+        self.no_fsync.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a commit asked to be `durable` is fsynced (not with `--unsafe-no-fsync`).
+    pub fn durable(&self, durable: bool) -> bool {
+        durable && !self.no_fsync.load(Ordering::Relaxed)
     }
 
     /// Opens a read transaction: a consistent snapshot of the latest commit.

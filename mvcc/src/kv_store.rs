@@ -337,7 +337,7 @@ impl KvStore {
         let Some(mut txn) = self.open_txn.lock().take() else {
             return Ok(());
         };
-        if let Err(e) = crate::backend::set_durability(&mut txn, durable).and_then(|_| Ok(txn.commit()?)) {
+        if let Err(e) = crate::backend::set_durability(&mut txn, self.backend.durable(durable)).and_then(|_| Ok(txn.commit()?)) {
             self.lose_batches(&e);
             return Err(e);
         }

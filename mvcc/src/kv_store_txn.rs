@@ -587,7 +587,7 @@ impl<'s> ApplyTxn<'s> {
             .expect("the write transaction lives until commit");
         if durable {
             let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
-            if let Err(e) = set_durability(&mut txn, true).and_then(|_| Ok(txn.commit()?)) {
+            if let Err(e) = set_durability(&mut txn, self.store.backend.durable(true)).and_then(|_| Ok(txn.commit()?)) {
                 if self.carried {
                     self.store.lose_batches(&e);
                 }

@@ -32,6 +32,7 @@ pub mod snapshotter;
 pub mod transport;
 pub mod wal;
 pub mod wal_record;
+mod wal_zero;
 
 pub use error::{RaftError, SnapshotError, WalError};
 pub use node::{ApplyBatch, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};

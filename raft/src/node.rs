@@ -57,6 +57,8 @@ pub struct RaftNodeConfig {
     pub snapshot_catchup_entries: u64,
     pub max_inflight_msgs: usize,
     pub max_size_per_msg: u64,
+    /// `--unsafe-no-fsync`: WAL records are written but never fdatasynced.
+    pub unsafe_no_fsync: bool,
 }
 
 impl RaftNodeConfig {
@@ -77,6 +79,7 @@ impl RaftNodeConfig {
             snapshot_catchup_entries: 5000,
             max_inflight_msgs: 4096 / 8,
             max_size_per_msg: 1024 * 1024,
+            unsafe_no_fsync: false,
         }
     }
 }

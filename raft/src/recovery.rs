@@ -70,6 +70,7 @@ pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftErr
         cluster_id: cfg.cluster_id,
     };
     let mut wal = Wal::create(&tmp, metadata)?;
+    wal.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
     let mut entries = Vec::with_capacity(cfg.initial_peers.len());
     for (i, (id, context)) in cfg.initial_peers.iter().enumerate() {
         let mut cc = ConfChange::default();
@@ -241,6 +242,10 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
         .map_or((0, 0), |s| (s.get_metadata().index, s.get_metadata().term));
     let snapshot_conf = snapshot.as_ref().map(|s| s.get_metadata().get_conf_state().clone());
     let (mut wal, contents) = Wal::open(wal_dir, (snap_index, snap_term))?;
+    wal.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
+    if cfg.unsafe_no_fsync {
+        tracing::warn!("--unsafe-no-fsync: the WAL and the backend are not fsynced; a crash of the machine can lose acknowledged writes");
+    }
     let metadata = contents.metadata;
     let mut entries = contents.entries;
     let last_index = entries.last().map_or(snap_index, |e| e.index);

@@ -9,25 +9,42 @@
 //! directory fsynced, so a segment file either exists with its header or not at
 //! all. Every [`Wal::save`] writes its records and calls fdatasync once.
 //!
+//! Pre-zeroed space: a segment file is longer than its records. It is born with its
+//! header followed by zeros (up to 64 KiB), and a background thread
+//! (`wal_zero.rs`) extends it with written, fsynced zeros before the records reach
+//! its end, so a record is written (pwrite at the logical end, never O_APPEND) over bytes
+//! that exist on disk and its fdatasync writes no inode. The logical end of a segment is
+//! the end of its last record; zeros after it are the normal end of any segment, the last
+//! one or an earlier one. With `--unsafe-no-fsync` ([`Wal::set_unsafe_no_fsync`]) records
+//! are written but never fdatasynced, and no space is zero-filled.
+//!
 //! Reading: records are replayed in order; a later Entry record for an index
 //! replaces the earlier one and every entry after it (a conflicting tail written
 //! by an old leader), and the last HardState wins.
 //!
 //! Crash rule: a torn or corrupt tail of the LAST segment (a short record, a bad
-//! length, a checksum mismatch, and everything after it) is what a crash during a
-//! write leaves, so it is truncated back to the last good record with a warning.
+//! length, a checksum mismatch, zeros followed by anything but zeros, and everything
+//! after it) is what a crash during a write leaves, so it is truncated back to the last
+//! good record with a warning (the truncation also drops the zero-filled space, which is
+//! filled again; nothing stale is ever left past the logical end, where the next records
+//! go). A write torn so that its first bytes are zeros but later ones landed is caught
+//! by the same rule; only the unacknowledged batch in flight can be torn, so nothing
+//! fsynced follows it.
 //! Damage in any EARLIER segment was fsynced data that is now lost: opening fails
 //! with [`WalError::Corrupt`] naming the file and offset, and nothing is
 //! silently dropped.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use raft::eraftpb::{Entry, HardState};
 
 use crate::error::WalError;
 use crate::wal_record::{decode_records, encode_record, Record};
+use crate::wal_zero::{ZeroFiller, MIN_CHUNK};
 
 pub use crate::wal_record::WalMetadata;
 
@@ -51,12 +68,17 @@ struct Segment {
     path: PathBuf,
 }
 
-/// An open write-ahead log, appending to its last segment.
+/// An open write-ahead log, writing at the logical end of its last segment.
 #[derive(Debug)]
 pub struct Wal {
     dir: PathBuf,
     segments: Vec<Segment>,
-    file: File,
+    file: Arc<File>,
+    /// Keeps zero-filled space ahead of `file_len` (None with `--unsafe-no-fsync`).
+    filler: Option<ZeroFiller>,
+    /// `--unsafe-no-fsync`: records are written, never fdatasynced.
+    no_fsync: bool,
+    /// The logical end of the last segment: the end of its last record.
     file_len: u64,
     metadata: WalMetadata,
     hard_state: HardState,
@@ -138,26 +160,41 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, WalError> {
     Ok(segments)
 }
 
-/// Writes a complete segment file (header records included) atomically.
+/// Opens a segment for writing at explicit offsets (never O_APPEND: pwrite would append).
+fn open_for_writing(path: &Path) -> Result<File, WalError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// The length a new segment is born with: its header, then zeros up to a small first chunk
+/// (no more than the segment size; the filler extends it in the background).
+fn born_len(header_len: usize, segment_size: u64) -> u64 {
+    (header_len as u64).max(MIN_CHUNK.min(segment_size))
+}
+
+/// Writes a complete segment file (header records, then zeros up to `len`) atomically.
 fn write_new_segment(
     dir: &Path,
     seq: u64,
     first_index: u64,
     header: &[u8],
+    len: u64,
 ) -> Result<(Segment, File), WalError> {
     let path = dir.join(segment_name(seq, first_index));
     let tmp = dir.join(format!("{}.tmp", segment_name(seq, first_index)));
     {
+        let mut bytes = header.to_vec();
+        bytes.resize((len as usize).max(header.len()), 0);
         let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(header).map_err(io_err(&tmp))?;
+        f.write_all(&bytes).map_err(io_err(&tmp))?;
         f.sync_all().map_err(io_err(&tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     sync_dir(dir)?;
-    let file = OpenOptions::new()
-        .append(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
+    let file = open_for_writing(&path)?;
     Ok((
         Segment {
             seq,
@@ -197,11 +234,16 @@ impl Wal {
             ],
             &mut header,
         )?;
-        let (segment, file) = write_new_segment(dir, 0, 0, &header)?;
+        let len = born_len(header.len(), SEGMENT_SIZE_BYTES);
+        let (segment, file) = write_new_segment(dir, 0, 0, &header, len)?;
+        let file = Arc::new(file);
+        let filler = start_filler(&file, &segment.path, len, SEGMENT_SIZE_BYTES)?;
         Ok(Wal {
             dir: dir.to_path_buf(),
             segments: vec![segment],
             file,
+            filler: Some(filler),
+            no_fsync: false,
             file_len: header.len() as u64,
             metadata,
             hard_state: HardState::default(),
@@ -285,10 +327,7 @@ impl Wal {
         }
         let metadata = metadata.ok_or_else(|| WalError::MissingMetadata(dir.to_path_buf()))?;
         let last = &segments[segments.len() - 1];
-        let mut file = OpenOptions::new()
-            .append(true)
-            .open(&last.path)
-            .map_err(io_err(&last.path))?;
+        let file = open_for_writing(&last.path)?;
         if last_len == 0 {
             // The whole segment was torn away: give it its header back.
             let mut header = Vec::new();
@@ -299,15 +338,21 @@ impl Wal {
                 ],
                 &mut header,
             )?;
-            file.write_all(&header)
+            file.write_all_at(&header, 0)
                 .and_then(|_| file.sync_data())
                 .map_err(io_err(&last.path))?;
             last_len = header.len() as u64;
         }
+        // Past `last_len` the file holds only zeros now (checked above, or truncated).
+        let size = file.metadata().map_err(io_err(&last.path))?.len();
+        let file = Arc::new(file);
+        let filler = start_filler(&file, &last.path, size.max(last_len), SEGMENT_SIZE_BYTES)?;
         let wal = Wal {
             dir: dir.to_path_buf(),
             segments,
             file,
+            filler: Some(filler),
+            no_fsync: false,
             file_len: last_len,
             metadata,
             hard_state: hard_state.clone(),
@@ -372,14 +417,28 @@ impl Wal {
         self.cut_if_full()
     }
 
+    /// Writes `buf` at the logical end and fdatasyncs (unless `--unsafe-no-fsync`).
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let path = &self.segments[self.segments.len() - 1].path;
+        let sync = !self.no_fsync;
         let timer = crate::metrics::WAL_FSYNC_SECONDS.start_timer();
-        self.file
-            .write_all(buf)
-            .and_then(|_| self.file.sync_data())
-            .map_err(io_err(path))?;
-        timer.observe_duration();
+        match &self.filler {
+            Some(filler) => filler.write_at(buf, self.file_len, sync),
+            None => self.file.write_all_at(buf, self.file_len).and_then(|_| {
+                if sync {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            }),
+        }
+        .map_err(io_err(path))?;
+        if sync {
+            timer.observe_duration();
+        } else {
+            // as etcd: no fsync, no fsync duration
+            timer.stop_and_discard();
+        }
         self.file_len += buf.len() as u64;
         Ok(())
     }
@@ -397,12 +456,33 @@ impl Wal {
             ],
             &mut header,
         )?;
-        let (segment, file) = write_new_segment(&self.dir, seq, self.last_index + 1, &header)?;
+        let len = if self.no_fsync {
+            header.len() as u64
+        } else {
+            born_len(header.len(), self.segment_size)
+        };
+        let (segment, file) =
+            write_new_segment(&self.dir, seq, self.last_index + 1, &header, len)?;
         tracing::debug!(file = %segment.path.display(), "cut a new WAL segment");
+        // The old segment's filler stops (and its thread ends) before the new one starts.
+        self.filler = None;
+        let file = Arc::new(file);
+        if !self.no_fsync {
+            self.filler = Some(start_filler(&file, &segment.path, len, self.segment_size)?);
+        }
         self.segments.push(segment);
         self.file = file;
         self.file_len = header.len() as u64;
         Ok(())
+    }
+
+    /// `--unsafe-no-fsync` (etcd: "Disables fsync, unsafe, will cause data loss"): records
+    /// are still written, but never fdatasynced, and no space is zero-filled ahead of them.
+    pub fn set_unsafe_no_fsync(&mut self, on: bool) {
+        self.no_fsync = on;
+        if on {
+            self.filler = None;
+        }
     }
 
     /// Deletes the segments whose entries are all at or below `index` (they are
@@ -446,7 +526,27 @@ impl Wal {
     #[cfg(test)]
     pub(crate) fn set_segment_size(&mut self, bytes: u64) {
         self.segment_size = bytes;
+        if let Some(f) = &self.filler {
+            f.set_cap(bytes);
+        }
     }
+
+    /// The logical end of the last segment (the end of its last record).
+    #[cfg(test)]
+    pub(crate) fn logical_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Waits for the background zero fill; returns the filled length (tests).
+    #[cfg(test)]
+    pub(crate) fn wait_filled(&self) -> u64 {
+        self.filler.as_ref().map_or(0, |f| f.wait_idle())
+    }
+}
+
+/// Starts the zero filler of a segment file (see `wal_zero.rs`).
+fn start_filler(file: &Arc<File>, path: &Path, size: u64, cap: u64) -> Result<ZeroFiller, WalError> {
+    ZeroFiller::start(file.clone(), path.to_path_buf(), size, cap).map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -478,6 +578,13 @@ mod tests {
 
     fn indexes(entries: &[Entry]) -> Vec<(u64, u64)> {
         entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    /// The bytes of a segment file holding records (the rest is zeros).
+    fn records_len(path: &Path) -> usize {
+        let d = decode_records(&fs::read(path).unwrap());
+        assert_eq!(d.failure, None, "{} decodes cleanly", path.display());
+        d.valid_len
     }
 
     /// Writes entries 1..=n at term 1, one save per entry, on segments of `seg` bytes.
@@ -535,8 +642,8 @@ mod tests {
         let dir = tmp.path().join("wal");
         let wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
         let last = wal.segment_paths().pop().unwrap();
+        let len = wal.logical_len();
         drop(wal);
-        let len = fs::metadata(&last).unwrap().len();
         // Cut into entry 5, which sits before the last HardState (9 + 24 bytes).
         let hs_record = (crate::wal_record::HEADER_LEN + 24) as u64;
         OpenOptions::new()
@@ -569,7 +676,7 @@ mod tests {
         let last = wal.segment_paths().pop().unwrap();
         drop(wal);
         let mut bytes = fs::read(&last).unwrap();
-        let n = bytes.len();
+        let n = records_len(&last);
         bytes[n - 2] ^= 0x40;
         fs::write(&last, &bytes).unwrap();
         let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
@@ -591,7 +698,7 @@ mod tests {
         let first = wal.segment_paths()[0].clone();
         drop(wal);
         let mut bytes = fs::read(&first).unwrap();
-        let at = bytes.len() / 2;
+        let at = records_len(&first) / 2;
         bytes[at] ^= 0xff;
         fs::write(&first, &bytes).unwrap();
         match Wal::open(&dir, (0, 0)) {
@@ -687,5 +794,156 @@ mod tests {
             Wal::open(&dir, (1, 1)),
             Err(WalError::MissingEntries { .. })
         ));
+    }
+
+    fn big_entry(index: u64, len: usize) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            data: vec![(index % 251) as u8 + 1; len].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reopen_keeps_the_zero_tail_and_resumes_at_the_logical_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
+        let last = wal.segment_paths().pop().unwrap();
+        let logical = wal.logical_len();
+        drop(wal);
+        let physical = fs::metadata(&last).unwrap().len();
+        assert!(physical >= MIN_CHUNK && physical > logical, "{physical} vs {logical}");
+        assert_eq!(records_len(&last) as u64, logical);
+        let (mut wal, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(indexes(&c.entries), (1..=5).map(|i| (i, 1)).collect::<Vec<_>>());
+        assert_eq!(wal.logical_len(), logical);
+        // The zero-filled space was kept, not truncated.
+        assert_eq!(fs::metadata(&last).unwrap().len(), physical);
+        wal.save(Some(&hs(1, 6)), &[entry(6, 1)]).unwrap();
+        assert!(wal.logical_len() > logical);
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(indexes(&c.entries), (1..=6).map(|i| (i, 1)).collect::<Vec<_>>());
+        assert_eq!(c.hard_state, hs(1, 6));
+    }
+
+    #[test]
+    fn torn_record_followed_by_zeros_is_truncated() {
+        let mut record = Vec::new();
+        encode_record(&Record::Entry(big_entry(6, 300)), &mut record).unwrap();
+        // (offset past the logical end, bytes): the front of a record with zeros after it,
+        // and a record whose front never landed (zeros, then its later bytes).
+        let torn: [(u64, &[u8]); 2] = [(0, &record[..150]), (100, &record[100..])];
+        for (at, bytes) in torn {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("wal");
+            let wal = write_log(&dir, 5, SEGMENT_SIZE_BYTES);
+            let last = wal.segment_paths().pop().unwrap();
+            let logical = wal.logical_len();
+            drop(wal);
+            let f = OpenOptions::new().write(true).open(&last).unwrap();
+            f.write_all_at(bytes, logical + at).unwrap();
+            drop(f);
+            let (mut wal, c) = Wal::open(&dir, (0, 0)).unwrap();
+            assert_eq!(indexes(&c.entries), (1..=5).map(|i| (i, 1)).collect::<Vec<_>>());
+            assert_eq!(c.hard_state, hs(1, 5));
+            assert_eq!(wal.logical_len(), logical);
+            // Nothing of the torn write is left past the logical end.
+            assert_eq!(fs::metadata(&last).unwrap().len(), logical);
+            wal.save(Some(&hs(1, 6)), &[entry(6, 1)]).unwrap();
+            drop(wal);
+            let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+            assert_eq!(indexes(&c.entries), (1..=6).map(|i| (i, 1)).collect::<Vec<_>>());
+            assert_eq!(c.entries[5], entry(6, 1));
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_in_an_earlier_segment_reads_fine() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 30, 300);
+        let segs = wal.segment_paths();
+        drop(wal);
+        assert!(segs.len() > 3);
+        // The first segment was born with a 64 KiB zero-filled tail; give a middle one zeros too.
+        assert!(fs::metadata(&segs[0]).unwrap().len() > records_len(&segs[0]) as u64);
+        let mid = &segs[segs.len() / 2];
+        let f = OpenOptions::new().write(true).open(mid).unwrap();
+        let len = f.metadata().unwrap().len();
+        f.write_all_at(&[0u8; 5000], len).unwrap();
+        drop(f);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(indexes(&c.entries), (1..=30).map(|i| (i, 1)).collect::<Vec<_>>());
+        assert_eq!(c.hard_state, hs(1, 30));
+    }
+
+    #[test]
+    fn data_after_the_zeros_of_an_earlier_segment_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let wal = write_log(&dir, 30, 300);
+        let first = wal.segment_paths()[0].clone();
+        drop(wal);
+        let at = records_len(&first) as u64 + 1000;
+        let f = OpenOptions::new().write(true).open(&first).unwrap();
+        f.write_all_at(&[7], at).unwrap();
+        drop(f);
+        match Wal::open(&dir, (0, 0)) {
+            Err(WalError::Corrupt { file, offset }) => {
+                assert_eq!(file, first);
+                assert_eq!(offset, records_len_upto_damage(&first));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    /// The records before the first damage of a segment.
+    fn records_len_upto_damage(path: &Path) -> u64 {
+        decode_records(&fs::read(path).unwrap()).valid_len as u64
+    }
+
+    #[test]
+    fn records_written_while_the_space_is_zero_filled_all_survive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = Wal::create(&dir, META).unwrap();
+        // 2 MiB of records: the file grows past several fills (64 KiB doubling) while written.
+        for i in 1..=512 {
+            wal.save(Some(&hs(1, i)), &[big_entry(i, 4000)]).unwrap();
+        }
+        let filled = wal.wait_filled();
+        let logical = wal.logical_len();
+        let last = wal.segment_paths().pop().unwrap();
+        assert!(filled > logical, "filled {filled}, logical {logical}");
+        drop(wal);
+        let bytes = fs::read(&last).unwrap();
+        assert_eq!(bytes.len() as u64, filled);
+        assert!(crate::wal_record::all_zero(&bytes[logical as usize..]));
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(c.entries.len(), 512);
+        for (i, e) in c.entries.iter().enumerate() {
+            assert_eq!(*e, big_entry(i as u64 + 1, 4000));
+        }
+        assert_eq!(c.hard_state, hs(1, 512));
+    }
+
+    #[test]
+    fn unsafe_no_fsync_still_writes_the_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = Wal::create(&dir, META).unwrap();
+        wal.set_unsafe_no_fsync(true);
+        wal.set_segment_size(300);
+        for i in 1..=20 {
+            wal.save(Some(&hs(1, i)), &[entry(i, 1)]).unwrap();
+        }
+        assert!(wal.segment_paths().len() > 1);
+        drop(wal);
+        let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(indexes(&c.entries), (1..=20).map(|i| (i, 1)).collect::<Vec<_>>());
+        assert_eq!(c.hard_state, hs(1, 20));
     }
 }

@@ -10,6 +10,12 @@
 //! | 3 | Entry | a protobuf-encoded raft `Entry` |
 //! | 4 | SnapshotMarker | index u64 LE, term u64 LE: the snapshot the log starts after |
 //!
+//! Zeros: a segment's file may be longer than its records, the rest zero-filled ahead of the
+//! writes (see `crate::wal_zero`). A record header of nine zero bytes cannot be a record (no
+//! type 0, and a zero checksum does not match a zero-length payload), so zeros where the next
+//! record would start end the records, provided everything from there to the end of the buffer
+//! is zero; zeros followed by anything else are corruption (a torn write, or damage).
+//!
 //! Decoding never trusts a length: a length above [`MAX_RECORD_LEN`] is corruption,
 //! not an allocation, and any failure is reported with the offset of the record
 //! that failed so the caller can decide between truncating a torn tail and
@@ -154,12 +160,32 @@ pub fn decode_record(buf: &[u8]) -> Result<(Record, usize), DecodeFailure> {
         .ok_or(DecodeFailure::Corrupt)
 }
 
-/// Decodes records from the start of `buf` until its end or the first bad record.
+/// True if every byte of `b` is zero (word at a time: fast enough for a 64 MiB segment).
+pub fn all_zero(b: &[u8]) -> bool {
+    let words = b.chunks_exact(8);
+    let tail = words.remainder();
+    words
+        .map(|c| u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .all(|w| w == 0)
+        && tail.iter().all(|&x| x == 0)
+}
+
+/// Decodes records from the start of `buf` until its end, a zero-filled rest (the normal end
+/// of a segment written into pre-zeroed space) or the first bad record.
 pub fn decode_records(buf: &[u8]) -> Decoded {
     let mut records = Vec::new();
     let mut at = 0;
     while at < buf.len() {
-        match decode_record(&buf[at..]) {
+        let rest = &buf[at..];
+        if all_zero(&rest[..rest.len().min(HEADER_LEN)]) {
+            let failure = (!all_zero(rest)).then_some(DecodeFailure::Corrupt);
+            return Decoded {
+                records,
+                valid_len: at,
+                failure,
+            };
+        }
+        match decode_record(rest) {
             Ok((r, used)) => {
                 records.push(r);
                 at += used;
@@ -252,5 +278,22 @@ mod tests {
         buf.push(ty);
         buf.extend_from_slice(&payload);
         assert_eq!(decode_record(&buf).unwrap_err(), DecodeFailure::Corrupt);
+    }
+
+    #[test]
+    fn zeros_after_the_records_end_them_and_zeros_then_data_are_corrupt() {
+        let mut buf = Vec::new();
+        encode_record(&Record::Entry(entry(1, 1, b"abcdef")), &mut buf).unwrap();
+        let records = buf.len();
+        buf.resize(records + 100, 0);
+        let d = decode_records(&buf);
+        assert_eq!((d.records.len(), d.valid_len, d.failure), (1, records, None));
+        // Fewer zeros than a header are an end too.
+        let d = decode_records(&buf[..records + 3]);
+        assert_eq!((d.valid_len, d.failure), (records, None));
+        buf[records + 50] = 1;
+        let d = decode_records(&buf);
+        assert_eq!((d.records.len(), d.valid_len), (1, records));
+        assert_eq!(d.failure, Some(DecodeFailure::Corrupt));
     }
 }

@@ -89,6 +89,7 @@ impl EtcdServer {
 
         let snap_dir = member_dir.join("snap");
         let kv = Arc::new(KvStore::open(&snap_dir.join("db"))?);
+        kv.backend().set_unsafe_no_fsync(cfg.unsafe_no_fsync);
         snapshot::install_pending(&kv, &snap_dir)?;
         let (applied_index, _) = kv.consistent_index();
         let lessor = lease::open_lessor(&kv, &cfg)?;
@@ -144,6 +145,7 @@ impl EtcdServer {
         let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
         raft_cfg.wal_dir = cfg.wal_dir.clone();
         raft_cfg.force_new_cluster = cfg.force_new_cluster;
+        raft_cfg.unsafe_no_fsync = cfg.unsafe_no_fsync;
         raft_cfg.initial_peers = initial_peers;
         raft_cfg.join_existing = join_existing;
         raft_cfg.applied_index = applied_index;

@@ -1,6 +1,7 @@
 //! Operator flags with their own start-up paths: `--config-file` (YAML instead of flags and
 //! `ETCD_*`), `--wal-dir` (the WAL outside the data dir) and `--force-new-cluster` (a member of a
-//! cluster that lost quorum restarts alone with its data).
+//! cluster that lost quorum restarts alone with its data), `--unsafe-no-fsync` (no fsync, writes
+//! still served and kept across a graceful restart).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::TestCluster;
-use common::{dump, free_port, put, Member};
+use common::{dump, free_port, http_get, put, Member};
 use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use etcd_proto::etcdserverpb::{Member as PbMember, MemberListRequest};
 use tonic::transport::Channel;
@@ -155,6 +156,51 @@ async fn wal_dir_holds_the_wal_and_is_found_on_restart() {
     assert_eq!(dump(&mut c).await, before);
     put(&mut c, "after", "restart").await.unwrap();
     assert!(m.log().contains("\"restarting\":true") || m.log().contains("restarting=true"), "{}", m.log());
+}
+
+/// SIGTERM and the exit status (the process must stop by itself within 15s).
+fn graceful_stop(m: &mut Member) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args(["-TERM", &m.pid().to_string()]).status();
+    match m.wait_exit(Duration::from_secs(15)) {
+        Some(status) => status,
+        None => panic!("no exit within 15s of SIGTERM; log:\n{}", m.log()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_no_fsync_serves_writes_and_restarts_cleanly_after_a_graceful_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("m0.etcd");
+    // small snapshot count: raft snapshots, WAL segments released, backend commits all run
+    let mut m = Member::new(&data_dir, &["--unsafe-no-fsync", "--snapshot-count", "50"]);
+    m.start();
+    let mut c = ready(&m).await;
+    for i in 0..120 {
+        put(&mut c, &format!("k{i:03}"), &format!("v{i}")).await.unwrap();
+    }
+    let before = dump(&mut c).await;
+    assert_eq!(before.len(), 120);
+    assert!(m.log_shows("unsafe-no-fsync"), "no warning that fsync is off; log:\n{}", m.log());
+    // as etcd: the WAL fsync histogram stays empty, since no fsync is made
+    let (code, metrics) = http_get(&m, "/metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("etcd_disk_wal_fsync_duration_seconds_count 0\n"), "{metrics}");
+    let status = graceful_stop(&mut m);
+    assert!(status.success(), "exit {status:?}; log:\n{}", m.log());
+
+    m.start();
+    let mut c = ready(&m).await;
+    assert_eq!(dump(&mut c).await, before);
+    put(&mut c, "after", "restart").await.unwrap();
+    let status = graceful_stop(&mut m);
+    assert!(status.success(), "exit {status:?}; log:\n{}", m.log());
+
+    // and the same data opens with fsync back on
+    m.extra.clear();
+    m.start();
+    let mut c = ready(&m).await;
+    let after: Vec<_> = dump(&mut c).await.into_iter().filter(|(k, _, _)| k != "after").collect();
+    assert_eq!(after, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
