@@ -115,8 +115,8 @@ impl WriterGate {
 
 /// What readers read rows from: the committed key table and the pending rows.
 pub(crate) struct ReadRows {
-    pub(crate) table: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    pub(crate) pending: Arc<PendingRows>,
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pending: Arc<PendingRows>,
 }
 
 impl Rows for ReadRows {
@@ -409,6 +409,7 @@ impl KvStore {
     pub fn hash(&self) -> Result<u32, MvccError> {
         let (rows, _txn) = self.read_rows()?;
         let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
+        // [0xff; 19] sorts after every key-table key (17 or 18 bytes, a positive revision first)
         rows.scan(&[], &[0xff; 19], |k, v| {
             h = crc32c::crc32c_append(h, k);
             h = crc32c::crc32c_append(h, v);
@@ -427,17 +428,24 @@ impl KvStore {
     }
 
     fn sync_locked(&self) -> Result<(), MvccError> {
-        let txn = match self.open_txn.lock().take() {
-            Some(txn) => txn,
-            None => self.backend.begin_write(true)?,
-        };
-        let stats = txn.stats()?;
+        let txn = self.carried_or_new(true)?;
+        let stats = txn.stats();
+        *self.open_txn.lock() = Some(txn);
+        let stats = stats?;
         self.in_use.store(
             stats.allocated_pages() as i64 * stats.page_size() as i64,
             Ordering::Relaxed,
         );
-        *self.open_txn.lock() = Some(txn);
         self.commit_open(true)
+    }
+
+    /// The write transaction carried between batches, or a new one. The caller holds the
+    /// writer gate and puts it back in `open_txn` (or commits it).
+    fn carried_or_new(&self, durable: bool) -> Result<WriteTransaction, MvccError> {
+        match self.open_txn.lock().take() {
+            Some(txn) => Ok(txn),
+            None => self.backend.begin_write(durable),
+        }
     }
 
     /// Defragments the database file: waits for the open batch to commit, holds off the next
@@ -526,10 +534,7 @@ impl KvStore {
     /// One bounded write transaction of a physical compaction; true when it was the last.
     fn delete_batch(&self, job: &mut PhysicalCompaction, max_rows: usize) -> Result<bool, MvccError> {
         // the carried batches commit with the deletions: pending rows never hold a deleted row
-        let txn = match self.open_txn.lock().take() {
-            Some(txn) => txn,
-            None => self.backend.begin_write(false)?,
-        };
+        let txn = self.carried_or_new(false)?;
         let result = self.delete_rows(&txn, job, max_rows);
         // kept even after a failed step: deleting compacted rows only in part is harmless
         *self.open_txn.lock() = Some(txn);

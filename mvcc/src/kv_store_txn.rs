@@ -69,8 +69,9 @@ pub struct ApplyTxn<'s> {
     txn: Option<WriteTransaction>,
     /// Whether `txn` holds earlier batches not committed yet.
     carried: bool,
-    /// Set once other stores wrote through [`ApplyTxn::write_txn`].
-    foreign_writes: Cell<bool>,
+    /// Set once something was written that [`ApplyTxn::remove_rows`] cannot take back: other
+    /// stores' tables (through [`ApplyTxn::write_txn`]) or the meta table at commit.
+    irrevocable: Cell<bool>,
     /// The revision of the last change of the batch (the published one at the start).
     rev: i64,
     /// Changes made so far by the request being applied.
@@ -121,7 +122,7 @@ impl<'s> ApplyTxn<'s> {
             store,
             txn: Some(txn),
             carried,
-            foreign_writes: Cell::new(false),
+            irrevocable: Cell::new(false),
             rev: store.current_revision(),
             req_changes: 0,
             compact_floor: store.compact_revision(),
@@ -142,7 +143,7 @@ impl<'s> ApplyTxn<'s> {
     /// `key` and `meta` tables through it. (What is written through it cannot be taken back if
     /// the batch is dropped without commit.)
     pub fn write_txn(&self) -> &WriteTransaction {
-        self.foreign_writes.set(true);
+        self.irrevocable.set(true);
         self.backend_txn()
     }
 
@@ -579,6 +580,7 @@ impl<'s> ApplyTxn<'s> {
             meta.push((META_SCHEDULED_COMPACT, rev as u64));
         }
         if !meta.is_empty() {
+            self.irrevocable.set(true);
             write_meta(self.backend_txn(), &meta)?;
         }
         let mut txn = self
@@ -628,8 +630,8 @@ impl Drop for ApplyTxn<'_> {
         // goes back to the store without this batch's rows, or, if that cannot be done, is
         // aborted with the earlier batches.
         if self.txn.is_some() && self.carried {
-            let undone = if self.foreign_writes.get() {
-                Err(MvccError::Backend("other stores wrote in it".into()))
+            let undone = if self.irrevocable.get() {
+                Err(MvccError::Backend("it wrote other tables".into()))
             } else {
                 self.remove_rows()
             };
