@@ -46,6 +46,9 @@ pub struct GrpcTransport {
     /// Where MsgSnapshot goes: the applier, which alone can pair it with backend contents.
     snapshot_sink: OnceLock<std::sync::mpsc::SyncSender<Message>>,
     runtime: tokio::runtime::Handle,
+    /// Turns true when a peer refuses our messages because we were removed from the cluster
+    /// (a removed member that missed the entry removing it learns it this way, as in etcd).
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl GrpcTransport {
@@ -58,7 +61,13 @@ impl GrpcTransport {
             node: OnceLock::new(),
             snapshot_sink: OnceLock::new(),
             runtime,
+            removed: Arc::new(tokio::sync::watch::channel(false).0),
         })
+    }
+
+    /// Turns true once a peer said this member was removed from the cluster.
+    pub fn removed_by_peers(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// Who we are (known once the WAL is open) and the node to report unreachable peers to.
@@ -88,6 +97,7 @@ impl GrpcTransport {
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
             node: self.node.get().cloned(),
             dialer: self.dialer.clone(),
+            removed: self.removed.clone(),
         };
         let task = self.runtime.spawn(link.run(rx));
         tracing::info!(peer = %format!("{id:x}"), urls = ?urls, "added peer");
@@ -190,6 +200,7 @@ struct PeerLinkTask {
     cluster_id: u64,
     node: Option<RaftNode>,
     dialer: PeerDialer,
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl PeerLinkTask {
@@ -205,6 +216,11 @@ impl PeerLinkTask {
             attempt += 1;
             match self.stream_to(url, &mut rx).await {
                 StreamEnd::QueueClosed => return,
+                StreamEnd::Removed(why) => {
+                    tracing::warn!(peer = %format!("{:x}", self.peer_id), error = %why, "a peer says this member was removed from the cluster");
+                    self.removed.send_replace(true);
+                    return;
+                }
                 StreamEnd::Broken(why) => {
                     tracing::debug!(peer = %format!("{:x}", self.peer_id), url = %url, error = %why, "peer stream broken");
                     if let Some(n) = &self.node {
@@ -235,6 +251,10 @@ impl PeerLinkTask {
                 r = &mut call => {
                     let why = match r {
                         Ok(Ok(_)) => "peer closed the stream".to_string(),
+                        // the peer service refuses a removed member's messages with this code only
+                        Ok(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                            return StreamEnd::Removed(status.message().to_string());
+                        }
                         Ok(Err(status)) => status.to_string(),
                         Err(e) => e.to_string(),
                     };
@@ -273,6 +293,8 @@ impl PeerLinkTask {
 enum StreamEnd {
     /// The transport dropped this peer.
     QueueClosed,
+    /// The peer refused us as a member removed from the cluster.
+    Removed(String),
     /// The stream failed before anything went through: count as unreachable and back off.
     Broken(String),
     /// The stream carried messages and then ended: reconnect at once.

@@ -59,6 +59,8 @@ pub struct EtcdServer {
     ids: RequestIdGen,
     applier: Mutex<Option<std::thread::JoinHandle<()>>>,
     removed_rx: watch::Receiver<bool>,
+    /// Turns true when a peer refuses our raft messages as those of a removed member.
+    removed_by_peers: watch::Receiver<bool>,
     /// The leader's peer channel, for forwarded lease and promote requests.
     leader_channel: Mutex<Option<(u64, tonic::transport::Channel)>>,
     /// Dials peers as the raft transport does (its local IP; TLS for https peer URLs).
@@ -244,6 +246,7 @@ impl EtcdServer {
             ids: RequestIdGen::new(my_id),
             applier: Mutex::new(Some(handle)),
             removed_rx,
+            removed_by_peers: transport.removed_by_peers(),
             leader_channel: Mutex::new(None),
             peer_dialer: dialer,
             request_timeout: Duration::from_secs(5) + 2 * election,
@@ -330,10 +333,15 @@ impl EtcdServer {
         &self.members
     }
 
-    /// Resolves once this member's removal from the cluster has been applied.
+    /// Resolves once this member's removal from the cluster has been applied, or a peer
+    /// refused its messages as those of a removed member (it missed the entry removing it).
     pub async fn removed(&self) {
-        let mut rx = self.removed_rx.clone();
-        let _ = rx.wait_for(|r| *r).await;
+        let mut applied = self.removed_rx.clone();
+        let mut told = self.removed_by_peers.clone();
+        tokio::select! {
+            _ = applied.wait_for(|r| *r) => {}
+            _ = told.wait_for(|r| *r) => {}
+        }
     }
 
     /// Proposes a membership conf change and waits for it to be applied here.
