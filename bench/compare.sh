@@ -20,6 +20,9 @@
 #   SCALE         multiplies the request totals (puts, ranges, keep-alives) of the short workloads
 #                 (default 1); watcher counts do not scale
 #   IDLE_WATCHERS idle watchers opened for the memory-per-watcher row (default 10000)
+#   BENCH_THREADS threads of the load generator (default 1: on a small machine it shares the
+#                 cores with the server under test, and one thread costs it the least CPU per
+#                 request; 0 is one per core)
 #   OUT           where data dirs, logs and results go (default: a new dir under /var/tmp)
 #   KEEP_DATA     set to keep each server's data dir after its run (removed by default)
 set -euo pipefail
@@ -38,6 +41,7 @@ BIG_KEYS="${BIG_KEYS:-1000000}"
 SCALE="${SCALE:-1}"
 SECTIONS="${SECTIONS:-kv big watch lease cluster}"
 IDLE_WATCHERS="${IDLE_WATCHERS:-10000}"
+BENCH_THREADS="${BENCH_THREADS:-1}"
 for s in $SECTIONS; do
   case "$s" in kv|big|watch|lease|cluster) ;; *) echo "unknown section $s in SECTIONS (kv big watch lease cluster)" >&2; exit 1;; esac
 done
@@ -129,7 +133,7 @@ bench() { # bench SIDE ROUND NAME ARGS...  (against $BENCH_EP, default the singl
   # the single member's CPU time over the run: its cost per request, whatever the load
   # generator (on the same cores) costs
   local t0=""; [ -n "$PID" ] && [ -z "${BENCH_EP:-}" ] && t0=$(cpu_ticks "$PID")
-  local j; j=$("$BENCH_BIN" --endpoints "${BENCH_EP:-$EP}" --json "$@")
+  local j; j=$("$BENCH_BIN" --endpoints "${BENCH_EP:-$EP}" --threads "$BENCH_THREADS" --json "$@")
   if [ -n "$t0" ]; then
     j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=max(d["requests"],1); d["server_cpu_us_per_req"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/n; print(json.dumps(d))' "$j" "$t0" "$(cpu_ticks "$PID")" "$CLK_TCK")
   fi

@@ -58,6 +58,7 @@ if has("put-1c"):
                         ("range linearizable, 256 clients", "range-l-256c")]:
         row(label, name, "throughput", "req/s", (">=", 1.5))
         row(label, name, "server_cpu_us_per_req", "server CPU µs per request")
+        row(label, name, "client_cpu_us_per_req", "load generator CPU µs per request")
         row(label, name, "latency_ms.p50", "p50 ms")
         row(label, name, "latency_ms.p99", "p99 ms", ("<=", 1.0))
         row(label, name, "latency_ms.p999", "p99.9 ms")

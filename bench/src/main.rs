@@ -47,6 +47,10 @@ struct Cli {
     /// Dial timeout.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     dial_timeout: Duration,
+    /// Threads running the clients: 0 is one per core; 1 runs everything on one thread, which
+    /// costs less CPU per request and leaves more of a small machine to the server under test.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -154,7 +158,17 @@ fn main() -> ExitCode {
             }
         };
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -22,6 +22,12 @@ fn latency_json(h: &Histogram) -> Value {
     Value::Object(m)
 }
 
+/// The load generator's CPU time per request it sent (ok or not), in microseconds.
+fn cpu_us_per_request(r: &RunResult) -> f64 {
+    let sent = r.latency.count() + r.error_count();
+    r.cpu.as_secs_f64() * 1e6 / sent.max(1) as f64
+}
+
 /// The machine-readable line: throughput in requests/s, latencies in milliseconds.
 pub fn to_json(workload: &str, r: &RunResult, extra: &Map<String, Value>) -> Value {
     let secs = r.elapsed.as_secs_f64();
@@ -33,6 +39,7 @@ pub fn to_json(workload: &str, r: &RunResult, extra: &Map<String, Value>) -> Val
     m.insert("elapsed_s".into(), json!(secs));
     m.insert("throughput".into(), json!(r.latency.count() as f64 / secs.max(1e-9)));
     m.insert("latency_ms".into(), latency_json(&r.latency));
+    m.insert("client_cpu_us_per_req".into(), json!(cpu_us_per_request(r)));
     if r.by_kind.len() > 1 {
         let kinds: Map<String, Value> = r.by_kind.iter().map(|(k, h)| (k.to_string(), latency_json(h))).collect();
         m.insert("kinds".into(), Value::Object(kinds));
@@ -59,6 +66,7 @@ pub fn to_text(workload: &str, r: &RunResult, extra: &Map<String, Value>, precis
     s += &format!("  Average:\t{} secs.\n", f(h.mean()));
     s += &format!("  Stddev:\t{} secs.\n", f(h.stddev()));
     s += &format!("  Requests/sec:\t{:.4}\n", h.count() as f64 / secs.max(1e-9));
+    s += &format!("  Client CPU:\t{:.1} µs/request\n", cpu_us_per_request(r));
     s += &format!("  Requests:\t{} ok, {} errors, {} CAS conflicts\n", h.count(), r.error_count(), r.conflicts);
     s += "\nLatency distribution:\n";
     for (label, q) in [("10%", 0.1), ("25%", 0.25), ("50%", 0.5), ("75%", 0.75), ("90%", 0.9), ("95%", 0.95), ("99%", 0.99), ("99.9%", 0.999)] {

@@ -40,6 +40,9 @@ pub struct RunConfig {
 #[derive(Default)]
 pub struct RunResult {
     pub elapsed: Duration,
+    /// CPU time (user + system) this process spent during the run: the load generator's own
+    /// cost, which it takes from the machine the server under test runs on.
+    pub cpu: Duration,
     pub latency: Histogram,
     pub by_kind: BTreeMap<&'static str, Histogram>,
     pub errors: BTreeMap<String, u64>,
@@ -63,6 +66,17 @@ impl RunResult {
     }
 }
 
+/// User + system CPU time of this process so far (zero if the OS does not say).
+fn process_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// A short, stable label for an error (code and the first line of the message).
 pub fn error_label(s: &tonic::Status) -> String {
     let msg: String = s.message().lines().next().unwrap_or("").chars().take(120).collect();
@@ -74,6 +88,7 @@ pub async fn run(cfg: RunConfig, ops: Vec<Box<dyn ClientOp>>) -> RunResult {
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
+    let cpu_start = process_cpu_time();
     let deadline = cfg.duration.map(|d| start + d);
     let progress = cfg.progress.then(|| {
         let (done, stop, total, duration) = (done.clone(), stop.clone(), cfg.total, cfg.duration);
@@ -148,6 +163,7 @@ pub async fn run(cfg: RunConfig, ops: Vec<Box<dyn ClientOp>>) -> RunResult {
         }
     }
     all.elapsed = start.elapsed();
+    all.cpu = process_cpu_time().saturating_sub(cpu_start);
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
         let _ = p.await;
