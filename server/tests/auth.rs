@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Member;
+use common::{single_member, Member};
 use etcd_proto::authpb::{permission::Type as PermType, Permission};
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
@@ -41,10 +41,7 @@ async fn channel(m: &Member) -> Channel {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_prefix_role_reads_but_cannot_write_and_tokens_follow_the_auth_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &["--bcrypt-cost", "4"]);
-    m.start();
-    let mut kv = m.ready_client().await;
+    let (_dir, mut m, mut kv) = single_member(&["--bcrypt-cost", "4"]).await;
     let mut auth = AuthClient::new(channel(&m).await);
 
     // Before auth is on, enabling needs root (etcd's error), and management is open.

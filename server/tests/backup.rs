@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Member;
+use common::{single_member, Member};
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
 use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
@@ -155,10 +155,7 @@ async fn login(m: &Member, user: &str, password: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_rpc_streams_etcds_file_and_a_restore_serves_the_same_data_and_users() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &["--bcrypt-cost", "4"]);
-    m.start();
-    let mut kv = m.ready_client().await;
+    let (dir, mut m, mut kv) = single_member(&["--bcrypt-cost", "4"]).await;
     let ch = channel(&m).await;
     let compacted = fill(&mut kv, &mut LeaseClient::new(ch.clone())).await;
 
@@ -246,10 +243,7 @@ async fn etcdctl_snapshot_save_then_etcdutl_rs_status_and_restore() {
         println!("skipping: {} is absent (scripts/test-all.sh installs it)", etcdctl.display());
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    let mut kv = m.ready_client().await;
+    let (dir, mut m, mut kv) = single_member(&[]).await;
     let compacted = fill(&mut kv, &mut LeaseClient::new(channel(&m).await)).await;
     let before = dump(&mut kv, None).await;
 

@@ -6,15 +6,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{http_get, http_post, Member};
+use common::{http_get, http_post, single_member, Member};
 use etcd_proto::etcdserverpb::SnapshotResponse;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_gateway_serves_kv_lease_and_maintenance_as_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     // "foo" = Zm9v, "bar" = YmFy; int64 fields are strings, field names as in the .proto
     let (code, put) = http_post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#);
     assert_eq!(code, 200, "{put}");
@@ -110,10 +107,7 @@ impl ChunkedResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_watch_streams_a_put_made_after_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     // two requests in one body, concatenated: "foo" = Zm9v, "bar" = YmFy
     let body = r#"{"create_request":{"key":"Zm9v"}}{"create_request":{"key":"YmFy","watch_id":"9"}}"#;
     let mut w = ChunkedResponse::post(&m, "/v3/watch", &[], body);
@@ -151,10 +145,7 @@ async fn gateway_watch_streams_a_put_made_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_keepalive_answers_each_request_with_the_lease_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     let (code, grant) = http_post(&m, "/v3/lease/grant", r#"{"TTL":60,"ID":7}"#);
     assert_eq!(code, 200, "{grant}");
     let mut ka = ChunkedResponse::post(&m, "/v3/lease/keepalive", &[], "{\"ID\":7}\n{\"ID\":\"8\"}\n");
@@ -174,10 +165,7 @@ async fn gateway_keepalive_answers_each_request_with_the_lease_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_snapshot_chunks_end_with_the_sha256_of_the_file() {
     use sha2::Digest;
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     for i in 0..50 {
         let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(format!("k{i}").as_bytes()), b64(&[b'v'; 2000]));
         assert_eq!(http_post(&m, "/v3/kv/put", &body).0, 200);
@@ -199,10 +187,7 @@ async fn gateway_snapshot_chunks_end_with_the_sha256_of_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_stream_errors_come_as_grpc_gateway_error_objects() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     for (path, body) in [
         ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
         ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{http_get, put, Member};
+use common::{http_get, put, single_member};
 
 fn value(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -10,10 +10,7 @@ fn value(body: &str, series: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_expose_etcds_names_and_follow_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    let mut kv = m.ready_client().await;
+    let (_dir, m, mut kv) = single_member(&[]).await;
     let (code, before) = http_get(&m, "/metrics");
     assert_eq!(code, 200);
     assert_eq!(value(&before, "etcd_server_has_leader"), Some(1.0));

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
-use common::{free_port, http_get, put, Member};
+use common::{free_port, http_get, put, single_member, Member};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -98,10 +98,7 @@ async fn a_member_without_quorum_is_alive_but_not_healthy_or_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_service_reports_the_server_serving() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &[]);
-    m.start();
-    m.ready_client().await;
+    let (_dir, m, _) = single_member(&[]).await;
     let mut h = HealthClient::new(channel(&m).await);
     let r = h.check(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(r.status(), ServingStatus::Serving);
@@ -111,6 +108,20 @@ async fn grpc_health_service_reports_the_server_serving() {
     assert_eq!(w.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
     let mut w = h.watch(HealthCheckRequest { service: "x".into() }).await.unwrap().into_inner();
     assert_eq!(w.message().await.unwrap().unwrap().status(), ServingStatus::ServiceUnknown);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_service_not_built_answers_unimplemented_naming_it() {
+    let (_dir, m, _) = single_member(&[]).await;
+    let mut grpc = tonic::client::Grpc::new(channel(&m).await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<RangeRequest, RangeRequest>::default();
+    let path = axum::http::uri::PathAndQuery::from_static("/etcdserverpb.Nope/Foo");
+    let e = grpc.unary(tonic::Request::new(RangeRequest::default()), path, codec).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (tonic::Code::Unimplemented, "etcd-rs: etcdserverpb.Nope.Foo is not implemented yet"));
+    // the services etcd-rs has still answer on the same connection
+    let mut kv = KvClient::new(channel(&m).await);
+    put(&mut kv, "k", "v").await.unwrap();
 }
 
 /// Rewrites the stored value of `key` (every revision of it) in a stopped member's backend.

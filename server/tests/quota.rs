@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{http_get, put, Member};
+use common::{http_get, put, single_member, Member};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
@@ -23,10 +23,7 @@ async fn alarms(mt: &mut MaintenanceClient<Channel>) -> Vec<AlarmMember> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_past_the_quota_raises_nospace_until_space_is_freed_and_the_alarm_disarmed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&dir.path().join("m.etcd"), &["--quota-backend-bytes", "2000000"]);
-    m.start();
-    let mut kv = m.ready_client().await;
+    let (_dir, mut m, mut kv) = single_member(&["--quota-backend-bytes", "2000000"]).await;
     let mut mt = MaintenanceClient::new(Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap());
     let member_id = mt.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id;
 

@@ -9,6 +9,7 @@ use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
 use etcd_server::tls::{self, TlsSetup};
+use etcd_server::grpc::GrpcDispatchLayer;
 use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, EtcdServer};
 use tokio::sync::watch;
 
@@ -120,11 +121,11 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &stop_rx, "metrics")?);
+        serving.push(serve_url(l, https.then(|| tls.client.clone()), (GrpcDispatchLayer::none(), routes), &stop_rx, "metrics")?);
     }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &stop_rx, "peer")?);
+        serving.push(serve_url(l, https.then(|| tls.peer.clone()), (GrpcDispatchLayer::none(), tonic::service::Routes::new(peer)), &stop_rx, "peer")?);
     }
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
@@ -165,7 +166,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
 fn serve_url(
     listener: tokio::net::TcpListener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
-    routes: tonic::service::Routes,
+    routes: (GrpcDispatchLayer, tonic::service::Routes),
     stop: &watch::Receiver<bool>,
     what: &'static str,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
@@ -186,7 +187,7 @@ fn serve_url(
 /// HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC only.
 fn serve<I, IO>(
     incoming: I,
-    routes: tonic::service::Routes,
+    (dispatch, routes): (GrpcDispatchLayer, tonic::service::Routes),
     mut stop: watch::Receiver<bool>,
     what: &'static str,
 ) -> tokio::task::JoinHandle<()>
@@ -200,6 +201,7 @@ where
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(7200)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(dispatch)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;

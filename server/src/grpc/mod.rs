@@ -5,6 +5,7 @@
 
 mod auth;
 mod cluster;
+mod dispatch;
 mod election;
 mod gateway;
 mod health;
@@ -30,43 +31,38 @@ use etcd_proto::v3electionpb::election_server::ElectionServer;
 use etcd_proto::v3lockpb::lock_server::LockServer;
 
 use crate::etcd_server::EtcdServer;
+pub use dispatch::GrpcDispatchLayer;
 
 /// gRPC framing and headers on top of `--max-request-bytes`, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-pub fn routes(server: Arc<EtcdServer>) -> tonic::service::Routes {
+/// The client listener: its gRPC services (dispatched by [`GrpcDispatchLayer`]) and the routes
+/// of everything else on the port.
+pub fn routes(server: Arc<EtcdServer>) -> (GrpcDispatchLayer, tonic::service::Routes) {
     let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let mut builder = tonic::service::Routes::builder();
-    builder
-        .add_service(KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv))
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
-                .max_decoding_message_size(max_recv),
-        )
-        .add_service(ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv))
-        .add_service(
-            WatchServer::new(watch::WatchService { server: server.clone(), max_response_bytes: max_recv })
-                .max_decoding_message_size(max_recv)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv))
-        .add_service(LockServer::new(lock::LockService { server: server.clone() }).max_decoding_message_size(max_recv))
-        .add_service(
-            ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
-        )
-        .add_service(AuthServer::new(auth::AuthService { server: server.clone() }).max_decoding_message_size(max_recv))
-        .add_service(HealthServer::new(health::HealthService));
+    let services = dispatch::Services::new(
+        KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv),
+        WatchServer::new(watch::WatchService { server: server.clone(), max_response_bytes: max_recv })
+            .max_decoding_message_size(max_recv)
+            .max_encoding_message_size(usize::MAX),
+        LeaseServer::new(lease::LeaseService { server: server.clone() }).max_decoding_message_size(max_recv),
+        MaintenanceServer::new(maintenance::MaintenanceService { server: server.clone() })
+            .max_decoding_message_size(max_recv),
+        ClusterServer::new(cluster::ClusterService { server: server.clone() }).max_decoding_message_size(max_recv),
+        AuthServer::new(auth::AuthService { server: server.clone() }).max_decoding_message_size(max_recv),
+        LockServer::new(lock::LockService { server: server.clone() }).max_decoding_message_size(max_recv),
+        ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
+        HealthServer::new(health::HealthService),
+    );
     let gateway = gateway::router(server.clone());
     let version_server = server.clone();
-    let router = builder
-        .routes()
-        .into_axum_router()
+    let router = axum::Router::new()
         .merge(crate::health::router(server))
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .merge(gateway)
         .fallback(unimplemented_method)
         .layer(crate::metrics::GrpcMetricsLayer);
-    tonic::service::Routes::from(router)
+    (GrpcDispatchLayer::new(services), tonic::service::Routes::from(router))
 }
 
 async fn version(server: Arc<EtcdServer>) -> impl IntoResponse {

@@ -170,6 +170,17 @@ impl Drop for Member {
     }
 }
 
+/// One member named m0 in a fresh temp dir, started and ready, with a client. Bind the three in
+/// this order (`let (dir, mut m, mut kv) = ...`): locals drop in reverse, so the member is
+/// killed before its directory is removed.
+pub async fn single_member(extra: &[&str]) -> (tempfile::TempDir, Member, KvClient<Channel>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new(&dir.path().join("m.etcd"), extra);
+    m.start();
+    let kv = m.ready_client().await;
+    (dir, m, kv)
+}
+
 fn unsafe_sigterm(pid: u32) {
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
 }

@@ -1,0 +1,181 @@
+//! gRPC calls go straight to their service, chosen by the service name in the path, ahead of the
+//! axum router that serves the listener's HTTP paths (probes, `/version`, the gateway) and the
+//! `Unimplemented` fallback. Routing every call through axum cost ~3.4k of the ~88k instructions
+//! a put takes at 256 clients (callgrind).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use etcd_proto::etcdserverpb::auth_server::AuthServer;
+use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
+use etcd_proto::etcdserverpb::kv_server::KvServer;
+use etcd_proto::etcdserverpb::lease_server::LeaseServer;
+use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use etcd_proto::etcdserverpb::watch_server::WatchServer;
+use etcd_proto::grpc_health_v1::health_server::HealthServer;
+use etcd_proto::v3electionpb::election_server::ElectionServer;
+use etcd_proto::v3lockpb::lock_server::LockServer;
+use futures::future::Either;
+use tonic::body::Body;
+use tonic::codegen::BoxFuture;
+use tonic::server::NamedService;
+use tower::{Layer, Service};
+
+use super::{auth, cluster, election, health, kv, lease, lock, maintenance, watch};
+use crate::metrics::{GrpcMetrics, GrpcMetricsFuture, GrpcMetricsLayer};
+
+type Request = axum::http::Request<Body>;
+type Response = axum::http::Response<Body>;
+
+/// Declares the services a listener dispatches to: one enum variant per service, matched by
+/// the service's gRPC name.
+macro_rules! services {
+    ($($variant:ident($server:ty),)*) => {
+        enum GrpcService {
+            $($variant(GrpcMetrics<$server>),)*
+        }
+
+        impl GrpcService {
+            fn named(name: &str, services: &Services) -> Option<GrpcService> {
+                $(
+                    if name == <$server as NamedService>::NAME {
+                        return Some(GrpcService::$variant(GrpcMetricsLayer.layer(services.$variant.clone())));
+                    }
+                )*
+                None
+            }
+
+            fn call(self, req: Request) -> GrpcMetricsFuture<BoxFuture<Response, Infallible>> {
+                match self {
+                    $(GrpcService::$variant(mut s) => s.call(req),)*
+                }
+            }
+        }
+
+        /// The client listener's gRPC services, built once.
+        #[allow(non_snake_case)]
+        pub struct Services {
+            $($variant: $server,)*
+        }
+    };
+}
+
+services! {
+    Kv(KvServer<kv::KvService>),
+    Watch(WatchServer<watch::WatchService>),
+    Lease(LeaseServer<lease::LeaseService>),
+    Maintenance(MaintenanceServer<maintenance::MaintenanceService>),
+    Cluster(ClusterServer<cluster::ClusterService>),
+    Auth(AuthServer<auth::AuthService>),
+    Lock(LockServer<lock::LockService>),
+    Election(ElectionServer<election::ElectionService>),
+    Health(HealthServer<health::HealthService>),
+}
+
+impl Services {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        kv: KvServer<kv::KvService>,
+        watch: WatchServer<watch::WatchService>,
+        lease: LeaseServer<lease::LeaseService>,
+        maintenance: MaintenanceServer<maintenance::MaintenanceService>,
+        cluster: ClusterServer<cluster::ClusterService>,
+        auth: AuthServer<auth::AuthService>,
+        lock: LockServer<lock::LockService>,
+        election: ElectionServer<election::ElectionService>,
+        health: HealthServer<health::HealthService>,
+    ) -> Services {
+        Services {
+            Kv: kv,
+            Watch: watch,
+            Lease: lease,
+            Maintenance: maintenance,
+            Cluster: cluster,
+            Auth: auth,
+            Lock: lock,
+            Election: election,
+            Health: health,
+        }
+    }
+}
+
+/// The gRPC service a path names (`/etcdserverpb.KV/Put` -> `etcdserverpb.KV`).
+fn service_name(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?.split_once('/').map(|(service, _)| service)
+}
+
+/// A tonic server layer: dispatches the calls of `services` and hands anything else to the
+/// listener's routes. `GrpcDispatchLayer::none()` dispatches nothing (peer and metrics listeners).
+#[derive(Clone)]
+pub struct GrpcDispatchLayer {
+    services: Option<Arc<Services>>,
+}
+
+impl GrpcDispatchLayer {
+    pub(super) fn new(services: Services) -> GrpcDispatchLayer {
+        GrpcDispatchLayer { services: Some(Arc::new(services)) }
+    }
+
+    pub fn none() -> GrpcDispatchLayer {
+        GrpcDispatchLayer { services: None }
+    }
+}
+
+impl<S> Layer<S> for GrpcDispatchLayer {
+    type Service = GrpcDispatch<S>;
+
+    fn layer(&self, rest: S) -> GrpcDispatch<S> {
+        GrpcDispatch { services: self.services.clone(), rest }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcDispatch<S> {
+    services: Option<Arc<Services>>,
+    rest: S,
+}
+
+impl<S> Service<Request> for GrpcDispatch<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Either<futures::future::MapErr<GrpcMetricsFuture<BoxFuture<Response, Infallible>>, fn(Infallible) -> S::Error>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // The generated servers are always ready; readiness is the routes'.
+        self.rest.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures::TryFutureExt;
+        let service = self
+            .services
+            .as_deref()
+            .and_then(|services| service_name(req.uri().path()).and_then(|name| GrpcService::named(name, services)));
+        match service {
+            Some(s) => Either::Left(s.call(req).map_err(unreachable as fn(Infallible) -> S::Error)),
+            None => Either::Right(self.rest.call(req)),
+        }
+    }
+}
+
+fn unreachable<E>(never: Infallible) -> E {
+    match never {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_name;
+
+    #[test]
+    fn the_service_is_the_first_path_segment() {
+        assert_eq!(service_name("/etcdserverpb.KV/Put"), Some("etcdserverpb.KV"));
+        assert_eq!(service_name("/grpc.health.v1.Health/Check"), Some("grpc.health.v1.Health"));
+        assert_eq!(service_name("/health"), None);
+        assert_eq!(service_name("/v3/kv/put"), Some("v3"));
+        assert_eq!(service_name(""), None);
+    }
+}
