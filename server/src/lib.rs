@@ -20,6 +20,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peer;
 pub mod restore;
+pub mod serve;
 pub mod snapshot;
 pub mod tls;
 pub mod wait;

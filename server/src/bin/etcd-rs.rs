@@ -9,8 +9,7 @@ use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
 use etcd_server::tls::{self, TlsSetup};
-use etcd_server::grpc::GrpcDispatchLayer;
-use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, EtcdServer};
+use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, serve, EtcdServer};
 use tokio::sync::watch;
 
 /// mimalloc instead of glibc malloc: see server/Cargo.toml and README "Benchmarks".
@@ -121,11 +120,11 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        serving.push(serve_url(l, https.then(|| tls.client.clone()), (GrpcDispatchLayer::none(), routes), &stop_rx, "metrics")?);
+        serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &stop_rx, "metrics")?);
     }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        serving.push(serve_url(l, https.then(|| tls.peer.clone()), (GrpcDispatchLayer::none(), tonic::service::Routes::new(peer)), &stop_rx, "peer")?);
+        serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &stop_rx, "peer")?);
     }
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
@@ -162,55 +161,39 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
 }
 
 /// Serves an http listener in plain text, an https one (`tls` is Some) over TLS; an https
-/// listener without a TLS configuration is an error, never served in plain text.
-fn serve_url(
+/// listener without a TLS configuration is an error, never served in plain text. Client and
+/// metrics listeners also answer HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC only.
+fn serve_url<S>(
     listener: tokio::net::TcpListener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
-    routes: (GrpcDispatchLayer, tonic::service::Routes),
+    service: S,
     stop: &watch::Receiver<bool>,
     what: &'static str,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<tokio::task::JoinHandle<()>, String>
+where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let http1 = what != "peer";
     match tls {
         None => {
-            // tonic ignores Server::tcp_nodelay for a caller's incoming stream: set TCP_NODELAY on
-            // accepted sockets here, as Go does by default (without it Nagle and delayed ACKs held
-            // answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
+            // TCP_NODELAY on accepted sockets, as Go sets by default (without it Nagle and delayed
+            // ACKs held answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Ok(serve(incoming, routes, stop.clone(), what))
+            Ok(tokio::spawn(serve::serve(incoming, service, http1, stop.clone())))
         }
-        Some(Some(config)) => Ok(serve(tls::incoming(listener, config, what == "peer"), routes, stop.clone(), what)),
+        Some(Some(config)) => {
+            let incoming = tls::incoming(listener, config, what == "peer");
+            Ok(tokio::spawn(serve::serve(incoming, service, http1, stop.clone())))
+        }
         Some(None) => Err(format!("no TLS configuration for the https {what} listener")),
     }
-}
-
-/// Serves `routes` on `incoming` until `stop` turns true. Client and metrics listeners answer
-/// HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC only.
-fn serve<I, IO>(
-    incoming: I,
-    (dispatch, routes): (GrpcDispatchLayer, tonic::service::Routes),
-    mut stop: watch::Receiver<bool>,
-    what: &'static str,
-) -> tokio::task::JoinHandle<()>
-where
-    I: tokio_stream::Stream<Item = std::io::Result<IO>> + Send + 'static,
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
-{
-    tokio::spawn(async move {
-        let result = tonic::transport::Server::builder()
-            .accept_http1(what != "peer")
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(7200)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .layer(dispatch)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "{what} listener failed");
-        }
-    })
 }
 
 /// Binds every URL; each listener comes with whether its URL is https.

@@ -17,16 +17,14 @@ use etcd_proto::grpc_health_v1::health_server::HealthServer;
 use etcd_proto::v3electionpb::election_server::ElectionServer;
 use etcd_proto::v3lockpb::lock_server::LockServer;
 use futures::future::Either;
-use tonic::body::Body;
-use tonic::codegen::BoxFuture;
+use tonic::codegen::{BoxFuture, Bytes, StdError};
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
 use super::{auth, cluster, election, health, kv, lease, lock, maintenance, watch};
 use crate::metrics::{GrpcMetrics, GrpcMetricsFuture, GrpcMetricsLayer};
 
-type Request = axum::http::Request<Body>;
-type Response = axum::http::Response<Body>;
+type Response = axum::http::Response<tonic::body::Body>;
 
 /// Declares the services a listener dispatches to: one enum variant per service, matched by
 /// the service's gRPC name.
@@ -46,7 +44,11 @@ macro_rules! services {
                 None
             }
 
-            fn call(self, req: Request) -> GrpcMetricsFuture<BoxFuture<Response, Infallible>> {
+            fn call<B>(self, req: axum::http::Request<B>) -> GrpcMetricsFuture<BoxFuture<Response, Infallible>>
+            where
+                B: http_body::Body<Data = Bytes> + Send + 'static,
+                B::Error: Into<StdError> + Send + 'static,
+            {
                 match self {
                     $(GrpcService::$variant(mut s) => s.call(req),)*
                 }
@@ -105,57 +107,37 @@ fn service_name(path: &str) -> Option<&str> {
     path.strip_prefix('/')?.split_once('/').map(|(service, _)| service)
 }
 
-/// A tonic server layer: dispatches the calls of `services` and hands anything else to the
-/// listener's routes. `GrpcDispatchLayer::none()` dispatches nothing (peer and metrics listeners).
-#[derive(Clone)]
-pub struct GrpcDispatchLayer {
-    services: Option<Arc<Services>>,
-}
-
-impl GrpcDispatchLayer {
-    pub(super) fn new(services: Services) -> GrpcDispatchLayer {
-        GrpcDispatchLayer { services: Some(Arc::new(services)) }
-    }
-
-    pub fn none() -> GrpcDispatchLayer {
-        GrpcDispatchLayer { services: None }
-    }
-}
-
-impl<S> Layer<S> for GrpcDispatchLayer {
-    type Service = GrpcDispatch<S>;
-
-    fn layer(&self, rest: S) -> GrpcDispatch<S> {
-        GrpcDispatch { services: self.services.clone(), rest }
-    }
-}
-
+/// The client listener's service: calls of `services` go to them, anything else to `rest`.
 #[derive(Clone)]
 pub struct GrpcDispatch<S> {
-    services: Option<Arc<Services>>,
+    services: Arc<Services>,
     rest: S,
 }
 
-impl<S> Service<Request> for GrpcDispatch<S>
+impl<S> GrpcDispatch<S> {
+    pub(super) fn new(services: Services, rest: S) -> GrpcDispatch<S> {
+        GrpcDispatch { services: Arc::new(services), rest }
+    }
+}
+
+impl<S, B> Service<axum::http::Request<B>> for GrpcDispatch<S>
 where
-    S: Service<Request, Response = Response>,
+    S: Service<axum::http::Request<B>, Response = Response>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
     type Future = Either<futures::future::MapErr<GrpcMetricsFuture<BoxFuture<Response, Infallible>>, fn(Infallible) -> S::Error>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        // The generated servers are always ready; readiness is the routes'.
+        // The generated servers are always ready; readiness is the rest's.
         self.rest.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         use futures::TryFutureExt;
-        let service = self
-            .services
-            .as_deref()
-            .and_then(|services| service_name(req.uri().path()).and_then(|name| GrpcService::named(name, services)));
-        match service {
+        match service_name(req.uri().path()).and_then(|name| GrpcService::named(name, &self.services)) {
             Some(s) => Either::Left(s.call(req).map_err(unreachable as fn(Infallible) -> S::Error)),
             None => Either::Right(self.rest.call(req)),
         }

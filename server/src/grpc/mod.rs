@@ -31,14 +31,14 @@ use etcd_proto::v3electionpb::election_server::ElectionServer;
 use etcd_proto::v3lockpb::lock_server::LockServer;
 
 use crate::etcd_server::EtcdServer;
-pub use dispatch::GrpcDispatchLayer;
+pub use dispatch::GrpcDispatch;
 
 /// gRPC framing and headers on top of `--max-request-bytes`, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
-/// The client listener: its gRPC services (dispatched by [`GrpcDispatchLayer`]) and the routes
-/// of everything else on the port.
-pub fn routes(server: Arc<EtcdServer>) -> (GrpcDispatchLayer, tonic::service::Routes) {
+/// The client listener: its gRPC services, dispatched by [`GrpcDispatch`], and the routes of
+/// everything else on the port.
+pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
     let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let services = dispatch::Services::new(
         KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv),
@@ -62,7 +62,7 @@ pub fn routes(server: Arc<EtcdServer>) -> (GrpcDispatchLayer, tonic::service::Ro
         .merge(gateway)
         .fallback(unimplemented_method)
         .layer(crate::metrics::GrpcMetricsLayer);
-    (GrpcDispatchLayer::new(services), tonic::service::Routes::from(router))
+    GrpcDispatch::new(services, tonic::service::Routes::from(router))
 }
 
 async fn version(server: Arc<EtcdServer>) -> impl IntoResponse {
