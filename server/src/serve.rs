@@ -52,44 +52,47 @@ where
 
     // Each connection task holds a sender; all of them gone means every connection closed.
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let mut incoming = std::pin::pin!(incoming);
-    loop {
-        let io = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            io = incoming.next() => match io {
-                Some(Ok(io)) => io,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "accepting a connection failed");
-                    continue;
-                }
-                None => break,
-            },
-        };
-        let info = io.connect_info();
-        let service = service.clone();
-        let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(info.clone());
-            service.clone().oneshot(req)
-        });
-        let builder = builder.clone();
-        let (mut stop, open) = (stop.clone(), open_tx.clone());
-        tokio::spawn(async move {
-            let _open = open;
-            let conn = builder.serve_connection(TokioIo::new(io), per_request);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "connection ended with an error");
+    // The accept loop in its own scope: leaving it drops `incoming`, which closes the listening
+    // socket at once instead of after the open connections have finished.
+    {
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            let io = tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                io = incoming.next() => match io {
+                    Some(Ok(io)) => io,
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "accepting a connection failed");
+                        continue;
                     }
-                    return;
+                    None => break,
+                },
+            };
+            let info = io.connect_info();
+            let service = service.clone();
+            let per_request = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(info.clone());
+                service.clone().oneshot(req)
+            });
+            let builder = builder.clone();
+            let (mut stop, open) = (stop.clone(), open_tx.clone());
+            tokio::spawn(async move {
+                let _open = open;
+                let conn = builder.serve_connection(TokioIo::new(io), per_request);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
                 }
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-            }
-            let _ = conn.await;
-        });
+                let _ = conn.await;
+            });
+        }
     }
-    drop(incoming);
     drop(open_tx);
     let _ = open_rx.recv().await;
 }
