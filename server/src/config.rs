@@ -719,6 +719,15 @@ mod tests {
     }
 
     #[test]
+    fn auth_token_options_are_passed_to_the_token_provider() {
+        assert_eq!(parse(&[]).unwrap().auth_token, "simple");
+        let jwt = "jwt,pub-key=/k.pub,priv-key=/k,sign-method=RS256,ttl=10m";
+        assert_eq!(parse(&["--auth-token", jwt]).unwrap().auth_token, jwt);
+        let from_file = crate::config_file::flags_from_yaml(&format!("auth-token: {jwt}\n")).unwrap();
+        assert_eq!(from_file.into_config().unwrap().auth_token, jwt);
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("1h30m", None).unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_go_duration("100ms", None).unwrap(), Duration::from_millis(100));
