@@ -8,18 +8,22 @@
 //!   read only replicated state plus the caller's [`AuthInfo`] (user and the auth revision it
 //!   was checked at), so every member decides a logged request alike.
 //! - Passwords are bcrypt hashes made *before* proposing ([`hash_password`]): apply never
-//!   depends on randomness. Simple tokens ([`SimpleTokens`]) are member-local.
+//!   depends on randomness. Simple tokens ([`SimpleTokens`]) are member-local; JWT tokens
+//!   ([`JwtTokens`]) are signed outside apply and verified by any member with the key.
 //!
 //! What apply may depend on: the entry (including the header's username and auth revision)
 //! and the state built by earlier entries. Never the clock, randomness or local flags.
 
+mod jwt;
+mod keys;
 mod perms;
 mod store;
 mod token;
 
+pub use jwt::{parse_go_duration, JwtTokens, SignMethod, TokenConfigError};
 pub use perms::{Access, RangePerms};
 pub use store::{AuthInfo, AuthStore, AUTH, AUTH_ROLES, AUTH_USERS, ROOT_ROLE, ROOT_USER};
-pub use token::{gen_token_prefix, token_index, SimpleTokens};
+pub use token::{gen_token_prefix, token_index, SimpleTokens, TokenProvider};
 
 /// Errors of the auth store; the messages are etcd's (`auth: ...`), the server maps them to
 /// etcd's gRPC statuses.
@@ -61,6 +65,12 @@ pub enum AuthError {
     InvalidAuthToken,
     #[error("auth: invalid auth management")]
     InvalidAuthMgmt,
+    /// A login on a member given only the JWT public key.
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
+    /// Signing a token failed; the message says how.
+    #[error("auth: cannot sign the token: {0}")]
+    Sign(String),
     /// The backend failed; the message says what.
     #[error("auth store: {0}")]
     Storage(String),

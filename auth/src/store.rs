@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use etcd_proto::authpb::{Permission, Role, User, UserAddOptions};
 use parking_lot::RwLock;
@@ -15,7 +14,7 @@ use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::perms::{Access, RangePerms};
-use crate::token::SimpleTokens;
+use crate::token::TokenProvider;
 use crate::AuthError;
 
 pub const ROOT_USER: &str = "root";
@@ -66,7 +65,7 @@ pub struct AuthStore {
     /// The one check every request makes when auth is off.
     enabled: AtomicBool,
     state: RwLock<State>,
-    tokens: SimpleTokens,
+    tokens: TokenProvider,
 }
 
 fn storage(e: impl std::fmt::Display) -> AuthError {
@@ -122,10 +121,9 @@ fn has_root_role(u: &User) -> bool {
 
 impl AuthStore {
     /// Loads the auth state stored in the backend (auth off, revision 1 on a new data dir).
-    /// Simple tokens live `token_ttl` after their last use.
-    pub fn load(db: &redb::Database, token_ttl: Duration) -> Result<AuthStore, AuthError> {
+    pub fn load(db: &redb::Database, tokens: TokenProvider) -> Result<AuthStore, AuthError> {
         let st = read_state(db)?;
-        Ok(AuthStore { enabled: AtomicBool::new(st.enabled), state: RwLock::new(st), tokens: SimpleTokens::new(token_ttl) })
+        Ok(AuthStore { enabled: AtomicBool::new(st.enabled), state: RwLock::new(st), tokens })
     }
 
     /// Replaces the state with the one stored in `db` (after a snapshot replaced the backend).
@@ -133,7 +131,7 @@ impl AuthStore {
         let st = read_state(db)?;
         let mut cur = self.state.write();
         if !st.enabled {
-            self.tokens.clear();
+            self.clear_simple_tokens();
         }
         self.enabled.store(st.enabled, Ordering::Release);
         *cur = st;
@@ -148,9 +146,42 @@ impl AuthStore {
         self.state.read().revision
     }
 
-    /// The user a simple token stands for (None: unknown or expired).
-    pub fn token_user(&self, token: &str) -> Option<String> {
-        self.tokens.user_of(token)
+    /// Whether tokens are etcd's simple tokens (made by applying the login, so a member may
+    /// have to catch up to the login's index before it knows one).
+    pub fn uses_simple_tokens(&self) -> bool {
+        matches!(self.tokens, TokenProvider::Simple(_))
+    }
+
+    /// Who a token stands for (None: unknown, expired or not validly signed). A simple token
+    /// is checked at the current auth revision, a JWT at the revision it was issued at.
+    pub fn token_info(&self, token: &str) -> Option<AuthInfo> {
+        match &self.tokens {
+            TokenProvider::Simple(t) => t.user_of(token).map(|username| AuthInfo { username, revision: self.revision() }),
+            TokenProvider::Jwt(t) => t.info(token),
+            TokenProvider::Nop => None,
+        }
+    }
+
+    /// After a login applied at auth revision `revision`: the token to answer with when this
+    /// member signs it (JWT), None when applying the login made it (simple).
+    pub fn sign_token(&self, name: &str, revision: u64) -> Result<Option<String>, AuthError> {
+        match &self.tokens {
+            TokenProvider::Simple(_) => Ok(None),
+            TokenProvider::Jwt(t) => t.assign(name, revision).map(Some),
+            TokenProvider::Nop => Err(AuthError::AuthFailed),
+        }
+    }
+
+    fn clear_simple_tokens(&self) {
+        if let TokenProvider::Simple(t) = &self.tokens {
+            t.clear();
+        }
+    }
+
+    fn invalidate_simple_tokens(&self, name: &str) {
+        if let TokenProvider::Simple(t) = &self.tokens {
+            t.invalidate_user(name);
+        }
     }
 
     // ---- checks (replicated state only) ----
@@ -299,12 +330,14 @@ impl AuthStore {
         Self::commit_revision(wtx, &mut st)?;
         st.enabled = false;
         self.enabled.store(false, Ordering::Release);
-        self.tokens.clear();
+        self.clear_simple_tokens();
         tracing::info!("disabled authentication");
         Ok(())
     }
 
-    /// Records the token `<prefix>.<index>` for `name` (index: the Authenticate entry's raft
+    /// With simple tokens, records and returns the token `<prefix>.<index>` for `name`; other
+    /// providers record nothing and return "" (the answering member signs a JWT after apply).
+    /// Index: the Authenticate entry's raft
     /// index, the same on every member).
     pub fn apply_authenticate(&self, name: &str, prefix: &str, index: u64) -> Result<String, AuthError> {
         if !self.is_enabled() {
@@ -315,8 +348,9 @@ impl AuthStore {
         if user.options.as_ref().is_some_and(|o| o.no_password) {
             return Err(AuthError::AuthFailed);
         }
+        let TokenProvider::Simple(tokens) = &self.tokens else { return Ok(String::new()) };
         let token = format!("{prefix}.{index}");
-        self.tokens.assign(token.clone(), name);
+        tokens.assign(token.clone(), name);
         Ok(token)
     }
 
@@ -354,7 +388,7 @@ impl AuthStore {
         wtx.open_table(AUTH_USERS).map_err(storage)?.remove(name.as_bytes()).map_err(storage)?;
         st.users.remove(name);
         Self::commit_revision(wtx, &mut st)?;
-        self.tokens.invalidate_user(name);
+        self.invalidate_simple_tokens(name);
         Ok(())
     }
 
@@ -365,7 +399,7 @@ impl AuthStore {
         Self::put_user(wtx, name, &user)?;
         st.users.insert(name.to_string(), user);
         Self::commit_revision(wtx, &mut st)?;
-        self.tokens.invalidate_user(name);
+        self.invalidate_simple_tokens(name);
         Ok(())
     }
 
@@ -478,6 +512,7 @@ impl AuthStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use etcd_proto::authpb::permission::Type as PermType;
 
     struct Fixture {
@@ -489,7 +524,7 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = redb::Database::create(dir.path().join("db")).unwrap();
-        let store = AuthStore::load(&db, Duration::from_secs(300)).unwrap();
+        let store = AuthStore::load(&db, TokenProvider::simple(Duration::from_secs(300))).unwrap();
         Fixture { _dir: dir, db, store }
     }
 
@@ -642,7 +677,7 @@ mod tests {
             s.apply_role_delete(w, "r").unwrap();
         });
         assert_eq!(f.store.user_get("u"), Ok(vec![]));
-        let again = AuthStore::load(&f.db, Duration::from_secs(1)).unwrap();
+        let again = AuthStore::load(&f.db, TokenProvider::simple(Duration::from_secs(1))).unwrap();
         assert_eq!(again.user_get("u"), Ok(vec![]));
     }
 
@@ -659,11 +694,11 @@ mod tests {
         assert_eq!(f.store.apply_authenticate("nopw", "p", 7), Err(AuthError::AuthFailed));
         let tok = f.store.apply_authenticate("root", "abc", 9).unwrap();
         assert_eq!(tok, "abc.9");
-        assert_eq!(f.store.token_user(&tok).as_deref(), Some("root"));
+        assert_eq!(f.store.token_info(&tok).map(|ai| ai.username).as_deref(), Some("root"));
         f.apply(|s, w| s.apply_user_change_password(w, "root", b"h2")).unwrap();
-        assert_eq!(f.store.token_user(&tok), None, "a password change invalidates the user's tokens");
+        assert_eq!(f.store.token_info(&tok), None, "a password change invalidates the user's tokens");
 
-        let again = AuthStore::load(&f.db, Duration::from_secs(1)).unwrap();
+        let again = AuthStore::load(&f.db, TokenProvider::simple(Duration::from_secs(1))).unwrap();
         assert!(again.is_enabled());
         assert_eq!(again.revision(), f.store.revision());
         assert_eq!(again.user_list(), vec!["nopw".to_string(), "root".to_string()]);
@@ -671,7 +706,7 @@ mod tests {
 
         let tok = f.store.apply_authenticate("root", "xyz", 10).unwrap();
         f.apply(|s, w| s.apply_disable(w)).unwrap();
-        assert_eq!(f.store.token_user(&tok), None, "disabling drops every token");
+        assert_eq!(f.store.token_info(&tok), None, "disabling drops every token");
         assert_eq!(f.store.login_hash("root"), Err(AuthError::AuthNotEnabled));
     }
 }

@@ -1,15 +1,65 @@
+//! Token providers (etcd's `--auth-token`): `simple`, `jwt,...` or empty (no tokens).
+//!
 //! etcd's simple tokens: "<16 random letters>.<raft index>", the prefix chosen by the member
 //! that authenticates (before proposing), the index appended by every member when it applies
 //! the Authenticate entry. Each member keeps token -> user in memory only.
 //!
 //! Expiry is member-local timing (a token unused for the TTL is dropped), never applied state:
 //! which tokens exist is decided by the log, how long they live by this member's clock.
+//!
+//! JWT tokens (jwt.rs) are signed by the member answering the login and carry their user and
+//! auth revision, so they need no per-member state.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rand::Rng;
+
+use crate::jwt::{JwtTokens, TokenConfigError};
+
+/// How this member issues and checks tokens.
+#[derive(Debug)]
+pub enum TokenProvider {
+    Simple(SimpleTokens),
+    Jwt(Box<JwtTokens>),
+    /// `--auth-token ""` (etcd's nop provider): logins fail, no token is ever valid.
+    Nop,
+}
+
+impl TokenProvider {
+    /// Simple tokens living `ttl` after their last use.
+    pub fn simple(ttl: Duration) -> TokenProvider {
+        TokenProvider::Simple(SimpleTokens::new(ttl))
+    }
+
+    /// etcd's NewTokenProvider: `type[,key=value]...`. Options are split on ',' then '=';
+    /// a pair that is not exactly `key=value`, a repeated key or an unknown type is refused
+    /// (invalid auth options). `simple` ignores its options; `jwt` reads its key files now.
+    pub fn from_options(opts: &str, simple_ttl: Duration) -> Result<TokenProvider, TokenConfigError> {
+        let mut parts = opts.split(',');
+        let kind = parts.next().unwrap_or("");
+        let mut map = HashMap::new();
+        for part in parts {
+            let pair: Vec<&str> = part.split('=').collect();
+            let [k, v] = pair[..] else {
+                return Err(TokenConfigError::InvalidOpts(format!("invalid token option {opts:?}")));
+            };
+            if map.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(TokenConfigError::InvalidOpts(format!("duplicated token option {k:?} in {opts:?}")));
+            }
+        }
+        match kind {
+            "simple" => {
+                tracing::warn!("simple token is not cryptographically signed");
+                Ok(TokenProvider::simple(simple_ttl))
+            }
+            "jwt" => Ok(TokenProvider::Jwt(Box::new(JwtTokens::from_options(&map)?))),
+            "" => Ok(TokenProvider::Nop),
+            other => Err(TokenConfigError::InvalidOpts(format!("unknown token type {other:?}"))),
+        }
+    }
+}
 
 const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const PREFIX_LEN: usize = 16;
@@ -30,11 +80,13 @@ pub fn token_index(token: &str) -> Option<u64> {
     index.parse().ok()
 }
 
+#[derive(Debug)]
 struct Entry {
     user: String,
     deadline: Instant,
 }
 
+#[derive(Debug)]
 pub struct SimpleTokens {
     ttl: Duration,
     tokens: Mutex<HashMap<String, Entry>>,
@@ -113,6 +165,24 @@ mod tests {
         assert_eq!(t.user_of("q.2").as_deref(), Some("bob"));
         t.clear();
         assert_eq!(t.user_of("q.2"), None);
+    }
+
+    #[test]
+    fn token_options_are_split_as_etcd_splits_them() {
+        let ttl = Duration::from_secs(1);
+        assert!(matches!(TokenProvider::from_options("simple", ttl), Ok(TokenProvider::Simple(_))));
+        assert!(matches!(TokenProvider::from_options("simple,a=b", ttl), Ok(TokenProvider::Simple(_))));
+        assert!(matches!(TokenProvider::from_options("", ttl), Ok(TokenProvider::Nop)));
+        for bad in ["bogus", "simplex", "simple,foo", "simple,a=b=c", "simple,a=1,a=2", "simple,", "jwt,foo", "jwt"] {
+            match TokenProvider::from_options(bad, ttl) {
+                Err(TokenConfigError::InvalidOpts(_)) => {}
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        match TokenProvider::from_options("jwt,sign-method=RS256", ttl) {
+            Err(TokenConfigError::MissingKey) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
     pub host_whitelist: String,
 
-    // ---- auth (simple tokens; JWT not built yet) ----
+    // ---- auth (simple or JWT tokens) ----
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10)]
@@ -340,6 +340,8 @@ pub struct ServerConfig {
     pub bcrypt_cost: u32,
     /// How long an unused simple token lives (`--auth-token-ttl`, seconds).
     pub auth_token_ttl: Duration,
+    /// `--auth-token`: "simple", "jwt,key=value,..." or "" (read at start: JWT key files).
+    pub auth_token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -469,9 +471,6 @@ impl Flags {
         }
         if self.proxy != "off" {
             return err("--proxy is not supported by etcd-rs (v2 proxy mode)");
-        }
-        if self.auth_token != "simple" && !self.auth_token.starts_with("simple") {
-            return err(format!("--auth-token {:?} is not supported by etcd-rs yet", self.auth_token));
         }
         Ok(())
     }
@@ -632,6 +631,7 @@ impl Flags {
             peer_dial_tls: None,
             bcrypt_cost: self.bcrypt_cost,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),
+            auth_token: self.auth_token,
         })
     }
 }
@@ -716,6 +716,15 @@ mod tests {
         let c = parse(&["--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000"]).unwrap();
         assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
         assert!(parse(&["--auto-compaction-mode", "bogus"]).is_err());
+    }
+
+    #[test]
+    fn auth_token_options_are_passed_to_the_token_provider() {
+        assert_eq!(parse(&[]).unwrap().auth_token, "simple");
+        let jwt = "jwt,pub-key=/k.pub,priv-key=/k,sign-method=RS256,ttl=10m";
+        assert_eq!(parse(&["--auth-token", jwt]).unwrap().auth_token, jwt);
+        let from_file = crate::config_file::flags_from_yaml(&format!("auth-token: {jwt}\n")).unwrap();
+        assert_eq!(from_file.into_config().unwrap().auth_token, jwt);
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub enum ServerError {
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
     /// An auth error etcd answers unmapped (code Unknown, its `auth: ...` text): a no-password
-    /// user's login, and the maintenance RPCs' root check.
+    /// user's login, a login on a verify-only JWT member, and the maintenance RPCs' root check.
     #[error("{0}")]
     AuthUnmapped(String),
     /// A feature etcd-rs has not built yet; the message names it.
@@ -165,8 +165,8 @@ impl From<AuthError> for ServerError {
             AuthError::AuthOldRevision => ServerError::AuthOldRevision,
             AuthError::InvalidAuthToken => ServerError::InvalidAuthToken,
             AuthError::InvalidAuthMgmt => ServerError::InvalidAuthMgmt,
-            e @ AuthError::NoPasswordUser => ServerError::AuthUnmapped(e.to_string()),
-            e @ (AuthError::Storage(_) | AuthError::Hash(_)) => ServerError::Internal(e.to_string()),
+            e @ (AuthError::NoPasswordUser | AuthError::VerifyOnly) => ServerError::AuthUnmapped(e.to_string()),
+            e @ (AuthError::Storage(_) | AuthError::Hash(_) | AuthError::Sign(_)) => ServerError::Internal(e.to_string()),
         }
     }
 }

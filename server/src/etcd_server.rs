@@ -97,7 +97,9 @@ impl EtcdServer {
         let lessor = lease::open_lessor(&kv, &cfg)?;
         let alarms = Arc::new(Alarms::load(&kv.backend().database())?);
         let token_ttl = if cfg.auth_token_ttl.is_zero() { Duration::from_secs(300) } else { cfg.auth_token_ttl };
-        let auth = Arc::new(etcd_auth::AuthStore::load(&kv.backend().database(), token_ttl)?);
+        let tokens = etcd_auth::TokenProvider::from_options(&cfg.auth_token, token_ttl)
+            .map_err(|e| ServerError::Internal(format!("failed to create token provider: {e}")))?;
+        let auth = Arc::new(etcd_auth::AuthStore::load(&kv.backend().database(), tokens)?);
 
         // A restart takes its identity from the WAL and ignores the --initial-* flags, as etcd does.
         let restarting = Wal::exists(&cfg.wal_dir);

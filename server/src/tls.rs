@@ -505,10 +505,28 @@ async fn check_client_san(der: &[u8], remote: IpAddr) -> Result<(), String> {
 /// One accepted TLS connection, served by tonic like a plain TCP stream.
 pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
 
+/// What tonic records of an accepted TLS connection in each request's extensions: its
+/// addresses and the common name of the client certificate the handshake verified (etcd's
+/// AuthInfoFromTLS names the user by it).
+#[derive(Clone, Debug)]
+pub struct TlsConnectInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    /// None without a client certificate; Some("") for one without a CN (Go's empty CommonName).
+    pub client_cn: Option<Arc<str>>,
+}
+
+/// The verified client certificate's CN of the TLS connection a request came on.
+pub fn client_cert_cn(ext: &tonic::Extensions) -> Option<Arc<str>> {
+    ext.get::<TlsConnectInfo>().and_then(|i| i.client_cn.clone())
+}
+
 impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = TlsConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
+        let (tcp, session) = self.0.get_ref();
+        // rustls keeps a client certificate only once it verified it
+        let client_cn = session.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(common_name(c).unwrap_or_default()));
+        TlsConnectInfo { tcp: tcp.connect_info(), client_cn }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `EtcdServer`'s auth operations: who a request comes from (the `token` metadata), the auth
 //! service's RPCs, and the root-only checks made outside apply.
 //!
-//! - A client's token names a user; the request carries that user and the auth revision it
-//!   was checked at in its raft header, and the applier decides (apply_auth.rs).
+//! - A client's token (or, with `--client-cert-auth`, its certificate's CN) names a user; the
+//!   request carries that user and the auth revision it was checked at in its raft header, and
+//!   the applier decides (apply_auth.rs).
 //! - Passwords are hashed here, before proposing (bcrypt salts are random; apply must not be);
 //!   logins verify the password here, then propose the Authenticate entry with a fresh token
 //!   prefix, so every member records the same token.
@@ -11,6 +12,7 @@
 use std::time::Duration;
 
 use etcd_auth::{AuthInfo, ROOT_USER};
+use tonic::metadata::MetadataMap;
 use etcd_proto::etcdserverpb::{
     AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse, AuthRoleAddRequest,
     AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse, AuthRoleGetRequest, AuthRoleGetResponse,
@@ -46,26 +48,58 @@ macro_rules! auth_call {
 /// Metadata keys clients put the token in (gRPC clients, the JSON gateway).
 const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 
+/// The metadata grpc-gateway adds to the requests it relays.
+const GATEWAY_KEY: &str = "grpcgateway-accept";
+
 impl EtcdServer {
-    /// Who sent a request: the user its `token` metadata names, at the current auth revision
-    /// (etcd's simple tokens). No token: the empty identity (refused wherever auth is needed).
-    /// A token this member does not know answers "invalid auth token", after waiting (bounded)
-    /// for the entry that created it when it names an index not applied here yet.
-    pub async fn auth_info(&self, md: &tonic::metadata::MetadataMap) -> Result<AuthInfo, ServerError> {
+    /// Who sent a request: the user its `token` metadata names, else (with
+    /// `--client-cert-auth`) the common name of the client certificate its TLS connection was
+    /// verified with (etcd's AuthInfoFromCtx, then AuthInfoFromTLS). Neither: the empty
+    /// identity (refused wherever auth is needed).
+    pub async fn auth_info(&self, md: &MetadataMap, ext: &tonic::Extensions) -> Result<AuthInfo, ServerError> {
+        self.auth_info_as(md, crate::tls::client_cert_cn(ext).as_deref()).await
+    }
+
+    /// `auth_info` for a request whose connection's verified client certificate names
+    /// `cert_cn`. A token wins over the certificate, and an invalid one is refused rather than
+    /// falling back to it. A simple token this member does not know answers "invalid auth
+    /// token", after waiting (bounded) for the entry that created it when it names an index not
+    /// applied here yet; a JWT is checked by its signature and expiry and carries the auth
+    /// revision it was issued at (older than the current one: "revision of auth store is old"
+    /// where permissions are checked).
+    pub async fn auth_info_as(&self, md: &MetadataMap, cert_cn: Option<&str>) -> Result<AuthInfo, ServerError> {
         let Some(value) = TOKEN_KEYS.iter().find_map(|k| md.get(*k)) else {
-            return Ok(AuthInfo::default());
+            return Ok(self.cert_auth_info(md, cert_cn));
         };
         let token = value.to_str().map_err(|_| ServerError::InvalidAuthToken)?;
-        let index = etcd_auth::token_index(token).ok_or(ServerError::InvalidAuthToken)?;
-        if index > *self.applied_rx.borrow() && self.wait_applied_index(index).await.is_err() {
-            return Err(ServerError::InvalidAuthToken);
+        if self.auth.uses_simple_tokens() {
+            let index = etcd_auth::token_index(token).ok_or(ServerError::InvalidAuthToken)?;
+            if index > *self.applied_rx.borrow() && self.wait_applied_index(index).await.is_err() {
+                return Err(ServerError::InvalidAuthToken);
+            }
         }
-        match self.auth.token_user(token) {
-            Some(username) => Ok(AuthInfo { username, revision: self.auth.revision() }),
+        match self.auth.token_info(token) {
+            Some(ai) => Ok(ai),
             None => {
                 tracing::warn!(token, "invalid auth token");
                 Err(ServerError::InvalidAuthToken)
             }
+        }
+    }
+
+    /// etcd's AuthInfoFromTLS, consulted only with `--client-cert-auth`: the certificate's CN
+    /// (empty when it has none) at the current auth revision. Requests relayed by a gRPC
+    /// gateway (`grpcgateway-accept` metadata) never act as the gateway's certificate.
+    fn cert_auth_info(&self, md: &MetadataMap, cert_cn: Option<&str>) -> AuthInfo {
+        match cert_cn {
+            Some(cn) if self.cfg.client_tls.client_cert_auth => {
+                if md.contains_key(GATEWAY_KEY) {
+                    tracing::warn!(common_name = cn, "ignoring common name in gRPC-gateway proxy request");
+                    return AuthInfo::default();
+                }
+                AuthInfo { username: cn.to_string(), revision: self.auth.revision() }
+            }
+            _ => AuthInfo::default(),
         }
     }
 
@@ -148,6 +182,10 @@ impl EtcdServer {
             let (result, revision) = self.propose_auth(req, &AuthInfo::default()).await?;
             let AuthResult::Authenticate(mut resp) = result else { return Err(auth_unexpected(result)) };
             if checked_at == self.auth.revision() {
+                // JWT: signed here, by the member answering, at the revision the password was checked
+                if let Some(token) = self.auth.sign_token(&r.name, checked_at)? {
+                    resp.token = token;
+                }
                 resp.header = Some(self.header(revision));
                 return Ok(resp);
             }

@@ -34,7 +34,7 @@ impl Auth for AuthService {
 
     async fn auth_enable(&self, request: Request<AuthEnableRequest>) -> Result<Response<AuthEnableResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.auth_enable(request.into_inner(), &auth).await?,
         ))
@@ -45,7 +45,7 @@ impl Auth for AuthService {
         request: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.auth_disable(request.into_inner(), &auth).await?,
         ))
@@ -53,7 +53,7 @@ impl Auth for AuthService {
 
     async fn auth_status(&self, request: Request<AuthStatusRequest>) -> Result<Response<AuthStatusResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.auth_status(request.into_inner(), &auth).await?,
         ))
@@ -61,19 +61,19 @@ impl Auth for AuthService {
 
     async fn user_add(&self, request: Request<AuthUserAddRequest>) -> Result<Response<AuthUserAddResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.user_add(request.into_inner(), &auth).await?))
     }
 
     async fn user_get(&self, request: Request<AuthUserGetRequest>) -> Result<Response<AuthUserGetResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.user_get(request.into_inner(), &auth).await?))
     }
 
     async fn user_list(&self, request: Request<AuthUserListRequest>) -> Result<Response<AuthUserListResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.user_list(request.into_inner(), &auth).await?))
     }
 
@@ -82,7 +82,7 @@ impl Auth for AuthService {
         request: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.user_delete(request.into_inner(), &auth).await?,
         ))
@@ -93,7 +93,7 @@ impl Auth for AuthService {
         request: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.user_change_password(request.into_inner(), &auth).await?,
         ))
@@ -104,7 +104,7 @@ impl Auth for AuthService {
         request: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.user_grant_role(request.into_inner(), &auth).await?,
         ))
@@ -115,7 +115,7 @@ impl Auth for AuthService {
         request: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.user_revoke_role(request.into_inner(), &auth).await?,
         ))
@@ -123,19 +123,19 @@ impl Auth for AuthService {
 
     async fn role_add(&self, request: Request<AuthRoleAddRequest>) -> Result<Response<AuthRoleAddResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.role_add(request.into_inner(), &auth).await?))
     }
 
     async fn role_get(&self, request: Request<AuthRoleGetRequest>) -> Result<Response<AuthRoleGetResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.role_get(request.into_inner(), &auth).await?))
     }
 
     async fn role_list(&self, request: Request<AuthRoleListRequest>) -> Result<Response<AuthRoleListResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.role_list(request.into_inner(), &auth).await?))
     }
 
@@ -144,7 +144,7 @@ impl Auth for AuthService {
         request: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.role_delete(request.into_inner(), &auth).await?,
         ))
@@ -155,7 +155,7 @@ impl Auth for AuthService {
         request: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.role_grant_permission(request.into_inner(), &auth).await?,
         ))
@@ -166,7 +166,7 @@ impl Auth for AuthService {
         request: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(
             self.server.role_revoke_permission(request.into_inner(), &auth).await?,
         ))

@@ -32,7 +32,7 @@ fn leader_key(k: Option<LeaderKey>) -> Result<LeaderKey, Status> {
 impl Election for ElectionService {
     /// Enters the election with `<name>/<lease>` holding `value` and waits to lead.
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         let server = &self.server;
         let key = participant_key(&req.name, req.lease);
@@ -54,7 +54,7 @@ impl Election for ElectionService {
     }
 
     async fn proclaim(&self, request: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         let l = leader_key(req.leader)?;
         let (ok, header) = put_if_created_at(&self.server, &auth, &l.key, l.rev, &req.value, l.lease).await?;
@@ -65,7 +65,7 @@ impl Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let name = request.into_inner().name;
         match first_created(&self.server, &auth, &prefix(&name)).await? {
             (Some(kv), header) => Ok(Response::new(LeaderResponse { header: Some(header), kv: Some(kv) })),
@@ -77,7 +77,7 @@ impl Election for ElectionService {
 
     /// Streams the leader's key-value: now, on every new value, and on every new leader.
     async fn observe(&self, request: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let pfx = prefix(&request.into_inner().name);
         let server = self.server.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -110,7 +110,7 @@ impl Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let l = leader_key(request.into_inner().leader)?;
         let header = delete_if_created_at(&self.server, &auth, &l.key, l.rev).await?;
         Ok(Response::new(ResignResponse { header: Some(header) }))

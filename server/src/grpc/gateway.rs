@@ -294,7 +294,7 @@ fn stream_routes(mut router: Router, server: Arc<EtcdServer>) -> Router {
         let watch = watch.clone();
         async move {
             match request_stream::<WatchRequest>(body, max).await {
-                Ok(requests) => stream_response(watch.open(token_metadata(&headers), requests)).await,
+                Ok(requests) => stream_response(watch.open(token_metadata(&headers), None, requests)).await,
                 Err(refused) => refused,
             }
         }

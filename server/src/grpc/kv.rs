@@ -20,7 +20,7 @@ pub struct KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         if !req.serializable {
             self.server.refuse_if_learner()?;
@@ -30,7 +30,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_put(&req)?;
@@ -38,7 +38,7 @@ impl Kv for KvService {
     }
 
     async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_delete(&req)?;
@@ -46,7 +46,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         self.server.refuse_if_learner()?;
         check_txn(&req, self.server.config().max_txn_ops)?;
@@ -57,7 +57,7 @@ impl Kv for KvService {
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.compact(request.into_inner(), Some(&auth)).await?))
     }
 }

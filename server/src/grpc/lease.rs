@@ -34,7 +34,7 @@ impl Lease for LeaseService {
 
     async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         Ok(Response::new(self.server.lease_revoke(request.into_inner(), Some(&auth)).await?))
     }
 
@@ -52,7 +52,7 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         self.server.refuse_if_learner()?;
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         let id = req.id;
         match self.server.lease_time_to_live(req).await {

@@ -18,7 +18,7 @@ pub struct LockService {
 impl Lock for LockService {
     /// Waits until the caller's key `<name>/<lease>` is the oldest under `<name>/`.
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         let server = &self.server;
         let pfx = prefix(&req.name);
@@ -35,7 +35,7 @@ impl Lock for LockService {
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata()).await?;
+        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let key = request.into_inner().key;
         let resp = self.server.delete_range(DeleteRangeRequest { key, ..Default::default() }, Some(&auth)).await?;
         Ok(Response::new(UnlockResponse { header: resp.header }))

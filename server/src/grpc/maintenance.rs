@@ -29,8 +29,8 @@ impl MaintenanceService {
     /// etcd's maintenance auth check (Defragment, Hash, HashKV, Snapshot): the sender must hold
     /// the root role; its errors, a bad token included, come back unmapped (code Unknown,
     /// `auth: ...`), as etcd's authMaintenanceServer returns them.
-    async fn require_admin(&self, md: &tonic::metadata::MetadataMap) -> Result<(), ServerError> {
-        let ai = match self.server.auth_info(md).await {
+    async fn require_admin(&self, md: &tonic::metadata::MetadataMap, ext: &tonic::Extensions) -> Result<(), ServerError> {
+        let ai = match self.server.auth_info(md, ext).await {
             Ok(ai) => ai,
             Err(ServerError::InvalidAuthToken) => {
                 return Err(ServerError::AuthUnmapped(etcd_auth::AuthError::InvalidAuthToken.to_string()))
@@ -98,20 +98,20 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(&self, request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
         self.server.refuse_if_learner()?;
-        self.require_admin(request.metadata()).await?;
+        self.require_admin(request.metadata(), request.extensions()).await?;
         self.server.defragment().await?;
         Ok(Response::new(DefragmentResponse { header: Some(self.server.header(self.server.kv_revision())) }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.require_admin(request.metadata()).await?;
+        self.require_admin(request.metadata(), request.extensions()).await?;
         let (hash, revision) = self.server.hash()?;
         Ok(Response::new(HashResponse { header: Some(self.server.header(revision)), hash }))
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.server.refuse_if_learner()?;
-        self.require_admin(request.metadata()).await?;
+        self.require_admin(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
         let (hash, compact_revision, hash_revision, revision) = self.server.hash_kv(req.revision)?;
         Ok(Response::new(HashKvResponse {
@@ -125,7 +125,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.require_admin(request.metadata()).await?;
+        self.require_admin(request.metadata(), request.extensions()).await?;
         let read = self.server.backend_snapshot()?;
         let dir = self.server.snap_dir();
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -45,16 +45,19 @@ impl Watch for WatchService {
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<ResponseStream>, Status> {
         let metadata = request.metadata().clone();
-        Ok(Response::new(self.open(metadata, request.into_inner())?))
+        let cert_cn = crate::tls::client_cert_cn(request.extensions());
+        Ok(Response::new(self.open(metadata, cert_cn, request.into_inner())?))
     }
 }
 
 impl WatchService {
     /// One watch stream fed by `inbound` (a gRPC stream, or the gateway's JSON messages);
-    /// `metadata` carries the token and clientv3's require-leader flag.
+    /// `metadata` carries the token and clientv3's require-leader flag; `cert_cn` is the
+    /// connection's verified client certificate CN (None for the gateway's streams).
     pub(super) fn open(
         &self,
         metadata: MetadataMap,
+        cert_cn: Option<Arc<str>>,
         mut inbound: impl Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
     ) -> Result<ResponseStream, Status> {
         // As etcd, a learner serves no streams.
@@ -76,7 +79,7 @@ impl WatchService {
                 reader.control_room().await;
                 match inbound.next().await {
                     Some(Ok(req)) => {
-                        if let Some(denied) = refused_create(&server, &metadata, &req).await {
+                        if let Some(denied) = refused_create(&server, &metadata, cert_cn.as_deref(), &req).await {
                             if denied_tx.send(denied).await.is_err() {
                                 break;
                             }
@@ -137,10 +140,10 @@ const DENIED_BUFFER: usize = 16;
 
 /// etcd's isWatchPermitted: a create the sender may not read is answered at once with a
 /// created-and-canceled response (watch ID -1) naming why.
-async fn refused_create(server: &EtcdServer, md: &MetadataMap, req: &WatchRequest) -> Option<WatchResponse> {
+async fn refused_create(server: &EtcdServer, md: &MetadataMap, cert_cn: Option<&str>, req: &WatchRequest) -> Option<WatchResponse> {
     let Some(RequestUnion::CreateRequest(c)) = &req.request_union else { return None };
     let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
-    let checked = match server.auth_info(md).await {
+    let checked = match server.auth_info_as(md, cert_cn).await {
         Ok(ai) => server.check_range_readable(&ai, key, &c.range_end),
         Err(e) => Err(e),
     };
