@@ -17,6 +17,7 @@
 //!   for every handshake (an updated CRL takes effect without a restart), only serial numbers
 //!   are compared (the CRL's signature is not checked) and an unreadable or unparsable CRL
 //!   refuses every client certificate (logged as "rejected connection") without stopping start.
+//!   Session resumption is off on such a listener, so every connection is checked.
 //! - `--cipher-suites` (Go's names) restrict the TLS 1.2 suites of both listeners and of the
 //!   peer dialer. As in Go, TLS 1.3 suites are not configurable: they all stay enabled, and
 //!   TLS 1.3 names in the list are accepted and have no effect. An unknown name fails start with
@@ -410,6 +411,13 @@ fn server_config(
         .with_single_cert(load_certs(&cert.cert_file)?, load_key(&cert.key_file)?)
         .map_err(|e| TlsError(format!("cannot use {} with {}: {e}", cert.cert_file.display(), cert.key_file.display())))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if !flags.crl_file.is_empty() {
+        // A resumed session skips certificate verification, so a certificate revoked after its
+        // first connection would still get in; etcd checks the CRL on every connection,
+        // resumed or not. Every handshake is a full one then.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
