@@ -264,12 +264,12 @@ impl TlsSetup {
         }
         let mut setup = TlsSetup::default();
         if let (true, Some(c)) = (client_https, &client_cert) {
-            tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.client_tls.trusted_ca_file, client_cert_auth = cfg.client_tls.client_cert_auth, "starting with client TLS");
+            tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.client_tls.trusted_ca_file, client_cert_auth = cfg.client_tls.client_cert_auth, crl_file = %cfg.client_tls.crl_file, cipher_suites = ?cfg.client_tls.cipher_suites, "starting with client TLS");
             setup.client = Some(server_config(c, &cfg.client_tls, &[b"h2", b"http/1.1"], "trusted-ca-file")?);
         }
         if let Some(c) = &peer_cert {
             if peer_https {
-                tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.peer_tls.trusted_ca_file, client_cert_auth = cfg.peer_tls.client_cert_auth, "starting with peer TLS");
+                tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.peer_tls.trusted_ca_file, client_cert_auth = cfg.peer_tls.client_cert_auth, crl_file = %cfg.peer_tls.crl_file, cipher_suites = ?cfg.peer_tls.cipher_suites, "starting with peer TLS");
                 setup.peer = Some(server_config(c, &cfg.peer_tls, &[b"h2"], "peer-trusted-ca-file")?);
             }
             setup.peer_dial = Some(peer_client_config(c, &cfg.peer_tls)?);
@@ -497,8 +497,14 @@ fn valid_for_hostname(end_entity: &CertificateDer<'_>, host: &str) -> bool {
     rustls::client::verify_server_name(&parsed, &name).is_ok()
 }
 
-fn cn_mismatch() -> rustls::Error {
-    rustls::Error::General("client certificate authentication failed".into())
+/// A certificate without the allowed CN or hostname: logged with etcd's words, and refused
+/// with the bad_certificate alert Go sends when VerifyPeerCertificate fails.
+fn identity_refused(identity: &AllowedIdentity) -> rustls::Error {
+    match identity {
+        AllowedIdentity::Cn(cn) => tracing::warn!(allowed_cn = %cn, "client certificate authentication failed"),
+        AllowedIdentity::Hostname(h) => tracing::warn!(allowed_hostname = %h, "client certificate authentication failed"),
+    }
+    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
 }
 
 /// etcd's checkCRL: the serial numbers `crl_file` revokes (read now: etcd reads the file for
@@ -580,7 +586,7 @@ impl ClientCertVerifier for CheckedClientVerifier {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         if let Some(identity) = &self.identity {
             if !identity.allows(end_entity) {
-                return Err(cn_mismatch());
+                return Err(identity_refused(identity));
             }
         }
         if let Some(crl) = &self.crl_file {
@@ -611,7 +617,7 @@ impl ServerCertVerifier for CheckedServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ok = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
         if !self.identity.allows(end_entity) {
-            return Err(cn_mismatch());
+            return Err(identity_refused(&self.identity));
         }
         Ok(ok)
     }
