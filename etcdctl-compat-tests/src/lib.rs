@@ -26,6 +26,7 @@ pub mod listing;
 pub mod member;
 pub mod normalize;
 pub mod scenario;
+pub mod tls;
 pub mod transcript;
 
 use std::os::unix::fs::PermissionsExt;
@@ -140,8 +141,22 @@ pub fn compare_scenario(path: &Path, config: &Config) -> Result<Comparison, Stri
     let ports = member::pick_ports(scenario.members + scenario.spare)
         .map_err(|e| format!("cannot pick free loopback ports: {e}"))?;
 
-    let mut reference_text = run_reference(&scenario, config, &ports)?;
-    let server = transcript::run(&scenario, &config.server, &config.etcdctl, &ports)?;
+    // One set of certificates for both sides (same files, same paths).
+    let pki_dir = tempfile::Builder::new()
+        .prefix("etcdctl-compat-pki-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a certificate dir: {e}"))?;
+    let tls = if scenario.tls {
+        Some(
+            tls::TlsFiles::generate(pki_dir.path())
+                .map_err(|e| format!("scenario {}: {e}", scenario.name))?,
+        )
+    } else {
+        None
+    };
+    let tls = tls.as_ref();
+    let mut reference_text = run_reference(&scenario, config, &ports, tls)?;
+    let server = transcript::run(&scenario, &config.server, &config.etcdctl, &ports, tls)?;
     let server_text = normalize::normalize(&server.transcript, config.options);
     keep(
         config,
@@ -156,7 +171,7 @@ pub fn compare_scenario(path: &Path, config: &Config) -> Result<Comparison, Stri
             "scenario {}: the reference timed out where etcd-rs did not; running the reference again",
             scenario.name
         );
-        reference_text = run_reference(&scenario, config, &ports)?;
+        reference_text = run_reference(&scenario, config, &ports, tls)?;
         attempt += 1;
     }
     if reference_text != server_text {
@@ -183,8 +198,9 @@ fn run_reference(
     scenario: &scenario::Scenario,
     config: &Config,
     ports: &[member::MemberPorts],
+    tls: Option<&tls::TlsFiles>,
 ) -> Result<String, String> {
-    let reference = transcript::run(scenario, &config.reference, &config.etcdctl, ports)?;
+    let reference = transcript::run(scenario, &config.reference, &config.etcdctl, ports, tls)?;
     let text = normalize::normalize(&reference.transcript, config.options);
     keep(config, &scenario.name, "etcd", &text, &reference.cluster);
     if let Some(line) = text.lines().find(|l| l.starts_with("!! ")) {

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::tls::{ClientTls, TlsFiles};
+
 /// How long a member may take to answer `etcdctl endpoint health` after it is started.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
 /// How long a member may take to exit after SIGTERM before it is killed.
@@ -76,18 +78,24 @@ pub struct Member {
     /// `--initial-cluster-state`: `new` for initial members, `existing` for joining ones.
     initial_state: &'static str,
     extra_flags: Vec<String>,
+    /// `@tls`: https URLs, these certificates (also given to the health checks' etcdctl).
+    tls: Option<TlsFiles>,
     child: Option<Child>,
     /// Whether the member was ever started (so it has a data dir to start again on).
     started_before: bool,
 }
 
 impl Member {
+    fn scheme(&self) -> &'static str {
+        scheme(self.tls.is_some())
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.client)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.ports.client)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.peer)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.ports.peer)
     }
 
     /// The full command line, as an operator would type it.
@@ -115,6 +123,9 @@ impl Member {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(tls) = &self.tls {
+            argv.extend(tls.server_flags());
+        }
         argv.extend(self.extra_flags.iter().cloned());
         argv
     }
@@ -228,6 +239,12 @@ impl Member {
             .env_remove("ETCDCTL_BIN")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.client_url()))
+            .args(
+                self.tls
+                    .as_ref()
+                    .map(|t| t.etcdctl_args(ClientTls::Cert))
+                    .unwrap_or_default(),
+            )
             .args(["--dial-timeout=1s", "--command-timeout=2s"])
             .args(args)
             .stdin(Stdio::null())
@@ -258,12 +275,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Prepares (does not start) members `m0..` of one binary, one per entry of `ports`. The
-    /// first `initial` form the initial cluster; the rest are spares for `member add`.
+    /// first `initial` form the initial cluster; the rest are spares for `member add`. With
+    /// `tls`, every URL is https and the members serve and verify with these certificates.
     pub fn new(
         binary: &Path,
         ports: &[MemberPorts],
         initial: usize,
         extra_flags: &[String],
+        tls: Option<&TlsFiles>,
     ) -> io::Result<Self> {
         let workdir = tempfile::Builder::new()
             .prefix("etcdctl-compat-")
@@ -273,7 +292,7 @@ impl Cluster {
             .iter()
             .zip(ports)
             .take(initial)
-            .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.peer))
+            .map(|(n, p)| format!("{n}={}://127.0.0.1:{}", scheme(tls.is_some()), p.peer))
             .collect::<Vec<_>>()
             .join(",");
         let members = names
@@ -288,6 +307,7 @@ impl Cluster {
                 initial_cluster: initial_cluster.clone(),
                 initial_state: "new",
                 extra_flags: extra_flags.to_vec(),
+                tls: tls.cloned(),
                 child: None,
                 started_before: false,
             })
@@ -338,6 +358,14 @@ impl Cluster {
     }
 }
 
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The last `lines` lines of a log file, for failure messages.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = match File::open(path).and_then(|mut f| {
@@ -355,4 +383,47 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
         path.display(),
         all[start..].join("\n")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> TlsFiles {
+        TlsFiles {
+            ca: "/t/ca.pem".into(),
+            server_cert: "/t/server.pem".into(),
+            server_key: "/t/server-key.pem".into(),
+            client_cert: "/t/client.pem".into(),
+            client_key: "/t/client-key.pem".into(),
+        }
+    }
+
+    #[test]
+    fn tls_members_use_https_urls_and_serve_with_the_certificates() {
+        let ports = [
+            MemberPorts { client: 41001, peer: 41002 },
+            MemberPorts { client: 41003, peer: 41004 },
+        ];
+        let extra = vec!["--x".to_string()];
+        let tls = files();
+        let c = Cluster::new(Path::new("/bin/etcd"), &ports, 2, &extra, Some(&tls)).unwrap();
+        let m = &c.members[1];
+        assert_eq!(m.client_url(), "https://127.0.0.1:41003");
+        assert_eq!(m.peer_url(), "https://127.0.0.1:41004");
+        let argv = m.argv();
+        let after = |flag: &str| argv[argv.iter().position(|a| a == flag).unwrap() + 1].clone();
+        assert_eq!(
+            after("--initial-cluster"),
+            "m0=https://127.0.0.1:41002,m1=https://127.0.0.1:41004"
+        );
+        assert_eq!(after("--listen-client-urls"), "https://127.0.0.1:41003");
+        assert_eq!(after("--peer-cert-file"), "/t/server.pem");
+        // scenario flags come last, so they can add to (or override) the TLS ones
+        assert_eq!(argv.last().map(String::as_str), Some("--x"));
+
+        let plain = Cluster::new(Path::new("/bin/etcd"), &ports, 2, &extra, None).unwrap();
+        assert_eq!(plain.members[0].client_url(), "http://127.0.0.1:41001");
+        assert!(!plain.members[0].argv().iter().any(|a| a.contains("cert")));
+    }
 }

@@ -13,6 +13,8 @@
 //! | `@server-flags ARGS`    | extra server flags; only before the first step               |
 //! | `@members N`            | a cluster of members `m0..mN-1` (default 1); before the first step |
 //! | `@spare K`              | reserve ports for K more members `mN..` (for `member add`); before the first step |
+//! | `@tls`                  | https client and peer URLs, certificates generated for the run, client certificates required on both ports ([`crate::tls`]); before the first step |
+//! | `@client-tls cert\|ca\|none` | TLS credentials etcdctl gets from then on (after `@tls`; default `cert`: `--cacert --cert --key`; `ca`: `--cacert` only; `none`: nothing) |
 //! | `ARGS`                  | run `etcdctl ARGS` (shell-quoted)                            |
 //! | `@stdin 'TEXT' ARGS`    | run `etcdctl ARGS` with TEXT on stdin (`\n`, `\t`, `\\` escapes) |
 //! | `@timeout SECS ARGS`    | run `etcdctl ARGS`, interrupt it after SECS                  |
@@ -40,6 +42,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::tls::ClientTls;
+
 /// A parsed scenario file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {
@@ -51,6 +55,8 @@ pub struct Scenario {
     pub members: usize,
     /// Members beyond `members` that only get ports, for `member add` + `@start-new` (`@spare`).
     pub spare: usize,
+    /// https everywhere, with generated certificates (`@tls`).
+    pub tls: bool,
     pub steps: Vec<Step>,
 }
 
@@ -92,6 +98,8 @@ pub enum Step {
     /// Wait until every running member serves clients.
     WaitHealthy,
     SetEndpoints(Endpoints),
+    /// The TLS credentials later etcdctl commands get (`@client-tls`).
+    SetClientTls(ClientTls),
     Sleep(Duration),
     SetEnv {
         key: String,
@@ -135,6 +143,7 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, ParseError> {
         server_flags: Vec::new(),
         members: 1,
         spare: 0,
+        tls: false,
         steps: Vec::new(),
     };
     for (index, raw) in text.lines().enumerate() {
@@ -187,6 +196,20 @@ pub fn parse(name: &str, text: &str) -> Result<Scenario, ParseError> {
                     scenario.spare = n;
                 }
                 continue;
+            }
+            "@tls" if rest.is_empty() => {
+                before_steps(word)?;
+                scenario.tls = true;
+                continue;
+            }
+            "@client-tls" => {
+                if !scenario.tls {
+                    return Err(err("@client-tls needs @tls first".into()));
+                }
+                let which = ClientTls::parse(rest).ok_or_else(|| {
+                    err(format!("@client-tls takes cert, ca or none, got `{rest}`"))
+                })?;
+                Step::SetClientTls(which)
             }
             "@stdin" => {
                 let mut words = split_shell_words(rest).map_err(err)?;
@@ -728,6 +751,32 @@ mod tests {
         }
         assert!(parse("t", "@members 2\n@spare 1\n@start-new 2\n@stop 2").is_ok());
         assert!(parse("t", "@members 2\n@spare 1\nmember remove {ID_2}").is_ok());
+    }
+
+    #[test]
+    fn tls_directives_switch_https_on_and_pick_etcdctls_credentials() {
+        let s = parse("t", "@tls\n@members 3\nput a 1\n@client-tls ca\nget a\n@client-tls none\n@client-tls cert\n").unwrap();
+        assert!(s.tls);
+        assert_eq!(s.members, 3);
+        assert_eq!(
+            s.steps[1..],
+            [
+                Step::SetClientTls(ClientTls::Ca),
+                s.steps[2].clone(),
+                Step::SetClientTls(ClientTls::None),
+                Step::SetClientTls(ClientTls::Cert),
+            ]
+        );
+        assert!(!parse("t", "put a 1").unwrap().tls);
+        for bad in [
+            "@client-tls ca",
+            "@tls\n@client-tls",
+            "@tls\n@client-tls both",
+            "@tls yes",
+            "put a 1\n@tls",
+        ] {
+            assert!(parse("t", bad).is_err(), "accepted `{bad}`");
+        }
     }
 
     #[test]

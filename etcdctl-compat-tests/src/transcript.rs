@@ -17,6 +17,7 @@ use crate::member::{send_signal, Cluster, MemberPorts, SIGINT, SIGKILL, SIGTERM}
 use crate::scenario::{
     expand, placeholders, Command, Endpoints, Members, Placeholder, Scenario, Step,
 };
+use crate::tls::{ClientTls, TlsFiles};
 
 /// A command without `@timeout` that runs longer than this is killed and recorded as hung.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
@@ -47,19 +48,24 @@ pub struct Output {
     pub outcome: Outcome,
 }
 
-/// Runs `scenario` against `server` on `ports` (initial members first, then spares) and
-/// returns the raw transcript. Failures of the harness itself (a member that does not start)
+/// Runs `scenario` against `server` on `ports` (initial members first, then spares), with
+/// `tls` when the scenario asks for `@tls`, and returns the raw transcript. Failures of the harness itself (a member that does not start)
 /// end the transcript with a `!!` line, so they show up in the comparison instead of aborting it.
 pub fn run(
     scenario: &Scenario,
     server: &Path,
     etcdctl: &Path,
     ports: &[MemberPorts],
+    tls: Option<&TlsFiles>,
 ) -> Result<Run, String> {
-    let mut cluster = Cluster::new(server, ports, scenario.members, &scenario.server_flags)
+    if scenario.tls && tls.is_none() {
+        return Err(format!("scenario {}: @tls without certificates", scenario.name));
+    }
+    let tls = tls.filter(|_| scenario.tls);
+    let mut cluster = Cluster::new(server, ports, scenario.members, &scenario.server_flags, tls)
         .map_err(|e| format!("cannot create a work dir: {e}"))?;
     let mut out = String::new();
-    if let Err(e) = execute(scenario, &mut cluster, etcdctl, &mut out) {
+    if let Err(e) = execute(scenario, &mut cluster, etcdctl, tls, &mut out) {
         out.push_str(&format!("!! {e}\n"));
     }
     cluster.stop_all();
@@ -80,12 +86,16 @@ struct Runner<'a> {
     ids: BTreeMap<usize, u64>,
     /// Lease IDs `lease grant` printed so far, for `{LEASEn}`.
     leases: Vec<String>,
+    /// `@tls` certificates, and which of them etcdctl gets (`@client-tls`).
+    tls: Option<&'a TlsFiles>,
+    client_tls: ClientTls,
 }
 
 fn execute(
     scenario: &Scenario,
     cluster: &mut Cluster,
     etcdctl: &Path,
+    tls: Option<&TlsFiles>,
     out: &mut String,
 ) -> Result<(), String> {
     cluster.start_all(etcdctl)?;
@@ -96,6 +106,8 @@ fn execute(
         endpoints: Endpoints::AllRunning,
         ids: BTreeMap::new(),
         leases: Vec::new(),
+        tls,
+        client_tls: ClientTls::Cert,
     };
     for step in &scenario.steps {
         runner.step(step, out)?;
@@ -138,6 +150,7 @@ impl Runner<'_> {
             Step::Etcdctl(command) => {
                 let endpoints = self.endpoints()?;
                 let expanded = with_leases(&self.expand(command)?, &self.leases);
+                let expanded = self.with_tls(expanded, self.client_tls);
                 let output = run_etcdctl(self.etcdctl, &endpoints, &expanded, &self.env)?;
                 self.leases.extend(granted_leases(&output.stdout));
                 render(out, &command.display, &output);
@@ -181,12 +194,24 @@ impl Runner<'_> {
                 };
                 out.push_str(&format!("== @endpoints {names}\n"));
             }
+            Step::SetClientTls(which) => {
+                self.client_tls = *which;
+                out.push_str(&format!("== @client-tls {}\n", which.name()));
+            }
             Step::Sleep(d) => thread::sleep(*d),
             Step::SetEnv { key, value } => {
                 self.env.insert(key.clone(), value.clone());
             }
         }
         Ok(())
+    }
+
+    /// `command` with etcdctl's TLS arguments (`which` of the `@tls` certificates) first.
+    fn with_tls(&self, command: Command, which: ClientTls) -> Command {
+        let Some(tls) = self.tls else { return command };
+        let mut args = tls.etcdctl_args(which);
+        args.extend(command.args);
+        Command { args, ..command }
     }
 
     fn names(&self, members: &[usize]) -> String {
@@ -275,6 +300,7 @@ impl Runner<'_> {
             unordered: false,
             display: "member list -w json".into(),
         };
+        let command = self.with_tls(command, ClientTls::Cert);
         let output = run_etcdctl(self.etcdctl, &endpoints, &command, &self.env)?;
         if output.outcome != Outcome::Exited(0) {
             return Err(format!(

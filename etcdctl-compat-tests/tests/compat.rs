@@ -40,6 +40,7 @@ scenarios! {
     defragment_keeps_data_as_in_etcd => "defrag",
     nospace_alarm_caps_writes_as_in_etcd => "alarm-nospace",
     auth_users_roles_and_permissions_match_etcd => "auth",
+    etcdctl_over_tls_with_client_certificates_matches_etcd => "tls",
 }
 
 #[test]

@@ -149,7 +149,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_V2_DEPRECATION", default_value = "not-yet")]
     pub v2_deprecation: String,
 
-    // ---- security (TLS: see tls.rs; CRLs, cipher suites and allowed hostnames are refused) ----
+    // ---- security (TLS: see tls.rs) ----
     #[arg(long, env = "ETCD_CERT_FILE", default_value = "")]
     pub cert_file: String,
     #[arg(long, env = "ETCD_KEY_FILE", default_value = "")]
@@ -455,11 +455,6 @@ impl Flags {
     /// Refuses flags whose feature is not built, so nobody runs with a setting that does nothing.
     fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
         let unbuilt: &[(&str, bool)] = &[
-            ("client-crl-file", !self.client_crl_file.is_empty()),
-            ("peer-crl-file", !self.peer_crl_file.is_empty()),
-            ("client-cert-allowed-hostname", !self.client_cert_allowed_hostname.is_empty()),
-            ("peer-cert-allowed-hostname", !self.peer_cert_allowed_hostname.is_empty()),
-            ("cipher-suites", !self.cipher_suites.is_empty()),
             ("discovery", !self.discovery.is_empty()),
             ("discovery-srv", !self.discovery_srv.is_empty()),
             ("enable-v2", self.enable_v2),
@@ -565,6 +560,12 @@ impl Flags {
         };
         let corrupt_check_time = parse_go_duration(&self.corrupt_check_time, None)
             .map_err(|e| ConfigError(format!("--experimental-corrupt-check-time: {}", e.0)))?;
+        // etcd's StringsValue: split on commas, nothing trimmed
+        let cipher_suites: Vec<String> = if self.cipher_suites.is_empty() {
+            Vec::new()
+        } else {
+            self.cipher_suites.split(',').map(str::to_string).collect()
+        };
         let client_tls = crate::tls::TlsFlags {
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
@@ -572,6 +573,9 @@ impl Flags {
             client_cert_auth: self.client_cert_auth,
             auto_tls: self.auto_tls,
             allowed_cn: String::new(),
+            allowed_hostname: self.client_cert_allowed_hostname.clone(),
+            crl_file: self.client_crl_file.clone(),
+            cipher_suites: cipher_suites.clone(),
         };
         let peer_tls = crate::tls::TlsFlags {
             cert_file: self.peer_cert_file.clone(),
@@ -580,6 +584,9 @@ impl Flags {
             client_cert_auth: self.peer_client_cert_auth,
             auto_tls: self.peer_auto_tls,
             allowed_cn: self.peer_cert_allowed_cn.clone(),
+            allowed_hostname: self.peer_cert_allowed_hostname.clone(),
+            crl_file: self.peer_crl_file.clone(),
+            cipher_suites,
         };
         // https metrics URLs serve with the client certificate, as etcd's
         let client_and_metrics_urls: Vec<url::Url> =
@@ -673,13 +680,28 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_features_are_refused_by_name() {
-        let e = parse(&["--client-crl-file", "/x.pem"]).unwrap_err();
-        assert!(e.contains("--client-crl-file"), "{e}");
-        let e = parse(&["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]).unwrap_err();
-        assert!(e.contains("--cipher-suites"), "{e}");
-        let e = parse(&["--peer-cert-allowed-hostname", "x"]).unwrap_err();
-        assert!(e.contains("--peer-cert-allowed-hostname"), "{e}");
+    fn crl_allowed_hostname_and_cipher_suite_flags_reach_both_tls_sides() {
+        let c = parse(&[
+            "--client-crl-file", "/c.crl", "--peer-crl-file", "/p.crl",
+            "--client-cert-allowed-hostname", "client.example", "--peer-cert-allowed-hostname", "peer.example",
+            "--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
+        ])
+        .unwrap();
+        assert_eq!((c.client_tls.crl_file.as_str(), c.peer_tls.crl_file.as_str()), ("/c.crl", "/p.crl"));
+        assert_eq!(c.client_tls.allowed_hostname, "client.example");
+        assert_eq!(c.peer_tls.allowed_hostname, "peer.example");
+        let suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"];
+        assert_eq!(c.client_tls.cipher_suites, suites);
+        assert_eq!(c.peer_tls.cipher_suites, suites);
+    }
+
+    #[test]
+    fn an_unknown_cipher_suite_fails_with_etcds_words_even_without_tls() {
+        // etcd splits on commas without trimming: " X" and "" are names too
+        for (list, bad) in [("TLS_BOGUS", "TLS_BOGUS"), ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,", ""), (" TLS_AES_128_GCM_SHA256", " TLS_AES_128_GCM_SHA256")] {
+            let e = parse(&["--cipher-suites", list]).unwrap_err();
+            assert_eq!(e, format!("unexpected TLS cipher suite {bad:?}"));
+        }
     }
 
     #[test]

@@ -8,6 +8,21 @@
 //! - `--peer-*` do the same for `https://` peer URLs, plus `--peer-cert-allowed-cn`, and etcd's
 //!   peer listener check that a client certificate carrying SANs names the connecting IP. The
 //!   same peer certificate is this member's client certificate when it dials https peers.
+//! - `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`: a verified client
+//!   certificate must be valid for that name (DNS or IP SAN, wildcards as Go's VerifyHostname;
+//!   the subject CN is not a name, as in Go >= 1.15). The peer one, like the allowed CN, also
+//!   checks the certificates of peers this member dials. CN and hostname are mutually exclusive.
+//! - `--client-crl-file` / `--peer-crl-file`: a client certificate (or any certificate of the
+//!   chain it sent) whose serial number the CRL lists is refused. As etcd, the file is read again
+//!   for every handshake (an updated CRL takes effect without a restart), only serial numbers
+//!   are compared (the CRL's signature is not checked) and an unreadable or unparsable CRL
+//!   refuses every client certificate (logged as "rejected connection") without stopping start.
+//!   Session resumption is off on such a listener, so every connection is checked.
+//! - `--cipher-suites` (Go's names) restrict the TLS 1.2 suites of both listeners and of the
+//!   peer dialer. As in Go, TLS 1.3 suites are not configurable: they all stay enabled, and
+//!   TLS 1.3 names in the list are accepted and have no effect. An unknown name fails start with
+//!   etcd's error; a name Go knows but rustls does not implement (CBC, RC4, 3DES, RSA key
+//!   exchange) fails start too, rather than serving a different set than asked for.
 //! - `--auto-tls/--peer-auto-tls` generate a self-signed certificate in
 //!   `<data-dir>/fixtures/{client,peer}` (kept across restarts), valid
 //!   `--self-signed-cert-validity` years; peers with auto TLS skip verifying each other's
@@ -29,7 +44,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -52,6 +67,12 @@ pub struct TlsFlags {
     pub auto_tls: bool,
     /// `--peer-cert-allowed-cn` (peer side only).
     pub allowed_cn: String,
+    /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`.
+    pub allowed_hostname: String,
+    /// `--client-crl-file` / `--peer-crl-file`.
+    pub crl_file: String,
+    /// `--cipher-suites`, split on commas as given (the same list for both sides).
+    pub cipher_suites: Vec<String>,
 }
 
 impl TlsFlags {
@@ -82,6 +103,16 @@ pub fn check_flags(
             return tls_err(format!(
                 "KeyFile and CertFile must both be present[key: {}, cert: {}] ({cert_flags})",
                 flags.key_file, flags.cert_file
+            ));
+        }
+    }
+    tls12_suites(&client.cipher_suites)?;
+    tls12_suites(&peer.cipher_suites)?;
+    for flags in [client, peer] {
+        if (!flags.empty() || flags.auto_tls) && !flags.allowed_cn.is_empty() && !flags.allowed_hostname.is_empty() {
+            return tls_err(format!(
+                "AllowedCN and AllowedHostname are mutually exclusive (cn={:?}, hostname={:?})",
+                flags.allowed_cn, flags.allowed_hostname
             ));
         }
     }
@@ -124,8 +155,89 @@ struct CertInfo {
     self_signed: bool,
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// What etcd-rs can do with one of the cipher suite names Go accepts.
+#[derive(Debug, Clone, Copy)]
+enum GoSuite {
+    /// A TLS 1.2 suite rustls implements.
+    Tls12(SupportedCipherSuite),
+    /// A TLS 1.3 suite: accepted, not configurable (as in Go).
+    Tls13,
+    /// Known to Go (so etcd accepts it) but not implemented by rustls.
+    NotInRustls,
+}
+
+/// The names etcd's tlsutil.GetCipherSuite accepts: Go's tls.CipherSuites() and
+/// tls.InsecureCipherSuites(), plus two legacy ChaCha20 aliases.
+fn go_cipher_suite(name: &str) -> Option<GoSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    Some(match name {
+        "TLS_AES_128_GCM_SHA256" | "TLS_AES_256_GCM_SHA384" | "TLS_CHACHA20_POLY1305_SHA256" => GoSuite::Tls13,
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => GoSuite::Tls12(cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256),
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => GoSuite::Tls12(cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384),
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => GoSuite::Tls12(cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => GoSuite::Tls12(cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384),
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => {
+            GoSuite::Tls12(cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256)
+        }
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => {
+            GoSuite::Tls12(cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256)
+        }
+        "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA"
+        | "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"
+        | "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"
+        | "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA"
+        | "TLS_RSA_WITH_AES_128_CBC_SHA"
+        | "TLS_RSA_WITH_AES_256_CBC_SHA"
+        | "TLS_RSA_WITH_AES_128_GCM_SHA256"
+        | "TLS_RSA_WITH_AES_256_GCM_SHA384"
+        | "TLS_RSA_WITH_RC4_128_SHA"
+        | "TLS_RSA_WITH_3DES_EDE_CBC_SHA"
+        | "TLS_RSA_WITH_AES_128_CBC_SHA256"
+        | "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA"
+        | "TLS_ECDHE_RSA_WITH_RC4_128_SHA"
+        | "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA"
+        | "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"
+        | "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256" => GoSuite::NotInRustls,
+        _ => return None,
+    })
+}
+
+/// The TLS 1.2 suites `--cipher-suites` allows, in the given order; None when the flag is not
+/// set (every suite rustls has). Unknown names get etcd's error.
+fn tls12_suites(names: &[String]) -> Result<Option<Vec<SupportedCipherSuite>>, TlsError> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut suites = Vec::new();
+    for name in names {
+        match go_cipher_suite(name) {
+            None => return tls_err(format!("unexpected TLS cipher suite {name:?}")),
+            Some(GoSuite::NotInRustls) => {
+                return tls_err(format!(
+                    "TLS cipher suite {name:?} is not supported by etcd-rs (TLS 1.2 suites it supports: \
+                     TLS_ECDHE_{{ECDSA,RSA}}_WITH_{{AES_128_GCM_SHA256,AES_256_GCM_SHA384,CHACHA20_POLY1305_SHA256}})"
+                ))
+            }
+            Some(GoSuite::Tls13) => {}
+            Some(GoSuite::Tls12(s)) => {
+                if !suites.iter().any(|have: &SupportedCipherSuite| have.suite() == s.suite()) {
+                    suites.push(s);
+                }
+            }
+        }
+    }
+    Ok(Some(suites))
+}
+
+/// ring, with the TLS 1.2 suites limited to `--cipher-suites` when it is set (TLS 1.3 suites
+/// stay, as in Go).
+fn provider(cipher_suites: &[String]) -> Result<Arc<CryptoProvider>, TlsError> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(tls12) = tls12_suites(cipher_suites)? {
+        let tls13 = provider.cipher_suites.iter().copied().filter(|s| s.version() == &rustls::version::TLS13);
+        provider.cipher_suites = tls13.chain(tls12).collect();
+    }
+    Ok(Arc::new(provider))
 }
 
 impl TlsSetup {
@@ -152,13 +264,13 @@ impl TlsSetup {
         }
         let mut setup = TlsSetup::default();
         if let (true, Some(c)) = (client_https, &client_cert) {
-            tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.client_tls.trusted_ca_file, client_cert_auth = cfg.client_tls.client_cert_auth, "starting with client TLS");
-            setup.client = Some(server_config(c, &cfg.client_tls, "", &[b"h2", b"http/1.1"], "trusted-ca-file")?);
+            tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.client_tls.trusted_ca_file, client_cert_auth = cfg.client_tls.client_cert_auth, crl_file = %cfg.client_tls.crl_file, cipher_suites = ?cfg.client_tls.cipher_suites, "starting with client TLS");
+            setup.client = Some(server_config(c, &cfg.client_tls, &[b"h2", b"http/1.1"], "trusted-ca-file")?);
         }
         if let Some(c) = &peer_cert {
             if peer_https {
-                tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.peer_tls.trusted_ca_file, client_cert_auth = cfg.peer_tls.client_cert_auth, "starting with peer TLS");
-                setup.peer = Some(server_config(c, &cfg.peer_tls, &cfg.peer_tls.allowed_cn, &[b"h2"], "peer-trusted-ca-file")?);
+                tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.peer_tls.trusted_ca_file, client_cert_auth = cfg.peer_tls.client_cert_auth, crl_file = %cfg.peer_tls.crl_file, cipher_suites = ?cfg.peer_tls.cipher_suites, "starting with peer TLS");
+                setup.peer = Some(server_config(c, &cfg.peer_tls, &[b"h2"], "peer-trusted-ca-file")?);
             }
             setup.peer_dial = Some(peer_client_config(c, &cfg.peer_tls)?);
         }
@@ -259,15 +371,15 @@ fn load_roots(path: &str) -> Result<Arc<RootCertStore>, TlsError> {
 }
 
 /// A listener's rustls config: our certificate, and client certificates required and verified
-/// against the trusted CA when etcd would (`--trusted-ca-file` or `--client-cert-auth`).
+/// against the trusted CA when etcd would (`--trusted-ca-file` or `--client-cert-auth`), then
+/// checked against the allowed CN or hostname and the CRL.
 fn server_config(
     cert: &CertInfo,
     flags: &TlsFlags,
-    allowed_cn: &str,
     alpn: &[&[u8]],
     ca_flag: &str,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = provider();
+    let provider = provider(&flags.cipher_suites)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?;
@@ -281,10 +393,15 @@ fn server_config(
         let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|e| TlsError(format!("--{ca_flag}: {e}")))?;
-        let verifier: Arc<dyn ClientCertVerifier> = if allowed_cn.is_empty() {
+        let identity = AllowedIdentity::from_flags(flags);
+        let verifier: Arc<dyn ClientCertVerifier> = if identity.is_none() && flags.crl_file.is_empty() {
             webpki
         } else {
-            Arc::new(AllowedCnClientVerifier { inner: webpki, allowed_cn: allowed_cn.to_string() })
+            Arc::new(CheckedClientVerifier {
+                inner: webpki,
+                identity,
+                crl_file: (!flags.crl_file.is_empty()).then(|| PathBuf::from(&flags.crl_file)),
+            })
         };
         builder.with_client_cert_verifier(verifier)
     } else {
@@ -294,13 +411,21 @@ fn server_config(
         .with_single_cert(load_certs(&cert.cert_file)?, load_key(&cert.key_file)?)
         .map_err(|e| TlsError(format!("cannot use {} with {}: {e}", cert.cert_file.display(), cert.key_file.display())))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if !flags.crl_file.is_empty() {
+        // A resumed session skips certificate verification, so a certificate revoked after its
+        // first connection would still get in; etcd checks the CRL on every connection,
+        // resumed or not. Every handshake is a full one then.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
 /// How this member dials https peers: its peer certificate as client certificate, the peer CA
-/// as roots (or no verification for auto-TLS certificates, as etcd), and the allowed CN.
+/// as roots (or no verification for auto-TLS certificates, as etcd), and the allowed CN or
+/// hostname.
 fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let provider = provider();
+    let provider = provider(&flags.cipher_suites)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?;
@@ -315,10 +440,9 @@ fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::C
             .build()
             .map_err(|e| TlsError(format!("--peer-trusted-ca-file: {e}")))?
     };
-    let verifier: Arc<dyn ServerCertVerifier> = if flags.allowed_cn.is_empty() {
-        verifier
-    } else {
-        Arc::new(AllowedCnServerVerifier { inner: verifier, allowed_cn: flags.allowed_cn.clone() })
+    let verifier: Arc<dyn ServerCertVerifier> = match AllowedIdentity::from_flags(flags) {
+        None => verifier,
+        Some(identity) => Arc::new(CheckedServerVerifier { inner: verifier, identity }),
     };
     let mut config = builder
         .dangerous()
@@ -335,8 +459,82 @@ fn common_name(der: &[u8]) -> Option<String> {
     cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).last().map(str::to_string)
 }
 
-fn cn_mismatch() -> rustls::Error {
-    rustls::Error::General("client certificate authentication failed".into())
+/// etcd's verifyCertificate: what a verified certificate must name, beyond being signed by the
+/// trusted CA (`--peer-cert-allowed-cn`, `--{client,peer}-cert-allowed-hostname`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AllowedIdentity {
+    Cn(String),
+    Hostname(String),
+}
+
+impl AllowedIdentity {
+    /// None when neither is set (check_flags refuses both at once).
+    fn from_flags(flags: &TlsFlags) -> Option<AllowedIdentity> {
+        if !flags.allowed_cn.is_empty() {
+            Some(AllowedIdentity::Cn(flags.allowed_cn.clone()))
+        } else if !flags.allowed_hostname.is_empty() {
+            Some(AllowedIdentity::Hostname(flags.allowed_hostname.clone()))
+        } else {
+            None
+        }
+    }
+
+    fn allows(&self, end_entity: &CertificateDer<'_>) -> bool {
+        match self {
+            AllowedIdentity::Cn(cn) => common_name(end_entity).as_deref() == Some(cn.as_str()),
+            AllowedIdentity::Hostname(host) => valid_for_hostname(end_entity, host),
+        }
+    }
+}
+
+/// Go's Certificate.VerifyHostname: an IP (brackets allowed) must be an IP SAN; a name must
+/// match a DNS SAN (case-insensitively, a trailing dot ignored, `*.` matching one label).
+fn valid_for_hostname(end_entity: &CertificateDer<'_>, host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let Ok(name) = ServerName::try_from(host) else { return false };
+    let Ok(parsed) = rustls::server::ParsedCertificate::try_from(end_entity) else { return false };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
+/// A certificate without the allowed CN or hostname: logged with etcd's words, and refused
+/// with the bad_certificate alert Go sends when VerifyPeerCertificate fails.
+fn identity_refused(identity: &AllowedIdentity) -> rustls::Error {
+    match identity {
+        AllowedIdentity::Cn(cn) => tracing::warn!(allowed_cn = %cn, "client certificate authentication failed"),
+        AllowedIdentity::Hostname(h) => tracing::warn!(allowed_hostname = %h, "client certificate authentication failed"),
+    }
+    rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+}
+
+/// etcd's checkCRL: the serial numbers `crl_file` revokes (read now: etcd reads the file for
+/// every connection); Err carries etcd's words for a certificate of `chain` it lists, or the
+/// reason the CRL cannot be used.
+fn check_crl(crl_file: &Path, chain: &[&CertificateDer<'_>]) -> Result<(), String> {
+    let bytes = std::fs::read(crl_file).map_err(|e| format!("open {}: {e}", crl_file.display()))?;
+    // As Go's x509.ParseCRL: PEM ("X509 CRL") when it starts like one, else DER.
+    let der = if bytes.starts_with(b"-----BEGIN X509 CRL") {
+        match x509_parser::pem::parse_x509_pem(&bytes) {
+            Ok((_, pem)) if pem.label == "X509 CRL" => pem.contents,
+            _ => bytes,
+        }
+    } else {
+        bytes
+    };
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| format!("x509: cannot parse CRL {}: {e}", crl_file.display()))?;
+    // big.Int.Bytes(): the serial's magnitude without leading zero bytes
+    let magnitude = |raw: &[u8]| -> Vec<u8> { raw.iter().copied().skip_while(|b| *b == 0).collect() };
+    let revoked: std::collections::HashSet<Vec<u8>> =
+        crl.iter_revoked_certificates().map(|r| magnitude(r.raw_serial())).collect();
+    for der in chain {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("bad client certificate: {e}"))?;
+        let serial = magnitude(cert.raw_serial());
+        if revoked.contains(&serial) {
+            let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+            return Err(format!("transport: certificate serial {hex} revoked"));
+        }
+    }
+    Ok(())
 }
 
 /// The handshake-signature methods of a verifier that only adds a check to `self.inner`'s
@@ -366,14 +564,16 @@ macro_rules! delegate_signature_checks {
     };
 }
 
-/// `--peer-cert-allowed-cn` on the listening side: a verified client certificate must carry it.
+/// A listener's client-certificate checks beyond the CA: the allowed CN or hostname, then the
+/// CRL (etcd's order: VerifyPeerCertificate in the handshake, then the listener's CRL check).
 #[derive(Debug)]
-struct AllowedCnClientVerifier {
+struct CheckedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allowed_cn: String,
+    identity: Option<AllowedIdentity>,
+    crl_file: Option<PathBuf>,
 }
 
-impl ClientCertVerifier for AllowedCnClientVerifier {
+impl ClientCertVerifier for CheckedClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -384,23 +584,29 @@ impl ClientCertVerifier for AllowedCnClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        if common_name(end_entity).as_deref() != Some(self.allowed_cn.as_str()) {
-            return Err(cn_mismatch());
+        if let Some(identity) = &self.identity {
+            if !identity.allows(end_entity) {
+                return Err(identity_refused(identity));
+            }
+        }
+        if let Some(crl) = &self.crl_file {
+            let chain: Vec<&CertificateDer<'_>> = std::iter::once(end_entity).chain(intermediates).collect();
+            check_crl(crl, &chain).map_err(rustls::Error::General)?;
         }
         Ok(ok)
     }
     delegate_signature_checks!();
 }
 
-/// `--peer-cert-allowed-cn` on the dialling side: etcd's TLS config checks the CN of the peer
-/// it dials too (the same VerifyPeerCertificate serves both directions).
+/// The allowed CN or hostname on the dialling side: etcd's TLS config checks the peer it dials
+/// too (the same VerifyPeerCertificate serves both directions).
 #[derive(Debug)]
-struct AllowedCnServerVerifier {
+struct CheckedServerVerifier {
     inner: Arc<dyn ServerCertVerifier>,
-    allowed_cn: String,
+    identity: AllowedIdentity,
 }
 
-impl ServerCertVerifier for AllowedCnServerVerifier {
+impl ServerCertVerifier for CheckedServerVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -410,8 +616,8 @@ impl ServerCertVerifier for AllowedCnServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let ok = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        if common_name(end_entity).as_deref() != Some(self.allowed_cn.as_str()) {
-            return Err(cn_mismatch());
+        if !self.identity.allows(end_entity) {
+            return Err(identity_refused(&self.identity));
         }
         Ok(ok)
     }
@@ -673,5 +879,140 @@ mod tests {
         let e = check_client_san(cert.der(), "127.0.0.1".parse().unwrap()).await.unwrap_err();
         assert!(e.contains("not 127.0.0.1"), "{e}");
         assert_eq!(common_name(cert.der()).as_deref(), Some("peer"));
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_name_etcd_accepts_is_known_and_others_get_etcds_error() {
+        // Go's tls.CipherSuites() + tls.InsecureCipherSuites() + two aliases: what etcd 3.4.23
+        // (Go 1.19) and 3.5.1 (Go 1.16) accept, checked against both binaries.
+        let go = "TLS_AES_128_GCM_SHA256,TLS_AES_256_GCM_SHA384,TLS_CHACHA20_POLY1305_SHA256,\
+            TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA,TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,\
+            TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA,TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,\
+            TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,\
+            TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,TLS_RSA_WITH_AES_128_CBC_SHA,TLS_RSA_WITH_AES_256_CBC_SHA,\
+            TLS_RSA_WITH_AES_128_GCM_SHA256,TLS_RSA_WITH_AES_256_GCM_SHA384,TLS_RSA_WITH_RC4_128_SHA,TLS_RSA_WITH_3DES_EDE_CBC_SHA,\
+            TLS_RSA_WITH_AES_128_CBC_SHA256,TLS_ECDHE_ECDSA_WITH_RC4_128_SHA,TLS_ECDHE_RSA_WITH_RC4_128_SHA,\
+            TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA,TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256,TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256,\
+            TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305,TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305";
+        for name in go.split(',') {
+            assert!(go_cipher_suite(name).is_some(), "{name}");
+        }
+        let e = tls12_suites(&names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "tls_aes_128_gcm_sha256"])).unwrap_err();
+        assert_eq!(e.0, r#"unexpected TLS cipher suite "tls_aes_128_gcm_sha256""#);
+        let e = tls12_suites(&names(&["TLS_RSA_WITH_AES_128_CBC_SHA"])).unwrap_err();
+        assert!(e.0.starts_with(r#"TLS cipher suite "TLS_RSA_WITH_AES_128_CBC_SHA" is not supported by etcd-rs"#), "{}", e.0);
+    }
+
+    #[test]
+    fn cipher_suites_restrict_tls12_only_and_keep_every_tls13_suite() {
+        let all = provider(&[]).unwrap();
+        assert_eq!(all.cipher_suites.len(), rustls::crypto::ring::default_provider().cipher_suites.len());
+        let p = provider(&names(&[
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        ]))
+        .unwrap();
+        let tls13 = p.cipher_suites.iter().filter(|s| s.version() == &rustls::version::TLS13).count();
+        assert_eq!(tls13, 3);
+        let tls12: Vec<rustls::CipherSuite> =
+            p.cipher_suites.iter().filter(|s| s.version() == &rustls::version::TLS12).map(|s| s.suite()).collect();
+        assert_eq!(
+            tls12,
+            [rustls::CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
+        );
+        // only TLS 1.3 names: no TLS 1.2 suite is left, as in Go
+        let only13 = provider(&names(&["TLS_AES_128_GCM_SHA256"])).unwrap();
+        assert!(only13.cipher_suites.iter().all(|s| s.version() == &rustls::version::TLS13));
+    }
+
+    #[test]
+    fn allowed_cn_and_hostname_together_are_refused_as_etcd() {
+        let peer = TlsFlags {
+            cert_file: "/p.pem".into(),
+            key_file: "/p-key.pem".into(),
+            allowed_cn: "etcd-peer".into(),
+            allowed_hostname: "peer.example".into(),
+            ..Default::default()
+        };
+        let e = check_flags(&TlsFlags::default(), &peer, &[], &[]).unwrap_err();
+        assert_eq!(e.0, r#"AllowedCN and AllowedHostname are mutually exclusive (cn="etcd-peer", hostname="peer.example")"#);
+        // without a peer certificate etcd never builds the TLS config, so never complains
+        let no_cert = TlsFlags { cert_file: String::new(), key_file: String::new(), ..peer };
+        assert!(check_flags(&TlsFlags::default(), &no_cert, &[], &[]).is_ok());
+    }
+
+    fn cert_with(sans: &[&str], cn: &str) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn allowed_hostname_matches_dns_and_ip_sans_like_gos_verify_hostname() {
+        let der = cert_with(&["etcd.example.com", "*.peers.example.com", "10.0.0.7"], "not-a-san.example.com");
+        let host = |h: &str| AllowedIdentity::Hostname(h.into()).allows(&der);
+        assert!(host("etcd.example.com"));
+        assert!(host("ETCD.Example.com."));
+        assert!(host("m1.peers.example.com"));
+        assert!(!host("a.m1.peers.example.com"), "a wildcard matches one label");
+        assert!(host("10.0.0.7"));
+        assert!(!host("10.0.0.8"));
+        assert!(!host("not-a-san.example.com"), "the CN is not a name (Go >= 1.15)");
+        assert!(!host("bad host name"));
+        assert!(AllowedIdentity::Cn("not-a-san.example.com".into()).allows(&der));
+    }
+
+    #[test]
+    fn crl_refuses_listed_serials_in_pem_or_der_and_a_bad_file_refuses_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issue = |serial: u64| {
+            let mut p = rcgen::CertificateParams::new(vec!["client".to_string()]).unwrap();
+            p.serial_number = Some(rcgen::SerialNumber::from(serial));
+            let k = rcgen::KeyPair::generate().unwrap();
+            p.signed_by(&k, &ca, &ca_key).unwrap().der().clone()
+        };
+        let (revoked, good) = (issue(0x1234), issue(0x1235));
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: time::OffsetDateTime::now_utc(),
+            next_update: time::OffsetDateTime::now_utc() + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(0x1234u64),
+                revocation_time: time::OffsetDateTime::now_utc(),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca, &ca_key)
+        .unwrap();
+        let pem = dir.path().join("crl.pem");
+        let der = dir.path().join("crl.der");
+        std::fs::write(&pem, crl.pem().unwrap()).unwrap();
+        std::fs::write(&der, crl.der()).unwrap();
+        for file in [&pem, &der] {
+            assert_eq!(check_crl(file, &[&revoked]).unwrap_err(), "transport: certificate serial 1234 revoked");
+            assert!(check_crl(file, &[&good]).is_ok());
+            // any certificate of the chain the client sent
+            assert!(check_crl(file, &[&good, &revoked]).is_err());
+        }
+        let garbage = dir.path().join("garbage.crl");
+        std::fs::write(&garbage, b"not a CRL").unwrap();
+        assert!(check_crl(&garbage, &[&good]).is_err());
+        let missing = check_crl(&dir.path().join("missing.crl"), &[&good]).unwrap_err();
+        assert!(missing.starts_with("open "), "{missing}");
     }
 }

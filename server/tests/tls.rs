@@ -42,8 +42,14 @@ impl Pki {
 
     /// Writes `<name>.pem` and `<name>-key.pem`; returns (cert, key) paths.
     fn issue(&self, name: &str, cn: &str, sans: &[&str], server: bool) -> (String, String) {
+        self.issue_with_serial(name, cn, sans, server, None)
+    }
+
+    /// As `issue`, with a chosen serial number (rcgen picks a random one otherwise).
+    fn issue_with_serial(&self, name: &str, cn: &str, sans: &[&str], server: bool, serial: Option<u64>) -> (String, String) {
         let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = if server {
             vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth]
@@ -58,15 +64,54 @@ impl Pki {
         (c.display().to_string(), k.display().to_string())
     }
 
+    /// Writes a CRL signed by the CA revoking `serials` to `file` (PEM).
+    fn write_crl(&self, file: &Path, serials: &[u64]) {
+        let now = time::OffsetDateTime::now_utc();
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*s),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca, &self.ca_key)
+        .unwrap();
+        std::fs::write(file, crl.pem().unwrap()).unwrap();
+    }
+
     /// A client TLS configuration trusting the CA, with a client certificate when given.
     fn client_config(&self, cert: Option<(&str, &str)>, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let all = rustls::crypto::ring::default_provider().cipher_suites;
+        self.client_config_limited(cert, alpn, &all, rustls::DEFAULT_VERSIONS)
+    }
+
+    /// `client_config` offering only these cipher suites and protocol versions.
+    fn client_config_limited(
+        &self,
+        cert: Option<(&str, &str)>,
+        alpn: &[u8],
+        suites: &[rustls::SupportedCipherSuite],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(self.ca_file()).unwrap() {
             roots.add(c.unwrap()).unwrap();
         }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let provider = rustls::crypto::CryptoProvider {
+            cipher_suites: suites.to_vec(),
+            ..rustls::crypto::ring::default_provider()
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots);
         let mut cfg = match cert {
@@ -284,4 +329,143 @@ async fn metrics_urls_serve_plain_http_and_https_with_the_client_certificate() {
         }
     };
     assert!(refused, "a client without a certificate was served on the https metrics URL");
+}
+
+/// Whether a client with `tls` is served a KV read on `m` (refused at the handshake or, in
+/// TLS 1.3 where the server checks the client certificate after the client finished, at the
+/// first request).
+async fn served(m: &Member, tls: Arc<rustls::ClientConfig>) -> bool {
+    match PeerDialer::new(None, Some(tls)).connect(&m.endpoint(), Duration::from_secs(2)).await {
+        Err(_) => false,
+        Ok(ch) => KvClient::new(ch).range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.is_ok(),
+    }
+}
+
+/// Whether a TLS handshake with `tls` completes against 127.0.0.1:`port`.
+async fn handshake_ok(port: u16, tls: Arc<rustls::ClientConfig>) -> bool {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.is_ok()
+}
+
+#[tokio::test]
+async fn cipher_suites_limit_tls12_suites_and_leave_tls13_alone() {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    // rcgen's keys are ECDSA P-256, so the ECDSA suites are the ones that can be negotiated.
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1"], true);
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &[
+        "--cert-file", &server_cert, "--key-file", &server_key,
+        "--cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
+    ]);
+    m.client_scheme = "https";
+    m.start();
+    let tls12 = &[&rustls::version::TLS12];
+    let allowed = pki.client_config_limited(None, b"h2", &[cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256], tls12);
+    let mut c = tls_ready_client(&m, allowed.clone()).await;
+    common::put(&mut c, "over", "tls1.2").await.expect("put over the allowed TLS 1.2 suite");
+    for other in [cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256] {
+        let refused = pki.client_config_limited(None, b"h2", &[other], tls12);
+        assert!(!handshake_ok(m.client_port, refused).await, "{:?} was negotiated", other.suite());
+    }
+    assert!(m.log_shows("rejected connection"), "{}", m.log());
+    // TLS 1.3 suites are not configurable (as in Go): one not in the list still connects.
+    let tls13 = pki.client_config_limited(None, b"h2", &[cs::TLS13_CHACHA20_POLY1305_SHA256], &[&rustls::version::TLS13]);
+    assert!(served(&m, tls13).await, "TLS 1.3 with a suite not listed was refused");
+}
+
+#[tokio::test]
+async fn an_unknown_cipher_suite_stops_start_with_etcds_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &["--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_BOGUS"]);
+    m.start();
+    let status = m.wait_exit(Duration::from_secs(20)).expect("etcd-rs kept running with an unknown cipher suite");
+    assert!(!status.success());
+    assert!(m.log().contains(r#"unexpected TLS cipher suite "TLS_BOGUS""#), "{}", m.log());
+}
+
+#[tokio::test]
+async fn a_client_certificate_the_crl_revokes_is_refused_and_the_crl_is_read_again_per_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1"], true);
+    let revoked = pki.issue_with_serial("revoked", "alice", &[], false, Some(0x5eed01));
+    let good = pki.issue_with_serial("good", "bob", &[], false, Some(0x5eed02));
+    let crl = dir.path().join("client.crl");
+    pki.write_crl(&crl, &[0x5eed01]);
+    let (ca, crl_path) = (pki.ca_file(), crl.display().to_string());
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &[
+        "--cert-file", &server_cert, "--key-file", &server_key, "--trusted-ca-file", &ca, "--client-cert-auth",
+        "--client-crl-file", &crl_path,
+    ]);
+    m.client_scheme = "https";
+    m.start();
+    let good_tls = pki.client_config(Some((&good.0, &good.1)), b"h2");
+    tls_ready_client(&m, good_tls.clone()).await;
+    assert!(!served(&m, pki.client_config(Some((&revoked.0, &revoked.1)), b"h2")).await, "a revoked certificate was served");
+    assert!(m.log_shows("transport: certificate serial 5eed01 revoked"), "{}", m.log());
+    // an updated CRL takes effect without a restart
+    pki.write_crl(&crl, &[0x5eed01, 0x5eed02]);
+    assert!(!served(&m, good_tls.clone()).await, "a certificate revoked after start was served");
+    // an unreadable CRL refuses every client certificate (etcd's checkCRL fails the connection)
+    std::fs::write(&crl, b"not a CRL").unwrap();
+    assert!(!served(&m, good_tls.clone()).await, "served with a garbage CRL");
+    pki.write_crl(&crl, &[]);
+    assert!(served(&m, good_tls).await, "refused once nothing is revoked");
+}
+
+#[tokio::test]
+async fn a_client_certificate_not_valid_for_the_allowed_hostname_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1"], true);
+    let named = pki.issue("named", "someone", &["client.etcd.example"], false);
+    let wildcard = pki.issue("wildcard", "someone", &["*.etcd.example"], false);
+    // the CN alone is not a hostname (Go >= 1.15)
+    let cn_only = pki.issue("cn-only", "client.etcd.example", &["other.example"], false);
+    let ca = pki.ca_file();
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &[
+        "--cert-file", &server_cert, "--key-file", &server_key, "--trusted-ca-file", &ca, "--client-cert-auth",
+        "--client-cert-allowed-hostname", "client.etcd.example",
+    ]);
+    m.client_scheme = "https";
+    m.start();
+    tls_ready_client(&m, pki.client_config(Some((&named.0, &named.1)), b"h2")).await;
+    assert!(served(&m, pki.client_config(Some((&wildcard.0, &wildcard.1)), b"h2")).await, "a wildcard SAN was refused");
+    assert!(!served(&m, pki.client_config(Some((&cn_only.0, &cn_only.1)), b"h2")).await, "a certificate naming the host only in its CN was served");
+    assert!(m.log_shows("client certificate authentication failed"), "{}", m.log());
+}
+
+#[tokio::test]
+async fn peer_cert_allowed_hostname_refuses_peers_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (peer_cert, peer_key) = pki.issue("peer", "etcd-peer", &["127.0.0.1", "peer.etcd.example"], true);
+    let (other_cert, other_key) = pki.issue("other", "etcd-peer", &["127.0.0.1", "other.example"], true);
+    let ca = pki.ca_file();
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &[
+        "--peer-cert-file", &peer_cert, "--peer-key-file", &peer_key, "--peer-trusted-ca-file", &ca,
+        "--peer-client-cert-auth", "--peer-cert-allowed-hostname", "peer.etcd.example",
+    ]);
+    m.peer_scheme = "https";
+    m.start();
+    let _ = m.ready_client().await;
+    let peer_url = format!("https://127.0.0.1:{}", m.peer_port);
+    let members = |cert: &str, key: &str| {
+        let dialer = PeerDialer::new(None, Some(pki.client_config(Some((cert, key)), b"h2")));
+        let url = peer_url.clone();
+        async move {
+            match dialer.connect(&url, Duration::from_secs(2)).await {
+                Err(_) => false,
+                Ok(ch) => etcd_proto::etcdrspb::peer_client::PeerClient::new(ch)
+                    .members(etcd_proto::etcdrspb::MembersRequest {})
+                    .await
+                    .is_ok(),
+            }
+        }
+    };
+    assert!(!members(&other_cert, &other_key).await, "a peer certificate without the allowed hostname was served");
+    assert!(m.log_shows("client certificate authentication failed"), "{}", m.log());
+    assert!(members(&peer_cert, &peer_key).await, "the peer certificate naming the allowed hostname was refused");
 }
