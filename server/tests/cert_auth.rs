@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::Pki;
 use common::Member;
 use etcd_proto::authpb::{permission::Type as PermType, Permission};
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
@@ -17,78 +16,16 @@ use etcd_proto::etcdserverpb::{
     AuthUserGrantRoleRequest, AuthUserListRequest, AuthenticateRequest, PutRequest, RangeRequest,
 };
 use etcd_raft::PeerDialer;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-/// A test CA writing the PEM files of the certificates it signs into one directory.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "etcd-rs test CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir: dir.to_path_buf(), ca, ca_key }
-    }
-
-    fn ca_file(&self) -> String {
-        self.dir.join("ca.pem").display().to_string()
-    }
-
-    /// Writes `<name>.pem` and `<name>-key.pem` for a certificate with common name `cn` (None:
-    /// a subject without one); returns their paths.
-    fn issue(&self, name: &str, cn: Option<&str>, sans: &[&str]) -> (String, String) {
-        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        match cn {
-            Some(cn) => params.distinguished_name.push(rcgen::DnType::CommonName, cn),
-            None => params.distinguished_name.push(rcgen::DnType::OrganizationName, "no common name"),
-        }
-        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (c, k) = (self.dir.join(format!("{name}.pem")), self.dir.join(format!("{name}-key.pem")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c.display().to_string(), k.display().to_string())
-    }
-
-    /// A client TLS configuration trusting the CA and presenting `name`'s certificate.
-    fn client_config(&self, name: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.ca_file()).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let certs = CertificateDer::pem_file_iter(self.dir.join(format!("{name}.pem"))).unwrap().map(|c| c.unwrap()).collect();
-        let key = PrivateKeyDer::from_pem_file(self.dir.join(format!("{name}-key.pem"))).unwrap();
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .unwrap();
-        cfg.alpn_protocols = vec![alpn.to_vec()];
-        Arc::new(cfg)
-    }
-}
 
 /// A gRPC channel presenting `name`'s certificate, once the member answers a read (20 s).
 async fn channel_as(m: &Member, pki: &Pki, name: &str) -> Channel {
-    let dialer = PeerDialer::new(None, Some(pki.client_config(name, b"h2")));
+    let (cert, key) = pki.files(name);
+    let dialer = PeerDialer::new(None, Some(pki.client_config(Some((&cert, &key)), b"h2")));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(ch) = dialer.connect(&m.endpoint(), Duration::from_secs(1)).await {
@@ -113,7 +50,8 @@ fn put_req(k: &str) -> PutRequest {
 async fn https_post(m: &Member, pki: &Pki, name: &str, path: &str, body: &str) -> String {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", m.client_port)).await.unwrap();
     let server = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-    let tls = tokio_rustls::TlsConnector::from(pki.client_config(name, b"http/1.1"));
+    let (cert, key) = pki.files(name);
+    let tls = tokio_rustls::TlsConnector::from(pki.client_config(Some((&cert, &key)), b"http/1.1"));
     let mut s = tls.connect(server, tcp).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -130,11 +68,11 @@ async fn https_post(m: &Member, pki: &Pki, name: &str, path: &str, body: &str) -
 async fn a_client_certificates_common_name_acts_as_that_user_when_no_token_is_sent() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let (server_cert, server_key) = pki.issue("server", Some("etcd-server"), &["127.0.0.1", "localhost"]);
-    pki.issue("root", Some("root"), &[]);
-    pki.issue("alice", Some("alice"), &[]);
-    pki.issue("nobody", Some("nobody"), &[]);
-    pki.issue("nocn", None, &[]);
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1", "localhost"], true);
+    pki.issue("root", "root", &[], true);
+    pki.issue("alice", "alice", &[], true);
+    pki.issue("nobody", "nobody", &[], true);
+    pki.issue_without_cn("nocn");
     let ca = pki.ca_file();
     let flags = [
         "--cert-file", &server_cert, "--key-file", &server_key, "--trusted-ca-file", &ca, "--client-cert-auth",
