@@ -536,8 +536,7 @@ impl Applier {
             let first = self.members.cluster_version().is_none();
             self.members.apply_version(txn.write_txn(), &r.ver)?;
             if first {
-                let major_minor: String = r.ver.split('.').take(2).collect::<Vec<_>>().join(".");
-                tracing::info!(cluster_version = %r.ver, "enabled capabilities for version {major_minor}");
+                crate::membership::log_enabled_capabilities(&r.ver);
             }
             return Ok(ApplyResult::Empty);
         }

@@ -71,10 +71,23 @@ fn read_view(db: &redb::Database) -> Result<View, ServerError> {
     Ok(view)
 }
 
+/// etcd's api.UpdateCapability log line for cluster version `ver` ("3.5.0" -> "3.5").
+pub(crate) fn log_enabled_capabilities(ver: &str) {
+    let major_minor: String = ver.split('.').take(2).collect::<Vec<_>>().join(".");
+    tracing::info!(cluster_version = %ver, "enabled capabilities for version {major_minor}");
+}
+
 impl Membership {
     /// Loads the membership stored in the backend (empty on a new data dir).
+    /// A restarted member that knows its cluster version logs it as etcd's cluster.Recover does
+    /// (tools wait for "enabled capabilities for version" on every start, not only the first).
     pub fn load(db: &redb::Database, local_id: u64, cluster_id: u64) -> Result<Self, ServerError> {
-        Ok(Membership { local_id, cluster_id, view: RwLock::new(read_view(db)?) })
+        let view = read_view(db)?;
+        if let Some(ver) = &view.version {
+            log_enabled_capabilities(ver);
+            tracing::info!(cluster_version = %ver, "set cluster version from store");
+        }
+        Ok(Membership { local_id, cluster_id, view: RwLock::new(view) })
     }
 
     /// Replaces the view with the one stored in `db` (after a snapshot replaced the database).

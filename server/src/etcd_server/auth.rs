@@ -127,6 +127,15 @@ impl EtcdServer {
         self.auth.is_admin_permitted(ai).map_err(|e| ServerError::AuthUnmapped(e.to_string()))
     }
 
+    /// etcd's checkMembershipOperationPermission, made before proposing a member add, remove,
+    /// update or promote: with auth enabled the sender (token, else client-certificate CN) must
+    /// hold the root role. Its errors are mapped (`etcdserver: user name is empty`,
+    /// `... user name not found`, `... permission denied`); auth disabled lets anyone through.
+    pub async fn check_membership_permission(&self, md: &MetadataMap, ext: &tonic::Extensions) -> Result<(), ServerError> {
+        let ai = self.auth_info(md, ext).await?;
+        Ok(self.auth.is_admin_permitted(&ai)?)
+    }
+
     /// Read access to [key, range_end) (empty: the key alone).
     pub fn check_range_readable(&self, ai: &AuthInfo, key: &[u8], range_end: &[u8]) -> Result<(), ServerError> {
         Ok(self.auth.is_range_permitted(ai, key, range_end)?)
