@@ -16,8 +16,10 @@ pub const ETCD_API_VERSION: &str = "3.5.17";
 /// etcd-rs's own version.
 pub const ETCD_RS_VERSION: &str = env!("CARGO_PKG_VERSION");
 
+// args_override_self: as with Go's flag package, a flag given twice takes its last value (etcd's e2e
+// tests pass `--client-cert-auth` twice) instead of refusing the start.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "etcd-rs", about = "A drop-in etcd v3 server", disable_version_flag = true)]
+#[command(name = "etcd-rs", about = "A drop-in etcd v3 server", disable_version_flag = true, args_override_self = true)]
 pub struct Flags {
     /// Print the version and exit.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false", value_parser = BoolishValueParser::new())]

@@ -28,6 +28,13 @@
 //!   `--self-signed-cert-validity` years; peers with auto TLS skip verifying each other's
 //!   certificates, as etcd's InsecureSkipVerify does.
 //!
+//! - A certificate that is itself in the trusted CA file is accepted as a one-certificate chain,
+//!   even when it is a CA certificate (Go's x509 Verify does; webpki alone refuses a CA
+//!   certificate as end entity). etcd's e2e fixture `CommonName-root.crt` is such a self-signed
+//!   CA serving as server, client and CA certificate at once.
+//! - A refused handshake is logged ("rejected connection") in Go's words where tools match on
+//!   them: an alert from the other side reads `remote error: tls: bad certificate`.
+//!
 //! The invariant: an https URL is never served or dialled in plain text. A configuration that
 //! cannot serve TLS is a startup error; http URLs stay plain even when certificates are given
 //! (etcd does the same, with a warning).
@@ -362,12 +369,57 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("cannot read private key {}: {e}", path.display())))
 }
 
-fn load_roots(path: &str) -> Result<Arc<RootCertStore>, TlsError> {
+/// The trust anchors of a CA file, and its certificates as they are (see [`TrustedCerts`]).
+fn load_roots(path: &str) -> Result<(Arc<RootCertStore>, TrustedCerts), TlsError> {
     let mut roots = RootCertStore::empty();
-    for c in load_certs(Path::new(path))? {
-        roots.add(c).map_err(|e| TlsError(format!("bad CA certificate in {path}: {e}")))?;
+    let certs = load_certs(Path::new(path))?;
+    for c in &certs {
+        roots.add(c.clone()).map_err(|e| TlsError(format!("bad CA certificate in {path}: {e}")))?;
     }
-    Ok(Arc::new(roots))
+    Ok((Arc::new(roots), TrustedCerts(certs)))
+}
+
+/// What a trusted certificate presented as the peer's own certificate is used for (Go checks
+/// its extended key usages, when it lists any, against this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyUsage {
+    ClientAuth,
+    ServerAuth,
+}
+
+/// The certificates of a trusted CA file, byte for byte. Go's x509 Verify takes a certificate
+/// found in the root pool as a complete chain whatever its basic constraints; webpki refuses a
+/// CA certificate as end entity (CaUsedAsEndEntity). Consulted only after webpki refused.
+#[derive(Debug, Clone, Default)]
+struct TrustedCerts(Vec<CertificateDer<'static>>);
+
+impl TrustedCerts {
+    /// Whether `end_entity` is one of these certificates, valid at `now` and, when it lists
+    /// extended key usages, allowed for `usage` (or any).
+    fn accepts(&self, end_entity: &CertificateDer<'_>, now: UnixTime, usage: KeyUsage) -> bool {
+        if !self.0.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+            return false;
+        }
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(end_entity) else { return false };
+        let Ok(at) = x509_parser::time::ASN1Time::from_timestamp(now.as_secs().min(i64::MAX as u64) as i64) else {
+            return false;
+        };
+        if !cert.validity().is_valid_at(at) {
+            return false;
+        }
+        match cert.extended_key_usage() {
+            Ok(None) => true,
+            Ok(Some(eku)) => {
+                let eku = eku.value;
+                eku.any
+                    || match usage {
+                        KeyUsage::ClientAuth => eku.client_auth,
+                        KeyUsage::ServerAuth => eku.server_auth,
+                    }
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// A listener's rustls config: our certificate, and client certificates required and verified
@@ -389,21 +441,16 @@ fn server_config(
                 "client certificate authentication needs --{ca_flag} in etcd-rs (the system's root certificates are not used to verify clients)"
             ));
         }
-        let roots = load_roots(&flags.trusted_ca_file)?;
+        let (roots, trusted) = load_roots(&flags.trusted_ca_file)?;
         let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider)
             .build()
             .map_err(|e| TlsError(format!("--{ca_flag}: {e}")))?;
-        let identity = AllowedIdentity::from_flags(flags);
-        let verifier: Arc<dyn ClientCertVerifier> = if identity.is_none() && flags.crl_file.is_empty() {
-            webpki
-        } else {
-            Arc::new(CheckedClientVerifier {
-                inner: webpki,
-                identity,
-                crl_file: (!flags.crl_file.is_empty()).then(|| PathBuf::from(&flags.crl_file)),
-            })
-        };
-        builder.with_client_cert_verifier(verifier)
+        builder.with_client_cert_verifier(Arc::new(CheckedClientVerifier {
+            inner: webpki,
+            trusted,
+            identity: AllowedIdentity::from_flags(flags),
+            crl_file: (!flags.crl_file.is_empty()).then(|| PathBuf::from(&flags.crl_file)),
+        }))
     } else {
         builder.with_no_client_auth()
     };
@@ -436,13 +483,11 @@ fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::C
             "https peer URLs with --peer-cert-file need --peer-trusted-ca-file in etcd-rs (the system's root certificates are not used to verify peers)",
         );
     } else {
-        rustls::client::WebPkiServerVerifier::builder_with_provider(load_roots(&flags.trusted_ca_file)?, provider.clone())
+        let (roots, trusted) = load_roots(&flags.trusted_ca_file)?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
-            .map_err(|e| TlsError(format!("--peer-trusted-ca-file: {e}")))?
-    };
-    let verifier: Arc<dyn ServerCertVerifier> = match AllowedIdentity::from_flags(flags) {
-        None => verifier,
-        Some(identity) => Arc::new(CheckedServerVerifier { inner: verifier, identity }),
+            .map_err(|e| TlsError(format!("--peer-trusted-ca-file: {e}")))?;
+        Arc::new(CheckedServerVerifier { inner: webpki, trusted, identity: AllowedIdentity::from_flags(flags) })
     };
     let mut config = builder
         .dangerous()
@@ -493,8 +538,12 @@ fn valid_for_hostname(end_entity: &CertificateDer<'_>, host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let Ok(name) = ServerName::try_from(host) else { return false };
+    valid_for_name(end_entity, &name)
+}
+
+fn valid_for_name(end_entity: &CertificateDer<'_>, name: &ServerName<'_>) -> bool {
     let Ok(parsed) = rustls::server::ParsedCertificate::try_from(end_entity) else { return false };
-    rustls::client::verify_server_name(&parsed, &name).is_ok()
+    rustls::client::verify_server_name(&parsed, name).is_ok()
 }
 
 /// A certificate without the allowed CN or hostname: logged with etcd's words, and refused
@@ -564,11 +613,13 @@ macro_rules! delegate_signature_checks {
     };
 }
 
-/// A listener's client-certificate checks beyond the CA: the allowed CN or hostname, then the
-/// CRL (etcd's order: VerifyPeerCertificate in the handshake, then the listener's CRL check).
+/// A listener's client-certificate checks: the CA (webpki, else a certificate of the CA file
+/// itself), then the allowed CN or hostname, then the CRL (etcd's order: VerifyPeerCertificate
+/// in the handshake, then the listener's CRL check).
 #[derive(Debug)]
 struct CheckedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    trusted: TrustedCerts,
     identity: Option<AllowedIdentity>,
     crl_file: Option<PathBuf>,
 }
@@ -583,7 +634,11 @@ impl ClientCertVerifier for CheckedClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let ok = match self.inner.verify_client_cert(end_entity, intermediates, now) {
+            Ok(ok) => ok,
+            Err(_) if self.trusted.accepts(end_entity, now, KeyUsage::ClientAuth) => ClientCertVerified::assertion(),
+            Err(e) => return Err(e),
+        };
         if let Some(identity) = &self.identity {
             if !identity.allows(end_entity) {
                 return Err(identity_refused(identity));
@@ -598,12 +653,14 @@ impl ClientCertVerifier for CheckedClientVerifier {
     delegate_signature_checks!();
 }
 
-/// The allowed CN or hostname on the dialling side: etcd's TLS config checks the peer it dials
-/// too (the same VerifyPeerCertificate serves both directions).
+/// How this member checks the peers it dials: the CA (webpki, else a certificate of the CA file
+/// itself, valid for the name dialled), then the allowed CN or hostname (etcd's TLS config
+/// checks the peer it dials too: the same VerifyPeerCertificate serves both directions).
 #[derive(Debug)]
 struct CheckedServerVerifier {
     inner: Arc<dyn ServerCertVerifier>,
-    identity: AllowedIdentity,
+    trusted: TrustedCerts,
+    identity: Option<AllowedIdentity>,
 }
 
 impl ServerCertVerifier for CheckedServerVerifier {
@@ -615,9 +672,17 @@ impl ServerCertVerifier for CheckedServerVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ok = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        if !self.identity.allows(end_entity) {
-            return Err(identity_refused(&self.identity));
+        let ok = match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(ok) => ok,
+            Err(_) if self.trusted.accepts(end_entity, now, KeyUsage::ServerAuth) && valid_for_name(end_entity, server_name) => {
+                ServerCertVerified::assertion()
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(identity) = &self.identity {
+            if !identity.allows(end_entity) {
+                return Err(identity_refused(identity));
+            }
         }
         Ok(ok)
     }
@@ -805,6 +870,59 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Why a handshake failed, in Go's words where tools match on them: an alert the other side
+/// sent reads `remote error: tls: <Go's alert text>` (etcd's e2e waits for "remote error: tls:
+/// bad certificate" from a member whose certificate its peers refuse), and our own refusal
+/// reasons (the CRL's) come without rustls's "unexpected error: " prefix.
+fn handshake_error(e: &io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::AlertReceived(alert)) => format!("remote error: {}", go_alert_text(u8::from(*alert))),
+        Some(rustls::Error::General(reason)) => reason.clone(),
+        _ => e.to_string(),
+    }
+}
+
+/// Go's crypto/tls alert texts (alert.go), by alert number.
+fn go_alert_text(code: u8) -> String {
+    let text = match code {
+        0 => "close notify",
+        10 => "unexpected message",
+        20 => "bad record MAC",
+        21 => "decryption failed",
+        22 => "record overflow",
+        30 => "decompression failure",
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "revoked certificate",
+        45 => "expired certificate",
+        46 => "unknown certificate",
+        47 => "illegal parameter",
+        48 => "unknown certificate authority",
+        49 => "access denied",
+        50 => "error decoding message",
+        51 => "error decrypting message",
+        60 => "export restriction",
+        70 => "protocol version not supported",
+        71 => "insufficient security level",
+        80 => "internal error",
+        86 => "inappropriate fallback",
+        90 => "user canceled",
+        100 => "no renegotiation",
+        109 => "missing extension",
+        110 => "unsupported extension",
+        111 => "certificate unobtainable",
+        112 => "unrecognized name",
+        113 => "bad certificate status response",
+        114 => "bad certificate hash value",
+        115 => "unknown PSK identity",
+        116 => "certificate required",
+        120 => "no application protocol",
+        other => return format!("tls: alert({other})"),
+    };
+    format!("tls: {text}")
+}
+
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
@@ -813,7 +931,7 @@ async fn handshake(
 ) -> Result<TlsConn, String> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Err(e)) => return Err(handshake_error(&e)),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     if check_san {
@@ -1014,5 +1132,48 @@ mod tests {
         assert!(check_crl(&garbage, &[&good]).is_err());
         let missing = check_crl(&dir.path().join("missing.crl"), &[&good]).unwrap_err();
         assert!(missing.starts_with("open "), "{missing}");
+    }
+
+    #[test]
+    fn handshake_errors_read_as_gos() {
+        let alert = |d| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(d));
+        assert_eq!(handshake_error(&alert(rustls::AlertDescription::BadCertificate)), "remote error: tls: bad certificate");
+        assert_eq!(
+            handshake_error(&alert(rustls::AlertDescription::UnknownCA)),
+            "remote error: tls: unknown certificate authority"
+        );
+        assert_eq!(handshake_error(&alert(rustls::AlertDescription::Unknown(200))), "remote error: tls: alert(200)");
+        let ours = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::General("transport: certificate serial 12 revoked".into()));
+        assert_eq!(handshake_error(&ours), "transport: certificate serial 12 revoked");
+        let other = io::Error::new(io::ErrorKind::UnexpectedEof, "eof");
+        assert_eq!(handshake_error(&other), "eof");
+    }
+
+    fn ca_with(eku: &[rcgen::ExtendedKeyUsagePurpose], not_after_year: i32) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "root");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.extended_key_usages = eku.to_vec();
+        params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_certificate_of_the_trusted_file_is_accepted_as_itself_like_go() {
+        let now = UnixTime::now();
+        let ca = ca_with(&[], 2100);
+        let server_only = ca_with(&[rcgen::ExtendedKeyUsagePurpose::ServerAuth], 2100);
+        let expired = ca_with(&[], 2000);
+        let trusted = TrustedCerts(vec![ca.clone(), server_only.clone(), expired.clone()]);
+        assert!(trusted.accepts(&ca, now, KeyUsage::ClientAuth));
+        assert!(trusted.accepts(&ca, now, KeyUsage::ServerAuth));
+        // Go's extended key usage check, when the certificate lists usages
+        assert!(!trusted.accepts(&server_only, now, KeyUsage::ClientAuth));
+        assert!(trusted.accepts(&server_only, now, KeyUsage::ServerAuth));
+        assert!(!trusted.accepts(&expired, now, KeyUsage::ClientAuth));
+        // not in the file: refused, whatever it is
+        assert!(!trusted.accepts(&ca_with(&[], 2100), now, KeyUsage::ClientAuth));
+        assert!(!TrustedCerts::default().accepts(&ca, now, KeyUsage::ClientAuth));
     }
 }

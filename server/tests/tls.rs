@@ -293,7 +293,8 @@ async fn a_client_certificate_the_crl_revokes_is_refused_and_the_crl_is_read_aga
     let good_tls = pki.client_config(Some((&good.0, &good.1)), b"h2");
     tls_ready_client(&m, good_tls.clone()).await;
     assert!(!served(&m, pki.client_config(Some((&revoked.0, &revoked.1)), b"h2")).await, "a revoked certificate was served");
-    assert!(m.log_shows("transport: certificate serial 5eed01 revoked"), "{}", m.log());
+    // etcd's words, without rustls's "unexpected error: " prefix
+    assert!(m.log_shows(r#""error":"transport: certificate serial 5eed01 revoked""#), "{}", m.log());
     // an updated CRL takes effect without a restart
     pki.write_crl(&crl, &[0x5eed01, 0x5eed02]);
     assert!(!served(&m, good_tls.clone()).await, "a certificate revoked after start was served");
@@ -357,4 +358,54 @@ async fn peer_cert_allowed_hostname_refuses_peers_without_it() {
     assert!(!members(&other_cert, &other_key).await, "a peer certificate without the allowed hostname was served");
     assert!(m.log_shows("client certificate authentication failed"), "{}", m.log());
     assert!(members(&peer_cert, &peer_key).await, "the peer certificate naming the allowed hostname was refused");
+}
+
+/// etcd's TestEtcdPeerCNAuth: a member whose certificate lacks the CN its peers allow is
+/// refused by them, and logs their refusal in Go's words ("remote error: tls: bad
+/// certificate"), which tools wait for.
+#[tokio::test]
+async fn a_member_whose_cn_its_peers_refuse_logs_gos_bad_certificate_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (good_cert, good_key) = pki.issue("good", "etcd-peer", &["127.0.0.1"], true);
+    let (odd_cert, odd_key) = pki.issue("odd", "someone-else", &["127.0.0.1"], true);
+    let ca = pki.ca_file();
+    let mut good = Member::new(&dir.path().join("good.etcd"), &[
+        "--peer-cert-file", &good_cert, "--peer-key-file", &good_key, "--peer-trusted-ca-file", &ca,
+        "--peer-client-cert-auth", "--peer-cert-allowed-cn", "etcd-peer",
+    ]);
+    let mut odd = Member::new(&dir.path().join("odd.etcd"), &[
+        "--peer-cert-file", &odd_cert, "--peer-key-file", &odd_key, "--peer-trusted-ca-file", &ca,
+        "--peer-client-cert-auth", "--peer-cert-allowed-cn", "someone-else",
+    ]);
+    good.name = "good".into();
+    odd.name = "odd".into();
+    let initial = format!("good=https://127.0.0.1:{},odd=https://127.0.0.1:{}", good.peer_port, odd.peer_port);
+    for m in [&mut good, &mut odd] {
+        m.peer_scheme = "https";
+        m.initial_cluster = Some(initial.clone());
+        m.start();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !odd.log_shows("remote error: tls: bad certificate") {
+        assert!(Instant::now() < deadline, "no Go-worded refusal in 20s; log:\n{}", odd.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(good.log_shows("client certificate authentication failed"), "{}", good.log());
+}
+
+/// As with Go's flag package, a flag given twice takes its last value instead of refusing the
+/// start (etcd's e2e passes `--client-cert-auth` twice when it adds a CRL).
+#[tokio::test]
+async fn a_flag_given_twice_takes_its_last_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (server_cert, server_key) = pki.issue("server", "etcd-server", &["127.0.0.1"], true);
+    let mut m = Member::new(&dir.path().join("m0.etcd"), &[
+        "--cert-file", &server_cert, "--key-file", &server_key, "--client-cert-auth", "--client-cert-auth=false",
+    ]);
+    m.client_scheme = "https";
+    m.start();
+    // no client certificate needed: the last --client-cert-auth said false
+    tls_ready_client(&m, pki.client_config(None, b"h2")).await;
 }
