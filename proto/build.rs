@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .preserve_proto_field_names()
         .ignore_unknown_fields()
-        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".membershippb"])?;
+        .build(&[".etcdserverpb", ".mvccpb", ".authpb", ".membershippb", ".v3lockpb", ".v3electionpb"])?;
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -26,9 +26,11 @@ pub mod leasepb {
 }
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 /// etcd-rs's own peer-to-peer service (raft message streams, membership for joining members).
 pub mod etcdrspb {

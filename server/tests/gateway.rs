@@ -131,11 +131,7 @@ async fn gateway_watch_streams_a_put_made_after_it() {
     // the client going away ends the watch stream and its watchers
     assert_eq!(watchers(&m), 2);
     drop(w);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while watchers(&m) != 0 {
-        assert!(std::time::Instant::now() < deadline, "watchers left after the client disconnected");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_no_watchers(&m, "watchers left after the client disconnected");
 
     // a first message that does not parse is refused as grpc-gateway does
     let (code, err) = http_post(&m, "/v3/watch", "{bad");
@@ -212,6 +208,131 @@ async fn gateway_stream_errors_come_as_grpc_gateway_error_objects() {
     assert_eq!(refused["cancel_reason"], "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_op_without_a_request_is_refused_with_key_not_found() {
+    let (_dir, m, _) = single_member(&[]).await;
+    // the bodies of etcd's TestV3CurlTxn: Go's jsonpb (camelCase, enum names), then one whose
+    // oneofs are named as Go's struct fields, which jsonpb skips as unknown: empty ops
+    let txn = r#"{"compare":[{"target":"CREATE","key":"Zm9v","createRevision":"0"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}"#;
+    let (code, out) = http_post(&m, "/v3/kv/txn", txn);
+    assert_eq!(code, 200, "{out}");
+    assert!(out.contains(r#""succeeded":true,"responses":[{"response_put":{"header":{"revision":"2"}}}]"#), "{out}");
+    let not_found = r#"{"error":"etcdserver: key not found","message":"etcdserver: key not found","code":3}"#;
+    for (prefix, body) in [
+        ("/v3", r#"{"compare":[{"result":0,"target":1,"key":"Zm9v","TargetUnion":null}],"success":[{"Request":{"RequestPut":{"key":"Zm9v","value":"YmFy"}}}]}"#),
+        ("/v3beta", r#"{"failure":[{}]}"#),
+        ("/v3", r#"{"success":[{"request_txn":{"success":[{}]}}]}"#),
+    ] {
+        let (code, out) = http_post(&m, &format!("{prefix}/kv/txn"), body);
+        assert_eq!((code, out.as_str()), (400, not_found), "{body}");
+    }
+    let (_, range) = http_post(&m, "/v3/kv/range", r#"{"key":"Zm9v"}"#);
+    assert!(range.contains(r#""revision":"2""#), "a refused txn writes nothing: {range}");
+}
+
+/// The JSON of a successful gateway call.
+fn post_ok(m: &Member, path: &str, body: &str) -> serde_json::Value {
+    let (code, out) = http_post(m, path, body);
+    assert_eq!(code, 200, "{path}: {out}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// grpc-gateway's body for an error of gRPC code Unknown (HTTP 500).
+fn unknown_error(msg: &str) -> (u16, String) {
+    let quoted = serde_json::Value::from(msg).to_string();
+    (500, format!(r#"{{"error":{quoted},"message":{quoted},"code":2}}"#))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_election_campaigns_proclaims_observes_and_resigns_as_etcd() {
+    let (_dir, m, _) = single_member(&[]).await;
+    for prefix in ["/v3", "/v3beta"] {
+        let name = b64(format!("{prefix}/election").as_bytes());
+        let path = |p: &str| format!("{prefix}/election/{p}");
+        let missing = unknown_error("\"leader\" field must be provided");
+        assert_eq!(http_post(&m, &path("proclaim"), r#"{"value":"djI="}"#), missing);
+        assert_eq!(http_post(&m, &path("resign"), "{}"), missing);
+        let no_leader = unknown_error("election: no leader");
+        assert_eq!(http_post(&m, &path("leader"), &format!(r#"{{"name":"{name}"}}"#)), no_leader);
+
+        // no lease given: the campaign runs on a new lease of 60 s, as etcd's session
+        let campaign = post_ok(&m, &path("campaign"), &format!(r#"{{"name":"{name}","value":"djE="}}"#));
+        let leader = campaign["leader"].clone();
+        let lease: i64 = leader["lease"].as_str().unwrap().parse().unwrap();
+        assert_eq!(leader["name"], name.as_str());
+        assert_eq!(leader["key"], b64(format!("{prefix}/election/{lease:x}").as_bytes()));
+        assert_eq!(leader["rev"], campaign["header"]["revision"]);
+        let ttl = post_ok(&m, "/v3/lease/timetolive", &format!(r#"{{"ID":"{lease}"}}"#));
+        assert_eq!(ttl["grantedTTL"], "60", "{ttl}");
+
+        let mut observe = ChunkedResponse::post(&m, &path("observe"), &[], &format!(r#"{{"name":"{name}"}}"#));
+        assert_eq!(observe.status, 200);
+        let now = observe.next_result().unwrap();
+        assert_eq!((&now["kv"]["key"], &now["kv"]["value"]), (&leader["key"], &"djE=".into()), "{now}");
+
+        let proclaim = post_ok(&m, &path("proclaim"), &format!(r#"{{"leader":{leader},"value":"djI="}}"#));
+        let next = observe.next_result().unwrap();
+        assert_eq!(next["kv"]["value"], "djI=", "{next}");
+        assert_eq!(next["header"]["revision"], proclaim["header"]["revision"]);
+        let current = post_ok(&m, &path("leader"), &format!(r#"{{"name":"{name}"}}"#));
+        assert_eq!(current["kv"]["value"], "djI=");
+
+        // the observer going away ends its watch
+        assert_eq!(watchers(&m), 1);
+        drop(observe);
+        wait_no_watchers(&m, "the observe watch outlived its client");
+
+        post_ok(&m, &path("resign"), &format!(r#"{{"leader":{leader}}}"#));
+        let stale = format!(r#"{{"leader":{leader},"value":"djM="}}"#);
+        assert_eq!(http_post(&m, &path("proclaim"), &stale), unknown_error("election: not leader"));
+        assert_eq!(http_post(&m, &path("leader"), &format!(r#"{{"name":"{name}"}}"#)), no_leader);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_lock_takes_a_session_lease_and_answers_errors_as_code_unknown() {
+    let (_dir, m, _) = single_member(&[]).await;
+    for prefix in ["/v3", "/v3beta"] {
+        let before = lease_ids(&m);
+        let lock = post_ok(&m, &format!("{prefix}/lock/lock"), r#"{"name":"bQ=="}"#);
+        let granted: Vec<i64> = lease_ids(&m).into_iter().filter(|id| !before.contains(id)).collect();
+        let [lease] = granted[..] else { panic!("one lease granted for the lock: {granted:?}") };
+        assert_eq!(lock["key"], b64(format!("m/{lease:x}").as_bytes()), "{lock}");
+        let unlock = post_ok(&m, &format!("{prefix}/lock/unlock"), &format!(r#"{{"key":{}}}"#, lock["key"]));
+        assert!(unlock["header"]["revision"].as_str().is_some(), "{unlock}");
+
+        let (code, out) = http_post(&m, &format!("{prefix}/lock/lock"), r#"{"name":"bQ==","lease":"123"}"#);
+        assert_eq!((code, out), unknown_error("etcdserver: requested lease not found"));
+        let (code, out) = http_post(&m, &format!("{prefix}/lock/unlock"), "{}");
+        assert_eq!((code, out), unknown_error("etcdserver: key is not provided"));
+    }
+    let (code, out) = http_post(&m, "/v3/lock/lock", r#"{"name":"bQ==""#);
+    assert_eq!((code, out.as_str()), (400, r#"{"error":"unexpected EOF","message":"unexpected EOF","code":3}"#));
+}
+
+fn lease_ids(m: &Member) -> Vec<i64> {
+    let leases = post_ok(m, "/v3/lease/leases", "");
+    let ids = leases["leases"].as_array().cloned().unwrap_or_default();
+    ids.iter().map(|l| l["ID"].as_str().unwrap().parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_and_move_leader_answer_without_a_header() {
+    use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_proto::etcdserverpb::{DefragmentRequest, MoveLeaderRequest, StatusRequest};
+    let (_dir, m, _) = single_member(&[]).await;
+    let mut c = MaintenanceClient::connect(m.endpoint()).await.unwrap();
+    let defrag = c.defragment(DefragmentRequest {}).await.unwrap().into_inner();
+    assert!(defrag.header.is_none(), "{defrag:?}");
+    let me = c.status(StatusRequest {}).await.unwrap().into_inner().header.unwrap().member_id;
+    let moved = c.move_leader(MoveLeaderRequest { target_id: me }).await.unwrap().into_inner();
+    assert!(moved.header.is_none(), "{moved:?}");
+
+    assert_eq!(http_post(&m, "/v3/maintenance/defragment", "{}"), (200, "{}".to_string()));
+    let to_self = format!(r#"{{"targetID":"{me}"}}"#);
+    assert_eq!(http_post(&m, "/v3/maintenance/transfer-leadership", &to_self), (200, "{}".to_string()));
+}
+
 /// etcd_debugging_mvcc_watcher_total from /metrics.
 fn watchers(m: &Member) -> u64 {
     let (_, metrics) = http_get(m, "/metrics");
@@ -220,6 +341,15 @@ fn watchers(m: &Member) -> u64 {
         .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("watcher gauge")
+}
+
+/// Waits (bounded) until the member has no watchers left.
+fn wait_no_watchers(m: &Member, why_not: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while watchers(m) != 0 {
+        assert!(std::time::Instant::now() < deadline, "{why_not}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn b64(data: &[u8]) -> String {

@@ -82,3 +82,33 @@ async fn an_election_has_one_leader_whose_value_observers_follow() {
     let missing = e.resign(ResignRequest { leader: None }).await.unwrap_err();
     assert_eq!(missing.message(), "\"leader\" field must be provided");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_lease_run_on_a_new_60s_lease_and_errors_are_code_unknown() {
+    use etcd_proto::etcdserverpb::LeaseTimeToLiveRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, ch, _, _) = member_with_two_leases(&dir).await;
+    let ttl = |id: i64| {
+        let mut l = LeaseClient::new(ch.clone());
+        async move { l.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.unwrap().into_inner().granted_ttl }
+    };
+    let mut lock = LockClient::new(ch.clone());
+    let held = lock.lock(LockRequest { name: b"m".to_vec(), lease: 0 }).await.unwrap().into_inner();
+    let lease_hex = std::str::from_utf8(&held.key).unwrap().strip_prefix("m/").unwrap().to_string();
+    assert_eq!(ttl(i64::from_str_radix(&lease_hex, 16).unwrap()).await, 60);
+
+    let mut e = ElectionClient::new(ch.clone());
+    let c = CampaignRequest { name: b"e".to_vec(), lease: 0, value: b"v".to_vec() };
+    let leader = e.campaign(c).await.unwrap().into_inner().leader.unwrap();
+    assert_ne!(leader.lease, 0);
+    assert_eq!(leader.key, format!("e/{:x}", leader.lease).into_bytes());
+    assert_eq!(ttl(leader.lease).await, 60);
+
+    // etcd's services reach the server through an in-process client: its errors are plain
+    let unknown_lease = lock.lock(LockRequest { name: b"m".to_vec(), lease: 999 }).await.unwrap_err();
+    assert_eq!((unknown_lease.code(), unknown_lease.message()), (tonic::Code::Unknown, "etcdserver: requested lease not found"));
+    let no_key = lock.unlock(UnlockRequest { key: vec![] }).await.unwrap_err();
+    assert_eq!((no_key.code(), no_key.message()), (tonic::Code::Unknown, "etcdserver: key is not provided"));
+    let no_leader = e.leader(LeaderRequest { name: b"none".to_vec() }).await.unwrap_err();
+    assert_eq!(no_leader.code(), tonic::Code::Unknown);
+}

@@ -4,10 +4,15 @@
 //! implementation the gRPC route does, so validation and errors are identical; errors come back
 //! as `{"error", "message", "code"}` with grpc-gateway's HTTP status for the code.
 //!
-//! The streaming RPCs (`/v3/watch`, `/v3/lease/keepalive`, `/v3/maintenance/snapshot`) answer
-//! as grpc-gateway v1 streams them: the request body holds one JSON request after another
+//! The unary RPCs include v3lock's (`/v3/lock/{lock,unlock}`) and v3election's
+//! (`/v3/election/{campaign,proclaim,leader,resign}`), whose errors are code Unknown (HTTP 500)
+//! as etcd's in-process client gives them.
+//!
+//! The streaming RPCs (`/v3/watch`, `/v3/lease/keepalive`, `/v3/maintenance/snapshot`,
+//! `/v3/election/observe`) answer as grpc-gateway v1 streams them: the request body holds one JSON request after another
 //! (read as it arrives; a message that does not parse ends the requests, except the first,
-//! which is refused with 500 and code 2), and the response is chunked, one
+//! which is refused with 500 and code 2; a server stream's one request is read as a unary one's),
+//! and the response is chunked, one
 //! `{"result": <message>}` plus a newline per message. The HTTP status is sent with the first
 //! message: an error before it gets the code's HTTP status; an error after it is a last
 //! `{"error": {"grpc_code", "http_code", "message", "http_status"}}` with no newline. A watch
@@ -34,6 +39,12 @@ use tonic::{Code, Status};
 
 use tonic::metadata::MetadataMap;
 
+use etcd_proto::v3electionpb::election_server::Election;
+use etcd_proto::v3electionpb::LeaderRequest;
+use etcd_proto::v3lockpb::lock_server::Lock;
+
+use super::election::ElectionService;
+use super::lock::LockService;
 use super::watch::WatchService;
 use super::{auth::AuthService, cluster::ClusterService, kv::KvService, lease::LeaseService, maintenance::MaintenanceService};
 use crate::etcd_server::EtcdServer;
@@ -77,23 +88,34 @@ fn token_metadata(headers: &HeaderMap) -> MetadataMap {
     md
 }
 
-/// Parses the body (empty = the default request), carries the `Authorization` header as the
-/// token metadata, calls `call`, and renders its answer.
+/// The request of a unary or server-streaming call as grpc-gateway decodes it: the first JSON
+/// value of the body (an empty body is the default request), the `Authorization` header as the
+/// token metadata. A body that does not parse gives why, refused with InvalidArgument.
+fn decode_request<Req>(headers: &HeaderMap, body: &Bytes) -> Result<tonic::Request<Req>, String>
+where
+    Req: DeserializeOwned + Default,
+{
+    let req = match serde_json::Deserializer::from_slice(body).into_iter().next() {
+        None => Req::default(),
+        Some(Ok(r)) => r,
+        // a body cut short: Go's decoder says io.ErrUnexpectedEOF
+        Some(Err(e)) if e.is_eof() => return Err("unexpected EOF".to_string()),
+        Some(Err(e)) => return Err(e.to_string()),
+    };
+    Ok(tonic::Request::from_parts(token_metadata(headers), Default::default(), req))
+}
+
+/// Decodes the request (see [`decode_request`]), calls `call`, and renders its answer.
 async fn handle<Req, Resp, Fut>(headers: HeaderMap, body: Bytes, call: impl FnOnce(tonic::Request<Req>) -> Fut) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let req: Req = if body.iter().all(u8::is_ascii_whitespace) {
-        Req::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => return error_response(Code::InvalidArgument, &e.to_string()),
-        }
+    let request = match decode_request(&headers, &body) {
+        Ok(r) => r,
+        Err(why) => return error_response(Code::InvalidArgument, &why),
     };
-    let request = tonic::Request::from_parts(token_metadata(&headers), Default::default(), req);
     match call(request).await {
         Ok(resp) => match serde_json::to_string(resp.get_ref()) {
             Ok(s) => json_response(StatusCode::OK, s),
@@ -283,13 +305,29 @@ where
     chunked_response(StatusCode::OK, Body::from_stream(chunks), true)
 }
 
-/// `/v3/watch`, `/v3/lease/keepalive` and `/v3/maintenance/snapshot` (see the module docs).
+/// A server-streaming call: its one request decoded as a unary call's, its answers streamed.
+async fn handle_server_stream<Req, T, S, Fut>(headers: HeaderMap, body: Bytes, call: impl FnOnce(tonic::Request<Req>) -> Fut) -> Response
+where
+    Req: DeserializeOwned + Default,
+    T: Serialize + Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+    Fut: Future<Output = Result<tonic::Response<S>, Status>>,
+{
+    match decode_request(&headers, &body) {
+        Ok(request) => stream_response(call(request).await.map(tonic::Response::into_inner)).await,
+        Err(why) => error_response(Code::InvalidArgument, &why),
+    }
+}
+
+/// The streaming routes: `/v3/watch`, `/v3/lease/keepalive`, `/v3/maintenance/snapshot` and
+/// `/v3/election/observe` (see the module docs).
 fn stream_routes(mut router: Router, server: Arc<EtcdServer>) -> Router {
     let max = max_json_message(&server);
     let max_response_bytes = server.config().max_request_bytes + super::GRPC_OVERHEAD_BYTES;
     let watch = Arc::new(WatchService { server: server.clone(), max_response_bytes });
     let lease = Arc::new(LeaseService { server: server.clone() });
-    let maintenance = Arc::new(MaintenanceService { server });
+    let maintenance = Arc::new(MaintenanceService { server: server.clone() });
+    let election = Arc::new(ElectionService { server });
     let watch_h = move |headers: HeaderMap, body: Body| {
         let watch = watch.clone();
         async move {
@@ -310,25 +348,18 @@ fn stream_routes(mut router: Router, server: Arc<EtcdServer>) -> Router {
     };
     let snapshot_h = move |headers: HeaderMap, body: Bytes| {
         let maintenance = maintenance.clone();
-        async move {
-            let req: SnapshotRequest = if body.iter().all(u8::is_ascii_whitespace) {
-                SnapshotRequest::default()
-            } else {
-                match serde_json::Deserializer::from_slice(&body).into_iter().next() {
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => return error_response(Code::InvalidArgument, &e.to_string()),
-                    None => SnapshotRequest::default(),
-                }
-            };
-            let request = tonic::Request::from_parts(token_metadata(&headers), Default::default(), req);
-            stream_response(maintenance.snapshot(request).await.map(tonic::Response::into_inner)).await
-        }
+        async move { handle_server_stream::<SnapshotRequest, _, _, _>(headers, body, |r| async move { maintenance.snapshot(r).await }).await }
+    };
+    let observe_h = move |headers: HeaderMap, body: Bytes| {
+        let election = election.clone();
+        async move { handle_server_stream::<LeaderRequest, _, _, _>(headers, body, |r| async move { election.observe(r).await }).await }
     };
     for prefix in ["/v3", "/v3beta"] {
         router = router
             .route(&format!("{prefix}/watch"), post(watch_h.clone()))
             .route(&format!("{prefix}/lease/keepalive"), post(keep_alive_h.clone()))
-            .route(&format!("{prefix}/maintenance/snapshot"), post(snapshot_h.clone()));
+            .route(&format!("{prefix}/maintenance/snapshot"), post(snapshot_h.clone()))
+            .route(&format!("{prefix}/election/observe"), post(observe_h.clone()));
     }
     router
 }
@@ -389,6 +420,18 @@ pub fn router(server: Arc<EtcdServer>) -> Router {
         "/auth/role/delete" => role_delete,
         "/auth/role/grant" => role_grant_permission,
         "/auth/role/revoke" => role_revoke_permission,
+    );
+    let lock = Arc::new(LockService { server: server.clone() });
+    let election = Arc::new(ElectionService { server: server.clone() });
+    routes!(router, lock,
+        "/lock/lock" => lock,
+        "/lock/unlock" => unlock,
+    );
+    routes!(router, election,
+        "/election/campaign" => campaign,
+        "/election/proclaim" => proclaim,
+        "/election/leader" => leader,
+        "/election/resign" => resign,
     );
     stream_routes(router, server)
 }

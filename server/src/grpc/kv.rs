@@ -105,7 +105,8 @@ fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<(), ServerError> {
             Some(request_op::Request::RequestPut(x)) => check_put(x)?,
             Some(request_op::Request::RequestDeleteRange(x)) => check_delete(x)?,
             Some(request_op::Request::RequestTxn(x)) => check_txn(x, max_ops - ops)?,
-            None => {}
+            // an empty op (e.g. a gateway body naming the oneof wrongly), refused as etcd does
+            None => return Err(ServerError::KeyNotFound),
         }
     }
     Ok(())

@@ -7,7 +7,10 @@ use etcd_proto::v3lockpb::lock_server::Lock;
 use etcd_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use tonic::{Request, Response, Status};
 
-use super::recipes::{create_or_get, first_created, participant_key, prefix, wait_deletes, Abandon};
+use super::recipes::{
+    create_or_get, first_created, participant_key, prefix, session_lease, wait_deletes, Abandon, RecipeError,
+};
+use crate::errors::ServerError;
 use crate::etcd_server::EtcdServer;
 
 pub struct LockService {
@@ -16,28 +19,40 @@ pub struct LockService {
 
 #[tonic::async_trait]
 impl Lock for LockService {
-    /// Waits until the caller's key `<name>/<lease>` is the oldest under `<name>/`.
     async fn lock(&self, request: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
-        let req = request.into_inner();
-        let server = &self.server;
-        let pfx = prefix(&req.name);
-        let key = participant_key(&req.name, req.lease);
-        let (my_rev, mut header, _) = create_or_get(server, &auth, &key, b"", req.lease).await?;
-        let (owner, _) = first_created(server, &auth, &pfx).await?;
-        if owner.is_some_and(|o| o.create_revision != my_rev) {
-            // a dropped request (client gone) gives the key up, as clientv3's Mutex does
-            let abandon = Abandon::new(server, &auth, &key, my_rev);
-            header = wait_deletes(server, &auth, &pfx, my_rev - 1).await?;
-            abandon.disarm();
-        }
-        Ok(Response::new(LockResponse { header: Some(header), key }))
+        Ok(Response::new(lock(&self.server, request).await?))
     }
 
     async fn unlock(&self, request: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
-        let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
-        let key = request.into_inner().key;
-        let resp = self.server.delete_range(DeleteRangeRequest { key, ..Default::default() }, Some(&auth)).await?;
-        Ok(Response::new(UnlockResponse { header: resp.header }))
+        Ok(Response::new(unlock(&self.server, request).await?))
     }
+}
+
+/// Waits until the caller's key `<name>/<lease>` is the oldest under `<name>/`.
+async fn lock(server: &Arc<EtcdServer>, request: Request<LockRequest>) -> Result<LockResponse, RecipeError> {
+    let auth = server.auth_info(request.metadata(), request.extensions()).await?;
+    let req = request.into_inner();
+    let lease = session_lease(server, req.lease).await?;
+    let pfx = prefix(&req.name);
+    let key = participant_key(&req.name, lease);
+    let (my_rev, mut header, _) = create_or_get(server, &auth, &key, b"", lease).await?;
+    let (owner, _) = first_created(server, &auth, &pfx).await?;
+    if owner.is_some_and(|o| o.create_revision != my_rev) {
+        // a dropped request (client gone) gives the key up, as clientv3's Mutex does
+        let abandon = Abandon::new(server, &auth, &key, my_rev);
+        header = wait_deletes(server, &auth, &pfx, my_rev - 1).await?;
+        abandon.disarm();
+    }
+    Ok(LockResponse { header: Some(header), key })
+}
+
+async fn unlock(server: &EtcdServer, request: Request<UnlockRequest>) -> Result<UnlockResponse, RecipeError> {
+    let auth = server.auth_info(request.metadata(), request.extensions()).await?;
+    let key = request.into_inner().key;
+    if key.is_empty() {
+        // the KV service's check, which etcd's in-process client passes through
+        return Err(ServerError::EmptyKey.into());
+    }
+    let resp = server.delete_range(DeleteRangeRequest { key, ..Default::default() }, Some(&auth)).await?;
+    Ok(UnlockResponse { header: resp.header })
 }

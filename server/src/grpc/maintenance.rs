@@ -100,7 +100,8 @@ impl Maintenance for MaintenanceService {
         self.server.refuse_if_learner()?;
         self.require_admin(request.metadata(), request.extensions()).await?;
         self.server.defragment().await?;
-        Ok(Response::new(DefragmentResponse { header: Some(self.server.header(self.server.kv_revision())) }))
+        // etcd answers Defragment and MoveLeader without a header; clients assert it is unset
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -145,6 +146,6 @@ impl Maintenance for MaintenanceService {
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
         self.server.refuse_if_learner()?;
         self.server.move_leader(request.into_inner().target_id).await?;
-        Ok(Response::new(MoveLeaderResponse { header: Some(self.server.header(self.server.kv_revision())) }))
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 }

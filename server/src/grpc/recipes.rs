@@ -3,6 +3,10 @@
 //! participant's key is `<name>/<lease in hex>`, created with the lease in a txn (or found if
 //! it exists); the owner or leader is the key under `<name>/` with the lowest create revision;
 //! a waiter watches for the deletion of the key created just before its own.
+//!
+//! etcd runs these services on an in-process clientv3 session: a request with lease 0 gets a
+//! new lease of [`SESSION_TTL`] seconds that nobody keeps alive, and the server's errors reach
+//! the caller as plain Go errors, so every error here is gRPC code Unknown with etcd's message.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcd_proto::etcdserverpb::request_op::Request as Op;
 use etcd_proto::etcdserverpb::response_op::Response as OpResponse;
 use etcd_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
 };
 use etcd_proto::mvccpb::event::EventType;
 use etcd_proto::mvccpb::KeyValue;
@@ -21,6 +25,9 @@ use tonic::Status;
 use crate::errors::ServerError;
 use etcd_auth::AuthInfo;
 use crate::etcd_server::EtcdServer;
+
+/// clientv3's concurrency session TTL (seconds): the lease a request without one is granted.
+pub const SESSION_TTL: i64 = 60;
 
 /// The errors clientv3's concurrency package returns (plain errors: gRPC code Unknown).
 pub const ERR_ELECTION_NOT_LEADER: &str = "election: not leader";
@@ -259,7 +266,34 @@ impl Drop for Abandon {
     }
 }
 
-/// A concurrency-package error: etcd returns them as plain errors (code Unknown).
-pub fn recipe_error(msg: &str) -> Status {
-    Status::unknown(msg)
+/// An error of the lock and election services: code Unknown with etcd's message (module docs).
+#[derive(Debug)]
+pub struct RecipeError(String);
+
+/// A concurrency-package error such as [`ERR_ELECTION_NOT_LEADER`].
+pub fn recipe_error(msg: &str) -> RecipeError {
+    RecipeError(msg.to_string())
+}
+
+impl From<ServerError> for RecipeError {
+    fn from(e: ServerError) -> RecipeError {
+        // the message the gRPC status carries (mvcc errors get their "etcdserver: " prefix)
+        RecipeError(Status::from(e).message().to_string())
+    }
+}
+
+impl From<RecipeError> for Status {
+    fn from(e: RecipeError) -> Status {
+        Status::unknown(e.0)
+    }
+}
+
+/// The lease a request's session runs on: `lease`, or for 0 a new lease of [`SESSION_TTL`]
+/// seconds, as etcd's services start an orphaned concurrency session.
+pub async fn session_lease(server: &EtcdServer, lease: i64) -> Result<i64, ServerError> {
+    if lease != 0 {
+        return Ok(lease);
+    }
+    let granted = server.lease_grant(LeaseGrantRequest { ttl: SESSION_TTL, id: 0 }).await?;
+    Ok(granted.id)
 }
