@@ -19,6 +19,8 @@ use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseKeepAliveRequest, RangeRequest, StatusRequest, WatchCreateRequest, WatchRequest,
 };
+use etcd_proto::v3lockpb::lock_client::LockClient;
+use etcd_proto::v3lockpb::{LockRequest, UnlockRequest};
 use tonic::transport::Channel;
 
 /// Short raft timings for the tests that do not measure a leader change.
@@ -71,6 +73,46 @@ async fn watch_and_keep_alive_streams_end_with_unavailable_when_the_member_stops
     assert!(m.wait_exit(Duration::from_secs(20)).is_some(), "the member did not exit; log:\n{}", m.log());
     // the watch, the keep-alive and the stop all waited on nothing: a single member hands over nothing
     assert!(m.log_shows("skipped leadership transfer for single voting member cluster"), "{}", m.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_in_progress_when_its_member_is_stopped_still_gets_its_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = TestCluster::start(dir.path(), 3, FAST).await;
+    c.wait_leader(&[0, 1, 2]).await;
+    let (stopped, other) = (channel(&c.members[0]).await, channel(&c.members[1]).await);
+    let grant = |ch: Channel| async move {
+        LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl: 60, id: 0 }).await.expect("grant").into_inner().id
+    };
+    let (holder_lease, waiter_lease) = (grant(other.clone()).await, grant(stopped.clone()).await);
+    let held = LockClient::new(other.clone())
+        .lock(LockRequest { name: b"l".to_vec(), lease: holder_lease })
+        .await
+        .expect("first lock")
+        .into_inner()
+        .key;
+    // A Lock call on member 0 that waits for the holder (a unary call in progress).
+    let mut waiter = LockClient::new(stopped);
+    let waiting = tokio::spawn(async move { waiter.lock(LockRequest { name: b"l".to_vec(), lease: waiter_lease }).await });
+    let mut kv = c.members[1].ready_client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kv.range(RangeRequest { key: b"l/".to_vec(), range_end: b"l0".to_vec(), ..Default::default() }).await.unwrap().into_inner().count < 2 {
+        assert!(Instant::now() < deadline, "the second Lock call never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    sigterm(&c.members[0]);
+    // the member is stopping: its client listener is closed
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", c.members[0].client_port)).is_ok() {
+        assert!(Instant::now() < deadline, "member 0 still accepts clients after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    LockClient::new(other).unlock(UnlockRequest { key: held }).await.expect("unlock");
+    let got = tokio::time::timeout(Duration::from_secs(20), waiting).await.expect("answered").unwrap();
+    let key = got.expect("the call in progress gets its answer, not an error").into_inner().key;
+    assert!(key.starts_with(b"l/"), "{key:?}");
+    assert!(c.members[0].wait_exit(Duration::from_secs(20)).is_some(), "{}", c.members[0].log());
 }
 
 /// (leader, member id, raft term) as a member reports in Status.

@@ -136,7 +136,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
         signal = wait_for_signal() => {
             tracing::info!(signal, "received signal before ready; shutting down");
             corrupt_check.abort();
-            stopping.stop_gracefully().await;
+            stopping.stop_gracefully(true).await;
             return Ok(());
         }
     }
@@ -148,13 +148,21 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
-    tokio::select! {
-        signal = wait_for_signal() => tracing::info!(signal, "received signal; shutting down"),
-        _ = server.removed() => tracing::warn!("this member was removed from the cluster; shutting down"),
-    }
+    // A removed member has no one to hand over to (its peers refuse its messages), as in etcd
+    // where only Stop, not the removal, transfers leadership.
+    let hand_over = tokio::select! {
+        signal = wait_for_signal() => {
+            tracing::info!(signal, "received signal; shutting down");
+            true
+        }
+        _ = server.removed() => {
+            tracing::warn!("this member was removed from the cluster; shutting down");
+            false
+        }
+    };
     compaction.abort();
     corrupt_check.abort();
-    stopping.stop_gracefully().await;
+    stopping.stop_gracefully(hand_over).await;
     tracing::info!("stopped serving; data synced");
     Ok(())
 }
@@ -173,11 +181,11 @@ impl Stopping {
     /// 1. Client listeners stop: open streams end with Unavailable (clients resume them on other
     ///    members), calls in progress get up to a request timeout to finish, then their
     ///    connections are closed (etcd: grpc GracefulStop, then Stop after ReqTimeout).
-    /// 2. A leader hands leadership to a caught-up follower, so the cluster has a leader again
-    ///    within a round trip instead of an election timeout after this member goes.
+    /// 2. With `hand_over`, a leader hands leadership to a caught-up follower, so the cluster has
+    ///    a leader again within a round trip instead of an election timeout after it goes.
     /// 3. Raft and the applier stop (the backend is synced), then the peer listeners close:
     ///    peers are needed up to here, by the hand-over.
-    async fn stop_gracefully(self) {
+    async fn stop_gracefully(self, hand_over: bool) {
         let _ = self.client_stop_tx.send(true);
         let drain = self.server.request_timeout();
         let aborts: Vec<_> = self.client_serving.iter().map(|h| h.abort_handle()).collect();
@@ -185,7 +193,8 @@ impl Stopping {
             tracing::warn!(timeout = ?drain, "closing client connections whose requests did not finish in time");
             aborts.iter().for_each(|a| a.abort());
         }
-        if let Err(e) = self.server.transfer_leadership().await {
+        let handed_over = if hand_over { self.server.transfer_leadership().await } else { Ok(()) };
+        if let Err(e) = handed_over {
             tracing::warn!(
                 "local-member-id" = %format!("{:x}", self.server.member_id()),
                 error = %e,
