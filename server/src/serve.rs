@@ -211,3 +211,49 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Bytes;
+
+    /// A response body still waiting for its next message (an idle watch stream).
+    struct Waiting;
+
+    impl http_body::Body for Waiting {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Pending
+        }
+    }
+
+    fn waiting_response(content_type: &'static str, stop: watch::Receiver<bool>) -> Pin<Box<EndOnStop<Waiting>>> {
+        let resp = Response::builder().header(header::CONTENT_TYPE, content_type).body(Waiting).unwrap();
+        Box::pin(EndOnStop::wrap(resp, stop).into_body())
+    }
+
+    async fn next_frame(body: &mut Pin<Box<EndOnStop<Waiting>>>) -> Option<Result<Frame<Bytes>, BoxError>> {
+        futures::future::poll_fn(|cx| http_body::Body::poll_frame(body.as_mut(), cx)).await
+    }
+
+    #[tokio::test]
+    async fn a_waiting_grpc_stream_ends_with_unavailable_when_the_listener_stops() {
+        let (stop, stopped) = watch::channel(false);
+        let mut body = waiting_response("application/grpc", stopped);
+        assert!(tokio::time::timeout(Duration::from_millis(50), next_frame(&mut body)).await.is_err(), "waits while serving");
+        stop.send(true).unwrap();
+        let trailers = next_frame(&mut body).await.expect("a frame").expect("not an error").into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "14");
+        assert_eq!(trailers["grpc-message"], "transport is closing");
+        assert!(next_frame(&mut body).await.is_none(), "and nothing after them");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_http_response_ends_with_an_error_when_the_listener_stops() {
+        let (stop, stopped) = watch::channel(false);
+        let mut body = waiting_response("application/json", stopped);
+        stop.send(true).unwrap();
+        assert!(next_frame(&mut body).await.expect("a frame").is_err(), "cut, not completed");
+    }
+}
