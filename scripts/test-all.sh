@@ -15,6 +15,26 @@ if ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; th
   (command -v systemctl >/dev/null 2>&1 && $SUDO systemctl stop etcd >/dev/null 2>&1) || true
 fi
 
+# Go + clientv3 (Debian's, GOPATH mode, offline) for the tests that run a Go client
+# (server/tests/graceful_stop.rs builds server/tests/go/* at test time); quick when present.
+GO_PKGS="golang-go golang-etcd-server-dev golang-github-coreos-go-semver-dev golang-github-coreos-go-systemd-dev
+ golang-github-coreos-pkg-dev golang-github-gogo-protobuf-dev golang-github-golang-protobuf-1-3-dev
+ golang-github-google-uuid-dev golang-go.uber-atomic-dev golang-go.uber-multierr-dev golang-go.uber-zap-dev
+ golang-golang-x-net-dev golang-golang-x-sys-dev golang-golang-x-text-dev golang-google-genproto-dev
+ golang-google-grpc-dev"
+go_missing=""
+for p in $GO_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || go_missing="$go_missing $p"
+done
+if [ -n "$go_missing" ]; then
+  echo "installing Go and clientv3 for the Go client tests:$go_missing"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq $go_missing >/dev/null 2>&1 || {
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $go_missing; }
+fi
+
 cargo build --release --workspace --bins
 ETCD_RS_BIN="$PWD/target/release/etcd-rs" cargo test --release --workspace -- --test-threads=2
 

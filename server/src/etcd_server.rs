@@ -514,16 +514,77 @@ impl EtcdServer {
         if to == self.member_id {
             return Ok(());
         }
+        let (me, started) = (format!("{:x}", self.member_id), tokio::time::Instant::now());
+        tracing::info!(
+            "local-member-id" = %me,
+            "current-leader-member-id" = %me,
+            "transferee-member-id" = %format!("{to:x}"),
+            "leadership transfer starting"
+        );
         self.raft.transfer_leader(to);
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let deadline = started + self.request_timeout;
         while tokio::time::Instant::now() < deadline {
             if self.raft.with_status(|st| st.leader_id) == to {
-                tracing::info!(transferee = %format!("{to:x}"), "leadership transfer finished");
+                tracing::info!(
+                    "local-member-id" = %me,
+                    "old-leader-member-id" = %me,
+                    "new-leader-member-id" = %format!("{to:x}"),
+                    took = ?started.elapsed(),
+                    "leadership transfer finished"
+                );
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(ServerError::TimeoutLeaderTransfer)
+    }
+
+    /// etcd's TransferLeadership, the first step of a graceful stop: a leader with other voters
+    /// hands leadership to the most caught-up of those it heard from lately (etcd picks the
+    /// longest-connected; the most caught-up is the one that can take over soonest), so the
+    /// cluster does not wait an election timeout for a new leader once this member is gone.
+    /// Anything else is skipped, as etcd logs it.
+    pub async fn transfer_leadership(&self) -> Result<(), ServerError> {
+        let st = self.raft.status();
+        let me = format!("{:x}", self.member_id);
+        if st.leader_id != self.member_id {
+            tracing::info!(
+                "local-member-id" = %me,
+                "current-leader-member-id" = %format!("{:x}", st.leader_id),
+                "skipped leadership transfer; local server is not leader"
+            );
+            return Ok(());
+        }
+        if st.voters.len() < 2 {
+            tracing::info!(
+                "local-member-id" = %me,
+                "current-leader-member-id" = %me,
+                "skipped leadership transfer for single voting member cluster"
+            );
+            return Ok(());
+        }
+        // raft forgets who was active at every election-timeout check, until their next
+        // heartbeat answer: so a member nobody heard from is looked for again for one election
+        // timeout before the cluster counts as unhealthy.
+        let deadline = tokio::time::Instant::now() + self.election_timeout();
+        loop {
+            if let Some(to) = self.raft.with_status(|st| self.most_caught_up_active_voter(st)) {
+                return self.move_leader(to).await;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServerError::Unhealthy);
+            }
+            tokio::time::sleep(self.cfg.heartbeat).await;
+        }
+    }
+
+    /// Of the other voters the leader heard from lately, the one whose log matches furthest.
+    fn most_caught_up_active_voter(&self, st: &etcd_raft::RaftStatus) -> Option<u64> {
+        st.progress
+            .iter()
+            .filter(|p| p.id != self.member_id && p.recent_active && st.voters.contains(&p.id))
+            .max_by_key(|p| p.matched)
+            .map(|p| p.id)
     }
 
     /// A raft message from a peer.

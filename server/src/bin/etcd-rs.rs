@@ -2,7 +2,6 @@
 //! clients on 127.0.0.1:2379 with its data in ./default.etcd, as `etcd` is.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use clap::Parser;
 use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
@@ -114,50 +113,99 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     }
     let corrupt_check = tokio::spawn(corrupt::run_periodic(server.clone(), cfg.corrupt_check_time));
 
-    // Peers first: electing a leader (and so publishing) needs them.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut serving = Vec::new();
+    // Peers first: electing a leader (and so publishing) needs them. Peers stop last (see
+    // `stop_gracefully`), so they have their own stop signal.
+    let (client_stop_tx, client_stop) = watch::channel(false);
+    let (peer_stop_tx, peer_stop) = watch::channel(false);
+    let mut client_serving = Vec::new();
+    let mut peer_serving = Vec::new();
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &stop_rx, "metrics")?);
+        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics")?);
     }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &stop_rx, "peer")?);
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &peer_stop, "peer")?);
     }
+    let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
     // As etcd, serve clients only once this member is published to the cluster through raft.
     tokio::select! {
         _ = server.publish() => {}
-        _ = wait_for_signal() => {
-            tracing::info!("received signal before ready; shutting down");
-            let _ = stop_tx.send(true);
+        signal = wait_for_signal() => {
+            tracing::info!(signal, "received signal before ready; shutting down");
             corrupt_check.abort();
-            server.stop().await;
+            stopping.stop_gracefully(true).await;
             return Ok(());
         }
     }
 
+    let mut stopping = stopping;
     for (l, https) in client_listeners {
-        serving.push(serve_url(l, https.then(|| tls.client.clone()), grpc::routes(server.clone()), &stop_rx, "client")?);
+        let routes = grpc::routes(server.clone());
+        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client")?);
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
-    tokio::select! {
-        _ = wait_for_signal() => tracing::info!("received signal; shutting down"),
-        _ = server.removed() => tracing::warn!("this member was removed from the cluster; shutting down"),
-    }
-    let _ = stop_tx.send(true);
+    // A removed member has no one to hand over to (its peers refuse its messages), as in etcd
+    // where only Stop, not the removal, transfers leadership.
+    let hand_over = tokio::select! {
+        signal = wait_for_signal() => {
+            tracing::info!(signal, "received signal; shutting down");
+            true
+        }
+        _ = server.removed() => {
+            tracing::warn!("this member was removed from the cluster; shutting down");
+            false
+        }
+    };
     compaction.abort();
     corrupt_check.abort();
-    for s in serving {
-        // Long-lived streams must not hold the member up forever.
-        let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
-    }
-    server.stop().await;
+    stopping.stop_gracefully(hand_over).await;
     tracing::info!("stopped serving; data synced");
     Ok(())
+}
+
+/// What a stop takes apart, in the order etcd's (embed.Etcd).Close does it.
+struct Stopping {
+    server: std::sync::Arc<EtcdServer>,
+    client_stop_tx: watch::Sender<bool>,
+    /// Client and metrics listeners.
+    client_serving: Vec<tokio::task::JoinHandle<()>>,
+    peer_stop_tx: watch::Sender<bool>,
+    peer_serving: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stopping {
+    /// 1. Client listeners stop: open streams end with Unavailable (clients resume them on other
+    ///    members), calls in progress get up to a request timeout to finish, then their
+    ///    connections are closed (etcd: grpc GracefulStop, then Stop after ReqTimeout).
+    /// 2. With `hand_over`, a leader hands leadership to a caught-up follower, so the cluster has
+    ///    a leader again within a round trip instead of an election timeout after it goes.
+    /// 3. Raft and the applier stop (the backend is synced), then the peer listeners close:
+    ///    peers are needed up to here, by the hand-over.
+    async fn stop_gracefully(self, hand_over: bool) {
+        let _ = self.client_stop_tx.send(true);
+        let drain = self.server.request_timeout();
+        let aborts: Vec<_> = self.client_serving.iter().map(|h| h.abort_handle()).collect();
+        if tokio::time::timeout(drain, futures::future::join_all(self.client_serving)).await.is_err() {
+            tracing::warn!(timeout = ?drain, "closing client connections whose requests did not finish in time");
+            aborts.iter().for_each(|a| a.abort());
+        }
+        let handed_over = if hand_over { self.server.transfer_leadership().await } else { Ok(()) };
+        if let Err(e) = handed_over {
+            tracing::warn!(
+                "local-member-id" = %format!("{:x}", self.server.member_id()),
+                error = %e,
+                "leadership transfer failed"
+            );
+        }
+        self.server.stop().await;
+        // Nothing a peer could still send matters once raft has stopped.
+        let _ = self.peer_stop_tx.send(true);
+        self.peer_serving.iter().for_each(|h| h.abort());
+    }
 }
 
 /// Serves an http listener in plain text, an https one (`tls` is Some) over TLS; an https
@@ -211,14 +259,15 @@ async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(toki
     Ok(out)
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; the signal's name as Go prints it (etcd logs it so).
+async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => "terminated",
+        _ = tokio::signal::ctrl_c() => "interrupt",
     }
 }
