@@ -55,8 +55,11 @@ impl PeerService {
 impl Peer for PeerService {
     async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
         let mut stream = request.into_inner();
+        let mut received: Option<prometheus::IntCounter> = None;
         while let Some(batch) = stream.message().await? {
             self.check_sender(batch.cluster_id, batch.from)?;
+            let bytes = batch.messages.iter().map(Vec::len).sum::<usize>() as u64;
+            received.get_or_insert_with(|| etcd_raft::metrics::peer_received(batch.from)).inc_by(bytes);
             for bytes in &batch.messages {
                 match Message::parse_from_bytes(bytes) {
                     Ok(m) if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot => {
