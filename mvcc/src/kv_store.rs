@@ -286,8 +286,9 @@ impl KvStore {
     }
 
     /// Keys in the index (live or with history not compacted yet).
+    /// Keys live now (deleted ones awaiting compaction are not counted, as etcd counts them).
     pub fn key_count(&self) -> usize {
-        self.index.len()
+        self.index.live_len()
     }
 
     /// The published revision: 1 for an empty store, then +1 per changing write transaction.
