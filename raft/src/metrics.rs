@@ -201,4 +201,95 @@ pub fn register() {
     LazyLock::force(&ACTIVE_PEERS);
     LazyLock::force(&DISCONNECTED_PEERS);
     LazyLock::force(&PEER_RTT_SECONDS);
+    LazyLock::force(&PEER_RECEIVED_FAILURES);
+    LazyLock::force(&SNAPSHOT_SEND);
+    LazyLock::force(&SNAPSHOT_RECEIVE);
+}
+
+static PEER_RECEIVED_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "etcd_network_peer_received_failures_total",
+        "The total number of receive failures from peers.",
+        &["From"]
+    )
+    .expect("metric registers once")
+});
+
+/// A raft message stream from `remote` (its address, as etcd labels it) failed.
+pub fn peer_receive_failure(remote: &str) {
+    PEER_RECEIVED_FAILURES.with_label_values(&[remote]).inc();
+}
+
+/// The four metrics of one direction of snapshot transfers, by peer label.
+struct SnapshotMetrics {
+    success: IntCounterVec,
+    inflight: IntGaugeVec,
+    failures: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+fn snapshot_metrics(dir: &str, label: &str) -> SnapshotMetrics {
+    let name = |what: &str| format!("etcd_network_snapshot_{dir}_{what}");
+    let verb = if dir == "send" { "sends" } else { "receives" };
+    let labels = &[label];
+    SnapshotMetrics {
+        success: register_int_counter_vec!(name("success"), format!("Total number of successful snapshot {verb}"), labels)
+            .expect("metric registers once"),
+        inflight: register_int_gauge_vec!(name("inflights_total"), format!("Total number of inflight snapshot {verb}"), labels)
+            .expect("metric registers once"),
+        failures: register_int_counter_vec!(name("failures"), format!("Total number of snapshot {dir} failures"), labels)
+            .expect("metric registers once"),
+        seconds: register_histogram_vec!(
+            name("total_duration_seconds"),
+            format!("Total latency distributions of v3 snapshot {verb}"),
+            labels,
+            prometheus::exponential_buckets(0.1, 2.0, 10).unwrap_or_default()
+        )
+        .expect("metric registers once"),
+    }
+}
+
+static SNAPSHOT_SEND: LazyLock<SnapshotMetrics> = LazyLock::new(|| snapshot_metrics("send", "To"));
+static SNAPSHOT_RECEIVE: LazyLock<SnapshotMetrics> = LazyLock::new(|| snapshot_metrics("receive", "From"));
+
+/// One snapshot transfer in progress: in flight until dropped; a failure unless
+/// [`SnapshotTransfer::succeeded`] was called.
+pub struct SnapshotTransfer {
+    metrics: &'static SnapshotMetrics,
+    peer: String,
+    started: Instant,
+    succeeded: bool,
+}
+
+impl SnapshotTransfer {
+    fn start(metrics: &'static SnapshotMetrics, peer: u64) -> SnapshotTransfer {
+        let peer = id_label(peer);
+        metrics.inflight.with_label_values(&[&peer]).inc();
+        SnapshotTransfer { metrics, peer, started: Instant::now(), succeeded: false }
+    }
+
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+        self.metrics.success.with_label_values(&[&self.peer]).inc();
+        self.metrics.seconds.with_label_values(&[&self.peer]).observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for SnapshotTransfer {
+    fn drop(&mut self) {
+        self.metrics.inflight.with_label_values(&[&self.peer]).dec();
+        if !self.succeeded {
+            self.metrics.failures.with_label_values(&[&self.peer]).inc();
+        }
+    }
+}
+
+/// A snapshot being sent to member `to`.
+pub fn snapshot_send(to: u64) -> SnapshotTransfer {
+    SnapshotTransfer::start(&SNAPSHOT_SEND, to)
+}
+
+/// A snapshot being received from member `from`.
+pub fn snapshot_receive(from: u64) -> SnapshotTransfer {
+    SnapshotTransfer::start(&SNAPSHOT_RECEIVE, from)
 }

@@ -283,11 +283,13 @@ pub fn spawn_send(
     let index = msg.get_snapshot().get_metadata().index;
     runtime.spawn(async move {
         let started = std::time::Instant::now();
+        let transfer = etcd_raft::metrics::snapshot_send(to);
         let result = send(&transport, msg, read).await;
         inflight.lock().remove(&to);
         let node = transport.node();
         match result {
             Ok(rows) => {
+                transfer.succeeded();
                 tracing::info!(to = %format!("{to:x}"), index, rows, took = ?started.elapsed(), "sent a snapshot");
                 if let Some(n) = node {
                     n.report_snapshot(to, true);

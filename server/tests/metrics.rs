@@ -276,7 +276,9 @@ const FAST: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peer_metrics_follow_the_traffic_of_a_three_member_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let c = TestCluster::start(dir.path(), 3, FAST).await;
+    // snapshots every 50 entries keeping 10: a follower cut off for 100 writes needs one
+    let flags = [FAST, &["--snapshot-count", "50", "--experimental-snapshot-catchup-entries", "10"]].concat();
+    let c = TestCluster::start(dir.path(), 3, &flags).await;
     let leader = c.wait_leader(&[0, 1, 2]).await;
     let mut kv = c.members[leader].ready_client().await;
     put(&mut kv, "warm", "up").await.unwrap();
@@ -322,5 +324,24 @@ async fn peer_metrics_follow_the_traffic_of_a_three_member_cluster() {
         assert!(Instant::now() < deadline, "no disconnection or send failure counted:\n{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // the follower falls behind the leader's log: it catches up from a snapshot
+    for i in 0..100 {
+        put(&mut kv, &format!("behind{i}"), "v").await.unwrap();
+    }
     c.heal(&[follower]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (lb, fb) = (scrape(&c.members[leader]), scrape(&c.members[follower]));
+        let sent = sum(&lb, "etcd_network_snapshot_send_success", &[]);
+        let received = sum(&fb, "etcd_network_snapshot_receive_success", &[]);
+        let saved = sum(&fb, "etcd_snap_db_save_total_duration_seconds_count", &[]);
+        if sent >= 1.0 && received >= 1.0 && saved >= 1.0 {
+            assert!(sum(&lb, "etcd_debugging_snap_save_total_duration_seconds_count", &[]) >= 1.0, "raft snapshots saved");
+            assert_eq!(sum(&lb, "etcd_network_snapshot_send_inflights_total", &[]), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot transfer counted:\nleader:\n{lb}\nfollower:\n{fb}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
