@@ -229,6 +229,7 @@ impl Lessor {
             l.refresh(now, Duration::ZERO);
         }
         g.leases.insert(id, l);
+        crate::metrics::granted(ttl);
         if g.primary {
             register_expiry(&mut g, id);
             self.schedule_checkpoint(&mut g, id, now);
@@ -250,6 +251,7 @@ impl Lessor {
             return Err(LeaseError::NotFound);
         }
         wtx.open_table(LEASE_TABLE)?.remove(id)?;
+        crate::metrics::REVOKED.inc();
         if let Some(l) = g.leases.remove(&id) {
             for k in l.keys {
                 if g.items.get(&k) == Some(&id) {
@@ -345,6 +347,7 @@ impl Lessor {
         l.expiry = Some(now + secs(l.ttl));
         let ttl = l.ttl;
         register_expiry(&mut g, id);
+        crate::metrics::RENEWED.inc();
         Ok((ttl, clear))
     }
 

@@ -11,6 +11,7 @@
 
 mod errors;
 pub mod lessor;
+pub mod metrics;
 
 pub use errors::LeaseError;
 pub use lessor::{

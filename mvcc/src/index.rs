@@ -36,6 +36,13 @@ struct Keys {
     /// Keys as boxed slices: no spare capacity, 8 bytes smaller than a `Vec` per key.
     keys: BTreeMap<Box<[u8]>, KeyIndex>,
     compact_rev: i64,
+    /// Keys live now (not deleted), for etcd_debugging_mvcc_keys_total.
+    live: i64,
+}
+
+/// 1 when the key is live now.
+fn live(ki: &KeyIndex) -> i64 {
+    i64::from(ki.get(i64::MAX).is_some())
 }
 
 impl Keys {
@@ -91,6 +98,12 @@ impl Index {
         self.len() == 0
     }
 
+    /// Number of keys live now (etcd's keys gauge: deleted keys not compacted yet are not
+    /// counted).
+    pub fn live_len(&self) -> usize {
+        self.inner.read().live.max(0) as usize
+    }
+
     /// The revision of the last index compaction (0 when never compacted).
     pub fn compact_rev(&self) -> i64 {
         self.inner.read().compact_rev
@@ -98,12 +111,18 @@ impl Index {
 
     /// Records a put of `key` at `rev`.
     pub fn put(&self, key: &[u8], rev: Revision) {
-        let mut inner = self.inner.write();
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
         match inner.keys.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                let was = live(ki);
+                ki.put(rev);
+                inner.live += live(ki) - was;
+            }
             None => {
                 let mut ki = KeyIndex::new();
                 ki.put(rev);
+                inner.live += live(&ki);
                 inner.keys.insert(Box::from(key), ki);
             }
         }
@@ -111,18 +130,20 @@ impl Index {
 
     /// Records the deletion of `key` at `rev`; false when the key is not live.
     pub fn tombstone(&self, key: &[u8], rev: Revision) -> bool {
-        self.inner
-            .write()
-            .keys
-            .get_mut(key)
-            .is_some_and(|ki| ki.tombstone(rev))
+        let mut inner = self.inner.write();
+        let deleted = inner.keys.get_mut(key).is_some_and(|ki| ki.tombstone(rev));
+        inner.live -= i64::from(deleted);
+        deleted
     }
 
     /// Reverts the latest change of `key` (the put or tombstone at `rev`).
     pub fn undo(&self, key: &[u8], rev: Revision, tombstone: bool) {
-        let mut inner = self.inner.write();
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
         if let Some(ki) = inner.keys.get_mut(key) {
+            let was = live(ki);
             ki.undo(rev, tombstone);
+            inner.live += live(ki) - was;
             if ki.is_empty() {
                 inner.keys.remove(key);
             }
@@ -140,15 +161,22 @@ impl Index {
         created: i64,
         version: i64,
     ) {
-        let mut inner = self.inner.write();
+        let mut guard = self.inner.write();
+        let inner = &mut *guard;
         match inner.keys.get_mut(key) {
-            Some(ki) if tombstone => {
-                ki.tombstone(rev);
+            Some(ki) => {
+                let was = live(ki);
+                if tombstone {
+                    ki.tombstone(rev);
+                } else {
+                    ki.put(rev);
+                }
+                inner.live += live(ki) - was;
             }
-            Some(ki) => ki.put(rev),
             None if tombstone => {}
             None => {
                 let ki = KeyIndex::restored(Revision::new(created, 0), rev, version);
+                inner.live += live(&ki);
                 inner.keys.insert(Box::from(key), ki);
             }
         }
@@ -281,6 +309,23 @@ mod tests {
         assert!(idx.tombstone(b"a", r(6)));
         idx.put(b"d", r(7));
         idx
+    }
+
+    #[test]
+    fn live_len_counts_keys_not_deleted_through_puts_deletes_undo_and_compaction() {
+        let idx = sample();
+        assert_eq!((idx.len(), idx.live_len()), (4, 3), "a was deleted");
+        idx.put(b"a", r(8));
+        assert_eq!(idx.live_len(), 4, "a lives again");
+        idx.undo(b"a", r(8), false);
+        assert_eq!(idx.live_len(), 3);
+        assert!(!idx.tombstone(b"a", r(9)), "a is not live");
+        assert_eq!(idx.live_len(), 3);
+        idx.compact(7);
+        assert_eq!((idx.len(), idx.live_len()), (3, 3), "compaction removes only the dead");
+        idx.put(b"e", r(10));
+        idx.undo(b"e", r(10), false);
+        assert_eq!((idx.len(), idx.live_len()), (3, 3));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub(crate) struct PhysicalCompaction {
     keep: HashSet<Revision>,
     start: Vec<u8>,
     deleted: usize,
+    /// For etcd_debugging_mvcc_db_compaction_total_duration_milliseconds.
+    started: std::time::Instant,
 }
 
 /// What one [`KvStore::compaction_step`] did.
@@ -117,6 +119,7 @@ impl WriterGate {
 pub(crate) struct ReadRows {
     table: ReadOnlyTable<&'static [u8], &'static [u8]>,
     pending: Arc<PendingRows>,
+    _open: crate::metrics::OpenReadTxn,
 }
 
 impl Rows for ReadRows {
@@ -283,8 +286,9 @@ impl KvStore {
     }
 
     /// Keys in the index (live or with history not compacted yet).
+    /// Keys live now (deleted ones awaiting compaction are not counted, as etcd counts them).
     pub fn key_count(&self) -> usize {
-        self.index.len()
+        self.index.live_len()
     }
 
     /// The published revision: 1 for an empty store, then +1 per changing write transaction.
@@ -300,6 +304,7 @@ impl KvStore {
     /// Range at the published revision (or `req.revision`); the header carries only the
     /// revision read at (etcd's current revision), for the server to complete.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        crate::metrics::range_read();
         let current = self.current_revision();
         let (rows, _txn) = self.read_rows()?;
         View {
@@ -328,7 +333,7 @@ impl KvStore {
         let pending = self.pending.lock().clone();
         let txn = self.backend.begin_read()?;
         let table = txn.open_table(KEY_TABLE)?;
-        Ok((ReadRows { table, pending }, txn))
+        Ok((ReadRows { table, pending, _open: crate::metrics::OpenReadTxn::open() }, txn))
     }
 
     /// Commits the write transaction carried between batches, if any, and forgets the pending
@@ -389,6 +394,7 @@ impl KvStore {
     /// revision, hashed revision); the compact revision is -1 when never compacted, as etcd's
     /// HashKV answers. The hash equals etcd 3.4's for the same history.
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64, i64), MvccError> {
+        let _timer = crate::metrics::HASH_REV_SECONDS.start_timer();
         let current = self.current_revision();
         let (rows, _txn) = self.read_rows()?;
         let (rev, compact, keep) = self.index.keep_for_hash(rev, current)?;
@@ -407,6 +413,7 @@ impl KvStore {
 
     /// crc32c of the whole key table (etcd's Hash, restricted to the key table).
     pub fn hash(&self) -> Result<u32, MvccError> {
+        let _timer = crate::metrics::HASH_SECONDS.start_timer();
         let (rows, _txn) = self.read_rows()?;
         let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
         // [0xff; 19] sorts after every key-table key (17 or 18 bytes, a positive revision first)
@@ -452,6 +459,7 @@ impl KvStore {
     /// one, and retries while readers finish (up to `patience`). Member-local, as in etcd.
     pub fn defragment(&self, patience: std::time::Duration) -> Result<(), MvccError> {
         let deadline = std::time::Instant::now() + patience;
+        let _inflight = crate::metrics::DefragInflight::start();
         self.writer.acquire();
         let result = self.commit_open(false).and_then(|_| loop {
             match self.backend.compact_file() {
@@ -489,7 +497,7 @@ impl KvStore {
         if self.skip_physical_compaction.load(Ordering::Relaxed) {
             return;
         }
-        *self.physical.lock() = Some(PhysicalCompaction { rev, keep, start: Vec::new(), deleted: 0 });
+        *self.physical.lock() = Some(PhysicalCompaction { rev, keep, start: Vec::new(), deleted: 0, started: std::time::Instant::now() });
     }
 
     /// Whether a compaction's rows are still being deleted.
@@ -506,7 +514,9 @@ impl KvStore {
             return Ok(CompactionStep::Idle);
         };
         self.writer.acquire();
+        let pause = std::time::Instant::now();
         let done = self.delete_batch(&mut job, max_rows);
+        crate::metrics::COMPACTION_PAUSE_MS.observe(crate::metrics::ms_since(pause));
         self.writer.release();
         let done = match done {
             Ok(d) => d,
@@ -517,6 +527,7 @@ impl KvStore {
             }
         };
         if done {
+            crate::metrics::compaction_finished(job.started);
             tracing::info!(rev = job.rev, deleted = job.deleted, "finished compaction");
             return Ok(CompactionStep::Finished(job.rev));
         }
@@ -568,6 +579,7 @@ impl KvStore {
                 table.remove(k.as_slice())?;
             }
             job.deleted += doomed.len();
+            crate::metrics::COMPACTION_KEYS.inc_by(doomed.len() as u64);
         }
         if done {
             write_meta(txn, &[(META_FINISHED_COMPACT, job.rev as u64)])?;

@@ -48,6 +48,8 @@ struct Change {
 struct TxnPath {
     succeeded: bool,
     nested: Vec<TxnPath>,
+    /// Compares evaluated here and in the nested Txns (each a range, as etcd counts them).
+    compared: u64,
 }
 
 struct WriteRows<'t>(Table<'t, &'static [u8], &'static [u8]>);
@@ -94,6 +96,8 @@ pub struct ApplyTxn<'s> {
     /// Set when inserting unwritten rows failed: rows of requests already answered are lost,
     /// so the batch must not commit.
     write_failed: RefCell<Option<String>>,
+    /// The operations of the request being applied, for the mvcc counters.
+    tally: crate::metrics::TxnTally,
     /// Whether puts read the key's previous value for their event's prev_kv.
     read_prev: bool,
     /// False once a put's event was made without reading its previous value.
@@ -134,6 +138,7 @@ impl<'s> ApplyTxn<'s> {
             rows: RefCell::new(Vec::new()),
             written: Cell::new(0),
             write_failed: RefCell::new(None),
+            tally: Default::default(),
             read_prev: true,
             prev_complete: true,
         })
@@ -220,7 +225,9 @@ impl<'s> ApplyTxn<'s> {
         let (undo_start, events_start) = (self.undo.len(), self.events.len());
         let rows_start = self.rows.borrow().len();
         self.req_changes = 0;
+        self.tally = Default::default();
         let out = f(self);
+        std::mem::take(&mut self.tally).end();
         match out {
             Ok(_) if self.req_changes > 0 => self.rev += 1,
             Ok(_) => {}
@@ -414,6 +421,7 @@ impl<'s> ApplyTxn<'s> {
             }
         }
         let value = value.unwrap_or_else(|| req.value.clone());
+        self.tally.put(req.key.len(), value.len());
         resp.header = header(self.write_put(&req.key, value, lease)?);
         Ok(resp)
     }
@@ -431,6 +439,7 @@ impl<'s> ApplyTxn<'s> {
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, MvccError> {
         let mut resp = DeleteRangeResponse::default();
+        self.tally.deletes += 1;
         let keys: Vec<Vec<u8>> = if req.prev_kv {
             resp.prev_kvs = self.with_view(|v| v.kvs(&req.key, &req.range_end))?;
             resp.prev_kvs.iter().map(|kv| kv.key.clone()).collect()
@@ -453,7 +462,10 @@ impl<'s> ApplyTxn<'s> {
 
     /// Range inside the batch: sees the batch's writes.
     pub fn range(&mut self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.request(|t| t.with_view(|v| v.range(req)))
+        self.request(|t| {
+            t.tally.ranges += 1;
+            t.with_view(|v| v.range(req))
+        })
     }
 
     /// Applies a Txn: compares (all against the state before the Txn, nested ones included),
@@ -465,6 +477,7 @@ impl<'s> ApplyTxn<'s> {
     ) -> Result<TxnResponse, MvccError> {
         self.request(|t| {
             let path = t.with_view(|v| compare_path(v, req))?;
+            t.tally.ranges += path.compared;
             t.with_view(|v| check_puts(v, req, &path, lease_exists))?;
             t.check_ranges(req, &path)?;
             let mut resp = t.apply_txn_ops(req, &path)?;
@@ -511,6 +524,7 @@ impl<'s> ApplyTxn<'s> {
         for op in ops {
             let response = match &op.request {
                 Some(Request::RequestRange(r)) => {
+                    self.tally.ranges += 1;
                     Some(Response::ResponseRange(self.with_view(|v| v.range(r))?))
                 }
                 Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.apply_put(p)?)),
@@ -568,6 +582,7 @@ impl<'s> ApplyTxn<'s> {
         if let Some(why) = self.poisoned.take() {
             return Err(MvccError::Backend(why));
         }
+        let spill = std::time::Instant::now();
         self.write_rows()?;
         if let Some(why) = self.write_failed.borrow_mut().take() {
             return Err(MvccError::Backend(why));
@@ -588,13 +603,18 @@ impl<'s> ApplyTxn<'s> {
             .take()
             .expect("the write transaction lives until commit");
         if durable {
+            // bbolt's phases: spill (rows into the tree: here, inserting the batch's rows)...
+            crate::metrics::COMMIT_SPILL_SECONDS.observe(spill.elapsed().as_secs_f64());
+            crate::metrics::COMMIT_REBALANCE_SECONDS.observe(0.0);
             let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
+            let write = crate::metrics::COMMIT_WRITE_SECONDS.start_timer();
             if let Err(e) = set_durability(&mut txn, self.store.backend.durable(true)).and_then(|_| Ok(txn.commit()?)) {
                 if self.carried {
                     self.store.lose_batches(&e);
                 }
                 return Err(e);
             }
+            write.observe_duration();
             timer.observe_duration();
             self.store.note_file_size();
         } else {
@@ -617,7 +637,9 @@ impl<'s> ApplyTxn<'s> {
         }
         if let Some(rev) = self.pending_compact.take() {
             // readers below `rev` fail from now on; the rows go in steps between batches
+            let pause = std::time::Instant::now();
             let keep = self.store.index.compact(rev);
+            crate::metrics::INDEX_COMPACTION_PAUSE_MS.observe(crate::metrics::ms_since(pause));
             self.store.schedule_physical_compaction(rev, keep);
         }
         Ok(std::mem::take(&mut self.events))
@@ -659,7 +681,9 @@ fn branch<'r>(req: &'r TxnRequest, path: &TxnPath) -> &'r [etcd_proto::etcdserve
 /// Evaluates the compares of `req` and, recursively, of the nested Txns of the chosen branch.
 fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath, MvccError> {
     let mut succeeded = true;
+    let mut compared = 0;
     for c in &req.compare {
+        compared += 1;
         if !view.compare(c)? {
             succeeded = false;
             break;
@@ -668,10 +692,12 @@ fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath
     let mut path = TxnPath {
         succeeded,
         nested: Vec::new(),
+        compared,
     };
     for op in branch(req, &path) {
         if let Some(Request::RequestTxn(t)) = &op.request {
             let nested = compare_path(view, t)?;
+            path.compared += nested.compared;
             path.nested.push(nested);
         }
     }

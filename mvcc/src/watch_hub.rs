@@ -190,6 +190,7 @@ impl HubState {
                 wa.min_rev = rev + 1;
             }
             Err(WatchMessage::Events { events, .. }) => {
+                crate::metrics::PENDING_EVENTS.add(events.len() as i64);
                 self.synced.remove(w, &wa.range);
                 wa.state = State::Victim(Pending::Events {
                     events,
@@ -347,6 +348,7 @@ impl WatchHub {
             self.opts.queue_bytes,
             self.kick.clone(),
         ));
+        crate::metrics::WATCH_STREAMS.inc();
         let mut st = self.state.lock();
         let key = st.next_key;
         st.next_key += 1;
@@ -558,6 +560,7 @@ impl WatchHub {
                         }
                     }
                     Err(WatchMessage::Events { events, .. }) => {
+                        crate::metrics::PENDING_EVENTS.add(events.len() as i64);
                         st.unsynced.remove(&w);
                         let pending = Pending::Events {
                             events,
@@ -902,6 +905,7 @@ fn self_compact(store: &KvStore) -> i64 {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
+        crate::metrics::WATCH_STREAMS.dec();
         let mut st = self.hub.state.lock();
         let Some(s) = st.streams.get(&self.key) else { return };
         let ws: Vec<u64> = s.ids.values().copied().collect();

@@ -12,8 +12,9 @@
 //! - [`recovery`]: bootstrap of a new member and restore of an existing one;
 //! - [`read_index`]: batching of linearizable read-index requests;
 //! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
-//!   connections to peer URLs); [`slog_bridge`]: raft-rs logs
-//!   into `tracing`.
+//!   connections to peer URLs; [`peer_probe`]: round-trip probes); [`slog_bridge`]: raft-rs logs
+//!   into `tracing`;
+//! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics.
 //!
 //! The most important invariant: an entry the applier receives was persisted
 //! to the WAL (fsynced) by a quorum, and nothing raft-rs asks to persist is
@@ -23,6 +24,7 @@ pub mod error;
 pub mod metrics;
 pub mod node;
 pub mod peer_dial;
+pub mod peer_probe;
 pub mod peer_transport;
 mod raft_loop;
 pub mod read_index;

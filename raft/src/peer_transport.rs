@@ -90,7 +90,10 @@ impl GrpcTransport {
             old.task.abort();
         }
         let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let metrics = Arc::new(crate::metrics::PeerMetrics::new(self.local_id.load(Ordering::Relaxed), id));
+        let probe = crate::peer_probe::probe(self.dialer.clone(), urls.clone(), metrics.clone());
         let link = PeerLinkTask {
+            metrics,
             peer_id: id,
             urls: urls.clone(),
             from: self.local_id.load(Ordering::Relaxed),
@@ -99,7 +102,10 @@ impl GrpcTransport {
             dialer: self.dialer.clone(),
             removed: self.removed.clone(),
         };
-        let task = self.runtime.spawn(link.run(rx));
+        // the prober runs as long as the link (it never ends by itself)
+        let task = self.runtime.spawn(async move {
+            tokio::select! { _ = link.run(rx) => {}, _ = probe => {} }
+        });
         tracing::info!(peer = %format!("{id:x}"), urls = ?urls, "added peer");
         peers.insert(id, PeerLink { urls, tx, task });
     }
@@ -181,6 +187,7 @@ impl Transport for GrpcTransport {
             match peers.get(&to) {
                 Some(p) => {
                     if p.tx.try_send(m).is_err() {
+                        crate::metrics::sent_failure(to);
                         tracing::debug!(peer = %format!("{to:x}"), "peer queue full; dropping a raft message");
                         if let Some(n) = self.node.get() {
                             n.report_unreachable(to);
@@ -194,6 +201,7 @@ impl Transport for GrpcTransport {
 }
 
 struct PeerLinkTask {
+    metrics: Arc<crate::metrics::PeerMetrics>,
     peer_id: u64,
     urls: Vec<String>,
     from: u64,
@@ -211,7 +219,9 @@ impl PeerLinkTask {
             // Whatever queued while the link was down is stale: raft regenerates appends,
             // heartbeats and votes, and a proposal forwarded that long ago has timed out for
             // its client — sending it now would apply a write nobody waits for any more.
-            while rx.try_recv().is_ok() {}
+            while rx.try_recv().is_ok() {
+                self.metrics.failed();
+            }
             let url = &self.urls[attempt % self.urls.len()];
             attempt += 1;
             match self.stream_to(url, &mut rx).await {
@@ -240,6 +250,7 @@ impl PeerLinkTask {
             Err(e) => return StreamEnd::Broken(e),
         };
         let mut client = PeerClient::new(channel).max_encoding_message_size(64 << 20);
+        let _active = self.metrics.activate();
         let (batch_tx, batch_rx) = mpsc::channel::<RaftBatch>(16);
         let mut call = tokio::spawn(async move {
             client.raft(tokio_stream::wrappers::ReceiverStream::new(batch_rx)).await
@@ -281,10 +292,13 @@ impl PeerLinkTask {
                 }
                 next = rx.try_recv().ok();
             }
+            let sent = batch.messages.len();
             if batch_tx.send(batch).await.is_err() {
+                (0..sent).for_each(|_| self.metrics.failed());
                 call.abort();
                 return StreamEnd::Broken("stream closed".into());
             }
+            self.metrics.sent(bytes);
             sent_any = true;
         }
     }

@@ -275,6 +275,7 @@ impl RaftLoop {
 
     fn send(&self, msgs: Vec<Message>) {
         if !msgs.is_empty() {
+            crate::metrics::heartbeats_sent(&msgs, self.tick_interval);
             self.transport.send(msgs);
         }
     }
@@ -369,6 +370,7 @@ impl RaftLoop {
         let previous_leader = self.shared.status.read().leader_id;
         if r.leader_id != INVALID_ID && r.leader_id != previous_leader {
             crate::metrics::LEADER_CHANGES.inc();
+            crate::metrics::reset_heartbeats();
         }
         let status = RaftStatus {
             id,

@@ -85,6 +85,7 @@ impl ReadIndexQueue {
         }
         round.ticks += 1;
         if round.ticks >= RETRY_TICKS {
+            crate::metrics::SLOW_READ_INDEXES.inc();
             round.ticks = 0;
             raw.read_index(round.ctx.clone());
         }

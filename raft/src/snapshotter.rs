@@ -56,18 +56,24 @@ impl Snapshotter {
 
     /// Writes `snap` durably, then purges all but the newest [`MAX_SNAP_FILES`].
     pub fn save(&self, snap: &Snapshot) -> Result<PathBuf, SnapshotError> {
+        let _total = crate::metrics::SNAP_SAVE_SECONDS.start_timer();
         let meta = snap.get_metadata();
         let name = Self::file_name(meta.term, meta.index);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
+        let marshalling = crate::metrics::SNAP_MARSHALLING_SECONDS.start_timer();
         let body = snap
             .write_to_bytes()
             .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+        marshalling.observe_duration();
         {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(&crc32c::crc32c(&body).to_le_bytes())
                 .and_then(|_| f.write_all(&body))
-                .and_then(|_| f.sync_all())
+                .and_then(|_| {
+                    let _fsync = crate::metrics::SNAP_FSYNC_SECONDS.start_timer();
+                    f.sync_all()
+                })
                 .map_err(io_err(&tmp))?;
         }
         fs::rename(&tmp, &path).map_err(io_err(&path))?;

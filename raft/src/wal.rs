@@ -440,6 +440,7 @@ impl Wal {
             timer.stop_and_discard();
         }
         self.file_len += buf.len() as u64;
+        crate::metrics::WAL_WRITE_BYTES.add(buf.len() as i64);
         Ok(())
     }
 

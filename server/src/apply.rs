@@ -227,6 +227,7 @@ impl Applier {
             return Ok(());
         }
         let path = crate::snapshot::db_path(&self.snap_dir, index);
+        let _applying = crate::metrics::SnapshotApplying::start();
         tracing::info!(index, file = %path.display(), "installing a snapshot");
         crate::snapshot::install(&self.kv, &path)?;
         // (each guard is a temporary: reads below take the backend's lock again)
@@ -320,7 +321,9 @@ impl Applier {
                             let id = req.header.as_ref().map(|h| h.id).filter(|id| *id != 0).unwrap_or(req.id);
                             // a physical compaction is answered once its rows are gone (as etcd)
                             let physical = req.compaction.as_ref().filter(|c| c.physical).map(|c| c.revision);
+                            let timer = crate::metrics::ApplyTimer::start(&req);
                             let result = self.apply_request(&mut txn, req, e.index);
+                            timer.finish(matches!(result, Ok(_) | Err(ServerError::Compacted)));
                             let revision = txn.current_revision();
                             match physical {
                                 Some(rev) if result.is_ok() => {

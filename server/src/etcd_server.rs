@@ -321,6 +321,11 @@ impl EtcdServer {
         self.wait.pending()
     }
 
+    /// (current revision, compact revision, auth revision), for metrics.
+    pub fn revisions(&self) -> (i64, i64, u64) {
+        (self.kv.current_revision(), self.kv.compact_revision(), self.auth.revision())
+    }
+
     /// (keys, watchers, unsynced watchers, victim watchers, leases), for metrics.
     pub fn store_counts(&self) -> (usize, usize, usize, usize, usize) {
         let (watchers, unsynced, victims) = self.watch_hub.counts();
@@ -461,11 +466,13 @@ impl EtcdServer {
         let leader_match = st.progress.iter().find(|p| p.id == self.member_id).map(|p| p.matched).unwrap_or(0);
         let learner_match = st.progress.iter().find(|p| p.id == id).map(|p| p.matched).unwrap_or(0);
         if (learner_match as f64) < (leader_match as f64) * 0.9 {
+            crate::metrics::learner_promote_failed(&ServerError::LearnerNotReady.to_string());
             return Err(ServerError::LearnerNotReady);
         }
         self.check_quorum_after(1, None)?;
         self.configure(ConfChangeType::AddNode, id, ConfChangeContext { is_promote: true, ..Default::default() })
             .await
+            .inspect(|_| crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc())
     }
 
     async fn forward_promote(&self, _leader: u64, id: u64) -> Result<Vec<Member>, ServerError> {
@@ -653,8 +660,11 @@ impl EtcdServer {
     /// Waits until this member has applied everything committed before the call.
     pub async fn linearizable_barrier(&self) -> Result<(), ServerError> {
         let index = match tokio::time::timeout(self.request_timeout, self.raft.read_index()).await {
-            Ok(r) => r?,
-            Err(_) => return Err(ServerError::Timeout),
+            Ok(r) => r.inspect_err(|_| etcd_raft::metrics::READ_INDEXES_FAILED.inc())?,
+            Err(_) => {
+                etcd_raft::metrics::SLOW_READ_INDEXES.inc();
+                return Err(ServerError::Timeout);
+            }
         };
         self.wait_applied_index(index).await
     }

@@ -38,6 +38,7 @@ fn storage_err(e: impl std::fmt::Display) -> ServerError {
 
 fn read_view(db: &redb::Database) -> Result<View, ServerError> {
     let mut view = View::default();
+    crate::metrics::membership_read();
     let rtx = db.begin_read().map_err(storage_err)?;
     match rtx.open_table(MEMBERS) {
         Ok(t) => {
@@ -130,13 +131,15 @@ impl Membership {
     /// Applies an added member (voter or learner) from a committed conf change.
     pub fn apply_add(&self, wtx: &redb::WriteTransaction, m: Member) -> Result<(), ServerError> {
         Self::save(wtx, &m)?;
-        self.view.write().members.insert(m.id, m);
+        let existed = self.view.write().members.insert(m.id, m).is_some();
+        crate::metrics::membership_write(if existed { "update" } else { "create" });
         Ok(())
     }
 
     pub fn apply_remove(&self, wtx: &redb::WriteTransaction, id: u64) -> Result<(), ServerError> {
         wtx.open_table(MEMBERS).map_err(storage_err)?.remove(id).map_err(storage_err)?;
         wtx.open_table(MEMBERS_REMOVED).map_err(storage_err)?.insert(id, ()).map_err(storage_err)?;
+        crate::metrics::membership_write("delete");
         let mut v = self.view.write();
         v.members.remove(&id);
         v.removed.insert(id);
@@ -154,6 +157,7 @@ impl Membership {
             })
         };
         if let Some(m) = updated {
+            crate::metrics::membership_write("set");
             Self::save(wtx, &m)?;
             self.view.write().members.insert(id, m);
         }
@@ -165,6 +169,7 @@ impl Membership {
             .map_err(storage_err)?
             .insert(CLUSTER_VERSION_KEY, version.as_bytes())
             .map_err(storage_err)?;
+        crate::metrics::membership_write("set");
         self.view.write().version = Some(version.to_string());
         Ok(())
     }

@@ -41,22 +41,13 @@ impl PeerService {
         Ok(())
     }
 
-    /// Forwarded requests are answered only by the leader: forwarding again could loop between
-    /// members that disagree on who leads.
-    fn refuse_unless_leader(&self) -> Result<(), Status> {
-        if !self.server.is_leader() {
-            return Err(crate::errors::ServerError::NotLeader.into());
-        }
-        Ok(())
-    }
-}
-
-#[tonic::async_trait]
-impl Peer for PeerService {
-    async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
-        let mut stream = request.into_inner();
+    /// The raft messages of one peer stream, handed to raft in order.
+    async fn receive_raft(&self, mut stream: Streaming<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let mut received: Option<prometheus::IntCounter> = None;
         while let Some(batch) = stream.message().await? {
             self.check_sender(batch.cluster_id, batch.from)?;
+            let bytes = batch.messages.iter().map(Vec::len).sum::<usize>() as u64;
+            received.get_or_insert_with(|| etcd_raft::metrics::peer_received(batch.from)).inc_by(bytes);
             for bytes in &batch.messages {
                 match Message::parse_from_bytes(bytes) {
                     Ok(m) if m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot => {
@@ -70,15 +61,12 @@ impl Peer for PeerService {
         Ok(Response::new(RaftAck {}))
     }
 
-    /// Receives a snapshot: stores its rows durably, then hands the raft message to raft, whose
-    /// applier installs them if raft accepts it.
-    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
-        let mut stream = request.into_inner();
-        let first = stream
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("etcd-rs: empty snapshot stream"))?;
-        self.check_sender(first.cluster_id, first.from)?;
+    /// The rest of a snapshot stream after its first chunk (from a checked sender).
+    async fn receive_snapshot(
+        &self,
+        first: SnapshotChunk,
+        mut stream: Streaming<SnapshotChunk>,
+    ) -> Result<Response<SnapshotAck>, Status> {
         let msg = Message::parse_from_bytes(&first.message)
             .map_err(|e| Status::invalid_argument(format!("etcd-rs: bad raft message: {e}")))?;
         if msg.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot || msg.to != self.server.member_id() {
@@ -108,6 +96,40 @@ impl Peer for PeerService {
         tracing::info!(index, rows, "received a snapshot; handing it to raft");
         self.server.step(msg);
         Ok(Response::new(SnapshotAck {}))
+    }
+
+    /// Forwarded requests are answered only by the leader: forwarding again could loop between
+    /// members that disagree on who leads.
+    fn refuse_unless_leader(&self) -> Result<(), Status> {
+        if !self.server.is_leader() {
+            return Err(crate::errors::ServerError::NotLeader.into());
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn raft(&self, request: Request<Streaming<RaftBatch>>) -> Result<Response<RaftAck>, Status> {
+        let remote = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        self.receive_raft(request.into_inner())
+            .await
+            .inspect_err(|_| etcd_raft::metrics::peer_receive_failure(&remote))
+    }
+
+    /// Receives a snapshot: stores its rows durably, then hands the raft message to raft, whose
+    /// applier installs them if raft accepts it.
+    async fn snapshot(&self, request: Request<Streaming<SnapshotChunk>>) -> Result<Response<SnapshotAck>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("etcd-rs: empty snapshot stream"))?;
+        self.check_sender(first.cluster_id, first.from)?;
+        let transfer = etcd_raft::metrics::snapshot_receive(first.from);
+        let ack = self.receive_snapshot(first, stream).await?;
+        transfer.succeeded();
+        Ok(ack)
     }
 
     async fn promote(&self, request: Request<PromoteRequest>) -> Result<Response<MembersResponse>, Status> {

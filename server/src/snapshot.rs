@@ -169,6 +169,8 @@ pub struct ReceivedFile {
     tmp: PathBuf,
     path: PathBuf,
     out: BufWriter<File>,
+    /// For etcd_snap_db_save_total_duration_seconds.
+    started: std::time::Instant,
 }
 
 impl ReceivedFile {
@@ -176,7 +178,7 @@ impl ReceivedFile {
         let path = db_path(snap_dir, index);
         let tmp = path.with_extension("db.tmp");
         let file = File::create(&tmp).map_err(|e| err("create", e))?;
-        Ok(ReceivedFile { tmp, path, out: BufWriter::new(file) })
+        Ok(ReceivedFile { tmp, path, out: BufWriter::new(file), started: std::time::Instant::now() })
     }
 
     pub fn write(&mut self, rows: &SnapshotRows) -> Result<(), ServerError> {
@@ -192,7 +194,9 @@ impl ReceivedFile {
     /// Makes the file durable and visible under its final name.
     pub fn finish(mut self) -> Result<PathBuf, ServerError> {
         self.out.flush().map_err(|e| err("flush", e))?;
+        let fsync = std::time::Instant::now();
         self.out.get_ref().sync_all().map_err(|e| err("fsync", e))?;
+        crate::metrics::snapshot_db_saved(fsync.elapsed(), self.started.elapsed());
         fs::rename(&self.tmp, &self.path).map_err(|e| err("rename", e))?;
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(|e| err("fsync dir", e))?;
@@ -279,11 +283,13 @@ pub fn spawn_send(
     let index = msg.get_snapshot().get_metadata().index;
     runtime.spawn(async move {
         let started = std::time::Instant::now();
+        let transfer = etcd_raft::metrics::snapshot_send(to);
         let result = send(&transport, msg, read).await;
         inflight.lock().remove(&to);
         let node = transport.node();
         match result {
             Ok(rows) => {
+                transfer.succeeded();
                 tracing::info!(to = %format!("{to:x}"), index, rows, took = ?started.elapsed(), "sent a snapshot");
                 if let Some(n) = node {
                     n.report_snapshot(to, true);

@@ -194,7 +194,8 @@ pub(super) async fn run_expiry_loop(server: Weak<EtcdServer>) {
             let srv = s.clone();
             tokio::spawn(async move {
                 match srv.lease_revoke(LeaseRevokeRequest { id }, None).await {
-                    Ok(_) | Err(ServerError::LeaseNotFound) => {}
+                    Ok(_) => crate::metrics::LEASE_EXPIRED.inc(),
+                    Err(ServerError::LeaseNotFound) => {}
                     Err(e) => tracing::warn!(lease_id = %format!("{id:016x}"), error = %e, "failed to revoke an expired lease"),
                 }
                 drop(permit);

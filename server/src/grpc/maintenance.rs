@@ -131,6 +131,7 @@ impl Maintenance for MaintenanceService {
         let dir = self.server.snap_dir();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
+            let _timer = etcd_mvcc::metrics::SNAPSHOT_SECONDS.start_timer();
             if let Err(e) = send_snapshot(read, &dir, &tx) {
                 tracing::warn!(error = %e, "sending a database snapshot failed");
                 let _ = tx.blocking_send(Err(e.into()));

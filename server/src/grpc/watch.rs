@@ -278,6 +278,7 @@ impl Outbound {
                 ..Default::default()
             }],
             WatchMessage::Events { watch_id, revision, events, prev_kv, fragment } => {
+                etcd_mvcc::metrics::EVENTS_TOTAL.inc_by(events.len() as u64);
                 let events: Vec<Event> = events
                     .iter()
                     .map(|e| {
