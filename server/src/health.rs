@@ -5,7 +5,8 @@
 //! - `/health`: an alarm not named by `?exclude=` fails it ("ALARM NOSPACE"), then no leader
 //!   ("RAFT NO LEADER"), then a range read ("RANGE ERROR:..."). `?serializable=true` (3.5.3+)
 //!   skips the leader check and reads locally, so a member cut off from quorum stays healthy.
-//!   JSON `{"health":"true","reason":""}`; 503 with the JSON and a newline when unhealthy.
+//!   JSON `{"health":"true","reason":""}` (3.4's `{"health":"true"}` when `--etcd-api-version`
+//!   reports a 3.4 release); 503 with the JSON and a newline when unhealthy.
 //! - `/livez`: `serializable_read`; `/readyz`: `data_corruption`, `serializable_read`,
 //!   `linearizable_read`. `?exclude=<check>` skips a check, `/<endpoint>/<check>` runs one,
 //!   `?verbose` lists the checks before `ok`. A failure is 503 with the list of checks. etcd
@@ -213,7 +214,7 @@ async fn health(server: &EtcdServer, q: &Query) -> Response {
         read_check(server, q.serializable).await.err().map(|e| format!("RANGE ERROR:{e}"))
     };
     let ok = reason.is_none();
-    let body = serde_json::json!({"health": ok.to_string(), "reason": reason.clone().unwrap_or_default()}).to_string();
+    let body = health_body(ok, reason.as_deref(), &server.config().etcd_api_version);
     if ok {
         HEALTH_SUCCESS.inc();
         let mut resp = (StatusCode::OK, body).into_response();
@@ -223,6 +224,15 @@ async fn health(server: &EtcdServer, q: &Query) -> Response {
         HEALTH_FAILED.inc();
         tracing::warn!(output = %body, "/health error");
         http_error(StatusCode::SERVICE_UNAVAILABLE, &body)
+    }
+}
+
+/// `/health`'s JSON as the reported etcd version writes it: 3.4 has no `reason` field.
+fn health_body(ok: bool, reason: Option<&str>, api_version: &str) -> String {
+    if api_version.starts_with("3.4.") {
+        serde_json::json!({"health": ok.to_string()}).to_string()
+    } else {
+        serde_json::json!({"health": ok.to_string(), "reason": reason.unwrap_or_default()}).to_string()
     }
 }
 
@@ -322,5 +332,13 @@ mod tests {
         assert_eq!(q.exclude, ["linearizable_read"]);
         let q = Query::parse(None);
         assert!(q.exclude.is_empty() && !q.serializable);
+    }
+
+    #[test]
+    fn health_body_has_a_reason_from_3_5_on() {
+        assert_eq!(health_body(true, None, "3.5.17"), r#"{"health":"true","reason":""}"#);
+        assert_eq!(health_body(false, Some("RAFT NO LEADER"), "3.5.1"), r#"{"health":"false","reason":"RAFT NO LEADER"}"#);
+        assert_eq!(health_body(true, None, "3.4.23"), r#"{"health":"true"}"#);
+        assert_eq!(health_body(false, Some("RAFT NO LEADER"), "3.4.23"), r#"{"health":"false"}"#);
     }
 }
