@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream, UnixStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// How this member dials its peers.
@@ -44,6 +44,15 @@ impl PeerDialer {
     /// A connected channel to `url` (http or https), the TCP connect and TLS handshake bounded
     /// by `timeout`.
     pub async fn connect(&self, url: &str, timeout: Duration) -> Result<Channel, String> {
+        if let Some(rest) = url.strip_prefix("unixs://") {
+            return Err(format!("{url}: unixs peer URLs (TLS over a unix socket) are not supported by etcd-rs yet ({rest})"));
+        }
+        if let Some(path) = unix_socket_path(url) {
+            // the authority names the socket, as Go's http client sends it for etcd's unix URLs
+            let endpoint = Endpoint::from_shared(format!("http://{path}")).map_err(|e| format!("bad peer URL {url}: {e}"))?;
+            let connector = UnixConnector { path: path.to_string(), timeout };
+            return endpoint.connect_with_connector(connector).await.map_err(|e| error_chain(url, &e));
+        }
         let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad peer URL {url}: {e}"))?
             .connect_timeout(timeout)
@@ -58,15 +67,50 @@ impl PeerDialer {
             ));
         };
         let connector = TlsConnector { tls, local_ip: self.local_ip };
-        endpoint.connect_with_connector(connector).await.map_err(|e| {
-            // tonic's transport error hides the cause (e.g. a certificate rejection): show it.
-            let mut msg = format!("{url}: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            msg
+        endpoint.connect_with_connector(connector).await.map_err(|e| error_chain(url, &e))
+    }
+}
+
+/// The socket path of a `unix://host:port` URL (etcd listens on and dials `host:port`).
+fn unix_socket_path(url: &str) -> Option<&str> {
+    url.strip_prefix("unix://").map(|rest| rest.trim_end_matches('/'))
+}
+
+/// tonic's transport error hides the cause (e.g. a certificate rejection or a missing socket):
+/// the message shows the whole chain.
+fn error_chain(url: &str, e: &tonic::transport::Error) -> String {
+    let mut msg = format!("{url}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+/// tower connector for tonic: a unix socket at `path`, the connect bounded by `timeout`.
+#[derive(Clone)]
+struct UnixConnector {
+    path: String,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let (path, timeout) = (self.path.clone(), self.timeout);
+        Box::pin(async move {
+            let stream = tokio::time::timeout(timeout, UnixStream::connect(&path))
+                .await
+                .map_err(|_| format!("dial unix {path}: timed out"))??;
+            Ok(TokioIo::new(stream))
         })
     }
 }

@@ -92,6 +92,10 @@ pub struct Flags {
     /// Additional duration of wait before closing a non-responsive connection (0 to disable).
     #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
     pub grpc_keepalive_timeout: String,
+    /// Maximum concurrent streams that each client can open at a time (HTTP/2 streams of one
+    /// connection; the gateway's requests of one listener share one connection, as in etcd).
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
     /// Enable to set socket option SO_REUSEPORT on listeners.
     #[arg(long, env = "ETCD_SOCKET_REUSE_PORT", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub socket_reuse_port: bool,
@@ -145,7 +149,8 @@ pub struct Flags {
     /// Force to create a new one member cluster (a restarting member only: the others are removed).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub force_new_cluster: bool,
-    /// Accept etcd V2 client requests (etcd-rs serves v3 only).
+    /// Accept etcd V2 client requests. etcd-rs serves v3 only: true is accepted (etcd's sample
+    /// config sets it) with a warning at start that the v2 API is not served.
     #[arg(long, env = "ETCD_ENABLE_V2", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub enable_v2: bool,
     #[arg(long, env = "ETCD_V2_DEPRECATION", default_value = "not-yet")]
@@ -320,6 +325,8 @@ pub struct ServerConfig {
     pub quota_backend_bytes: i64,
     pub max_txn_ops: usize,
     pub max_request_bytes: usize,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection (0: no limit, as grpc-go).
+    pub max_concurrent_streams: u32,
     pub auto_compaction: AutoCompaction,
     pub backend_batch_interval: Duration,
     pub backend_batch_limit: u64,
@@ -454,12 +461,20 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError>
 }
 
 impl Flags {
+    /// Settings accepted but without their effect in etcd-rs: each is logged as a warning at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.enable_v2 {
+            out.push("--enable-v2 is set, but etcd-rs serves only the v3 API: the v2 API is not served".to_string());
+        }
+        out
+    }
+
     /// Refuses flags whose feature is not built, so nobody runs with a setting that does nothing.
     fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
         let unbuilt: &[(&str, bool)] = &[
             ("discovery", !self.discovery.is_empty()),
             ("discovery-srv", !self.discovery_srv.is_empty()),
-            ("enable-v2", self.enable_v2),
         ];
         for (flag, set) in unbuilt {
             if *set {
@@ -624,6 +639,7 @@ impl Flags {
             quota_backend_bytes: self.quota_backend_bytes,
             max_txn_ops: self.max_txn_ops,
             max_request_bytes: self.max_request_bytes,
+            max_concurrent_streams: if self.max_concurrent_streams == 0 { u32::MAX } else { self.max_concurrent_streams },
             auto_compaction,
             backend_batch_interval,
             backend_batch_limit: if self.backend_batch_limit == 0 { 10_000 } else { self.backend_batch_limit },
@@ -665,6 +681,7 @@ mod tests {
         assert_eq!(c.election_ticks, 10);
         assert_eq!(c.max_request_bytes, 1_572_864);
         assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.max_concurrent_streams, u32::MAX);
         assert_eq!(c.snapshot_count, 100_000);
         assert_eq!(c.auto_compaction, AutoCompaction::Off);
     }
@@ -674,6 +691,16 @@ mod tests {
         let c = parse(&["-name", "x", "-data-dir=/tmp/d", "--initial-cluster", "x=http://localhost:2380"]).unwrap();
         assert_eq!(c.name, "x");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/d"));
+    }
+
+    #[test]
+    fn enable_v2_is_accepted_with_a_warning() {
+        let argv = normalize_args(["etcd-rs", "--enable-v2"].map(String::from));
+        let flags = Flags::try_parse_from(argv).unwrap();
+        assert!(flags.warnings().iter().any(|w| w.contains("v2 API is not served")), "{:?}", flags.warnings());
+        flags.into_config().unwrap();
+        let flags = Flags::try_parse_from(["etcd-rs"]).unwrap();
+        assert!(flags.warnings().is_empty());
     }
 
     #[test]

@@ -50,6 +50,7 @@ struct ConfigYaml {
     quota_backend_bytes: Option<i64>,
     max_txn_ops: Option<usize>,
     max_request_bytes: Option<usize>,
+    max_concurrent_streams: Option<u32>,
     listen_peer_urls: Option<String>,
     listen_client_urls: Option<String>,
     initial_advertise_peer_urls: Option<String>,
@@ -172,6 +173,7 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         quota_backend_bytes => quota_backend_bytes,
         max_txn_ops => max_txn_ops,
         max_request_bytes => max_request_bytes,
+        max_concurrent_streams => max_concurrent_streams,
         listen_peer_urls => listen_peer_urls,
         listen_client_urls => listen_client_urls,
         initial_advertise_peer_urls => initial_advertise_peer_urls,
@@ -371,6 +373,34 @@ mod tests {
         assert!(f.peer_auto_tls && f.peer_cert_file.is_empty() && !f.peer_client_cert_auth);
         let e = flags_from_yaml("peer-transport-security:\n  client-cert-file: /x.pem\n").unwrap_err().0;
         assert!(e.contains("peer-transport-security.client-cert-file"), "{e}");
+    }
+
+    /// The keys and values of etcd's `etcd.conf.yml.sample` (3.4/3.5), comments left out.
+    const ETCD_SAMPLE: &str = "name: 'default'\ndata-dir:\nwal-dir:\nsnapshot-count: 10000\n\
+        heartbeat-interval: 100\nelection-timeout: 1000\nquota-backend-bytes: 0\n\
+        listen-peer-urls: http://localhost:2380\nlisten-client-urls: http://localhost:2379\n\
+        max-snapshots: 5\nmax-wals: 5\ncors:\ninitial-advertise-peer-urls: http://localhost:2380\n\
+        advertise-client-urls: http://localhost:2379\ndiscovery:\ndiscovery-fallback: 'proxy'\n\
+        discovery-proxy:\ndiscovery-srv:\ninitial-cluster:\ninitial-cluster-token: 'etcd-cluster'\n\
+        initial-cluster-state: 'new'\nstrict-reconfig-check: false\nenable-v2: true\nenable-pprof: true\n\
+        proxy: 'off'\nproxy-failure-wait: 5000\nproxy-refresh-interval: 30000\nproxy-dial-timeout: 1000\n\
+        proxy-write-timeout: 5000\nproxy-read-timeout: 0\n\
+        client-transport-security:\n  cert-file:\n  key-file:\n  client-cert-auth: false\n  trusted-ca-file:\n  auto-tls: false\n\
+        peer-transport-security:\n  cert-file:\n  key-file:\n  client-cert-auth: false\n  trusted-ca-file:\n  auto-tls: false\n\
+        debug: false\nlogger: zap\nlog-outputs: [stderr]\nforce-new-cluster: false\n\
+        auto-compaction-mode: periodic\nauto-compaction-retention: \"1\"\n";
+
+    #[test]
+    fn etcds_sample_config_file_is_accepted_with_enable_v2_as_a_warning() {
+        let f = flags_from_yaml(ETCD_SAMPLE).unwrap();
+        assert!(f.enable_v2 && f.enable_pprof && !f.strict_reconfig_check);
+        assert_eq!(f.warnings().len(), 1, "{:?}", f.warnings());
+        let c = f.into_config().unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("default.etcd"));
+        assert_eq!(c.snapshot_count, 10_000);
+        assert_eq!(c.auto_compaction, crate::config::AutoCompaction::Periodic(Duration::from_secs(3600)));
+        let c = flags_from_yaml("max-concurrent-streams: 3\n").unwrap().into_config().unwrap();
+        assert_eq!(c.max_concurrent_streams, 3);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Operator flags with their own start-up paths: `--config-file` (YAML instead of flags and
 //! `ETCD_*`), `--wal-dir` (the WAL outside the data dir) and `--force-new-cluster` (a member of a
 //! cluster that lost quorum restarts alone with its data), `--unsafe-no-fsync` (no fsync, writes
-//! still served and kept across a graceful restart).
+//! still served and kept across a graceful restart), `--enable-v2` (accepted with a warning) and
+//! `--version` (quiet on a closed stdout).
 
 mod common;
 
@@ -119,6 +120,30 @@ async fn config_file_alone_configures_the_server_and_other_flags_and_env_are_ign
     let kvs: Vec<(String, String)> = dump(&mut c).await.into_iter().map(|(k, v, _)| (k, v)).collect();
     assert_eq!(kvs, vec![("from".to_string(), "yaml".to_string())]);
     assert!(!ignored_dir.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_v2_starts_the_member_with_a_warning_that_the_v2_api_is_not_served() {
+    let (_dir, m, mut kv) = common::single_member(&["--enable-v2"]).await;
+    put(&mut kv, "k", "v").await.unwrap();
+    assert!(m.log_shows("the v2 API is not served"), "{}", m.log());
+}
+
+#[test]
+fn version_on_a_closed_stdout_exits_quietly() {
+    // `etcd-rs --version | head -0`: the reader is gone before anything is written
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
+        .arg("--version")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[test]

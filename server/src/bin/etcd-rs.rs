@@ -1,10 +1,11 @@
 //! `etcd-rs`: a drop-in etcd v3 server. Run with no flags it is a single member serving
 //! clients on 127.0.0.1:2379 with its data in ./default.etcd, as `etcd` is.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::io::Write;
 
 use clap::Parser;
 use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
+use etcd_server::serve::{GatewayStreamLimit, Listener};
 use etcd_proto::etcdrspb::peer_server::PeerServer;
 use etcd_server::peer::PeerService;
 use etcd_server::tls::{self, TlsSetup};
@@ -36,9 +37,14 @@ fn main() {
         }
     };
     if flags.version {
-        println!("etcd Version: {}", flags.etcd_api_version);
-        println!("etcd-rs Version: {ETCD_RS_VERSION}");
-        println!("OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+        // written, not println!: a closed stdout (`etcd-rs --version | head -1`) is no panic
+        let version = format!(
+            "etcd Version: {}\netcd-rs Version: {ETCD_RS_VERSION}\nOS/Arch: {}/{}\n",
+            flags.etcd_api_version,
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        let _ = std::io::stdout().lock().write_all(version.as_bytes());
         return;
     }
     if let Err(e) = logging::init(&flags.logger, &flags.log_outputs, &flags.log_level) {
@@ -50,6 +56,9 @@ fn main() {
             path = %flags.config_file,
             "loaded server configuration, other configuration command line flags and environment variables will be ignored if provided"
         );
+    }
+    for w in flags.warnings() {
+        tracing::warn!("{w}");
     }
     let cfg = match flags.into_config() {
         Ok(c) => c,
@@ -71,18 +80,6 @@ fn main() {
         eprintln!("etcd-rs: {e}");
         std::process::exit(1);
     }
-}
-
-/// "localhost" binds the IPv4 loopback, as etcd clients expect 127.0.0.1 to answer.
-fn socket_addr(u: &url::Url) -> Result<SocketAddr, String> {
-    let host = u.host_str().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']');
-    let port = u.port().ok_or_else(|| format!("URL {u} has no port"))?;
-    let ip: IpAddr = if host == "localhost" {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        host.parse().map_err(|_| format!("listen URL {} must use an IP address or localhost", url_string(u)))?
-    };
-    Ok(SocketAddr::new(ip, port))
 }
 
 async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
@@ -122,11 +119,12 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics")?);
+        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None)?);
     }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), tonic::service::Routes::new(peer), &peer_stop, "peer")?);
+        let routes = tonic::service::Routes::new(peer);
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), routes, &peer_stop, "peer", None)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
@@ -143,8 +141,9 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
 
     let mut stopping = stopping;
     for (l, https) in client_listeners {
-        let routes = grpc::routes(server.clone());
-        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client")?);
+        let routes = GatewayStreamLimit::new(grpc::routes(server.clone()), cfg.max_concurrent_streams);
+        let max_streams = Some(cfg.max_concurrent_streams);
+        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams)?);
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -208,19 +207,21 @@ impl Stopping {
     }
 }
 
-/// Serves an http listener in plain text, an https one (`tls` is Some) over TLS; an https
-/// listener without a TLS configuration is an error, never served in plain text. Client and
-/// metrics listeners also answer HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC only.
+/// Serves an http or unix listener in plain text, an https one (`tls` is Some) over TLS; an
+/// https listener without a TLS configuration is an error, never served in plain text. Client
+/// and metrics listeners also answer HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC
+/// only. `max_streams`: HTTP/2 streams per connection (`--max-concurrent-streams`).
 fn serve_url<S>(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
     service: S,
     stop: &watch::Receiver<bool>,
     what: &'static str,
+    max_streams: Option<u32>,
 ) -> Result<tokio::task::JoinHandle<()>, String>
 where
     S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
+            axum::http::Request<serve::RequestBody>,
             Response = axum::http::Response<tonic::body::Body>,
             Error = std::convert::Infallible,
         > + Clone
@@ -229,31 +230,31 @@ where
     S::Future: Send + 'static,
 {
     let http1 = what != "peer";
-    match tls {
-        None => {
+    match (listener, tls) {
+        (Listener::Tcp(listener), None) => {
             // TCP_NODELAY on accepted sockets, as Go sets by default (without it Nagle and delayed
             // ACKs held answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Ok(tokio::spawn(serve::serve(incoming, service, http1, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
         }
-        Some(Some(config)) => {
+        (Listener::Tcp(listener), Some(Some(config))) => {
             let incoming = tls::incoming(listener, config, what == "peer");
-            Ok(tokio::spawn(serve::serve(incoming, service, http1, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
         }
-        Some(None) => Err(format!("no TLS configuration for the https {what} listener")),
+        (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone()))),
+        (Listener::Unix(incoming), Some(_)) => {
+            Err(format!("{}: TLS over a unix socket is not supported by etcd-rs yet", incoming.path().display()))
+        }
+        (Listener::Tcp(_), Some(None)) => Err(format!("no TLS configuration for the https {what} listener")),
     }
 }
 
 /// Binds every URL; each listener comes with whether its URL is https.
-async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(tokio::net::TcpListener, bool)>, String> {
+async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(Listener, bool)>, String> {
     let mut out = Vec::new();
     for u in urls {
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(format!("--{flag}: scheme {} is not supported yet (http and https only)", u.scheme()));
-        }
-        let addr = socket_addr(u)?;
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
-        tracing::info!(address = %addr, scheme = u.scheme(), "listening for {what}");
+        let l = serve::bind(u).await.map_err(|e| format!("--{flag}: {e}"))?;
+        tracing::info!(address = %url_string(u), scheme = u.scheme(), "listening for {what}");
         out.push((l, u.scheme() == "https"));
     }
     Ok(out)

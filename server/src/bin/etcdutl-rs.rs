@@ -95,19 +95,20 @@ fn table(header: &[&str], row: &[String]) -> String {
     format!("{line}|{}|\n{line}|{}|\n{line}", head.join("|"), cells.join("|"))
 }
 
+/// Written, not println!: a closed stdout (`| head -0`) ends the output quietly instead of a panic.
 fn print_status(s: &SnapshotStatus, out: WriteOut) {
+    use std::io::Write;
     let row = vec![format!("{:x}", s.hash), s.revision.to_string(), s.total_key.to_string(), humanize_bytes(s.total_size)];
-    match out {
-        WriteOut::Simple => println!("{}", row.join(", ")),
-        WriteOut::Table => print!("{}", table(&["hash", "revision", "total keys", "total size"], &row)),
-        WriteOut::Json => println!("{}", serde_json::to_string(s).unwrap_or_default()),
-        WriteOut::Fields => {
-            println!("\"Hash\" : {}", s.hash);
-            println!("\"Revision\" : {}", s.revision);
-            println!("\"Keys\" : {}", s.total_key);
-            println!("\"Size\" : {}", s.total_size);
-        }
-    }
+    let text = match out {
+        WriteOut::Simple => format!("{}\n", row.join(", ")),
+        WriteOut::Table => table(&["hash", "revision", "total keys", "total size"], &row),
+        WriteOut::Json => format!("{}\n", serde_json::to_string(s).unwrap_or_default()),
+        WriteOut::Fields => format!(
+            "\"Hash\" : {}\n\"Revision\" : {}\n\"Keys\" : {}\n\"Size\" : {}\n",
+            s.hash, s.revision, s.total_key, s.total_size
+        ),
+    };
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Go's wording of a failed stat.
