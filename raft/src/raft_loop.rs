@@ -141,6 +141,7 @@ impl RaftLoop {
         self.reads.fail_all();
         self.shared.stopped.store(true, Ordering::Release);
         self.publish_status();
+        self.shared.leader.send_modify(|l| l.stopped = true);
         let replies = std::mem::take(&mut self.stop_replies);
         // Close the WAL before telling anyone we stopped.
         drop(self);
@@ -367,8 +368,12 @@ impl RaftLoop {
         let r = &self.raw.raft;
         let id = r.id;
         let previous_leader = self.shared.status.read().leader_id;
-        if r.leader_id != INVALID_ID && r.leader_id != previous_leader {
-            crate::metrics::LEADER_CHANGES.inc();
+        if r.leader_id != previous_leader {
+            if r.leader_id != INVALID_ID {
+                crate::metrics::LEADER_CHANGES.inc();
+            }
+            let since = Instant::now();
+            self.shared.leader.send_modify(|l| (l.id, l.since) = (r.leader_id, since));
         }
         let status = RaftStatus {
             id,
