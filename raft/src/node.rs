@@ -680,6 +680,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiting_for_a_leader_ends_with_the_election_the_deadline_or_the_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path().join("two"), 0);
+        // Two voters and no transport: no leader ever comes.
+        cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
+        let (node, _rx) = start(cfg);
+        let waited = node.wait_for_leader(tokio::time::Instant::now() + TICK * 4).await;
+        assert!(matches!(waited, Err(RaftError::NoLeader)), "{waited:?}");
+        let pending = tokio::spawn({
+            let node = node.clone();
+            async move { node.wait_for_leader(tokio::time::Instant::now() + Duration::from_secs(3600)).await }
+        });
+        node.stop().await;
+        let stopped = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("the stop ends the wait").unwrap();
+        assert!(matches!(stopped, Err(RaftError::Stopped)), "{stopped:?}");
+
+        let (node, _rx) = start(config(tmp.path().join("one"), 0));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(node.wait_for_leader(far).await.unwrap(), 1);
+        assert_eq!(node.leader().id, 1);
+        assert_eq!(node.wait_leader_change(0, far).await.unwrap(), 1);
+        node.stop().await;
+    }
+
+    #[tokio::test]
     async fn force_new_cluster_removes_the_other_members_after_the_committed_log() {
         let tmp = tempfile::tempdir().unwrap();
         let member_dir = tmp.path().join("member");
