@@ -705,6 +705,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_proposal_the_loop_gets_without_a_leader_is_held_then_refused_or_failed_on_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path().join("member"), 0);
+        // Two voters and no transport: no leader ever comes.
+        cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
+        let (node, _rx) = start(cfg);
+        // as if the leader vanished between the handle's check and the loop
+        let mut hand_to_loop = || {
+            let (reply, rx) = oneshot::channel();
+            node.inner.shared.pending_proposals.fetch_add(1, Ordering::AcqRel);
+            node.send(Command::Propose { data: b"x".to_vec(), reply: ProposeReply::Wait(reply) }).unwrap();
+            rx
+        };
+        let held = hand_to_loop();
+        // held for two election timeouts (20 ticks), then refused: nothing was proposed
+        let refused = tokio::time::timeout(Duration::from_secs(5), held).await.expect("refused after the hold").unwrap();
+        assert!(matches!(refused, Err(RaftError::NoLeader)), "{refused:?}");
+        let held = hand_to_loop();
+        node.stop().await;
+        assert!(matches!(held.await.unwrap(), Err(RaftError::Stopped)));
+        assert_eq!(node.inner.shared.pending_proposals.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
     async fn force_new_cluster_removes_the_other_members_after_the_committed_log() {
         let tmp = tempfile::tempdir().unwrap();
         let member_dir = tmp.path().join("member");

@@ -157,7 +157,7 @@ async fn a_keep_alive_sent_to_a_follower_as_the_leader_dies_renews_on_the_new_le
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn time_to_live_sent_to_a_follower_as_the_leader_dies_is_answered_by_the_new_leader() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut c, leader, f, mut lease, id) = lease_through_a_follower(dir.path()).await;
+    let (mut c, leader, _, mut lease, id) = lease_through_a_follower(dir.path()).await;
     // the follower's channel to the leader exists (and goes stale with the kill)
     lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.unwrap();
 
@@ -169,4 +169,44 @@ async fn time_to_live_sent_to_a_follower_as_the_leader_dies_is_answered_by_the_n
         .into_inner();
     assert_eq!((ttl.id, ttl.granted_ttl), (id, 10));
     assert!(ttl.ttl > 0, "{ttl:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_sent_to_the_leader_while_it_hands_over_leadership_all_succeed() {
+    use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_proto::etcdserverpb::MoveLeaderRequest;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = TestCluster::start(dir.path(), 3, FAST).await;
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let target = (leader + 1) % 3;
+    c.members[leader].ready_client().await;
+    let target_id = status(&c.members[target]).await.unwrap().1;
+    let ch = channel(&c, leader).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (mut kv, stop) = (KvClient::new(ch.clone()), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // a proposal reaching the leader during the transfer is held, not dropped
+                    kv.put(put_req(&format!("w{w}"), &n.to_string())).await?;
+                    n += 1;
+                }
+                Ok::<u32, tonic::Status>(n)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    MaintenanceClient::new(ch.clone()).move_leader(MoveLeaderRequest { target_id }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let n = w.await.unwrap().expect("no write fails while leadership moves");
+        assert!(n > 0);
+    }
+    assert_eq!(status(&c.members[leader]).await.unwrap().0, target_id);
 }
