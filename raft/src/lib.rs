@@ -37,7 +37,7 @@ pub mod wal_record;
 mod wal_zero;
 
 pub use error::{RaftError, SnapshotError, WalError};
-pub use node::{ApplyBatch, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};
+pub use node::{ApplyBatch, Leader, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};
 pub use raft::eraftpb;
 pub use raft::StateRole;
 pub use snapshotter::Snapshotter;

@@ -4,17 +4,19 @@
 //! Invariant: the raft-rs `RawNode`, the `Wal` and the `Snapshotter` are owned
 //! by one thread ("raft-loop"); the handle only sends commands over a channel
 //! and reads a status snapshot the loop republishes after every iteration.
+//! The leader is also published on a watch channel, changed only when it
+//! changes, so a request can wait for an election without polling.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
 use raft::StateRole;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::RaftError;
 use crate::raft_loop::{Command, ProposeReply, RaftLoop};
@@ -125,10 +127,22 @@ pub struct PeerProgress {
     pub recent_active: bool,
 }
 
+/// The leader as this member knows it; published when it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leader {
+    /// 0 while no leader is known.
+    pub id: u64,
+    /// When this member learnt of `id` (or lost its leader, for 0).
+    pub since: Instant,
+    /// The raft loop has stopped: no leader will come.
+    pub stopped: bool,
+}
+
 pub(crate) struct Shared {
     pub status: RwLock<RaftStatus>,
     pub stopped: AtomicBool,
     pub pending_proposals: AtomicUsize,
+    pub leader: watch::Sender<Leader>,
 }
 
 struct Inner {
@@ -181,6 +195,7 @@ impl RaftNode {
             }),
             stopped: AtomicBool::new(false),
             pending_proposals: AtomicUsize::new(0),
+            leader: watch::Sender::new(Leader { id: 0, since: Instant::now(), stopped: false }),
         });
         let raft_loop = RaftLoop::new(&cfg, recovered, transport, apply_tx, cmd_rx, shared.clone());
         raft_loop.publish_status();
@@ -214,30 +229,32 @@ impl RaftNode {
     /// follower forwards it to the leader), not that it is committed.
     pub async fn propose(&self, data: Vec<u8>) -> Result<(), RaftError> {
         let (reply, rx) = oneshot::channel();
-        self.hand_over(data, ProposeReply::Wait(reply))?;
+        self.hand_over(data, ProposeReply::Wait(reply)).map_err(|(e, _)| e)?;
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
     /// Hands `data` to raft without waiting for the raft loop to take it: for a
     /// proposer that waits for the entry to be applied anyway. Errors found at
-    /// once are returned; a refusal by the loop (no leader by then, proposal
-    /// dropped) is passed to `on_refused`, on the raft thread, so keep it short.
-    pub fn submit(&self, data: Vec<u8>, on_refused: Box<dyn FnOnce(RaftError) + Send>) -> Result<(), RaftError> {
+    /// once come back with `data` (`NoLeader`: nothing was proposed, so the
+    /// caller may wait for a leader and submit it again); a refusal by the loop
+    /// (no leader by then, proposal dropped) is passed to `on_refused`, on the
+    /// raft thread, so keep it short.
+    pub fn submit(&self, data: Vec<u8>, on_refused: Box<dyn FnOnce(RaftError) + Send>) -> Result<(), (RaftError, Vec<u8>)> {
         self.hand_over(data, ProposeReply::OnRefused(on_refused))
     }
 
-    fn hand_over(&self, data: Vec<u8>, reply: ProposeReply) -> Result<(), RaftError> {
+    fn hand_over(&self, data: Vec<u8>, reply: ProposeReply) -> Result<(), (RaftError, Vec<u8>)> {
         if self.inner.shared.status.read().leader_id == 0 {
-            return Err(RaftError::NoLeader);
+            return Err((RaftError::NoLeader, data));
         }
         let pending = &self.inner.shared.pending_proposals;
         if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_PROPOSALS {
             pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(RaftError::TooManyRequests);
+            return Err((RaftError::TooManyRequests, data));
         }
         if let Err(e) = self.send(Command::Propose { data, reply }) {
             pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(e);
+            return Err((e, Vec::new()));
         }
         Ok(())
     }
@@ -315,6 +332,37 @@ impl RaftNode {
     /// request paths ask for the term or leader on every call).
     pub fn with_status<R>(&self, f: impl FnOnce(&RaftStatus) -> R) -> R {
         f(&self.inner.shared.status.read())
+    }
+
+    /// The leader now and when this member learnt of it.
+    pub fn leader(&self) -> Leader {
+        *self.inner.shared.leader.borrow()
+    }
+
+    /// Waits until a leader is known: Ok(its id), or `NoLeader` once `deadline` passes
+    /// (`Stopped` if the loop stops meanwhile).
+    pub async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Result<u64, RaftError> {
+        self.wait_leader_where(deadline, |l| l.id != 0).await
+    }
+
+    /// Waits until the leader is another than `seen` (a new election's winner, or none):
+    /// Ok(the new leader's id, 0 for none), or `NoLeader` once `deadline` passes.
+    pub async fn wait_leader_change(&self, seen: u64, deadline: tokio::time::Instant) -> Result<u64, RaftError> {
+        self.wait_leader_where(deadline, |l| l.id != seen).await
+    }
+
+    async fn wait_leader_where(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Leader) -> bool,
+    ) -> Result<u64, RaftError> {
+        let mut rx = self.inner.shared.leader.subscribe();
+        let waited = tokio::time::timeout_at(deadline, rx.wait_for(|l| l.stopped || done(l))).await;
+        match waited {
+            Ok(Ok(l)) if !l.stopped => Ok(l.id),
+            Ok(_) => Err(RaftError::Stopped),
+            Err(_) => Err(RaftError::NoLeader),
+        }
     }
 
     /// The member and cluster ids stored in the WAL (for the server to check).
@@ -629,6 +677,55 @@ mod tests {
             "a read index without a leader must wait for the caller's deadline"
         );
         node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_leader_ends_with_the_election_the_deadline_or_the_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path().join("two"), 0);
+        // Two voters and no transport: no leader ever comes.
+        cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
+        let (node, _rx) = start(cfg);
+        let waited = node.wait_for_leader(tokio::time::Instant::now() + TICK * 4).await;
+        assert!(matches!(waited, Err(RaftError::NoLeader)), "{waited:?}");
+        let pending = tokio::spawn({
+            let node = node.clone();
+            async move { node.wait_for_leader(tokio::time::Instant::now() + Duration::from_secs(3600)).await }
+        });
+        node.stop().await;
+        let stopped = tokio::time::timeout(Duration::from_secs(5), pending).await.expect("the stop ends the wait").unwrap();
+        assert!(matches!(stopped, Err(RaftError::Stopped)), "{stopped:?}");
+
+        let (node, _rx) = start(config(tmp.path().join("one"), 0));
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(node.wait_for_leader(far).await.unwrap(), 1);
+        assert_eq!(node.leader().id, 1);
+        assert_eq!(node.wait_leader_change(0, far).await.unwrap(), 1);
+        node.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_proposal_the_loop_gets_without_a_leader_is_held_then_refused_or_failed_on_stop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path().join("member"), 0);
+        // Two voters and no transport: no leader ever comes.
+        cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
+        let (node, _rx) = start(cfg);
+        // as if the leader vanished between the handle's check and the loop
+        let mut hand_to_loop = || {
+            let (reply, rx) = oneshot::channel();
+            node.inner.shared.pending_proposals.fetch_add(1, Ordering::AcqRel);
+            node.send(Command::Propose { data: b"x".to_vec(), reply: ProposeReply::Wait(reply) }).unwrap();
+            rx
+        };
+        let held = hand_to_loop();
+        // held for two election timeouts (20 ticks), then refused: nothing was proposed
+        let refused = tokio::time::timeout(Duration::from_secs(5), held).await.expect("refused after the hold").unwrap();
+        assert!(matches!(refused, Err(RaftError::NoLeader)), "{refused:?}");
+        let held = hand_to_loop();
+        node.stop().await;
+        assert!(matches!(held.await.unwrap(), Err(RaftError::Stopped)));
+        assert_eq!(node.inner.shared.pending_proposals.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

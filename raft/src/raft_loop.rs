@@ -10,11 +10,17 @@
 //! advance; handle the LightReady (its committed entries also go to the apply
 //! channel); `advance_apply`.
 //!
+//! Proposals that arrive while no leader can take them (none known: the leader vanished after
+//! the handle checked; or this leader is transferring leadership) are held, in arrival order,
+//! for up to two election timeouts and proposed once a leader can take them; past that they
+//! are refused with `NoLeader`. Each is handed to raft-rs at most once.
+//!
 //! Crash rule: nothing raft-rs asks to persist is acknowledged (persisted
 //! messages, commit advance) before the WAL fsync returns. A WAL or snapshot
 //! write error stops the loop (callers then get `Stopped`) instead of running on
 //! with state that is not durable.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +109,10 @@ pub(crate) struct RaftLoop {
     reads: ReadIndexQueue,
     /// Ticks left in which to campaign at once if we are the only voter.
     campaign_ticks_left: usize,
+    /// Proposals no leader could take yet, with the ticks they may still wait.
+    held: VecDeque<(usize, Vec<u8>, ProposeReply)>,
+    /// How long (ticks) a proposal is held for a leader: two election timeouts.
+    hold_ticks: usize,
     stop_replies: Vec<oneshot::Sender<()>>,
 }
 
@@ -130,6 +140,8 @@ impl RaftLoop {
             conf_state: recovered.conf_state,
             reads: ReadIndexQueue::default(),
             campaign_ticks_left: cfg.election_tick.max(1),
+            held: VecDeque::new(),
+            hold_ticks: 2 * cfg.election_tick.max(1),
             stop_replies: Vec::new(),
         }
     }
@@ -139,8 +151,13 @@ impl RaftLoop {
             tracing::error!(error = %e, "the raft loop stopped on an error");
         }
         self.reads.fail_all();
+        for (_, _, reply) in std::mem::take(&mut self.held) {
+            self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
+            reply.send(Err(RaftError::Stopped));
+        }
         self.shared.stopped.store(true, Ordering::Release);
         self.publish_status();
+        self.shared.leader.send_modify(|l| l.stopped = true);
         let replies = std::mem::take(&mut self.stop_replies);
         // Close the WAL before telling anyone we stopped.
         drop(self);
@@ -174,23 +191,58 @@ impl RaftLoop {
                 }
                 self.raw.tick();
                 self.reads.on_tick(&mut self.raw);
+                self.age_held_proposals();
                 self.campaign_ticks_left = self.campaign_ticks_left.saturating_sub(1);
             }
             self.reads.start_round(&mut self.raw);
+            self.propose_held();
+        }
+    }
+
+    /// Whether raft-rs would take a proposal now rather than drop it.
+    fn can_propose(&self) -> bool {
+        let r = &self.raw.raft;
+        r.leader_id != INVALID_ID && !(r.state == StateRole::Leader && r.lead_transferee.is_some())
+    }
+
+    /// Hands `data` to raft-rs, or holds it (behind any held before) until a leader can take it.
+    fn propose(&mut self, data: Vec<u8>, reply: ProposeReply) {
+        if self.can_propose() && self.held.is_empty() {
+            self.propose_now(data, reply);
+        } else {
+            self.held.push_back((self.hold_ticks, data, reply));
+        }
+    }
+
+    fn propose_now(&mut self, data: Vec<u8>, reply: ProposeReply) {
+        self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
+        reply.send(self.raw.propose(Vec::new(), data).map_err(RaftError::from));
+    }
+
+    /// Proposes the held proposals, oldest first, once a leader can take them.
+    fn propose_held(&mut self) {
+        while self.can_propose() {
+            let Some((_, data, reply)) = self.held.pop_front() else { return };
+            self.propose_now(data, reply);
+        }
+    }
+
+    /// Counts a tick for the held proposals; refuses those that waited too long.
+    fn age_held_proposals(&mut self) {
+        for held in self.held.iter_mut() {
+            held.0 = held.0.saturating_sub(1);
+        }
+        while self.held.front().is_some_and(|(left, _, _)| *left == 0) {
+            if let Some((_, _, reply)) = self.held.pop_front() {
+                self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
+                reply.send(Err(RaftError::NoLeader));
+            }
         }
     }
 
     fn handle(&mut self, cmd: Command) -> Result<(), RaftError> {
         match cmd {
-            Command::Propose { data, reply } => {
-                self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
-                let result = if self.raw.raft.leader_id == INVALID_ID {
-                    Err(RaftError::NoLeader)
-                } else {
-                    self.raw.propose(Vec::new(), data).map_err(RaftError::from)
-                };
-                reply.send(result);
-            }
+            Command::Propose { data, reply } => self.propose(data, reply),
             Command::ProposeConfChange { context, cc, reply } => {
                 let result = if self.raw.raft.leader_id == INVALID_ID {
                     Err(RaftError::NoLeader)
@@ -368,9 +420,13 @@ impl RaftLoop {
         let r = &self.raw.raft;
         let id = r.id;
         let previous_leader = self.shared.status.read().leader_id;
-        if r.leader_id != INVALID_ID && r.leader_id != previous_leader {
-            crate::metrics::LEADER_CHANGES.inc();
-            crate::metrics::reset_heartbeats();
+        if r.leader_id != previous_leader {
+            if r.leader_id != INVALID_ID {
+                crate::metrics::LEADER_CHANGES.inc();
+                crate::metrics::reset_heartbeats();
+            }
+            let since = Instant::now();
+            self.shared.leader.send_modify(|l| (l.id, l.since) = (r.leader_id, since));
         }
         let status = RaftStatus {
             id,

@@ -361,12 +361,26 @@ impl EtcdServer {
         let mut cc = ConfChangeV2::default();
         cc.mut_changes().push(single);
         cc.context = ctx.encode_to_vec().into();
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.request_timeout;
         let rx = self.wait.register(id);
-        if let Err(e) = self.raft.propose_conf_change(Vec::new(), cc).await {
-            self.wait.cancel(id);
-            return Err(e.into());
+        // as a proposal: held until there is a leader (not proposed before, so safe to resend)
+        loop {
+            match self.raft.propose_conf_change(Vec::new(), cc.clone()).await {
+                Ok(()) => break,
+                Err(etcd_raft::RaftError::NoLeader) => {
+                    if let Err(e) = self.wait_for_leader_to_propose(deadline).await {
+                        self.wait.cancel(id);
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    self.wait.cancel(id);
+                    return Err(e.into());
+                }
+            }
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(applied)) => match applied.result? {
                 ApplyResult::Members(m) => {
                     tracing::info!(conf_change = ?kind, node_id = %format!("{node_id:x}"), "applied a configuration change through raft");
@@ -377,7 +391,7 @@ impl EtcdServer {
             Ok(Err(_)) => Err(ServerError::Stopped),
             Err(_) => {
                 self.wait.cancel(id);
-                Err(ServerError::Timeout)
+                Err(self.proposal_timeout(start))
             }
         }
     }
@@ -451,13 +465,14 @@ impl EtcdServer {
     /// Promotes a learner that caught up with the leader (matched >= 90% of the leader's).
     /// Only the leader can judge that; other members forward the request to it.
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let forwarded = self.forward_to_leader(deadline, |mut peer| async move {
+            peer.promote(PromoteRequest { member_id: id }).await.map(|r| r.into_inner().members)
+        });
+        if let Some(answer) = forwarded.await {
+            return answer;
+        }
         let st = self.raft.status();
-        if st.leader_id == 0 {
-            return Err(ServerError::NoLeader);
-        }
-        if st.leader_id != self.member_id {
-            return self.forward_promote(st.leader_id, id).await;
-        }
         match self.members.member(id) {
             None => return Err(ServerError::MemberNotFound),
             Some(m) if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) => return Err(ServerError::MemberNotLearner),
@@ -475,38 +490,65 @@ impl EtcdServer {
             .inspect(|_| crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc())
     }
 
-    async fn forward_promote(&self, _leader: u64, id: u64) -> Result<Vec<Member>, ServerError> {
-        let mut peer = self.leader_peer().await?;
-        match tokio::time::timeout(self.request_timeout, peer.promote(PromoteRequest { member_id: id })).await {
-            Ok(Ok(resp)) => Ok(resp.into_inner().members),
-            Ok(Err(status)) => Err(ServerError::from_status(&status)),
-            Err(_) => Err(ServerError::Timeout),
+    /// Runs `call` on the leader's peer service, for requests only the leader can answer, as
+    /// etcd forwards them: waits for an election (`NoLeader` if none comes by `deadline`), and
+    /// tries again what a dead or deposed leader fails with (transport errors, "not leader",
+    /// time-outs) once the leader changes or after a pause, until `deadline` (then `Timeout`).
+    /// The leader's own answers (a missing lease, a learner not ready...) are returned as they
+    /// are. None: this member is the leader now and answers itself.
+    pub(crate) async fn forward_to_leader<T, F, Fut>(&self, deadline: tokio::time::Instant, mut call: F) -> Option<Result<T, ServerError>>
+    where
+        F: FnMut(PeerClient<tonic::transport::Channel>) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        loop {
+            let leader = match self.raft.wait_for_leader(deadline).await {
+                Ok(leader) => leader,
+                Err(e) => return Some(Err(e.into())),
+            };
+            if leader == self.member_id {
+                return None;
+            }
+            let failed = match self.leader_peer(leader).await {
+                Ok(peer) => match tokio::time::timeout_at(deadline, call(peer)).await {
+                    Ok(Ok(answer)) => return Some(Ok(answer)),
+                    Ok(Err(status)) => ServerError::from_status(&status),
+                    Err(_) => return Some(Err(ServerError::Timeout)),
+                },
+                Err(e) => e,
+            };
+            if !leader_gone(&failed) {
+                return Some(Err(failed));
+            }
+            tracing::debug!(leader = %format!("{leader:x}"), error = %failed, "the leader did not answer a forwarded request; retrying");
+            // A dead leader fails at once: wait for the next one, or a heartbeat, before retrying.
+            let pause = deadline.min(tokio::time::Instant::now() + self.cfg.heartbeat);
+            let _ = self.raft.wait_leader_change(leader, pause).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Some(Err(ServerError::Timeout));
+            }
         }
     }
 
-    /// A client of the current leader's peer service, for requests only the leader can answer.
-    /// The channel is kept while the leader stays the same.
-    pub(crate) async fn leader_peer(&self) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
-        let leader = self.raft.with_status(|st| st.leader_id);
-        if leader == 0 {
-            return Err(ServerError::NoLeader);
-        }
+    /// A client of `leader`'s peer service. The channel is kept while the leader stays the same.
+    async fn leader_peer(&self, leader: u64) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
         if let Some((id, ch)) = self.leader_channel.lock().clone() {
             if id == leader {
                 return Ok(PeerClient::new(ch));
             }
         }
         let urls = self.members.member(leader).and_then(|m| m.raft_attrs).map(|r| r.peer_urls).unwrap_or_default();
+        let mut errors = Vec::new();
         for url in urls {
             match self.peer_dialer.connect(&url, Duration::from_secs(1)).await {
                 Ok(ch) => {
                     *self.leader_channel.lock() = Some((leader, ch.clone()));
                     return Ok(PeerClient::new(ch));
                 }
-                Err(e) => tracing::debug!(error = %e, "cannot reach the leader's peer URL"),
+                Err(e) => errors.push(e),
             }
         }
-        Err(ServerError::NoLeader)
+        Err(ServerError::Internal(format!("cannot reach the leader's peer URLs: {}", errors.join("; "))))
     }
 
     /// Hands leadership to `to` (a voting member) and waits until it leads.
@@ -633,27 +675,68 @@ impl EtcdServer {
         Ok((id, data))
     }
 
-    async fn propose_encoded(&self, id: u64, data: Vec<u8>) -> Result<Applied, ServerError> {
+    async fn propose_encoded(&self, id: u64, mut data: Vec<u8>) -> Result<Applied, ServerError> {
+        let start = tokio::time::Instant::now();
+        let deadline = start + self.request_timeout;
         let rx = self.wait.register(id);
-        // the applier answers a taken proposal; a refusal by the raft loop answers here
-        let wait = self.wait.clone();
-        let on_refused = Box::new(move |e: etcd_raft::RaftError| {
-            crate::metrics::PROPOSALS_FAILED.inc();
-            wait.trigger(id, Applied { result: Err(e.into()), revision: 0 });
-        });
-        if let Err(e) = self.raft.submit(data, on_refused) {
-            self.wait.cancel(id);
-            crate::metrics::PROPOSALS_FAILED.inc();
-            return Err(e.into());
+        loop {
+            // the applier answers a taken proposal; a refusal by the raft loop answers here
+            let wait = self.wait.clone();
+            let on_refused = Box::new(move |e: etcd_raft::RaftError| {
+                crate::metrics::PROPOSALS_FAILED.inc();
+                wait.trigger(id, Applied { result: Err(e.into()), revision: 0 });
+            });
+            match self.raft.submit(data, on_refused) {
+                Ok(()) => break,
+                // Nothing was proposed: wait for an election and submit it then (boxed: the
+                // common path's future, one per request, stays small).
+                Err((etcd_raft::RaftError::NoLeader, back)) => {
+                    if let Err(e) = Box::pin(self.wait_for_leader_to_propose(deadline)).await {
+                        self.wait.cancel(id);
+                        crate::metrics::PROPOSALS_FAILED.inc();
+                        return Err(e);
+                    }
+                    data = back;
+                }
+                Err((e, _)) => {
+                    self.wait.cancel(id);
+                    crate::metrics::PROPOSALS_FAILED.inc();
+                    return Err(e.into());
+                }
+            }
         }
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(applied)) => Ok(applied),
             Ok(Err(_)) => Err(ServerError::Stopped),
             Err(_) => {
                 self.wait.cancel(id);
                 crate::metrics::PROPOSALS_FAILED.inc();
-                Err(ServerError::Timeout)
+                Err(self.proposal_timeout(start))
             }
+        }
+    }
+
+    /// Holds a proposal until a leader is known, as etcd's raft node does; past `deadline` the
+    /// answer is etcd's: the bare context error.
+    async fn wait_for_leader_to_propose(&self, deadline: tokio::time::Instant) -> Result<(), ServerError> {
+        match self.raft.wait_for_leader(deadline).await {
+            Ok(_) => Ok(()),
+            Err(etcd_raft::RaftError::NoLeader) => Err(ServerError::ContextDeadlineExceeded),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why a proposal taken by raft at `start` was not applied in time (etcd's
+    /// parseProposeCtxErr): when a leader was elected up to two election timeouts after it, the
+    /// leader it went to likely failed.
+    fn proposal_timeout(&self, start: tokio::time::Instant) -> ServerError {
+        let leader = self.raft.leader();
+        let start = start.into_std();
+        let lost = leader.since.checked_sub(2 * self.election_timeout());
+        if leader.id != 0 && start < leader.since && lost.is_none_or(|lost| start > lost) {
+            ServerError::TimeoutDueToLeaderFail
+        } else {
+            ServerError::Timeout
         }
     }
 
@@ -959,6 +1042,13 @@ pub(crate) fn txn_cost(r: &TxnRequest) -> i64 {
             .sum()
     };
     branch(&r.success).max(branch(&r.failure))
+}
+
+/// Whether a forwarded request failed because the leader it went to is gone (dead, deposed,
+/// unreachable) rather than by the leader's own answer: worth sending again.
+fn leader_gone(e: &ServerError) -> bool {
+    use ServerError::*;
+    matches!(e, NotLeader | NoLeader | Stopped | Timeout | TimeoutDueToLeaderFail | Internal(_))
 }
 
 fn unexpected(r: ApplyResult) -> ServerError {

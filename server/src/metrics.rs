@@ -20,7 +20,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, TextEncoder,
 };
 
-pub use grpc_layer::{enable_extensive, GrpcMetrics, GrpcMetricsFuture, GrpcMetricsLayer};
+pub use grpc_layer::{enable_extensive, CountedBody, GrpcMetrics, GrpcMetricsFuture, GrpcMetricsLayer};
 
 use crate::etcd_server::EtcdServer;
 

@@ -95,7 +95,8 @@ impl EtcdServer {
     }
 
     /// A keep-alive: the lease's full TTL, or LeaseNotFound (also once an expired lease's
-    /// revoke has been applied).
+    /// revoke has been applied). A follower forwards it to the leader, through elections and
+    /// leader failures, until the request timeout (as etcd's LeaseRenew).
     pub async fn lease_renew(&self, id: i64) -> Result<i64, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         if self.is_leader() {
@@ -103,9 +104,13 @@ impl EtcdServer {
         }
         loop {
             if !self.is_leader() {
-                let mut peer = self.leader_peer().await?;
-                let r = peer.lease_renew(LeaseRenewRequest { id }).await.map_err(|s| ServerError::from_status(&s))?;
-                return Ok(r.into_inner().ttl);
+                let forwarded = self.forward_to_leader(deadline, |mut peer| async move {
+                    peer.lease_renew(LeaseRenewRequest { id }).await.map(|r| r.into_inner().ttl)
+                });
+                match forwarded.await {
+                    Some(answer) => return answer,
+                    None => continue, // this member leads now
+                }
             }
             match self.lessor.renew(id, Instant::now()) {
                 Ok((ttl, clear_checkpoint)) => {
@@ -130,11 +135,17 @@ impl EtcdServer {
         }
     }
 
+    /// Answered by the leader's lessor; a follower forwards it as it does keep-alives.
     pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, ServerError> {
         if !self.is_leader() {
-            let mut peer = self.leader_peer().await?;
-            let r = peer.lease_time_to_live(req).await.map_err(|s| ServerError::from_status(&s))?;
-            return Ok(r.into_inner());
+            let deadline = tokio::time::Instant::now() + self.request_timeout;
+            let forwarded = self.forward_to_leader(deadline, |mut peer| {
+                let req = req.clone();
+                async move { peer.lease_time_to_live(req).await.map(|r| r.into_inner()) }
+            });
+            if let Some(answer) = forwarded.await {
+                return answer;
+            }
         }
         self.wait_applied().await?;
         let st = self.lessor.time_to_live(req.id, req.keys, Instant::now()).ok_or(ServerError::LeaseNotFound)?;

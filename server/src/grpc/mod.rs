@@ -54,6 +54,7 @@ pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
         ElectionServer::new(election::ElectionService { server: server.clone() }).max_decoding_message_size(max_recv),
         HealthServer::new(health::HealthService),
     );
+    let dispatch_server = server.clone();
     let gateway = gateway::router(server.clone());
     let version_server = server.clone();
     let router = axum::Router::new()
@@ -62,7 +63,7 @@ pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
         .merge(gateway)
         .fallback(unimplemented_method)
         .layer(crate::metrics::GrpcMetricsLayer);
-    GrpcDispatch::new(services, tonic::service::Routes::from(router))
+    GrpcDispatch::new(services, tonic::service::Routes::from(router), dispatch_server)
 }
 
 async fn version(server: Arc<EtcdServer>) -> impl IntoResponse {
