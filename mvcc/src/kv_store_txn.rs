@@ -587,6 +587,10 @@ impl<'s> ApplyTxn<'s> {
             .txn
             .take()
             .expect("the write transaction lives until commit");
+        let rows = std::mem::take(&mut *self.rows.borrow_mut());
+        let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // counted as committed (in the size figures) when a commit holds them
+        self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
         if durable {
             let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
             if let Err(e) = set_durability(&mut txn, self.store.backend.durable(true)).and_then(|_| Ok(txn.commit()?)) {
@@ -596,11 +600,7 @@ impl<'s> ApplyTxn<'s> {
                 return Err(e);
             }
             timer.observe_duration();
-            self.store.note_file_size();
         } else {
-            let rows = std::mem::take(&mut *self.rows.borrow_mut());
-            let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
-            self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
             Arc::make_mut(&mut self.store.pending.lock()).push(rows);
             *self.store.open_txn.lock() = Some(txn);
         }
@@ -610,7 +610,7 @@ impl<'s> ApplyTxn<'s> {
             .store(self.rev, std::sync::atomic::Ordering::Release);
         if durable {
             // after publishing: a reader that sees the new revision reads the commit
-            self.store.clear_pending();
+            self.store.pending_committed();
         }
         if let Some(ci) = self.consistent {
             *self.store.consistent.lock() = ci;
