@@ -3,11 +3,12 @@
 //! quota (`--quota-backend-bytes`) compares with.
 //!
 //! They follow the data as bbolt's figures do in etcd:
-//! - **in use**: bytes of the pages holding the tables' b-trees (every table of the file: keys,
-//!   meta, leases, members, auth, alarms), found by walking them in a read transaction. Not
-//!   counted: redb's own bookkeeping (allocator state, lists of freed pages), free pages, and the
-//!   file's preallocated tail (redb grows the file by doubling from 1 MiB, so the file size says
-//!   little about the data). etcd's figure: bbolt's high-water mark minus its free pages.
+//! - **in use**: bytes of redb's header page and of the pages holding the tables' b-trees (every
+//!   table of the file: keys, meta, leases, members, auth, alarms), found by walking them in a
+//!   read transaction. Not counted: redb's own bookkeeping (allocator state, lists of freed
+//!   pages), free pages, and the file's preallocated tail (redb grows the file by doubling from
+//!   1 MiB, so the file size says little about the data). etcd's figure: bbolt's high-water mark
+//!   minus its free pages (its meta and freelist pages included).
 //! - **size**: the most *in use* has been since the store opened or was last defragmented. Like
 //!   bbolt's high-water mark it does not shrink when compaction frees pages, only when
 //!   defragment rewrites the file (and, unlike etcd's, at a restart).
@@ -32,6 +33,9 @@ use crate::MvccError;
 
 /// How much longer the measurer waits after a walk than the walk took.
 const IDLE_FACTOR: u32 = 49;
+
+/// redb's header: the file's first page (the backend keeps redb's default page size).
+const HEADER_BYTES: i64 = 4096;
 
 /// The figures, shared by the store (writer and readers) and the measurer thread.
 #[derive(Default)]
@@ -74,7 +78,7 @@ impl DbSize {
         // the read lock is held through the walk, so a defragment waits for it to end
         let db = db.read();
         let txn = db.begin_read()?;
-        let bytes = table_bytes(&txn)?;
+        let bytes = HEADER_BYTES + table_bytes(&txn)?;
         drop(txn);
         drop(db);
         self.base.store(bytes - committed, Ordering::Release);
@@ -142,12 +146,17 @@ impl Measurer {
             self.signal.changed.notify_one();
         }
     }
+
+    /// Walks no more (a walk under way ends first); the store is closing.
+    pub(crate) fn stop(&self) {
+        self.signal.wanted.lock().stop = true;
+        self.signal.changed.notify_one();
+    }
 }
 
 impl Drop for Measurer {
     fn drop(&mut self) {
-        self.signal.wanted.lock().stop = true;
-        self.signal.changed.notify_one();
+        self.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -581,6 +581,8 @@ impl KvStore {
 impl Drop for KvStore {
     /// Commits the batches carried in the open write transaction (a clean close keeps them).
     fn drop(&mut self) {
+        // closing: a walk started now would only delay it
+        self.measurer.stop();
         if let Err(e) = self.commit_open(true) {
             tracing::error!(error = %e, "could not commit the last batches at close; the WAL has them");
         }
