@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard};
 use redb::{
@@ -45,8 +46,8 @@ pub const CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 /// The redb database file and its well-known tables.
 pub struct Backend {
     /// Transactions begin under the read lock; defragmentation alone takes the write lock
-    /// (redb compacts only through `&mut Database`).
-    db: RwLock<Database>,
+    /// (redb compacts only through `&mut Database`). Shared with the size measurer's thread.
+    db: Arc<RwLock<Database>>,
     path: PathBuf,
     /// `--unsafe-no-fsync`: commits asked to be durable are made without fsync.
     no_fsync: AtomicBool,
@@ -63,7 +64,7 @@ impl Backend {
         }
         let db = Database::builder().set_cache_size(CACHE_SIZE_BYTES).create(path)?;
         let b = Backend {
-            db: RwLock::new(db),
+            db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
             no_fsync: AtomicBool::new(false),
         };
@@ -77,6 +78,11 @@ impl Backend {
     /// The database, for stores that keep their own tables in the same file.
     pub fn database(&self) -> RwLockReadGuard<'_, Database> {
         self.db.read()
+    }
+
+    /// The database behind its lock, shared with the size measurer's thread.
+    pub(crate) fn shared_database(&self) -> Arc<RwLock<Database>> {
+        self.db.clone()
     }
 
     /// The file path.
@@ -115,21 +121,12 @@ impl Backend {
         Ok(table.get(name)?.map(|v| v.value()).unwrap_or(0))
     }
 
-    /// Size of the file in bytes.
+    /// Size of the file in bytes (redb preallocates: see `db_size` for the figures etcd
+    /// reports).
     pub fn file_size(&self) -> i64 {
         std::fs::metadata(&self.path)
             .map(|m| m.len() as i64)
             .unwrap_or(0)
-    }
-
-    /// Bytes of the file holding data (allocated pages); needs the write lock, so call it from
-    /// the writer or when no batch is open.
-    pub fn in_use(&self) -> Result<i64, MvccError> {
-        let txn = self.db.read().begin_write()?;
-        let stats = txn.stats()?;
-        let in_use = stats.allocated_pages() as i64 * stats.page_size() as i64;
-        txn.abort()?;
-        Ok(in_use)
     }
 }
 

@@ -28,6 +28,7 @@ use crate::backend::{
     write_meta, Backend, KEY_TABLE, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,
     META_SCHEDULED_COMPACT, META_TERM,
 };
+use crate::db_size::{DbSize, Measurer};
 use crate::index::Index;
 use crate::kv_view::{decode_kv, missing_row, Rows, View};
 use crate::pending_rows::PendingRows;
@@ -54,16 +55,16 @@ pub struct KvStore {
     pub(crate) open_txn: Mutex<Option<WriteTransaction>>,
     /// The rows of those batches, for readers.
     pub(crate) pending: Mutex<Arc<PendingRows>>,
-    /// Bytes of those rows: the file grows by about that much when they commit.
+    /// Bytes of those rows: the tables grow by about that much when they commit.
     pub(crate) pending_bytes: AtomicI64,
     /// Set when a batch was dropped without commit after earlier batches were carried in its
     /// write transaction: they are gone from the backend, so the store takes no more writes
     /// (a restart applies them again from the WAL).
     pub(crate) lost_batches: Mutex<Option<String>>,
-    in_use: AtomicI64,
-    /// The file's size as of the last commit: quota checks read it on every write request,
-    /// so it is taken once per write transaction instead (a `stat` each time).
-    file_size: AtomicI64,
+    /// The size figures etcd reports and the quota reads (see [`crate::db_size`]).
+    size: Arc<DbSize>,
+    /// Walks the tables after commits to keep `size` exact.
+    measurer: Measurer,
     /// The physical compaction whose rows are still being deleted, step by step.
     physical: Mutex<Option<PhysicalCompaction>>,
     /// Test hook: leave physical compaction undone, as if the process died after the commit.
@@ -195,7 +196,10 @@ impl KvStore {
     pub fn open(path: &Path) -> Result<KvStore, MvccError> {
         let backend = Backend::open(path)?;
         let state = StoredState::scan(&backend)?;
-        let in_use = backend.in_use()?;
+        let size = Arc::new(DbSize::default());
+        size.measure(&backend.shared_database())?;
+        size.reset_high_water();
+        let measurer = Measurer::start(backend.shared_database(), size.clone())?;
         let store = KvStore {
             backend,
             index: state.index,
@@ -206,14 +210,13 @@ impl KvStore {
             pending: Mutex::new(Arc::new(PendingRows::default())),
             pending_bytes: AtomicI64::new(0),
             lost_batches: Mutex::new(None),
-            in_use: AtomicI64::new(in_use),
-            file_size: AtomicI64::new(0),
+            size,
+            measurer,
             physical: Mutex::new(None),
             #[cfg(test)]
             skip_physical_compaction: Default::default(),
         };
         store.resume_compaction(state.scheduled, state.finished)?;
-        store.note_file_size();
         tracing::debug!(
             current = state.current,
             compact = store.compact_revision(),
@@ -263,9 +266,10 @@ impl KvStore {
         self.index.replace(state.index);
         *self.consistent.lock() = state.consistent;
         self.published.store(state.current, Ordering::Release);
-        self.in_use.store(self.backend.in_use()?, Ordering::Relaxed);
         self.resume_compaction(state.scheduled, state.finished)?;
-        self.note_file_size();
+        // a new file's contents: its figures start afresh, as etcd's with the snapshot's file
+        self.size.measure(&self.backend.shared_database())?;
+        self.size.reset_high_water();
         tracing::info!(
             current = state.current,
             consistent_index = state.consistent.0,
@@ -346,15 +350,16 @@ impl KvStore {
             self.lose_batches(&e);
             return Err(e);
         }
-        self.clear_pending();
-        self.note_file_size();
+        self.pending_committed();
         Ok(())
     }
 
-    /// Forgets the pending rows: a commit now holds them.
-    pub(crate) fn clear_pending(&self) {
+    /// A commit now holds the pending rows: forgets them, counts their bytes in the size
+    /// figures and has the measurer walk the tables again.
+    pub(crate) fn pending_committed(&self) {
         *self.pending.lock() = Arc::new(PendingRows::default());
-        self.pending_bytes.store(0, Ordering::Relaxed);
+        self.size.add_committed(self.pending_bytes.swap(0, Ordering::AcqRel));
+        self.measurer.commit_happened();
     }
 
     /// Bytes of key-table rows applied but not committed to the backend yet (what the quota
@@ -435,14 +440,9 @@ impl KvStore {
     }
 
     fn sync_locked(&self) -> Result<(), MvccError> {
+        // a new transaction too: its durable commit makes earlier undurable ones durable
         let txn = self.carried_or_new(true)?;
-        let stats = txn.stats();
         *self.open_txn.lock() = Some(txn);
-        let stats = stats?;
-        self.in_use.store(
-            stats.allocated_pages() as i64 * stats.page_size() as i64,
-            Ordering::Relaxed,
-        );
         self.commit_open(true)
     }
 
@@ -464,8 +464,8 @@ impl KvStore {
         let result = self.commit_open(false).and_then(|_| loop {
             match self.backend.compact_file() {
                 Ok(true) => {
-                    self.note_file_size();
-                    break self.backend.in_use().map(|n| self.in_use.store(n, Ordering::Relaxed));
+                    // etcd's defragment leaves a file as large as its data: so does the figure
+                    break self.size.measure(&self.backend.shared_database()).map(|_| self.size.reset_high_water());
                 }
                 Ok(false) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(1))
@@ -478,15 +478,17 @@ impl KvStore {
         result
     }
 
-    /// (file size, bytes in use as of the last open, sync or compaction).
+    /// (size, in use): etcd's `db_size` and `db_size_in_use`, as [`crate::db_size`] defines
+    /// them; two atomic loads. `in use <= size`.
     pub fn db_size(&self) -> (i64, i64) {
-        let file = self.file_size.load(Ordering::Relaxed);
-        (file, self.in_use.load(Ordering::Relaxed).min(file))
+        let in_use = self.size.in_use();
+        (self.size.size().max(in_use), in_use)
     }
 
-    /// Records the file's size; called after every write transaction.
-    pub(crate) fn note_file_size(&self) {
-        self.file_size.store(self.backend.file_size(), Ordering::Relaxed);
+    /// Walks the tables now and makes [`db_size`](Self::db_size) exact (the measurer thread
+    /// does it after commits, rate-limited); for tests and tools that need the figure at once.
+    pub fn measure_db_size(&self) -> Result<(), MvccError> {
+        self.size.measure(&self.backend.shared_database())
     }
 
     /// Schedules the physical deletion of the rows a compaction to `rev` left behind (the index
@@ -583,8 +585,6 @@ impl KvStore {
         }
         if done {
             write_meta(txn, &[(META_FINISHED_COMPACT, job.rev as u64)])?;
-            let stats = txn.stats()?;
-            self.in_use.store(stats.allocated_pages() as i64 * stats.page_size() as i64, Ordering::Relaxed);
         }
         Ok(done)
     }
@@ -593,6 +593,8 @@ impl KvStore {
 impl Drop for KvStore {
     /// Commits the batches carried in the open write transaction (a clean close keeps them).
     fn drop(&mut self) {
+        // closing: a walk started now would only delay it
+        self.measurer.stop();
         if let Err(e) = self.commit_open(true) {
             tracing::error!(error = %e, "could not commit the last batches at close; the WAL has them");
         }

@@ -602,6 +602,10 @@ impl<'s> ApplyTxn<'s> {
             .txn
             .take()
             .expect("the write transaction lives until commit");
+        let rows = std::mem::take(&mut *self.rows.borrow_mut());
+        let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
+        // counted as committed (in the size figures) when a commit holds them
+        self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
         if durable {
             // bbolt's phases: spill (rows into the tree: here, inserting the batch's rows)...
             crate::metrics::COMMIT_SPILL_SECONDS.observe(spill.elapsed().as_secs_f64());
@@ -616,11 +620,7 @@ impl<'s> ApplyTxn<'s> {
             }
             write.observe_duration();
             timer.observe_duration();
-            self.store.note_file_size();
         } else {
-            let rows = std::mem::take(&mut *self.rows.borrow_mut());
-            let bytes: usize = rows.iter().map(|(k, v)| k.len() + v.len()).sum();
-            self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
             Arc::make_mut(&mut self.store.pending.lock()).push(rows);
             *self.store.open_txn.lock() = Some(txn);
         }
@@ -630,7 +630,7 @@ impl<'s> ApplyTxn<'s> {
             .store(self.rev, std::sync::atomic::Ordering::Release);
         if durable {
             // after publishing: a reader that sees the new revision reads the commit
-            self.store.clear_pending();
+            self.store.pending_committed();
         }
         if let Some(ci) = self.consistent {
             *self.store.consistent.lock() = ci;

@@ -6,7 +6,8 @@
 //! etcd would. Nothing here depends on the clock, randomness or local configuration.
 //!
 //! - [`revision`]: the (main, sub) revision and its key-table encoding;
-//! - [`backend`]: the redb file, its key and meta tables;
+//! - [`backend`]: the redb file, its key and meta tables; [`db_size`]: the size figures etcd
+//!   reports and the quota reads;
 //! - [`bolt`]: etcd's backend file format (bbolt), written and read, for snapshot files;
 //! - [`key_index`]: one key's generations; [`index`]: all keys;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
@@ -19,6 +20,7 @@
 
 pub mod backend;
 pub mod bolt;
+mod db_size;
 mod errors;
 pub mod index;
 pub mod key_index;

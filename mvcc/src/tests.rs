@@ -1596,17 +1596,97 @@ fn readers_never_see_part_of_a_batch() {
     assert_eq!(f.rev(), 401);
 }
 
+// ---------------------------------------------------------------- size figures
+
+const PAGE: i64 = 4096;
+
+impl Fixture {
+    /// (size, in use) once everything applied is committed and the tables walked.
+    fn measured_size(&self) -> (i64, i64) {
+        self.store.sync().unwrap();
+        self.store.measure_db_size().unwrap();
+        self.store.db_size()
+    }
+
+    fn put_revisions(&self, key: &str, value: &str, n: usize) {
+        for _ in 0..n {
+            self.put(key, value);
+        }
+    }
+}
+
 #[test]
-fn db_size_reports_the_file() {
-    let f = range_fixture();
+fn db_size_follows_the_tables_not_the_preallocated_file() {
+    let f = Fixture::new();
+    f.store.sync().unwrap();
+    let file = std::fs::metadata(Path::new(&f.path)).unwrap().len() as i64;
+    let (size, in_use) = f.store.db_size();
+    // redb preallocates 1 MiB; its header is a page, empty tables hold none, the meta table one
+    assert!(file >= 1 << 20, "file {file}");
+    assert!(in_use >= PAGE && in_use <= 2 * PAGE, "empty store uses {in_use} bytes");
+    assert_eq!(size, in_use);
+
+    // a 4 KiB value needs more than a page: each revision of it grows the tables by 8 KiB
+    f.put_revisions("2nd_test", &"b".repeat(4096), 12);
+    let (size, grown) = f.measured_size();
+    assert!(grown - in_use >= 12 * 4096 && grown - in_use <= 12 * 3 * PAGE, "{in_use} -> {grown}");
+    assert_eq!(size, grown);
+}
+
+#[test]
+fn committed_rows_count_before_the_next_walk() {
+    let f = Fixture::new();
+    let (_, before) = f.measured_size();
+    f.put("k", &"v".repeat(10_000));
+    // applied, not committed: the figures are those of the last commit (as etcd's)
+    assert_eq!(f.store.db_size().1, before);
+    assert!(f.store.uncommitted_bytes() >= 10_000);
     f.store.sync().unwrap();
     let (size, in_use) = f.store.db_size();
-    assert!(size > 0);
-    assert!(in_use > 0 && in_use <= size);
-    assert_eq!(
-        size as u64,
-        std::fs::metadata(Path::new(&f.path)).unwrap().len()
-    );
+    assert!(in_use >= before + 10_000, "{before} -> {in_use} without a walk");
+    assert_eq!(f.store.uncommitted_bytes(), 0);
+    assert!(size >= in_use);
+}
+
+#[test]
+fn the_measurer_thread_walks_the_tables_after_commits() {
+    let f = Fixture::new();
+    f.put_revisions("k", &"x".repeat(4096), 5);
+    f.store.sync().unwrap();
+    // the rows' bytes count at once; the 8 KiB leaf each takes only once the measurer walked
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while f.store.db_size().1 < 5 * 2 * PAGE {
+        assert!(std::time::Instant::now() < deadline, "never walked: {:?}", f.store.db_size());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn compaction_lowers_in_use_and_only_defragment_lowers_size() {
+    let f = Fixture::new();
+    let value = "x".repeat(4096);
+    f.put_revisions("k", &value, 50);
+    let (full, full_in_use) = f.measured_size();
+    assert_eq!(full, full_in_use);
+    assert!(full >= 50 * 4096);
+
+    let rev = f.rev();
+    f.apply(|t| t.compact(rev).unwrap());
+    let (size, in_use) = f.measured_size();
+    // as bbolt's: freed pages leave the high-water mark where it was
+    assert_eq!(size, full);
+    assert!(in_use < full / 4, "in use {full} -> {in_use} after compaction");
+
+    f.store.defragment(std::time::Duration::from_secs(5)).unwrap();
+    let (size, after) = f.store.db_size();
+    assert_eq!(size, after);
+    assert!(size < full / 4, "size {full} -> {size} after defragment");
+    assert_eq!(f.get("k").unwrap().value, value.as_bytes());
+
+    // a reopened store starts from what is in use
+    let mut f = f;
+    f.reopen();
+    assert_eq!(f.store.db_size(), (after, after));
 }
 
 #[test]

@@ -825,7 +825,9 @@ impl EtcdServer {
 
     /// etcd's backend quota: a request that would grow the backend past `--quota-backend-bytes`
     /// raises the NOSPACE alarm (through raft, for the whole cluster) and is refused. The size is
-    /// the file at the last backend commit plus the rows applied since.
+    /// this member's `db_size` (mvcc's db_size.rs: the high-water mark of the tables' pages, as
+    /// bbolt's in etcd) plus the rows applied since the last backend commit. Checked before
+    /// proposing only, so apply never depends on it.
     pub(crate) async fn check_quota(&self, cost: i64) -> Result<(), ServerError> {
         let quota = match self.cfg.quota_backend_bytes {
             q if q < 0 => return Ok(()),
