@@ -277,11 +277,20 @@ impl WatchStream {
     }
 }
 
-/// A whole run: the operations of every client and every watch stream.
+/// A linearizable read of every key the traffic used, taken after the traffic stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalRead {
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+}
+
+/// A whole run: the operations of every client, every watch stream, and the final read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub operations: Vec<Operation>,
     pub watches: Vec<WatchStream>,
+    #[serde(default)]
+    pub final_read: Option<FinalRead>,
 }
 
 impl History {

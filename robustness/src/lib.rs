@@ -16,7 +16,8 @@
 //! - [`lost_writes`]: every acknowledged write is in a final read of the store or was overwritten
 //!   or deleted by an operation that could have come after it.
 //!
-//! [`visualize`] draws operations as an HTML timeline per key, one row per client, so a person
+//! [`report::check_history`] runs them all; its report writes a summary, the history file and
+//! the pictures. [`visualize`] draws operations as an HTML timeline per key, one row per client, so a person
 //! sees a violation rather than reads it.
 //!
 //! Not covered yet: leases (grant, keep-alive, revoke, expiry and keys attached to them),
@@ -26,6 +27,7 @@ pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod model;
+pub mod report;
 pub mod visualize;
 pub mod watch_checks;
 pub mod writes;

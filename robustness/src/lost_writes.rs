@@ -5,16 +5,9 @@
 //! r, or k absent (the write was a delete, or some delete of k could have come after it: it did
 //! not return before the write was called, and if acknowledged, at a revision above r).
 
-use crate::history::{EventKind, KeyValue, Operation, Outcome, Response};
+use crate::history::{EventKind, FinalRead, KeyValue, Operation, Outcome, Response};
 use crate::writes::{acknowledged_writes, change_of, Write};
 use std::collections::HashMap;
-
-/// A linearizable read of every key the traffic used, taken after the traffic stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FinalRead {
-    pub revision: i64,
-    pub kvs: Vec<KeyValue>,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LostWrite {

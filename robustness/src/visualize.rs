@@ -9,8 +9,6 @@ use crate::history::{Operation, Outcome, Request};
 use crate::linearizability::Violation;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io;
-use std::path::Path;
 
 /// Draws the operations at `selection` (indices into `ops`), outlining those in `highlight`.
 pub fn timeline_html(
@@ -99,10 +97,6 @@ pub fn violation_html(ops: &[Operation], violation: &Violation) -> String {
         None => "linearizability violation".to_string(),
     };
     timeline_html(ops, &violation.window, &[violation.closing], &title)
-}
-
-pub fn write_html(path: &Path, html: &str) -> io::Result<()> {
-    std::fs::write(path, html)
 }
 
 fn escape(text: &str) -> String {

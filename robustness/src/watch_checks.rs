@@ -290,6 +290,7 @@ mod tests {
                 start_revision: 1,
                 responses,
             }],
+            final_read: None,
         }
     }
     fn kinds(h: &History) -> Vec<WatchViolationKind> {

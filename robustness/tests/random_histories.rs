@@ -6,13 +6,12 @@
 //! mutated at random and the checker's verdict is compared with a brute-force oracle that tries
 //! every order; larger ones get mutations that are always illegal and must be rejected.
 
-use etcd_robustness::history::History;
 use etcd_robustness::history::{
-    Compare, Event, EventKind, KeyValue, Operation, Outcome, Request, Response, TxnWrite, ValueAt,
-    WatchResponse, WatchStream,
+    Compare, Event, EventKind, FinalRead, History, KeyValue, Operation, Outcome, Request, Response,
+    TxnWrite, ValueAt, WatchResponse, WatchStream,
 };
 use etcd_robustness::linearizability::{check_operations, CheckOptions, Verdict};
-use etcd_robustness::lost_writes::{check_no_lost_writes, FinalRead};
+use etcd_robustness::lost_writes::check_no_lost_writes;
 use etcd_robustness::model::{step, RevisionMode, State};
 use etcd_robustness::watch_checks::{check_watches, WatchViolationKind};
 use etcd_robustness::writes::acknowledged_writes;
@@ -383,6 +382,7 @@ fn generated_watch_streams_pass_and_their_mutations_fail() {
         let mut history = History {
             operations: run.ops.clone(),
             watches: vec![stream.clone()],
+            final_read: None,
         };
         assert_eq!(check_watches(&history), vec![], "seed {seed}");
 
