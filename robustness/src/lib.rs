@@ -16,7 +16,8 @@
 //! - [`lost_writes`]: every acknowledged write is in a final read of the store or was overwritten
 //!   or deleted by an operation that could have come after it.
 //!
-//! [`report::check_history`] runs them all; its report writes a summary, the history file and
+//! [`patch`] first resolves unknown writes from a complete watch (every committed change is on
+//! it), which keeps the search small. [`report::check_history`] runs them all; its report writes a summary, the history file and
 //! the pictures. [`visualize`] draws operations as an HTML timeline per key, one row per client, so a person
 //! sees a violation rather than reads it.
 //!
@@ -27,6 +28,7 @@ pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod model;
+pub mod patch;
 pub mod report;
 pub mod visualize;
 pub mod watch_checks;

@@ -70,21 +70,24 @@ pub fn check_operations(ops: &[Operation], options: CheckOptions) -> Verdict {
         Search::Linearizable => Verdict::Linearizable,
         Search::Illegal => Verdict::Violation(explain(ops, None, RevisionMode::Exact, options)),
         Search::BudgetExceeded => {
+            let mut unsettled = Vec::new();
             for key in keys(ops) {
                 let per_key = candidates(ops, None, Some(&key));
-                if search(&per_key, RevisionMode::Blind, options.step_budget) == Search::Illegal {
-                    return Verdict::Violation(explain(
-                        ops,
-                        Some(&key),
-                        RevisionMode::Blind,
-                        options,
-                    ));
+                match search(&per_key, RevisionMode::Blind, options.step_budget) {
+                    Search::Illegal => {
+                        let v = explain(ops, Some(&key), RevisionMode::Blind, options);
+                        return Verdict::Violation(v);
+                    }
+                    Search::BudgetExceeded => unsettled.push(key),
+                    Search::Linearizable => {}
                 }
             }
             Verdict::Unknown(format!(
-                "the search over {} operations exceeded {} steps; every key alone (revisions ignored) is linearizable",
+                "the search over {} operations exceeded {} steps; per key (revisions ignored) \
+                 no violation, undecided on {:?}",
                 ops.len(),
-                options.step_budget
+                options.step_budget,
+                unsettled
             ))
         }
     }

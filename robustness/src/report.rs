@@ -6,6 +6,7 @@
 use crate::history::History;
 use crate::linearizability::{check_operations, CheckOptions, Verdict};
 use crate::lost_writes::{check_no_lost_writes, LostWrite};
+use crate::patch::resolve_unknown_writes;
 use crate::visualize::{timeline_html, violation_html};
 use crate::watch_checks::{check_watches, WatchViolation};
 use std::fmt::Write as _;
@@ -19,6 +20,8 @@ const MAX_PICTURES: usize = 10;
 pub struct Report {
     pub operations: usize,
     pub watches: usize,
+    /// Unknown writes a complete watch resolved before the search (see `patch`).
+    pub resolved_unknowns: usize,
     pub linearizability: Verdict,
     pub watch_violations: Vec<WatchViolation>,
     /// `None` when the history has no final read.
@@ -26,10 +29,12 @@ pub struct Report {
 }
 
 pub fn check_history(history: &History, options: CheckOptions) -> Report {
+    let (patched, resolved_unknowns) = resolve_unknown_writes(history);
     Report {
         operations: history.operations.len(),
         watches: history.watches.len(),
-        linearizability: check_operations(&history.operations, options),
+        resolved_unknowns,
+        linearizability: check_operations(&patched, options),
         watch_violations: check_watches(history),
         lost_writes: history
             .final_read
@@ -47,10 +52,11 @@ impl Report {
 
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "{}: {} operations, {} watch streams\n",
+            "{}: {} operations, {} watch streams, {} unknown writes resolved by a complete watch\n",
             if self.passed() { "PASS" } else { "FAIL" },
             self.operations,
-            self.watches
+            self.watches,
+            self.resolved_unknowns
         );
         match &self.linearizability {
             Verdict::Linearizable => out.push_str("linearizable: yes\n"),

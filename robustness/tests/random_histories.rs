@@ -13,16 +13,21 @@ use etcd_robustness::history::{
 use etcd_robustness::linearizability::{check_operations, CheckOptions, Verdict};
 use etcd_robustness::lost_writes::check_no_lost_writes;
 use etcd_robustness::model::{step, RevisionMode, State};
+use etcd_robustness::report::check_history;
 use etcd_robustness::watch_checks::{check_watches, WatchViolationKind};
-use etcd_robustness::writes::acknowledged_writes;
+use etcd_robustness::writes::{acknowledged_writes, change_of};
 
+/// Proving a large history illegal means exhausting the search, whose cost grows steeply with
+/// the unknown writes a complete watch cannot resolve (competing deletes): at 3% of 3000 writes
+/// it takes seconds per history, at 10% it exceeds the default budget.
+const UNKNOWN_PERCENT_AT_SCALE: u8 = 1;
 const KEYS: [&str; 3] = ["k/a", "k/b", "x"];
 
 /// A generated run: the history, the committed changes in order (with whether their operation
-/// was acknowledged) and the final store.
+/// was acknowledged, and when they took effect) and the final store.
 struct Run {
     ops: Vec<Operation>,
-    changes: Vec<(Event, bool)>,
+    changes: Vec<(Event, bool, u64)>,
     state: State,
 }
 
@@ -70,7 +75,8 @@ fn random_request(rng: &mut fastrand::Rng, state: &State, i: usize) -> Request {
     }
 }
 
-fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64) -> Run {
+/// `unknown_percent` of the writes get no answer (half of those take effect); 5% fail.
+fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64, unknown_percent: u8) -> Run {
     let mut state = State::default();
     let mut ops = Vec::with_capacity(n);
     let mut changes = Vec::new();
@@ -79,9 +85,9 @@ fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64) -> Run {
         let (call, ret) = (at - rng.u64(0..=spread), at + rng.u64(0..=spread));
         let request = random_request(rng, &state, i);
         let roll = rng.u8(..100);
-        let (takes_effect, outcome) = if request.may_write() && roll < 10 {
+        let (takes_effect, outcome) = if request.may_write() && roll < unknown_percent {
             (rng.bool(), Outcome::Unknown)
-        } else if request.may_write() && roll < 15 {
+        } else if request.may_write() && roll < unknown_percent + 5 {
             (false, Outcome::Failed)
         } else {
             (true, Outcome::Ok(state.apply(&request).1))
@@ -101,7 +107,7 @@ fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64) -> Run {
                     mod_revision: next.revision,
                     kind,
                 };
-                changes.push((event, outcome != Outcome::Unknown));
+                changes.push((event, outcome != Outcome::Unknown, at));
             }
             state = next;
         }
@@ -229,7 +235,7 @@ fn is_linearizable(ops: &[Operation]) -> bool {
 fn generated_histories_are_accepted() {
     for seed in 0..150 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let run = generate(&mut rng, 60, 150);
+        let run = generate(&mut rng, 60, 150, 10);
         let verdict = check_operations(&run.ops, CheckOptions::default());
         assert_eq!(verdict, Verdict::Linearizable, "seed {seed}");
     }
@@ -240,7 +246,7 @@ fn checker_agrees_with_brute_force_on_mutated_small_histories() {
     let (mut legal, mut illegal) = (0, 0);
     for seed in 0..3000 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut run = generate(&mut rng, 6, 150);
+        let mut run = generate(&mut rng, 6, 150, 10);
         assert!(
             oracle(&run.ops),
             "seed {seed}: the generator made an illegal history"
@@ -272,7 +278,7 @@ fn read_of_a_never_written_value_is_rejected_and_named_in_the_window() {
     let mut rejected = 0;
     for seed in 0..100 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut run = generate(&mut rng, 60, 150);
+        let mut run = generate(&mut rng, 60, 150, 10);
         let Some(i) = run
             .ops
             .iter()
@@ -311,7 +317,7 @@ fn read_of_a_never_written_value_is_rejected_and_named_in_the_window() {
 fn two_writes_claiming_one_revision_are_rejected() {
     for seed in 0..100 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut run = generate(&mut rng, 60, 150);
+        let mut run = generate(&mut rng, 60, 150, 10);
         let puts: Vec<usize> = (0..run.ops.len())
             .filter(|&i| matches!(run.ops[i].outcome, Outcome::Ok(Response::Put { .. })))
             .collect();
@@ -334,10 +340,10 @@ fn two_writes_claiming_one_revision_are_rejected() {
 /// notifications in between.
 fn watch_of(rng: &mut fastrand::Rng, run: &Run, start: i64) -> WatchStream {
     let mut responses = Vec::new();
-    for (event, _) in run
+    for (event, ..) in run
         .changes
         .iter()
-        .filter(|(e, _)| e.key.starts_with("k/") && e.mod_revision >= start)
+        .filter(|(e, ..)| e.key.starts_with("k/") && e.mod_revision >= start)
     {
         let after_progress = responses
             .last()
@@ -376,7 +382,7 @@ fn watch_of(rng: &mut fastrand::Rng, run: &Run, start: i64) -> WatchStream {
 fn generated_watch_streams_pass_and_their_mutations_fail() {
     for seed in 0..200 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let run = generate(&mut rng, 60, 150);
+        let run = generate(&mut rng, 60, 150, 10);
         let start = rng.i64(1..run.state.revision.max(2));
         let stream = watch_of(&mut rng, &run, start);
         let mut history = History {
@@ -431,8 +437,8 @@ fn generated_watch_streams_pass_and_their_mutations_fail() {
         let acknowledged: Vec<i64> = run
             .changes
             .iter()
-            .filter(|(_, ack)| *ack)
-            .map(|(e, _)| e.mod_revision)
+            .filter(|(_, ack, _)| *ack)
+            .map(|(e, ..)| e.mod_revision)
             .collect();
         let droppable: Vec<usize> = (0..events.len() - 1)
             .filter(|&i| acknowledged.contains(&events[i].mod_revision))
@@ -455,21 +461,8 @@ fn generated_watch_streams_pass_and_their_mutations_fail() {
 fn final_state_keeps_every_acknowledged_write_and_tampering_is_found() {
     for seed in 0..200 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let run = generate(&mut rng, 60, 150);
-        let kvs: Vec<KeyValue> = run
-            .state
-            .kvs
-            .iter()
-            .map(|(k, v)| KeyValue {
-                key: k.clone(),
-                value: v.value.clone(),
-                mod_revision: v.mod_revision,
-            })
-            .collect();
-        let mut final_read = FinalRead {
-            revision: run.state.revision,
-            kvs,
-        };
+        let run = generate(&mut rng, 60, 150, 10);
+        let mut final_read = final_read_of(&run.state);
         assert_eq!(
             check_no_lost_writes(&run.ops, &final_read),
             vec![],
@@ -487,5 +480,120 @@ fn final_state_keeps_every_acknowledged_write_and_tampering_is_found() {
         final_read.kvs[k].value = "tampered".into();
         let lost = check_no_lost_writes(&run.ops, &final_read);
         assert_eq!(lost.len(), 1, "seed {seed}: {lost:?}");
+    }
+}
+
+/// A watch on every key from revision 1, each event received just after it took effect, ending
+/// with a progress notification at the last revision.
+fn complete_watch(run: &Run) -> WatchStream {
+    let mut responses: Vec<WatchResponse> = run
+        .changes
+        .iter()
+        .map(|(event, _, at)| WatchResponse {
+            time: at + 1,
+            header_revision: event.mod_revision,
+            progress_notify: false,
+            events: vec![event.clone()],
+        })
+        .collect();
+    let end = run.changes.last().map_or(0, |(_, _, at)| at + 2);
+    responses.push(WatchResponse {
+        time: end,
+        header_revision: run.state.revision,
+        progress_notify: true,
+        events: vec![],
+    });
+    WatchStream {
+        client: 98,
+        key: "".into(),
+        prefix: true,
+        start_revision: 1,
+        responses,
+    }
+}
+
+fn final_read_of(state: &State) -> FinalRead {
+    let kvs = state
+        .kvs
+        .iter()
+        .map(|(k, v)| KeyValue {
+            key: k.clone(),
+            value: v.value.clone(),
+            mod_revision: v.mod_revision,
+        })
+        .collect();
+    FinalRead {
+        revision: state.revision,
+        kvs,
+    }
+}
+
+fn recorded(run: Run) -> History {
+    History {
+        watches: vec![complete_watch(&run)],
+        final_read: Some(final_read_of(&run.state)),
+        operations: run.ops,
+    }
+}
+
+#[test]
+fn complete_watch_resolves_unknown_writes_and_large_histories_pass() {
+    for seed in 0..5 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let history = recorded(generate(&mut rng, 3000, 300, 10));
+        // Values are unique, so every unknown put resolves; deletes of one key may stay ambiguous.
+        let unknown_puts = history
+            .operations
+            .iter()
+            .filter(|op| op.outcome == Outcome::Unknown)
+            .filter(|op| matches!(change_of(&op.request), Some((_, EventKind::Put { .. }))))
+            .count();
+        let report = check_history(&history, CheckOptions::default());
+        assert!(report.passed(), "seed {seed}: {}", report.summary());
+        assert!(
+            unknown_puts > 0 && report.resolved_unknowns >= unknown_puts,
+            "seed {seed}: {unknown_puts} unknown puts: {}",
+            report.summary()
+        );
+    }
+}
+
+#[test]
+fn violation_in_a_large_history_is_found_and_narrowed() {
+    for seed in 0..5 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut bad = recorded(generate(&mut rng, 3000, 300, UNKNOWN_PERCENT_AT_SCALE));
+        let i = bad
+            .operations
+            .iter()
+            .rposition(|op| matches!(op.outcome, Outcome::Ok(Response::Get { .. })))
+            .expect("a get");
+        bad.operations[i].outcome = Outcome::Ok(Response::Get {
+            revision: 1,
+            kv: Some(ValueAt {
+                value: "never-written".into(),
+                mod_revision: 1,
+            }),
+        });
+        match check_history(&bad, CheckOptions::default()).linearizability {
+            Verdict::Violation(v) => {
+                assert!(
+                    v.window.contains(&i) && v.key.is_some(),
+                    "seed {seed}: {}",
+                    v.report
+                )
+            }
+            other => panic!("seed {seed}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn resolving_unknowns_from_a_complete_watch_never_rejects_a_generated_history() {
+    for seed in 0..3000 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let history = recorded(generate(&mut rng, 8, 150, 40));
+        let report = check_history(&history, CheckOptions::default());
+        assert!(report.passed(), "seed {seed}: {}", report.summary());
     }
 }
