@@ -38,7 +38,9 @@
 //! # Search cost
 //!
 //! Accepting a history is fast (3000 operations in well under a second with a complete watch).
-//! Rejecting one means exhausting the search, whose cost grows steeply with unknown writes no
+//! A read no write could explain ([`quick_checks`]: value never written, its write failed or
+//! came later, wrong mod_revision) is rejected in linear time. Other rejections (a stale read,
+//! a revision out of order) mean exhausting the search, whose cost grows steeply with unknown writes no
 //! complete watch resolves (different requests competing for one event); the step budget turns
 //! that into `Verdict::Unknown`, which fails the report rather than passing it.
 //!
@@ -46,11 +48,14 @@
 //! serializable reads, compaction, multi-key transactions, a key's version and create_revision,
 //! HashKV agreement between members.
 
+#[cfg(test)]
+mod fixtures;
 pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod model;
 pub mod patch;
+pub mod quick_checks;
 pub mod report;
 pub mod visualize;
 pub mod watch_checks;

@@ -15,9 +15,13 @@
 //! one key, and to still find value-level violations when the whole-history search is too big.
 //!
 //! Ties: operations whose call and return times are equal are taken as overlapping.
+//!
+//! Before searching, `quick_checks::impossible_read` rejects reads no write can explain, since
+//! proving those by search means exhausting every order.
 
 use crate::history::{Nanos, Operation, Outcome, Request};
 use crate::model::{step, RevisionMode, State};
+use crate::quick_checks::impossible_read;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 
@@ -62,6 +66,9 @@ pub struct Violation {
 
 /// Checks the operations of a history.
 pub fn check_operations(ops: &[Operation], options: CheckOptions) -> Verdict {
+    if let Some((read, key, why)) = impossible_read(ops) {
+        return Verdict::Violation(impossible_read_violation(ops, read, key, &why));
+    }
     match search(
         &candidates(ops, None, None),
         RevisionMode::Exact,
@@ -347,6 +354,32 @@ fn explain(
     }
 }
 
+/// A read no order can explain: the window is its key's operations called before it returned.
+fn impossible_read_violation(ops: &[Operation], read: usize, key: String, why: &str) -> Violation {
+    let cut = ops[read].ret;
+    let mut window: Vec<usize> = candidates(ops, Some(cut), Some(&key))
+        .iter()
+        .map(|c| c.index)
+        .collect();
+    if !window.contains(&read) {
+        window.push(read);
+    }
+    let mut report = format!(
+        "not linearizable: #{read} `{}` is impossible: {why}:\n",
+        ops[read]
+    );
+    for &i in &window {
+        let _ = writeln!(report, "  #{i} {}", ops[i]);
+    }
+    Violation {
+        window,
+        key: Some(key),
+        cut,
+        closing: read,
+        report,
+    }
+}
+
 /// Binary search over the return times for the earliest end of a prefix without a linearization
 /// (a prefix of a linearizable history is linearizable, so failure is monotone in the cut).
 fn shortest_failing_cut(
@@ -611,7 +644,7 @@ mod tests {
                 2000,
                 2010,
                 get("a"),
-                got(1, Some(("nothing", 1))),
+                got(1, Some(("5", 1))),
             )))
             .collect();
         let verdict = check_operations(&ops, CheckOptions { step_budget: 5 });

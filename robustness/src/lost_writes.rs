@@ -81,17 +81,9 @@ fn later_delete_possible(ops: &[Operation], put: &Write) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::op;
     use crate::history::Request;
 
-    fn op(call: u64, request: Request, outcome: Outcome) -> Operation {
-        Operation {
-            client: 1,
-            call,
-            ret: call + 5,
-            request,
-            outcome,
-        }
-    }
     fn put(call: u64, key: &str, value: &str, revision: i64) -> Operation {
         let request = Request::Put {
             key: key.into(),

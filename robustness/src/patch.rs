@@ -129,21 +129,9 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::put_a as put;
     use crate::history::{Event, FinalRead, WatchResponse, WatchStream};
 
-    fn put(call: Nanos, value: &str, outcome: Outcome) -> Operation {
-        let request = Request::Put {
-            key: "a".into(),
-            value: value.into(),
-        };
-        Operation {
-            client: 1,
-            call,
-            ret: call + 10,
-            request,
-            outcome,
-        }
-    }
     fn watch(events: Vec<(i64, &str, Nanos)>, last: i64) -> WatchStream {
         let mut responses: Vec<WatchResponse> = events
             .into_iter()

@@ -558,34 +558,88 @@ fn complete_watch_resolves_unknown_writes_and_large_histories_pass() {
     }
 }
 
+fn assert_found_and_narrowed(seed: u64, history: &History, read: usize) {
+    match check_history(history, CheckOptions::default()).linearizability {
+        Verdict::Violation(v) => {
+            assert!(
+                v.window.contains(&read) && v.key.is_some(),
+                "seed {seed}: {}",
+                v.report
+            )
+        }
+        other => panic!("seed {seed}: {other:?}"),
+    }
+}
+
 #[test]
-fn violation_in_a_large_history_is_found_and_narrowed() {
+fn read_of_a_never_written_value_in_a_large_history_is_found_and_narrowed() {
     for seed in 0..5 {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut bad = recorded(generate(&mut rng, 3000, 300, UNKNOWN_PERCENT_AT_SCALE));
+        let mut bad = recorded(generate(&mut rng, 3000, 300, 10));
         let i = bad
             .operations
             .iter()
             .rposition(|op| matches!(op.outcome, Outcome::Ok(Response::Get { .. })))
             .expect("a get");
-        bad.operations[i].outcome = Outcome::Ok(Response::Get {
-            revision: 1,
-            kv: Some(ValueAt {
-                value: "never-written".into(),
-                mod_revision: 1,
-            }),
+        let kv = Some(ValueAt {
+            value: "never-written".into(),
+            mod_revision: 1,
         });
-        match check_history(&bad, CheckOptions::default()).linearizability {
-            Verdict::Violation(v) => {
-                assert!(
-                    v.window.contains(&i) && v.key.is_some(),
-                    "seed {seed}: {}",
-                    v.report
-                )
-            }
-            other => panic!("seed {seed}: {other:?}"),
-        }
+        bad.operations[i].outcome = Outcome::Ok(Response::Get { revision: 1, kv });
+        assert_found_and_narrowed(seed, &bad, i);
     }
+}
+
+#[test]
+fn stale_read_in_a_large_history_is_found_by_the_search_and_narrowed() {
+    let mut found = 0;
+    for seed in 0..5 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut bad = recorded(generate(&mut rng, 3000, 300, UNKNOWN_PERCENT_AT_SCALE));
+        let ops = &bad.operations;
+        let acked = acknowledged_writes(ops);
+        // A read whose value was written by a put that returned before the read was called,
+        // made to return the previous acknowledged value of the key instead: a stale read.
+        let stale = (0..ops.len()).rev().find_map(|i| {
+            let Outcome::Ok(Response::Get {
+                kv: Some(kv),
+                revision,
+            }) = &ops[i].outcome
+            else {
+                return None;
+            };
+            let newer = acked.iter().find(|w| w.revision == kv.mod_revision)?;
+            if ops[newer.op].ret >= ops[i].call {
+                return None;
+            }
+            let older = acked
+                .iter()
+                .rfind(|w| w.key == newer.key && w.revision < newer.revision)?;
+            let EventKind::Put { value } = &older.kind else {
+                return None;
+            };
+            let kv = Some(ValueAt {
+                value: value.clone(),
+                mod_revision: older.revision,
+            });
+            Some((
+                i,
+                Response::Get {
+                    revision: *revision,
+                    kv,
+                },
+            ))
+        });
+        let Some((i, response)) = stale else { continue };
+        bad.operations[i].outcome = Outcome::Ok(response);
+        assert!(
+            etcd_robustness::quick_checks::impossible_read(&bad.operations).is_none(),
+            "seed {seed}"
+        );
+        assert_found_and_narrowed(seed, &bad, i);
+        found += 1;
+    }
+    assert!(found >= 3, "only {found} seeds had a read to make stale");
 }
 
 #[test]
