@@ -301,4 +301,17 @@ impl History {
     pub fn from_json(text: &str) -> Result<History, serde_json::Error> {
         serde_json::from_str(text)
     }
+
+    /// Why the history cannot be checked, if it cannot: an answered operation that returned
+    /// before it was called (the recorder's clock or bookkeeping is broken).
+    pub fn malformed(&self) -> Option<String> {
+        let (i, op) = self
+            .operations
+            .iter()
+            .enumerate()
+            .find(|(_, op)| op.return_time().is_some_and(|ret| ret < op.call))?;
+        Some(format!(
+            "operation #{i} returned before it was called: {op}"
+        ))
+    }
 }

@@ -58,6 +58,9 @@ fn run(args: &CheckArgs) -> Result<bool, String> {
         .map_err(|e| format!("cannot read {}: {e}", args.history.display()))?;
     let history = History::from_json(&text)
         .map_err(|e| format!("{} is not a history: {e}", args.history.display()))?;
+    if let Some(why) = history.malformed() {
+        return Err(format!("{}: {why}", args.history.display()));
+    }
     let report = check_history(&history, args.options);
     print!("{}", report.summary());
     if let Some(dir) = &args.out {

@@ -34,7 +34,10 @@ pub fn check_history(history: &History, options: CheckOptions) -> Report {
         operations: history.operations.len(),
         watches: history.watches.len(),
         resolved_unknowns,
-        linearizability: check_operations(&patched, options),
+        linearizability: match history.malformed() {
+            Some(why) => Verdict::Unknown(format!("malformed history: {why}")),
+            None => check_operations(&patched, options),
+        },
         watch_violations: check_watches(history),
         lost_writes: history
             .final_read
@@ -192,6 +195,21 @@ mod tests {
             summary.contains("lost writes: 1\n  #1 client 1 put(a, 2)"),
             "the final read lost a=2: {summary}"
         );
+    }
+
+    #[test]
+    fn malformed_history_is_not_checked_and_does_not_pass() {
+        let mut history = stale_read_history();
+        history.operations[2].ret = 30;
+        let report = check_history(&history, CheckOptions::default());
+        let Verdict::Unknown(why) = &report.linearizability else {
+            panic!("{report:?}")
+        };
+        assert!(
+            why.contains("#2") && why.contains("returned before it was called"),
+            "{why}"
+        );
+        assert!(!report.passed());
     }
 
     #[test]

@@ -95,6 +95,17 @@ fn stale_read_fails_with_status_one_and_writes_the_picture() {
 fn bad_input_is_a_usage_error() {
     assert_eq!(check(&[]).0, 2);
     assert_eq!(check(&["check", "/nonexistent/history.json"]).0, 2);
+    let mut backwards = put(50, "1", 1);
+    backwards.ret = 40;
+    let history = History {
+        operations: vec![backwards],
+        ..History::default()
+    };
+    let (dir, file) = history_file("backwards", &history);
+    let (status, text) = check(&["check", file.to_str().expect("utf-8 path")]);
+    assert_eq!(status, 2, "{text}");
+    assert!(text.contains("returned before it was called"), "{text}");
+    std::fs::remove_dir_all(dir).expect("clean up");
     let (dir, file) = history_file("flag", &History::default());
     let (status, text) = check(&[
         "check",
