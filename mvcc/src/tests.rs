@@ -1623,7 +1623,7 @@ fn db_size_follows_the_tables_not_the_preallocated_file() {
     let (size, in_use) = f.store.db_size();
     // redb preallocates 1 MiB; its header is a page, empty tables hold none, the meta table one
     assert!(file >= 1 << 20, "file {file}");
-    assert!(in_use >= PAGE && in_use <= 2 * PAGE, "empty store uses {in_use} bytes");
+    assert!((PAGE..=2 * PAGE).contains(&in_use), "empty store uses {in_use} bytes");
     assert_eq!(size, in_use);
 
     // a 4 KiB value needs more than a page: each revision of it grows the tables by 8 KiB

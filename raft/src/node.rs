@@ -712,7 +712,7 @@ mod tests {
         cfg.initial_peers = vec![(1, Vec::new()), (2, Vec::new())];
         let (node, _rx) = start(cfg);
         // as if the leader vanished between the handle's check and the loop
-        let mut hand_to_loop = || {
+        let hand_to_loop = || {
             let (reply, rx) = oneshot::channel();
             node.inner.shared.pending_proposals.fetch_add(1, Ordering::AcqRel);
             node.send(Command::Propose { data: b"x".to_vec(), reply: ProposeReply::Wait(reply) }).unwrap();

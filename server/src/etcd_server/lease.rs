@@ -140,7 +140,6 @@ impl EtcdServer {
         if !self.is_leader() {
             let deadline = tokio::time::Instant::now() + self.request_timeout;
             let forwarded = self.forward_to_leader(deadline, |mut peer| {
-                let req = req.clone();
                 async move { peer.lease_time_to_live(req).await.map(|r| r.into_inner()) }
             });
             if let Some(answer) = forwarded.await {

@@ -229,7 +229,9 @@ pub(super) fn register() {
 
 /// `etcd_server_client_requests_total` by the client's `client-api-version` header. Versions
 /// seen are remembered (a few per cluster); past [`MAX_VERSIONS`] others count as "unknown".
-static CLIENT_VERSIONS: LazyLock<RwLock<Vec<(Vec<u8>, [IntCounter; 2])>>> = LazyLock::new(Default::default);
+/// A client version and its counters: [unary, stream].
+type VersionCounters = (Vec<u8>, [IntCounter; 2]);
+static CLIENT_VERSIONS: LazyLock<RwLock<Vec<VersionCounters>>> = LazyLock::new(Default::default);
 const MAX_VERSIONS: usize = 32;
 
 fn count_client_request(headers: &HeaderMap, unary: bool) {
