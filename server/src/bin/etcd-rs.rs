@@ -149,7 +149,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
 
     // A removed member has no one to hand over to (its peers refuse its messages), as in etcd
     // where only Stop, not the removal, transfers leadership.
-    let hand_over = tokio::select! {
+    let still_member = tokio::select! {
         signal = wait_for_signal() => {
             tracing::info!(signal, "received signal; shutting down");
             true
@@ -161,7 +161,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     };
     compaction.abort();
     corrupt_check.abort();
-    stopping.stop_gracefully(hand_over).await;
+    stopping.stop_gracefully(still_member).await;
     tracing::info!("stopped serving; data synced");
     Ok(())
 }
@@ -180,11 +180,18 @@ impl Stopping {
     /// 1. Client listeners stop: open streams end with Unavailable (clients resume them on other
     ///    members), calls in progress get up to a request timeout to finish, then their
     ///    connections are closed (etcd: grpc GracefulStop, then Stop after ReqTimeout).
-    /// 2. With `hand_over`, a leader hands leadership to a caught-up follower, so the cluster has
+    /// 2. A leader still a member hands leadership to a caught-up follower, so the cluster has
     ///    a leader again within a round trip instead of an election timeout after it goes.
     /// 3. Raft and the applier stop (the backend is synced), then the peer listeners close:
     ///    peers are needed up to here, by the hand-over.
-    async fn stop_gracefully(self, hand_over: bool) {
+    ///
+    /// `still_member` false (this member was removed): its raft can no longer answer reads or
+    /// writes, so raft stops first and calls waiting on it end with `etcdserver: server stopped`
+    /// (clients retry them on other members) instead of holding the drain to their deadlines.
+    async fn stop_gracefully(self, still_member: bool) {
+        if !still_member {
+            self.server.stop().await;
+        }
         let _ = self.client_stop_tx.send(true);
         let drain = self.server.request_timeout();
         let aborts: Vec<_> = self.client_serving.iter().map(|h| h.abort_handle()).collect();
@@ -192,7 +199,7 @@ impl Stopping {
             tracing::warn!(timeout = ?drain, "closing client connections whose requests did not finish in time");
             aborts.iter().for_each(|a| a.abort());
         }
-        let handed_over = if hand_over { self.server.transfer_leadership().await } else { Ok(()) };
+        let handed_over = if still_member { self.server.transfer_leadership().await } else { Ok(()) };
         if let Err(e) = handed_over {
             tracing::warn!(
                 "local-member-id" = %format!("{:x}", self.server.member_id()),
@@ -200,7 +207,9 @@ impl Stopping {
                 "leadership transfer failed"
             );
         }
-        self.server.stop().await;
+        if still_member {
+            self.server.stop().await;
+        }
         // Nothing a peer could still send matters once raft has stopped.
         let _ = self.peer_stop_tx.send(true);
         self.peer_serving.iter().for_each(|h| h.abort());
