@@ -14,16 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tonic::transport::Channel;
 
-use super::Member;
+use super::{free_port_on, Member};
 
 /// Member i's own loopback address for peer traffic.
 pub fn member_ip(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, 10 + i as u8])
 }
 
-fn free_port_on(ip: IpAddr) -> u16 {
-    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
 
 /// Forwards connections to a member's real peer port. Each member sends peer traffic from its
 /// own loopback IP (127.0.0.(10+i)), so the proxy can refuse chosen senders: `block(ip)`

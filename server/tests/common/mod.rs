@@ -16,7 +16,26 @@ use etcd_proto::etcdserverpb::{PutRequest, RangeRequest};
 use tonic::transport::Channel;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port_on(std::net::IpAddr::from([127, 0, 0, 1]))
+}
+
+/// A port free on `ip` now, taken below the kernel's ephemeral range (32768-60999 on Linux):
+/// a port the kernel handed out for `bind(0)` can be taken by any outgoing connection before
+/// the server binds it (a member once failed to start with `Address already in use`). Ports
+/// are taken in turn from a per-process starting point, so one process never hands one twice.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 12000;
+    const COUNT: u32 = 20000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7919) % COUNT, Ordering::AcqRel, Ordering::Acquire);
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % COUNT) as u16;
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
 pub struct Member {
