@@ -75,14 +75,36 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(cfg)) {
-        tracing::error!("{e}");
-        eprintln!("etcd-rs: {e}");
-        std::process::exit(1);
+    match rt.block_on(run(cfg)) {
+        Ok(Some(signal)) => {
+            drop(rt);
+            die_by(signal)
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("etcd-rs: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
+/// As etcd after a signal-initiated stop: the signal is raised again with its default action, so
+/// the process ends "killed by SIGTERM" (what service managers and shells expect), except as pid 1,
+/// where the kernel would ignore it.
+fn die_by(signal: StopSignal) {
+    if std::process::id() == 1 {
+        std::process::exit(0);
+    }
+    // SAFETY: plain libc calls on this process with a valid signal number; no memory is shared.
+    unsafe {
+        libc::signal(signal.number, libc::SIG_DFL);
+        libc::raise(signal.number);
+    }
+}
+
+/// Runs the member until a signal (returned, to be raised again on exit) or its removal (None).
+async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSignal>, String> {
     tracing::info!(
         etcd_version = %cfg.etcd_api_version,
         etcd_rs_version = ETCD_RS_VERSION,
@@ -132,10 +154,10 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
     tokio::select! {
         _ = server.publish() => {}
         signal = wait_for_signal() => {
-            tracing::info!(signal, "received signal before ready; shutting down");
+            tracing::info!(signal = signal.name, "received signal before ready; shutting down");
             corrupt_check.abort();
             stopping.stop_gracefully(true).await;
-            return Ok(());
+            return Ok(Some(signal));
         }
     }
 
@@ -149,21 +171,22 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<(), String> {
 
     // A removed member has no one to hand over to (its peers refuse its messages), as in etcd
     // where only Stop, not the removal, transfers leadership.
-    let still_member = tokio::select! {
+    let signal = tokio::select! {
         signal = wait_for_signal() => {
-            tracing::info!(signal, "received signal; shutting down");
-            true
+            tracing::info!(signal = signal.name, "received signal; shutting down");
+            Some(signal)
         }
         _ = server.removed() => {
             tracing::warn!("this member was removed from the cluster; shutting down");
-            false
+            None
         }
     };
+    let still_member = signal.is_some();
     compaction.abort();
     corrupt_check.abort();
     stopping.stop_gracefully(still_member).await;
     tracing::info!("stopped serving; data synced");
-    Ok(())
+    Ok(signal)
 }
 
 /// What a stop takes apart, in the order etcd's (embed.Etcd).Close does it.
@@ -269,15 +292,22 @@ async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(List
     Ok(out)
 }
 
-/// Waits for SIGTERM or SIGINT; the signal's name as Go prints it (etcd logs it so).
-async fn wait_for_signal() -> &'static str {
+/// A stop signal: its name as Go prints it (etcd logs it so) and its number.
+#[derive(Clone, Copy)]
+struct StopSignal {
+    name: &'static str,
+    number: i32,
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn wait_for_signal() -> StopSignal {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
     };
     tokio::select! {
-        _ = term.recv() => "terminated",
-        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => StopSignal { name: "terminated", number: libc::SIGTERM },
+        _ = tokio::signal::ctrl_c() => StopSignal { name: "interrupt", number: libc::SIGINT },
     }
 }
