@@ -21,6 +21,8 @@
 //! acknowledged to a peer before this member's fsync returns.
 
 pub mod error;
+pub mod etcd_snap;
+pub mod etcd_wal;
 pub mod metrics;
 pub mod node;
 pub mod peer_dial;
