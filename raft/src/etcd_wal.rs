@@ -703,6 +703,79 @@ impl EtcdWalWriter {
     }
 }
 
+/// Conversions between etcd's `raftpb` messages and raft-rs's `eraftpb`. Entry, HardState,
+/// ConfState and SnapshotMetadata have the same field numbers and types in both, so they go
+/// through their wire bytes (each side decodes the other's packed or unpacked repeated fields);
+/// fields etcd writes even when zero are made explicit on the way to `raftpb`. ConfChange
+/// payloads differ (ConfChangeType numbering) and are not converted here.
+pub mod eraftpb_conv {
+    use etcd_proto::raftpb;
+    use prost::Message as _;
+    use protobuf::Message as _;
+    use raft::eraftpb;
+
+    /// Why a message did not convert (its bytes did not decode on the other side).
+    #[derive(Debug, thiserror::Error)]
+    #[error("{what} does not convert between raftpb and eraftpb: {reason}")]
+    pub struct ConvError {
+        pub what: &'static str,
+        pub reason: String,
+    }
+
+    fn err(what: &'static str) -> impl FnOnce(String) -> ConvError {
+        move |reason| ConvError { what, reason }
+    }
+
+    pub fn entry_to_eraftpb(e: &raftpb::Entry) -> Result<eraftpb::Entry, ConvError> {
+        eraftpb::Entry::parse_from_bytes(&e.encode_to_vec())
+            .map_err(|x| err("entry")(x.to_string()))
+    }
+
+    pub fn entry_from_eraftpb(e: &eraftpb::Entry) -> Result<raftpb::Entry, ConvError> {
+        let b = e
+            .write_to_bytes()
+            .map_err(|x| err("entry")(x.to_string()))?;
+        let e = raftpb::Entry::decode(b.as_slice()).map_err(|x| err("entry")(x.to_string()))?;
+        Ok(raftpb::Entry {
+            r#type: Some(e.r#type.unwrap_or(0)),
+            term: Some(e.term()),
+            index: Some(e.index()),
+            data: e.data,
+        })
+    }
+
+    pub fn hard_state_to_eraftpb(h: &raftpb::HardState) -> eraftpb::HardState {
+        let mut out = eraftpb::HardState::default();
+        out.term = h.term();
+        out.vote = h.vote();
+        out.commit = h.commit();
+        out
+    }
+
+    pub fn hard_state_from_eraftpb(h: &eraftpb::HardState) -> raftpb::HardState {
+        raftpb::HardState {
+            term: Some(h.term),
+            vote: Some(h.vote),
+            commit: Some(h.commit),
+        }
+    }
+
+    pub fn conf_state_to_eraftpb(c: &raftpb::ConfState) -> Result<eraftpb::ConfState, ConvError> {
+        eraftpb::ConfState::parse_from_bytes(&c.encode_to_vec())
+            .map_err(|x| err("conf state")(x.to_string()))
+    }
+
+    pub fn conf_state_from_eraftpb(c: &eraftpb::ConfState) -> Result<raftpb::ConfState, ConvError> {
+        let b = c
+            .write_to_bytes()
+            .map_err(|x| err("conf state")(x.to_string()))?;
+        let mut c = raftpb::ConfState::decode(b.as_slice())
+            .map_err(|x| err("conf state")(x.to_string()))?;
+        c.auto_leave = Some(c.auto_leave());
+        Ok(c)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -773,6 +846,45 @@ mod tests {
         let mut b = fs::read(path).unwrap();
         b[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
         fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn entries_hard_states_and_conf_states_convert_to_eraftpb_and_back_unchanged() {
+        use eraftpb_conv::*;
+        for (ty, data) in [(0, Some(b"put".to_vec())), (1, Some(vec![8, 1])), (0, None)] {
+            let e = Entry {
+                r#type: Some(ty),
+                term: Some(7),
+                index: Some(42),
+                data,
+            };
+            let r = entry_to_eraftpb(&e).unwrap();
+            assert_eq!((r.get_entry_type() as i32, r.term, r.index), (ty, 7, 42));
+            assert_eq!(r.data.as_ref(), e.data.as_deref().unwrap_or_default());
+            // Data absent or empty both come back absent (etcd never writes an empty Data).
+            let back = entry_from_eraftpb(&r).unwrap();
+            assert_eq!(back.r#type, Some(ty));
+            assert_eq!(
+                back.data.unwrap_or_default(),
+                e.data.clone().unwrap_or_default()
+            );
+        }
+        let h = hs(3, 9, 100);
+        assert_eq!(hard_state_from_eraftpb(&hard_state_to_eraftpb(&h)), h);
+        let c = ConfState {
+            voters: vec![1, 2],
+            learners: vec![3],
+            voters_outgoing: vec![4],
+            learners_next: vec![5],
+            auto_leave: Some(true),
+        };
+        let r = conf_state_to_eraftpb(&c).unwrap();
+        assert_eq!(
+            (r.voters.clone(), r.learners.clone(), r.auto_leave),
+            (vec![1, 2], vec![3], true)
+        );
+        // eraftpb (proto3) packs repeated fields; raftpb reads them and writes them unpacked.
+        assert_eq!(conf_state_from_eraftpb(&r).unwrap(), c);
     }
 
     #[test]
