@@ -745,11 +745,12 @@ pub mod eraftpb_conv {
     }
 
     pub fn hard_state_to_eraftpb(h: &raftpb::HardState) -> eraftpb::HardState {
-        let mut out = eraftpb::HardState::default();
-        out.term = h.term();
-        out.vote = h.vote();
-        out.commit = h.commit();
-        out
+        eraftpb::HardState {
+            term: h.term(),
+            vote: h.vote(),
+            commit: h.commit(),
+            ..Default::default()
+        }
     }
 
     pub fn hard_state_from_eraftpb(h: &eraftpb::HardState) -> raftpb::HardState {
