@@ -16,7 +16,8 @@ use etcd_proto::raftpb::{ConfChange, Entry, EntryType, HardState};
 use etcd_proto::walpb::Snapshot as WalSnapshot;
 use etcd_raft::etcd_snap::{read_snap, read_snap_file, write_snap};
 use etcd_raft::etcd_wal::{
-    decode_segment, encode_record, record_type, segment_names, EtcdWal, EtcdWalWriter, SegmentEnd,
+    decode_segment, encode_record, record_type, segment_names, EtcdWal, EtcdWalError,
+    EtcdWalWriter, SegmentEnd,
 };
 use prost::Message as _;
 
@@ -312,6 +313,120 @@ fn check_etcd_written_data_dir(bin: &str, tmp: &Path, conf_state_in_wal: bool) -
     dir
 }
 
+/// Waits until `etcd` serves, checks it holds exactly the PUTS keys, returns the client.
+async fn serves_every_key(etcd: &Etcd) -> KvClient<tonic::transport::Channel> {
+    let mut c = kv(etcd).await;
+    let all = RangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    };
+    let r = c.range(all).await.unwrap().into_inner();
+    let got: Vec<_> = r
+        .kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        (0..PUTS).map(|i| (key(i), value(i))).collect::<Vec<_>>()
+    );
+    c
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// After the last record of `src`'s WAL (in a copy), one more entry record of 1000 bytes with
+/// either a zeroed disk sector (`torn`) or one flipped byte. The reader must call the first a
+/// torn tail and the second a CRC error, and `bin` must agree: start (repairing the tail) on
+/// the first, refuse to start on the second.
+fn check_tail_rules_match_etcd(bin: &str, src: &Path, tmp: &Path, torn: bool) {
+    let dst = tmp.join(if torn { "torn" } else { "flipped" });
+    copy_dir(src, &dst);
+    let wal_dir = dst.join("member/wal");
+    let (snap, before) = read_data_dir(&dst.join("member"));
+    let names = segment_names(&wal_dir).unwrap();
+    let path = wal_dir.join(names.last().unwrap());
+    let mut buf = std::fs::read(&path).unwrap();
+    let mut crc = 0;
+    let (_, end) = decode_segment(&path, &buf, &mut crc, true).unwrap();
+    let SegmentEnd::Clean { offset: end } = end else {
+        panic!("{end:?}")
+    };
+    let last = before.entries.last().unwrap();
+    let extra = Entry {
+        r#type: Some(0),
+        term: Some(last.term()),
+        index: Some(last.index() + 1),
+        data: Some(vec![0xab; 1000]),
+    };
+    let mut frame = Vec::new();
+    encode_record(
+        &mut frame,
+        &mut crc,
+        record_type::ENTRY,
+        Some(&extra.encode_to_vec()),
+    )
+    .unwrap();
+    let at = end as usize;
+    buf[at..at + frame.len()].copy_from_slice(&frame);
+    if torn {
+        let sector = (at + 8).div_ceil(512) * 512;
+        buf[sector..(sector + 512).min(at + frame.len())].fill(0);
+    } else {
+        buf[at + 100] ^= 0x10;
+    }
+    std::fs::write(&path, &buf).unwrap();
+    let m = snap.metadata.unwrap();
+    let read = EtcdWal::read_all(&wal_dir, (m.index(), m.term()));
+    let etcd = Etcd::start(bin, "m1", &dst, &[]);
+    if torn {
+        let c = read.unwrap();
+        assert_eq!(c.torn_tail, Some((path.clone(), end)));
+        assert_eq!(c.entries, before.entries);
+        runtime().block_on(serves_every_key(&etcd));
+        etcd.stop();
+        // etcd truncated the torn record; the log reads clean and carries on after `before`.
+        let (_, repaired) = read_data_dir(&dst.join("member"));
+        assert_eq!(repaired.torn_tail, None);
+        // etcd's repair ran (it keeps the segment as it was in `<segment>.broken`).
+        let mut broken = path.into_os_string();
+        broken.push(".broken");
+        assert!(Path::new(&broken).exists());
+        assert_eq!(repaired.entries[..before.entries.len()], before.entries[..]);
+    } else {
+        assert!(
+            matches!(read, Err(EtcdWalError::CrcMismatch { offset, .. }) if offset == end),
+            "{read:?}"
+        );
+        let mut etcd = etcd;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = etcd.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{bin} kept running on a flipped WAL byte"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success());
+        let log = std::fs::read_to_string(dst.with_extension("log")).unwrap();
+        assert!(log.contains("crc mismatch"), "{log}");
+    }
+}
+
 /// Rewrites `src`'s WAL (in segments of 4 kB) and snap with the writers into a copy that keeps etcd's `db`, starts
 /// `bin` on the copy, and checks it serves every key and takes a new write.
 fn check_rewritten_data_dir_starts(bin: &str, src: &Path, tmp: &Path, conf_state_in_wal: bool) {
@@ -351,22 +466,7 @@ fn check_rewritten_data_dir_starts(bin: &str, src: &Path, tmp: &Path, conf_state
 
     let etcd = Etcd::start(bin, "m1", &dst, &[]);
     runtime().block_on(async {
-        let mut c = kv(&etcd).await;
-        let all = RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
-            ..Default::default()
-        };
-        let r = c.range(all.clone()).await.unwrap().into_inner();
-        let got: Vec<_> = r
-            .kvs
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            (0..PUTS).map(|i| (key(i), value(i))).collect::<Vec<_>>()
-        );
+        let mut c = serves_every_key(&etcd).await;
         let put = PutRequest {
             key: b"after".to_vec(),
             value: b"rewrite".to_vec(),
@@ -384,23 +484,27 @@ fn check_rewritten_data_dir_starts(bin: &str, src: &Path, tmp: &Path, conf_state
 }
 
 #[test]
-fn etcd_3_4_data_dir_reads_whole_and_rewritten_starts_etcd_3_4() {
+fn etcd_3_4_data_dir_reads_whole_rewritten_starts_and_tail_rules_match_etcd_3_4() {
     if missing(ETCD_34) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let src = check_etcd_written_data_dir(ETCD_34, tmp.path(), false);
     check_rewritten_data_dir_starts(ETCD_34, &src, tmp.path(), false);
+    check_tail_rules_match_etcd(ETCD_34, &src, tmp.path(), true);
+    check_tail_rules_match_etcd(ETCD_34, &src, tmp.path(), false);
 }
 
 #[test]
-fn etcd_3_5_data_dir_reads_whole_and_rewritten_starts_etcd_3_5() {
+fn etcd_3_5_data_dir_reads_whole_rewritten_starts_and_tail_rules_match_etcd_3_5() {
     if missing(ETCD_35) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let src = check_etcd_written_data_dir(ETCD_35, tmp.path(), true);
     check_rewritten_data_dir_starts(ETCD_35, &src, tmp.path(), true);
+    check_tail_rules_match_etcd(ETCD_35, &src, tmp.path(), true);
+    check_tail_rules_match_etcd(ETCD_35, &src, tmp.path(), false);
 }
 
 /// `etcdctl snapshot restore` (3.4.23) output: a WAL of the bootstrap ConfChange entries, a
