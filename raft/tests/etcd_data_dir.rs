@@ -563,3 +563,57 @@ fn etcdctl_3_4_snapshot_restore_output_reads() {
     assert!(added.contains(&wal.metadata.node_id()));
     assert_reencodes_byte_for_byte(&member.join("wal"));
 }
+
+/// etcd 3.5.1 cuts its WAL at 64 MB: the reader follows the CRC chain into the next segment,
+/// whose name carries the first index it holds, and every record re-encodes byte for byte.
+#[test]
+fn etcd_3_5_wal_cut_at_64_mb_reads_across_its_segments() {
+    if missing(ETCD_35) {
+        return;
+    }
+    const BIG: usize = 70;
+    let big_value = |i: usize| vec![b'a' + (i % 26) as u8; 1000 * 1000];
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("etcd");
+    let etcd = Etcd::start(ETCD_35, "m1", &dir, &[]);
+    let (raft_index, member_id, _) = runtime().block_on(async {
+        let mut c = kv(&etcd).await;
+        for i in 0..BIG {
+            let put = PutRequest {
+                key: key(i),
+                value: big_value(i),
+                ..Default::default()
+            };
+            c.put(put).await.unwrap();
+        }
+        status(&etcd).await
+    });
+    etcd.stop();
+    let wal_dir = dir.join("member/wal");
+    let names = segment_names(&wal_dir).unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let all = EtcdWal::read_all(&wal_dir, (0, 0)).unwrap();
+    assert_eq!(all.metadata.node_id(), member_id);
+    let indexes: Vec<u64> = all.entries.iter().map(|e| e.index()).collect();
+    assert_eq!(indexes, (1..=raft_index).collect::<Vec<_>>());
+    let puts: Vec<(Vec<u8>, Vec<u8>)> = all
+        .entries
+        .iter()
+        .filter_map(|e| InternalRaftRequest::decode(e.data()).ok())
+        .filter_map(|r| r.put)
+        .map(|p| (p.key, p.value))
+        .collect();
+    assert!(puts == (0..BIG).map(|i| (key(i), big_value(i))).collect::<Vec<_>>());
+    // The second segment is named after the first entry it holds.
+    let second = wal_dir.join(&names[1]);
+    let mut crc = 0;
+    let (records, _) =
+        decode_segment(&second, &std::fs::read(&second).unwrap(), &mut crc, true).unwrap();
+    let first = records
+        .iter()
+        .find(|r| r.rec_type == record_type::ENTRY)
+        .map(|r| Entry::decode(r.data.as_deref().unwrap()).unwrap().index())
+        .unwrap();
+    assert_eq!(names[1], format!("{:016x}-{first:016x}.wal", 1));
+    assert_reencodes_byte_for_byte(&wal_dir);
+}
