@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/v3electionpb/v3election.proto",
         "proto/etcdrspb/peer.proto",
         "proto/grpc/health/v1/health.proto",
+        "proto/raftpb/raft.proto",
+        "proto/walpb/record.proto",
+        "proto/snappb/snap.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;
     // JSON for the gRPC gateway (`/v3/...`): proto3 JSON mapping with the .proto field names, as

@@ -40,3 +40,15 @@ pub mod etcdrspb {
 pub mod grpc_health_v1 {
     tonic::include_proto!("grpc.health.v1");
 }
+/// etcd's raft messages (`raftpb`), as etcd's WAL, snap files and peer protocol carry them.
+pub mod raftpb {
+    tonic::include_proto!("raftpb");
+}
+/// etcd's WAL record and WAL snapshot marker (`walpb`).
+pub mod walpb {
+    tonic::include_proto!("walpb");
+}
+/// etcd's snap file body (`snappb`).
+pub mod snappb {
+    tonic::include_proto!("snappb");
+}

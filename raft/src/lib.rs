@@ -7,6 +7,8 @@
 //!   [`wal_record`], and its crash rule (torn tail of the last segment is
 //!   truncated; damage anywhere else refuses to start);
 //! - [`snapshotter`]: raft snapshot metadata files (`<member>/snap/*.snap`);
+//! - [`etcd_wal`] and [`etcd_snap`]: etcd's own WAL and snap file formats (3.4/3.5), read and
+//!   written, for data dirs etcd wrote or will start on;
 //! - [`node`]: [`RaftNode`], the handle to the raft loop thread that owns the
 //!   `RawNode`, the WAL and the snapshotter ([`raft_loop`]);
 //! - [`recovery`]: bootstrap of a new member and restore of an existing one;
@@ -21,6 +23,8 @@
 //! acknowledged to a peer before this member's fsync returns.
 
 pub mod error;
+pub mod etcd_snap;
+pub mod etcd_wal;
 pub mod metrics;
 pub mod node;
 pub mod peer_dial;

@@ -98,7 +98,7 @@ fn segment_name(seq: u64, first_index: u64) -> String {
     format!("{seq:016x}-{first_index:016x}.wal")
 }
 
-fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
+pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     let stem = name.strip_suffix(".wal")?;
     let (seq, index) = stem.split_once('-')?;
     if seq.len() != 16 || index.len() != 16 {
