@@ -27,6 +27,7 @@ pub mod peer_dial;
 pub mod peer_probe;
 pub mod peer_transport;
 mod raft_loop;
+pub mod rafthttp;
 pub mod read_index;
 pub mod recovery;
 pub mod slog_bridge;
