@@ -3,7 +3,7 @@
 //! - `message` stream (`GET /raft/stream/message/<from>`, and the head of a snapshot body):
 //!   frames of an 8-byte big-endian length followed by that many bytes of a raftpb `Message`.
 //!   A link heartbeat is the frame of `Message{type: MsgHeartbeat}` with every other field zero.
-//! - `msgappv2` stream (`GET /raft/stream/msgappv2/<from>`): one type byte, then
+//! - `msgappv2` stream (`GET /raft/stream/msgapp/<from>`: the path says msgapp, the encoding is v2): one type byte, then
 //!   - `0` link heartbeat (nothing follows);
 //!   - `1` AppEntries: u64 count, count × (u64 size, Entry bytes), u64 commit. The message's
 //!     term, log term and index are implicit: the term of the last `2` frame and the index of
