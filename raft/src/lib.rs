@@ -44,5 +44,6 @@ pub use raft::StateRole;
 pub use snapshotter::Snapshotter;
 pub use peer_dial::PeerDialer;
 pub use peer_transport::GrpcTransport;
+pub use rafthttp::HttpTransport;
 pub use transport::{NoopTransport, Transport};
 pub use wal::{Wal, WalContents, WalMetadata};

@@ -41,7 +41,8 @@ pub enum CodecError {
     TooLarge,
     #[error("failed to parse type {0} in msgappv2 stream")]
     UnknownMsgAppV2Type(u8),
-    #[error("bad raft message bytes: {0}")]
+    /// The protobuf decoder's own words (etcd shows gogoproto's, e.g. "unexpected EOF").
+    #[error("{0}")]
     BadMessage(String),
     #[error("bad raft entry bytes: {0}")]
     BadEntry(String),

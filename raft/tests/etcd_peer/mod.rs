@@ -302,3 +302,32 @@ pub fn exchanges(conns: &[(Vec<u8>, Vec<u8>)]) -> Vec<(HttpMessage, Option<HttpM
 pub fn parse_id(s: &str) -> u64 {
     u64::from_str_radix(s, 16).unwrap_or_else(|_| panic!("bad member id {s:?}"))
 }
+
+/// Sends `request` (raw HTTP/1.1, `Connection: close`) to `addr` and parses the answer.
+pub async fn http_raw(addr: SocketAddr, request: &str) -> HttpMessage {
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
+    s.write_all(request.as_bytes()).await.unwrap();
+    // read until one whole answer is in (Go's server may keep the connection open)
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !parse_responses(&out).first().is_some_and(|m| m.complete) && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    parse_responses(&out).into_iter().next().unwrap_or_else(|| panic!("no HTTP answer in {:?}", String::from_utf8_lossy(&out)))
+}
+
+/// Polls `cond` every 50ms until it holds or `limit` passes.
+pub async fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond()
+}

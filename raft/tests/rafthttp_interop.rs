@@ -1,0 +1,201 @@
+//! etcd-rs's rafthttp against REAL etcd members (3.5.1 and 3.4.23): a one-member etcd whose
+//! `--initial-cluster` names a second member at our handler's URL. Our side is the rafthttp
+//! transport and handler with a stand-in raft ("fake follower") that grants every vote and
+//! acknowledges every append without storing it. The etcd member must accept our streams, open
+//! its streams to us, become leader on our vote, commit through our acknowledgements and so
+//! serve a client write, which we must see in the entries it streams to us.
+
+mod etcd_peer;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use etcd_peer::*;
+use etcd_raft::eraftpb::{Message, MessageType};
+use etcd_raft::peer_dial::PeerDialer;
+use etcd_raft::rafthttp::client::Identity;
+use etcd_raft::rafthttp::handler::{serve, RaftHttpHandler};
+use etcd_raft::rafthttp::headers::Versions;
+use etcd_raft::rafthttp::host::{BoxFuture, SnapshotBody};
+use etcd_raft::rafthttp::{HttpTransport, ProcessError, RaftHost, StreamType, TransportConfig};
+use etcd_raft::Transport;
+use parking_lot::Mutex;
+
+/// A stand-in raft that answers like an agreeable follower and records what it got.
+#[derive(Default)]
+struct FakeFollower {
+    transport: OnceLock<Weak<HttpTransport>>,
+    got: Mutex<Vec<Message>>,
+    removed: Mutex<Vec<u64>>,
+}
+
+impl FakeFollower {
+    fn reply(&self, m: &Message) -> Option<Message> {
+        let mut r = Message::default();
+        r.to = m.from;
+        r.from = m.to;
+        r.term = m.term;
+        match m.get_msg_type() {
+            MessageType::MsgRequestVote => r.set_msg_type(MessageType::MsgRequestVoteResponse),
+            MessageType::MsgRequestPreVote => r.set_msg_type(MessageType::MsgRequestPreVoteResponse),
+            MessageType::MsgAppend => {
+                r.set_msg_type(MessageType::MsgAppendResponse);
+                r.index = m.entries.last().map_or(m.index, |e| e.index);
+            }
+            MessageType::MsgHeartbeat => {
+                r.set_msg_type(MessageType::MsgHeartbeatResponse);
+                r.context = m.context.clone();
+            }
+            _ => return None,
+        }
+        Some(r)
+    }
+
+    fn seen(&self, pred: impl Fn(&Message) -> bool) -> bool {
+        self.got.lock().iter().any(pred)
+    }
+}
+
+impl RaftHost for FakeFollower {
+    fn process(&self, m: Message) -> Result<(), ProcessError> {
+        let reply = self.reply(&m);
+        self.got.lock().push(m);
+        if let (Some(r), Some(t)) = (reply, self.transport.get().and_then(Weak::upgrade)) {
+            t.send(vec![r]);
+        }
+        Ok(())
+    }
+    fn is_removed(&self, id: u64) -> bool {
+        self.removed.lock().contains(&id)
+    }
+    fn receive_snapshot(&self, _m: Message, _db: SnapshotBody) -> BoxFuture<'_, Result<(), ProcessError>> {
+        Box::pin(async { Err(ProcessError::Other("no snapshots here".into())) })
+    }
+    fn report_unreachable(&self, _id: u64) {}
+    fn report_snapshot(&self, _id: u64, _ok: bool) {}
+    fn removed_from_cluster(&self) {}
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    etcd: Etcd,
+    etcd_id: u64,
+    our_id: u64,
+    cluster_id: u64,
+    etcd_peer: SocketAddr,
+    our_addr: SocketAddr,
+    transport: Arc<HttpTransport>,
+    host: Arc<FakeFollower>,
+}
+
+/// The IDs etcd computed for both members and the cluster, from its `/members` peer endpoint.
+async fn learn_ids(etcd_peer: SocketAddr, our_url: &str) -> (u64, u64, u64) {
+    let r = http_raw(etcd_peer, "GET /members HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    let cluster_id = parse_id(r.header("X-Etcd-Cluster-Id").expect("cluster id header"));
+    let members: serde_json::Value = serde_json::from_slice(&r.body).expect("members JSON");
+    let (mut ours, mut theirs) = (0, 0);
+    for m in members.as_array().expect("a list") {
+        let id = m["id"].as_u64().expect("numeric id");
+        if m["peerURLs"][0] == our_url {
+            ours = id;
+        } else {
+            theirs = id;
+        }
+    }
+    assert!(ours != 0 && theirs != 0);
+    (theirs, ours, cluster_id)
+}
+
+async fn setup(bin: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_port = free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let our_addr = listener.local_addr().unwrap();
+    let our_url = format!("http://{our_addr}");
+    let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+    let cluster = format!("m0={etcd_url},rs={our_url}");
+    let etcd = Etcd::start(bin, dir.path(), "m0", etcd_port, &etcd_url, &cluster, &[]);
+    let etcd_peer: SocketAddr = ([127, 0, 0, 1], etcd_port).into();
+    assert!(wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(etcd_peer).is_ok()).await, "etcd peer port up");
+    let (etcd_id, our_id, cluster_id) = learn_ids(etcd_peer, &our_url).await;
+    let host = Arc::new(FakeFollower::default());
+    let identity = Identity { id: our_id, cluster_id, peer_urls: vec![our_url], versions: Versions::default() };
+    let transport = HttpTransport::new(tokio::runtime::Handle::current(), TransportConfig { identity, dialer: PeerDialer::default() }, host.clone());
+    let _ = host.transport.set(Arc::downgrade(&transport));
+    transport.add_peer(etcd_id, vec![etcd_url]);
+    tokio::spawn(serve(listener, RaftHttpHandler::new(transport.clone())));
+    Setup { _dir: dir, etcd, etcd_id, our_id, cluster_id, etcd_peer, our_addr, transport, host }
+}
+
+async fn etcd_and_rafthttp_form_a_cluster(bin: &str, ctl: &str) {
+    let s = setup(bin).await;
+    let ok = wait_for(Duration::from_secs(15), || {
+        [StreamType::MsgApp, StreamType::Message].iter().all(|&t| s.transport.writer_attached(s.etcd_id, t) && s.transport.reader_active(s.etcd_id, t))
+    }).await;
+    assert!(ok, "both streams both ways: etcd read ours (writers attached) and accepted ours (readers active); etcd log:\n{}", s.etcd.log_text());
+    // etcd campaigns; our vote makes it leader; its appends reach us and our acks commit them
+    assert!(wait_for(Duration::from_secs(15), || s.host.seen(|m| m.get_msg_type() == MessageType::MsgRequestVote && m.to == s.our_id)).await, "etcd asked us for a vote");
+    let ep = s.etcd.endpoint();
+    let ctl2 = ctl.to_string();
+    tokio::task::spawn_blocking(move || put_until_ok(&ctl2, &ep, "interop-key", "from-etcdctl", Duration::from_secs(20))).await.unwrap();
+    let key = b"interop-key";
+    assert!(s.host.seen(|m| m.get_msg_type() == MessageType::MsgAppend && m.from == s.etcd_id
+        && m.entries.iter().any(|e| e.data.windows(key.len()).any(|w| w == key))), "the client's write reached us in a MsgApp");
+    assert!(wait_for(Duration::from_secs(5), || s.host.seen(|m| m.get_msg_type() == MessageType::MsgHeartbeat && m.term > 0)).await, "the leader's heartbeats reach us");
+    let got = etcdctl(ctl, &s.etcd.endpoint(), &["get", "interop-key", "--print-value-only"]).expect("get");
+    assert_eq!(got.trim(), "from-etcdctl");
+    eprintln!("{bin}: etcd {:x} leader with us ({:x}) in cluster {:x}; we received {} messages", s.etcd_id, s.our_id, s.cluster_id, s.host.got.lock().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_5_member_commits_through_rafthttp_streams() {
+    etcd_and_rafthttp_form_a_cluster(ETCD_35, ETCDCTL_35).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_4_member_commits_through_rafthttp_streams() {
+    etcd_and_rafthttp_form_a_cluster(ETCD_34, ETCDCTL_34).await;
+}
+
+/// The same refused requests sent to etcd and to our handler get the same status and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_match_etcd_3_5() {
+    let s = setup(ETCD_35).await;
+    let cid = format!("{:x}", s.cluster_id);
+    let good = "X-Server-Version: 3.5.1\r\nX-Min-Cluster-Version: 3.0.0\r\n";
+    // (request, whose ID is "from" for each side, expected status)
+    let cases: Vec<(String, u16)> = vec![
+        (format!("GET /raft/stream/message/{{from}} HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: 1\r\nX-Raft-To: {{to}}\r\nConnection: close\r\n\r\n"), 412),
+        (format!("GET /raft/stream/message/{{from}} HTTP/1.1\r\nHost: x\r\nX-Server-Version: 2.0.0\r\nX-Etcd-Cluster-ID: {cid}\r\nX-Raft-To: {{to}}\r\nConnection: close\r\n\r\n"), 412),
+        (format!("GET /raft/stream/message/{{from}} HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nX-Raft-To: 1\r\nConnection: close\r\n\r\n"), 412),
+        (format!("GET /raft/stream/message/abcdefg HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
+        (format!("GET /raft/stream/message/77 HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
+        (format!("GET /raft/stream/other/{{from}} HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
+        (format!("POST /raft/stream/message/{{from}} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), 405),
+        (format!("GET /raft HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 405),
+        (format!("POST /raft HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), 412),
+        (format!("POST /raft HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x7f\x7f\x7f"), 400),
+        (format!("POST /raft/snapshot HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nContent-Length: 9\r\nConnection: close\r\n\r\n\0\0\0\0\0\0\0\x01\x08"), 400),
+        (format!("GET /raft/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404),
+    ];
+    for (template, want) in cases {
+        // each side is asked as itself: "from" the other member, "to" itself
+        let to_etcd = template.replace("{from}", &format!("{:x}", s.our_id)).replace("{to}", &format!("{:x}", s.etcd_id));
+        let to_us = template.replace("{from}", &format!("{:x}", s.etcd_id)).replace("{to}", &format!("{:x}", s.our_id));
+        let theirs = http_raw(s.etcd_peer, &to_etcd).await;
+        let ours = http_raw(s.our_addr, &to_us).await;
+        let line = template.lines().next().unwrap_or("").to_string();
+        assert_eq!(theirs.status, want, "etcd answered {line} with {}", theirs.status);
+        assert_eq!((ours.status, String::from_utf8_lossy(&ours.body)), (theirs.status, String::from_utf8_lossy(&theirs.body)), "{line}");
+        for h in ["Content-Type", "X-Etcd-Cluster-Id", "X-Server-Version", "Allow"] {
+            assert_eq!(ours.header(h), theirs.header(h), "header {h} of the answer to {line}");
+        }
+    }
+    // a removed sender's stream is refused with 410 (told last: etcd stops when it hears it)
+    s.host.removed.lock().push(s.etcd_id);
+    let gone = format!("GET /raft/stream/msgapp/{:x} HTTP/1.1\r\nHost: x\r\nX-Server-Version: 3.5.1\r\nX-Min-Cluster-Version: 3.0.0\r\nX-Etcd-Cluster-ID: {cid}\r\nX-Raft-To: {:x}\r\nConnection: close\r\n\r\n", s.etcd_id, s.our_id);
+    let r = http_raw(s.our_addr, &gone).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).into_owned()), (410, "removed member\n".to_string()));
+}
