@@ -199,3 +199,115 @@ async fn refusals_match_etcd_3_5() {
     let r = http_raw(s.our_addr, &gone).await;
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).into_owned()), (410, "removed member\n".to_string()));
 }
+
+/// A stand-in server for the peer endpoints that reports what etcd reported (so the answers
+/// must match byte for byte when the formats are right).
+struct MirrorApi {
+    cluster_id: u64,
+    members: Vec<etcd_raft::rafthttp::peer_api::MemberJson>,
+    versions: (String, Option<String>),
+    hash: (u32, i64, i64),
+}
+
+impl etcd_raft::rafthttp::peer_api::PeerApi for MirrorApi {
+    fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+    fn members(&self) -> Vec<etcd_raft::rafthttp::peer_api::MemberJson> {
+        self.members.clone()
+    }
+    fn promote_member(&self, _id: u64) -> BoxFuture<'_, Result<Vec<etcd_raft::rafthttp::peer_api::MemberJson>, etcd_raft::rafthttp::peer_api::PromoteError>> {
+        Box::pin(async { Err(etcd_raft::rafthttp::peer_api::PromoteError::NotLearner) })
+    }
+    fn versions(&self) -> (String, Option<String>) {
+        self.versions.clone()
+    }
+    fn renew_lease(&self, _id: i64) -> BoxFuture<'_, Result<i64, etcd_raft::rafthttp::peer_api::LeaseError>> {
+        Box::pin(async { Err(etcd_raft::rafthttp::peer_api::LeaseError::NotFound) })
+    }
+    fn lease_time_to_live(&self, _id: i64, _keys: bool) -> BoxFuture<'_, Result<etcd_proto::etcdserverpb::LeaseTimeToLiveResponse, etcd_raft::rafthttp::peer_api::LeaseError>> {
+        Box::pin(async { Err(etcd_raft::rafthttp::peer_api::LeaseError::NotFound) })
+    }
+    fn hash_kv(&self, _revision: i64) -> BoxFuture<'_, Result<(u32, i64, i64), String>> {
+        let h = self.hash;
+        Box::pin(async move { Ok(h) })
+    }
+    fn downgrade_enabled(&self) -> BoxFuture<'_, Result<bool, String>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// Serves the peer endpoints (`api`) and raft (`raft`) on one listener, as the server will.
+async fn serve_peer_listener(listener: tokio::net::TcpListener, raft: RaftHttpHandler, api: Arc<MirrorApi>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (raft, api) = (raft.clone(), api.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (raft, api) = (raft.clone(), api.clone());
+                async move {
+                    Ok::<_, std::convert::Infallible>(if etcd_raft::rafthttp::peer_api::handles(req.uri().path()) {
+                        etcd_raft::rafthttp::peer_api::handle(&*api, req).await
+                    } else {
+                        raft.handle(req).await
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_endpoints_answer_as_etcd_3_5() {
+    let s = setup(ETCD_35).await;
+    // a working cluster (etcd leads with our fake follower) so etcd answers every endpoint
+    let ep = s.etcd.endpoint();
+    tokio::task::spawn_blocking(move || put_until_ok(ETCDCTL_35, &ep, "k", "v", Duration::from_secs(20))).await.unwrap();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let members = http_raw(s.etcd_peer, &get("/members")).await;
+    let version = http_raw(s.etcd_peer, &get("/version")).await;
+    let hashkv_req = "GET /members/hashkv HTTP/1.1\r\nHost: x\r\nContent-Length: 14\r\nConnection: close\r\n\r\n{\"revision\":0}";
+    let hash = http_raw(s.etcd_peer, hashkv_req).await;
+    let hash_json: serde_json::Value = serde_json::from_slice(&hash.body).expect("hashkv JSON");
+    let version_json: serde_json::Value = serde_json::from_slice(&version.body).unwrap();
+    let api = Arc::new(MirrorApi {
+        cluster_id: s.cluster_id,
+        members: serde_json::from_slice(&members.body).expect("members parse into MemberJson"),
+        versions: (version_json["etcdserver"].as_str().unwrap().into(), version_json["etcdcluster"].as_str().map(str::to_string).filter(|v| v != "not_decided")),
+        hash: (hash_json["hash"].as_u64().unwrap_or(0) as u32, hash_json["header"]["revision"].as_i64().unwrap_or(0), hash_json["compact_revision"].as_i64().unwrap_or(0)),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let api_addr = listener.local_addr().unwrap();
+    tokio::spawn(serve_peer_listener(listener, RaftHttpHandler::new(s.transport.clone()), api));
+    let requests = vec![
+        get("/members"),
+        get("/version"),
+        hashkv_req.to_string(),
+        "GET /members/hashkv HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{x}".to_string(),
+        "POST /members/hashkv HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+        get("/downgrade/enabled"),
+        "POST /members HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+        "POST /members/promote/abc HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+        get("/members/promote/1"),
+        get("/leases"),
+        "POST /leases HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\x7f\x7f".to_string(),
+        "POST /leases/internal HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n\x7f\x7f".to_string(),
+        get("/raft/probing"),
+    ];
+    for req in requests {
+        let line = req.lines().next().unwrap_or("").to_string();
+        let theirs = http_raw(s.etcd_peer, &req).await;
+        let ours = http_raw(api_addr, &req).await;
+        assert_eq!(ours.status, theirs.status, "{line}");
+        if line.contains("probing") {
+            // a timestamp: same shape, not the same bytes
+            let (o, t): (serde_json::Value, serde_json::Value) = (serde_json::from_slice(&ours.body).unwrap(), serde_json::from_slice(&theirs.body).unwrap());
+            assert_eq!((o["OK"].clone(), o["Now"].is_string()), (t["OK"].clone(), true));
+        } else {
+            assert_eq!(String::from_utf8_lossy(&ours.body), String::from_utf8_lossy(&theirs.body), "{line}");
+        }
+        for h in ["Content-Type", "X-Etcd-Cluster-Id", "Allow"] {
+            assert_eq!(ours.header(h), theirs.header(h), "header {h} of the answer to {line}");
+        }
+    }
+}
