@@ -28,20 +28,32 @@ struct FakeFollower {
     transport: OnceLock<Weak<HttpTransport>>,
     got: Mutex<Vec<Message>>,
     removed: Mutex<Vec<u64>>,
+    /// While true, appends are rejected as if our log were empty (so the leader must send a
+    /// snapshot once it compacted its log).
+    need_snapshot: std::sync::atomic::AtomicBool,
+    /// (MsgSnap, database bytes) of each snapshot received.
+    snapshots: Mutex<Vec<(Message, Vec<u8>)>>,
 }
 
 impl FakeFollower {
     fn reply(&self, m: &Message) -> Option<Message> {
-        let mut r = Message::default();
-        r.to = m.from;
-        r.from = m.to;
-        r.term = m.term;
+        let mut r = Message { to: m.from, from: m.to, term: m.term, ..Default::default() };
         match m.get_msg_type() {
             MessageType::MsgRequestVote => r.set_msg_type(MessageType::MsgRequestVoteResponse),
             MessageType::MsgRequestPreVote => r.set_msg_type(MessageType::MsgRequestPreVoteResponse),
+            MessageType::MsgAppend if self.need_snapshot.load(std::sync::atomic::Ordering::Relaxed) => {
+                r.set_msg_type(MessageType::MsgAppendResponse);
+                r.index = m.index;
+                r.reject = true;
+                r.reject_hint = 0;
+            }
             MessageType::MsgAppend => {
                 r.set_msg_type(MessageType::MsgAppendResponse);
                 r.index = m.entries.last().map_or(m.index, |e| e.index);
+            }
+            MessageType::MsgSnapshot => {
+                r.set_msg_type(MessageType::MsgAppendResponse);
+                r.index = m.get_snapshot().get_metadata().index;
             }
             MessageType::MsgHeartbeat => {
                 r.set_msg_type(MessageType::MsgHeartbeatResponse);
@@ -69,8 +81,16 @@ impl RaftHost for FakeFollower {
     fn is_removed(&self, id: u64) -> bool {
         self.removed.lock().contains(&id)
     }
-    fn receive_snapshot(&self, _m: Message, _db: SnapshotBody) -> BoxFuture<'_, Result<(), ProcessError>> {
-        Box::pin(async { Err(ProcessError::Other("no snapshots here".into())) })
+    fn receive_snapshot(&self, m: Message, mut db: SnapshotBody) -> BoxFuture<'_, Result<(), ProcessError>> {
+        Box::pin(async move {
+            let mut bytes = Vec::new();
+            while let Some(chunk) = tokio_stream::StreamExt::next(&mut db).await {
+                bytes.extend_from_slice(&chunk.map_err(ProcessError::Other)?);
+            }
+            self.snapshots.lock().push((m.clone(), bytes));
+            self.need_snapshot.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.process(m)
+        })
     }
     fn report_unreachable(&self, _id: u64) {}
     fn report_snapshot(&self, _id: u64, _ok: bool) {}
@@ -109,6 +129,16 @@ async fn learn_ids(etcd_peer: SocketAddr, our_url: &str) -> (u64, u64, u64) {
 }
 
 async fn setup(bin: &str) -> Setup {
+    setup_with(bin, &[]).await
+}
+
+async fn setup_with(bin: &str, extra: &[&str]) -> Setup {
+    setup_serving(bin, extra, true).await
+}
+
+/// `streams`: false answers etcd's stream GETs 404 (as a member that does not know it yet), so
+/// everything we send it goes by the pipeline.
+async fn setup_serving(bin: &str, extra: &[&str], streams: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let etcd_port = free_port();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
@@ -116,7 +146,7 @@ async fn setup(bin: &str) -> Setup {
     let our_url = format!("http://{our_addr}");
     let etcd_url = format!("http://127.0.0.1:{etcd_port}");
     let cluster = format!("m0={etcd_url},rs={our_url}");
-    let etcd = Etcd::start(bin, dir.path(), "m0", etcd_port, &etcd_url, &cluster, &[]);
+    let etcd = Etcd::start(bin, dir.path(), "m0", etcd_port, &etcd_url, &cluster, extra);
     let etcd_peer: SocketAddr = ([127, 0, 0, 1], etcd_port).into();
     assert!(wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(etcd_peer).is_ok()).await, "etcd peer port up");
     let (etcd_id, our_id, cluster_id) = learn_ids(etcd_peer, &our_url).await;
@@ -125,7 +155,12 @@ async fn setup(bin: &str) -> Setup {
     let transport = HttpTransport::new(tokio::runtime::Handle::current(), TransportConfig { identity, dialer: PeerDialer::default() }, host.clone());
     let _ = host.transport.set(Arc::downgrade(&transport));
     transport.add_peer(etcd_id, vec![etcd_url]);
-    tokio::spawn(serve(listener, RaftHttpHandler::new(transport.clone())));
+    let handler = RaftHttpHandler::new(transport.clone());
+    if streams {
+        tokio::spawn(serve(listener, handler));
+    } else {
+        tokio::spawn(serve_without_streams(listener, handler));
+    }
     Setup { _dir: dir, etcd, etcd_id, our_id, cluster_id, etcd_peer, our_addr, transport, host }
 }
 
@@ -173,12 +208,12 @@ async fn refusals_match_etcd_3_5() {
         (format!("GET /raft/stream/message/abcdefg HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
         (format!("GET /raft/stream/message/77 HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
         (format!("GET /raft/stream/other/{{from}} HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nConnection: close\r\n\r\n"), 404),
-        (format!("POST /raft/stream/message/{{from}} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), 405),
-        (format!("GET /raft HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 405),
+        ("POST /raft/stream/message/{from} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(), 405),
+        ("GET /raft HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(), 405),
         (format!("POST /raft HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), 412),
         (format!("POST /raft HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\x7f\x7f\x7f"), 400),
         (format!("POST /raft/snapshot HTTP/1.1\r\nHost: x\r\n{good}X-Etcd-Cluster-ID: {cid}\r\nContent-Length: 9\r\nConnection: close\r\n\r\n\0\0\0\0\0\0\0\x01\x08"), 400),
-        (format!("GET /raft/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), 404),
+        ("GET /raft/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(), 404),
     ];
     for (template, want) in cases {
         // each side is asked as itself: "from" the other member, "to" itself
@@ -310,4 +345,99 @@ async fn peer_endpoints_answer_as_etcd_3_5() {
             assert_eq!(ours.header(h), theirs.header(h), "header {h} of the answer to {line}");
         }
     }
+}
+
+/// Puts `n` keys through etcd's gRPC API, `concurrency` at a time.
+async fn put_many(endpoint: String, n: usize, concurrency: usize) {
+    use etcd_proto::etcdserverpb::kv_client::KvClient;
+    use etcd_proto::etcdserverpb::PutRequest;
+    let client = KvClient::connect(endpoint).await.expect("gRPC client");
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (mut c, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    return;
+                }
+                let req = PutRequest { key: format!("bulk-{i}").into_bytes(), value: vec![b'v'; 16], ..Default::default() };
+                c.put(req).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// etcd's leader, having compacted its log past what we say we hold, sends us its snapshot on
+/// `POST /raft/snapshot`: the MsgSnap frame decodes and the bytes after it are a bbolt file.
+async fn etcd_sends_its_snapshot_to_rafthttp(bin: &str, ctl: &str) {
+    let s = setup_with(bin, &["--snapshot-count", "100"]).await;
+    let ep = s.etcd.endpoint();
+    let ctl2 = ctl.to_string();
+    tokio::task::spawn_blocking(move || put_until_ok(&ctl2, &ep, "first", "v", Duration::from_secs(20))).await.unwrap();
+    // etcd keeps 5000 entries behind its snapshot: write past that so entry 1 is compacted
+    put_many(s.etcd.endpoint(), 5300, 32).await;
+    s.host.need_snapshot.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ep = s.etcd.endpoint();
+    let ctl2 = ctl.to_string();
+    // a write makes the leader append again (and meet our rejection)
+    tokio::task::spawn_blocking(move || put_until_ok(&ctl2, &ep, "after", "v", Duration::from_secs(30))).await.unwrap();
+    assert!(wait_for(Duration::from_secs(20), || !s.host.snapshots.lock().is_empty()).await, "etcd sent a snapshot; log:\n{}", s.etcd.log_text());
+    let (m, db) = s.host.snapshots.lock()[0].clone();
+    let meta = m.get_snapshot().get_metadata();
+    assert_eq!((m.from, m.to), (s.etcd_id, s.our_id));
+    assert!(meta.index > 5000 && meta.term > 0, "snapshot at index {} term {}", meta.index, meta.term);
+    assert!(meta.get_conf_state().voters.contains(&s.our_id) && meta.get_conf_state().voters.contains(&s.etcd_id));
+    // a bbolt file: its first page is a meta page whose magic is 0xED0CDAED
+    assert!(db.len() >= 4096, "database of {} bytes", db.len());
+    assert_eq!(u32::from_le_bytes(db[16..20].try_into().unwrap()), 0xED0C_DAED, "bbolt magic");
+    // our acknowledgement of the snapshot lets the leader go on replicating to us
+    let ep = s.etcd.endpoint();
+    let ctl2 = ctl.to_string();
+    tokio::task::spawn_blocking(move || put_until_ok(&ctl2, &ep, "later", "v", Duration::from_secs(20))).await.unwrap();
+    eprintln!("{bin}: snapshot at index {} term {}, database {} bytes", meta.index, meta.term, db.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_5_leader_sends_snapshot_over_rafthttp() {
+    etcd_sends_its_snapshot_to_rafthttp(ETCD_35, ETCDCTL_35).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_4_leader_sends_snapshot_over_rafthttp() {
+    etcd_sends_its_snapshot_to_rafthttp(ETCD_34, ETCDCTL_34).await;
+}
+
+async fn serve_without_streams(listener: tokio::net::TcpListener, raft: RaftHttpHandler) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let raft = raft.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(if req.uri().path().starts_with("/raft/stream/") {
+                        etcd_raft::rafthttp::handler::http_error(hyper::StatusCode::NOT_FOUND, "error sender not found")
+                    } else {
+                        raft.handle(req).await
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+/// With no stream for etcd to read, our votes and acknowledgements reach it by `POST /raft`
+/// alone, and it still becomes leader and commits a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_5_member_commits_through_rafthttp_pipeline() {
+    let s = setup_serving(ETCD_35, &[], false).await;
+    let ep = s.etcd.endpoint();
+    tokio::task::spawn_blocking(move || put_until_ok(ETCDCTL_35, &ep, "piped", "v", Duration::from_secs(20))).await.unwrap();
+    assert!(!s.transport.writer_attached(s.etcd_id, StreamType::Message), "no stream of ours was read");
+    assert!(s.transport.reader_active(s.etcd_id, StreamType::MsgApp), "we still read etcd's streams");
 }

@@ -97,20 +97,20 @@ impl RaftHttpHandler {
     }
 
     /// The cluster-ID and version checks every raft request passes first.
-    fn check(&self, req: &Request<Incoming>) -> Result<(), Response<ResponseBody>> {
+    fn check(&self, req: &Request<Incoming>) -> Result<(), Box<Response<ResponseBody>>> {
         let me = self.transport.identity();
         if let Err(e) = headers::check_compatibility(req.headers(), &me.versions, me.cluster_id) {
             tracing::warn!(error = %e, from = ?req.headers().get(headers::X_SERVER_FROM), "refused a peer request");
-            return Err(http_error(StatusCode::PRECONDITION_FAILED, &e.to_string()));
+            return Err(Box::new(http_error(StatusCode::PRECONDITION_FAILED, &e.to_string())));
         }
         Ok(())
     }
 
     /// What the pipeline and snapshot handlers do first: POST only, the checks, then etcd's
     /// `addRemoteFromRequest` (so we can answer a member we do not know yet).
-    fn accept_post(&self, req: &Request<Incoming>) -> Result<(), Response<ResponseBody>> {
+    fn accept_post(&self, req: &Request<Incoming>) -> Result<(), Box<Response<ResponseBody>>> {
         if req.method() != Method::POST {
-            return Err(method_not_allowed("POST"));
+            return Err(Box::new(method_not_allowed("POST")));
         }
         self.check(req)?;
         if let Some((from, urls)) = remote_from_request(req.headers()) {
@@ -121,7 +121,7 @@ impl RaftHttpHandler {
 
     async fn pipeline(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         if let Err(r) = self.accept_post(&req) {
-            return r;
+            return *r;
         }
         let body = match http_body_util::Limited::new(req.into_body(), MAX_MESSAGE_BYTES as usize).collect().await {
             Ok(b) => b.to_bytes(),
@@ -136,7 +136,7 @@ impl RaftHttpHandler {
 
     async fn snapshot(&self, req: Request<Incoming>) -> Response<ResponseBody> {
         if let Err(r) = self.accept_post(&req) {
-            return r;
+            return *r;
         }
         let mut body = req.into_body();
         let mut buf = Vec::new();
@@ -193,7 +193,7 @@ impl RaftHttpHandler {
 
     fn stream_answer(&self, req: &Request<Incoming>, local: u64) -> Response<ResponseBody> {
         if let Err(r) = self.check(req) {
-            return r;
+            return *r;
         }
         let path = req.uri().path();
         let (dir, from) = path.rsplit_once('/').unwrap_or(("", ""));

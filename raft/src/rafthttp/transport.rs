@@ -270,17 +270,18 @@ impl Transport for HttpTransport {
                     }
                 },
             };
-            if let Err(m) = queue(&peer, m) {
+            let kind = m.get_msg_type();
+            if !queue(&peer, m) {
                 crate::metrics::sent_failure(to);
-                tracing::debug!(peer = %format_id(to), kind = ?m.get_msg_type(), "peer queue full; dropping a raft message");
+                tracing::debug!(peer = %format_id(to), ?kind, "peer queue full; dropping a raft message");
                 self.host.report_unreachable(to);
             }
         }
     }
 }
 
-/// etcd's `peer.pick`, then a non-blocking queue; gives the message back when it is full.
-fn queue(peer: &Peer, m: Message) -> Result<(), Message> {
+/// etcd's `peer.pick`, then a non-blocking queue; false when it is full (the message dropped).
+fn queue(peer: &Peer, m: Message) -> bool {
     let writers = peer.writers.lock();
     let writer = if m.get_msg_type() == MessageType::MsgAppend {
         writers[0].as_ref().or(writers[1].as_ref())
@@ -288,8 +289,8 @@ fn queue(peer: &Peer, m: Message) -> Result<(), Message> {
         writers[1].as_ref()
     };
     match writer {
-        Some(w) => w.tx.try_send(m).map_err(|e| e.into_inner()),
-        None => peer.pipeline.try_send(m).map_err(|e| e.into_inner()),
+        Some(w) => w.tx.try_send(m).is_ok(),
+        None => peer.pipeline.try_send(m).is_ok(),
     }
 }
 

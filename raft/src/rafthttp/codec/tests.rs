@@ -1,11 +1,7 @@
 use super::*;
 
 fn entry(term: u64, index: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.term = term;
-    e.index = index;
-    e.data = data.to_vec().into();
-    e
+    Entry { term, index, data: data.to_vec().into(), ..Default::default() }
 }
 
 fn app(term: u64, log_term: u64, index: u64, entries: Vec<Entry>, commit: u64) -> Message {
