@@ -14,6 +14,8 @@
 //! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
 //!   connections to peer URLs; [`peer_probe`]: round-trip probes); [`slog_bridge`]: raft-rs logs
 //!   into `tracing`;
+//! - [`rafthttp`]: etcd's peer protocol (streams, pipeline, snapshot POST, the peer endpoints),
+//!   a [`Transport`] and a handler that etcd 3.4/3.5 members talk to;
 //! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics.
 //!
 //! The most important invariant: an entry the applier receives was persisted
