@@ -16,6 +16,8 @@
 //! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
 //!   connections to peer URLs; [`peer_probe`]: round-trip probes); [`slog_bridge`]: raft-rs logs
 //!   into `tracing`;
+//! - [`rafthttp`]: etcd's peer protocol (streams, pipeline, snapshot POST, the peer endpoints),
+//!   a [`Transport`] and a handler that etcd 3.4/3.5 members talk to;
 //! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics.
 //!
 //! The most important invariant: an entry the applier receives was persisted
@@ -31,6 +33,7 @@ pub mod peer_dial;
 pub mod peer_probe;
 pub mod peer_transport;
 mod raft_loop;
+pub mod rafthttp;
 pub mod read_index;
 pub mod recovery;
 pub mod slog_bridge;
@@ -47,5 +50,6 @@ pub use raft::StateRole;
 pub use snapshotter::Snapshotter;
 pub use peer_dial::PeerDialer;
 pub use peer_transport::GrpcTransport;
+pub use rafthttp::HttpTransport;
 pub use transport::{NoopTransport, Transport};
 pub use wal::{Wal, WalContents, WalMetadata};

@@ -135,18 +135,58 @@ impl tower_service::Service<Uri> for TlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move {
-            let host = uri.host().ok_or("peer URL has no host")?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            let port = uri.port_u16().unwrap_or(443);
-            let tcp = connect_tcp(&host, port, this.local_ip).await?;
-            let name = match host.parse::<IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => ServerName::try_from(host.clone()).map_err(|e| format!("bad peer host {host}: {e}"))?,
-            };
-            let tls = tokio_rustls::TlsConnector::from(this.tls).connect(name, tcp).await?;
-            Ok(TokioIo::new(tls))
-        })
+        Box::pin(async move { Ok(TokioIo::new(connect_tls(this.tls, this.local_ip, &uri).await?)) })
+    }
+}
+
+/// TCP from `local_ip` to the URI's host, then a rustls handshake naming that host.
+async fn connect_tls(
+    tls: Arc<rustls::ClientConfig>,
+    local_ip: Option<IpAddr>,
+    uri: &Uri,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    let host = uri.host().ok_or("peer URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = connect_tcp(&host, port, local_ip).await?;
+    let name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.clone()).map_err(|e| format!("bad peer host {host}: {e}"))?,
+    };
+    Ok(tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?)
+}
+
+/// A byte stream to a peer (TCP, TLS over TCP or a unix socket) for etcd's HTTP/1.1 peer
+/// protocol (`rafthttp`).
+pub trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
+
+impl PeerDialer {
+    /// A raw connection to `url` (http, https or unix), bounded by `timeout`; the same rules
+    /// as [`PeerDialer::connect`] (own peer IP, never plain text to an https URL).
+    pub async fn connect_io(&self, url: &str, timeout: Duration) -> Result<Box<dyn PeerIo>, String> {
+        let dial = async {
+            if let Some(path) = unix_socket_path(url) {
+                let s = UnixStream::connect(path).await.map_err(|e| format!("dial unix {path}: {e}"))?;
+                return Ok(Box::new(s) as Box<dyn PeerIo>);
+            }
+            let uri: Uri = url.parse().map_err(|e| format!("bad peer URL {url}: {e}"))?;
+            match uri.scheme_str() {
+                Some("http") => {
+                    let host = uri.host().ok_or_else(|| format!("bad peer URL {url}: no host"))?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let tcp = connect_tcp(host, uri.port_u16().unwrap_or(80), self.local_ip).await.map_err(|e| format!("{url}: {e}"))?;
+                    Ok(Box::new(tcp) as Box<dyn PeerIo>)
+                }
+                Some("https") => {
+                    let tls = self.tls.clone().ok_or_else(|| format!("{url}: https peer URL but this member has no peer TLS configuration"))?;
+                    let s = connect_tls(tls, self.local_ip, &uri).await.map_err(|e| format!("{url}: {e}"))?;
+                    Ok(Box::new(s) as Box<dyn PeerIo>)
+                }
+                _ => Err(format!("bad peer URL {url}: scheme must be http, https or unix")),
+            }
+        };
+        tokio::time::timeout(timeout, dial).await.map_err(|_| format!("{url}: dial timed out"))?
     }
 }
 
