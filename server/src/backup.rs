@@ -39,7 +39,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(format!("snapshot file: {what}: {e}"))
 }
 
-fn bolt_err(e: BoltError) -> ServerError {
+pub(crate) fn bolt_err(e: BoltError) -> ServerError {
     ServerError::Internal(format!("snapshot file: {e}"))
 }
 
@@ -74,13 +74,27 @@ fn copy_table<W: Write + Seek, K: redb::Key + 'static, V: redb::Value + 'static>
     txn: &ReadTransaction,
     table: TableDefinition<K, V>,
     bucket: &[u8],
-    mut map: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<Option<(Vec<u8>, Vec<u8>)>, ServerError>,
+    map: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<Option<(Vec<u8>, Vec<u8>)>, ServerError>,
 ) -> Result<(), ServerError> {
+    write_bucket(w, bucket, table_rows(txn, table, map)?)
+}
+
+/// The rows of `table` that `map` turns into etcd's (key, value), in table order.
+fn table_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    mut map: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<Option<(Vec<u8>, Vec<u8>)>, ServerError>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ServerError> {
     let mut all = Vec::new();
     rows(txn, table, |k, v| {
         all.extend(map(k, v)?);
         Ok(())
     })?;
+    Ok(all)
+}
+
+/// Writes `all` as bucket `bucket`, sorted by key.
+fn write_bucket<W: Write + Seek>(w: &mut BoltWriter<W>, bucket: &[u8], mut all: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), ServerError> {
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let mut b = w.bucket(bucket).map_err(bolt_err)?;
     for (k, v) in all {
@@ -112,13 +126,23 @@ pub fn member_json(m: &Member) -> Vec<u8> {
 /// Writes every table seen by `txn` as etcd's bbolt file; returns the writer and the file's
 /// size (what etcd's `snapshot status` calls the total size).
 pub fn write_snapshot<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<(W, u64), ServerError> {
+    write_snapshot_with_meta(txn, out, Vec::new())
+}
+
+/// [`write_snapshot`] with `extra_meta` rows added to the meta bucket (rows etcd keeps that
+/// etcd-rs derives from elsewhere, such as 3.5's `confState`; see etcd_backend.rs).
+pub fn write_snapshot_with_meta<W: Write + Seek>(
+    txn: &ReadTransaction,
+    out: W,
+    extra_meta: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<(W, u64), ServerError> {
     let mut w = BoltWriter::new(out).map_err(bolt_err)?;
 
     let mut b = w.bucket(b"key").map_err(bolt_err)?;
     rows(txn, KEY_TABLE, |k, v| b.put(k, v).map_err(bolt_err))?;
     b.finish().map_err(bolt_err)?;
 
-    copy_table(&mut w, txn, META_TABLE, b"meta", |name, v| {
+    let mut meta = table_rows(txn, META_TABLE, |name, v| {
         Ok(match name {
             META_CONSISTENT_INDEX => Some((ETCD_CONSISTENT_INDEX.to_vec(), v.to_be_bytes().to_vec())),
             META_TERM => Some((ETCD_TERM.to_vec(), v.to_be_bytes().to_vec())),
@@ -131,6 +155,8 @@ pub fn write_snapshot<W: Write + Seek>(txn: &ReadTransaction, out: W) -> Result<
             _ => None,
         })
     })?;
+    meta.extend(extra_meta);
+    write_bucket(&mut w, b"meta", meta)?;
     copy_table(&mut w, txn, etcd_lease::LEASE_TABLE, b"lease", |id, v| Ok(Some((id.to_be_bytes().to_vec(), v.to_vec()))))?;
     copy_table(&mut w, txn, MEMBERS, b"members", |id, v| {
         let m = Member::decode(v).map_err(|e| err("member", e))?;
@@ -162,7 +188,7 @@ pub struct Loaded {
     pub skipped_buckets: Vec<String>,
 }
 
-fn for_each(r: &BoltReader, b: &BucketRef, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), ServerError>) -> Result<(), ServerError> {
+pub(crate) fn for_each(r: &BoltReader, b: &BucketRef, mut f: impl FnMut(&[u8], &[u8]) -> Result<(), ServerError>) -> Result<(), ServerError> {
     let mut failed = None;
     r.for_each(b, &mut |e| {
         if let Err(x) = f(e.key, e.value) {
@@ -174,7 +200,7 @@ fn for_each(r: &BoltReader, b: &BucketRef, mut f: impl FnMut(&[u8], &[u8]) -> Re
     .map_err(|e| failed.take().unwrap_or_else(|| bolt_err(e)))
 }
 
-fn be_u64(what: &str, v: &[u8]) -> Result<u64, ServerError> {
+pub(crate) fn be_u64(what: &str, v: &[u8]) -> Result<u64, ServerError> {
     let a: [u8; 8] = v.try_into().map_err(|_| err(what, format!("{} bytes, want 8", v.len())))?;
     Ok(u64::from_be_bytes(a))
 }

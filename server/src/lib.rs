@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_file;
 pub mod corrupt;
 pub mod errors;
+pub mod etcd_backend;
 pub mod etcd_server;
 pub mod grpc;
 pub mod health;

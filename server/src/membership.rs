@@ -17,7 +17,7 @@ use crate::errors::ServerError;
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 pub(crate) const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
 pub(crate) const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
-const CLUSTER_VERSION_KEY: &str = "clusterVersion";
+pub(crate) const CLUSTER_VERSION_KEY: &str = "clusterVersion";
 
 #[derive(Default)]
 struct View {

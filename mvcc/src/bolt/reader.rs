@@ -27,8 +27,9 @@ pub enum BucketRef {
 }
 
 impl BucketRef {
-    /// Decodes a bucket value (bucket header, then the inline page when root is 0).
-    fn decode(value: &[u8]) -> Result<BucketRef, BoltError> {
+    /// Decodes a bucket value (bucket header, then the inline page when root is 0): a
+    /// top-level bucket's, or a nested bucket's element value (flag [`BUCKET_LEAF`]).
+    pub fn decode(value: &[u8]) -> Result<BucketRef, BoltError> {
         if value.len() < BUCKET_HEADER_SIZE {
             return Err(corrupt("bucket value shorter than its header"));
         }
@@ -251,6 +252,36 @@ impl BoltReader {
         } else {
             Err(corrupt(format!("page {id}: invalid type: {}", h.type_name())))
         }
+    }
+
+    /// The value of `key` in the bucket (a nested bucket's value is its bucket header: see
+    /// [`BucketRef::decode`]). Descends from the root as bbolt's cursor seek does: in a branch,
+    /// the last child whose first key is <= `key`.
+    pub fn get(&self, bucket: &BucketRef, key: &[u8]) -> Result<Option<Vec<u8>>, BoltError> {
+        let find = |b: &[u8]| -> Result<Option<Vec<u8>>, BoltError> {
+            Ok(leaf_elements(b)?.into_iter().find(|e| e.key == key).map(|e| e.value.to_vec()))
+        };
+        let mut id = match bucket {
+            BucketRef::Inline(page) => return find(page),
+            BucketRef::Page(root) => *root,
+        };
+        for _ in 0..=MAX_DEPTH {
+            let b = self.read_page(id)?;
+            let h = PageHeader::decode(&b);
+            if h.flags & LEAF_PAGE != 0 {
+                return find(&b);
+            }
+            if h.flags & BRANCH_PAGE == 0 {
+                return Err(corrupt(format!("page {id}: invalid type: {}", h.type_name())));
+            }
+            let children = branch_elements(&b)?;
+            let at = children.partition_point(|(first, _)| *first <= key);
+            let Some(&(_, child)) = children.get(at.saturating_sub(1)) else {
+                return Err(corrupt(format!("page {id}: empty branch")));
+            };
+            id = child;
+        }
+        Err(corrupt(format!("tree deeper than {MAX_DEPTH} levels (a cycle?)")))
     }
 
     /// The page ids on the freelist (empty when the file keeps no freelist).

@@ -193,3 +193,24 @@ fn a_snapshot_saved_from_etcd_is_read_and_checks_clean() {
     assert_eq!(key.last().unwrap().0.len(), 18, "the delete's tombstone");
     assert!(key.iter().any(|(_, v)| v.len() > 10_000), "the large value");
 }
+
+#[test]
+fn get_finds_keys_through_branch_levels_and_inline_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    write_file(&path, &vec![(b"key".to_vec(), rows(50_000, 12)), (b"meta".to_vec(), rows(3, 8))]);
+    let r = BoltReader::open(&path).unwrap();
+    let key = r.bucket(b"key").unwrap().unwrap();
+    assert!(matches!(key, BucketRef::Page(_)));
+    for i in [0usize, 1, 99, 100, 12_345, 49_999] {
+        let k = format!("key{i:08}").into_bytes();
+        assert_eq!(r.get(&key, &k).unwrap(), Some(vec![(i % 251) as u8; 12]), "key {i}");
+    }
+    assert_eq!(r.get(&key, b"key").unwrap(), None, "before the first key");
+    assert_eq!(r.get(&key, b"key00000000x").unwrap(), None, "between keys");
+    assert_eq!(r.get(&key, b"zzz").unwrap(), None, "after the last key");
+    let meta = r.bucket(b"meta").unwrap().unwrap();
+    assert!(matches!(meta, BucketRef::Inline(_)));
+    assert_eq!(r.get(&meta, b"key00000002").unwrap(), Some(vec![2; 8]));
+    assert_eq!(r.get(&meta, b"nope").unwrap(), None);
+}

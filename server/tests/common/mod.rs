@@ -117,17 +117,8 @@ impl Member {
 
     /// SIGTERM and wait (bounded) for a clean exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe_sigterm(c.id());
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(c) = self.child.take() {
+            stop_child(c, Duration::from_secs(15));
         }
     }
 
@@ -199,6 +190,20 @@ pub async fn single_member(extra: &[&str]) -> (tempfile::TempDir, Member, KvClie
     m.start();
     let kv = m.ready_client().await;
     (dir, m, kv)
+}
+
+/// SIGTERM, a bounded wait for the exit, then SIGKILL.
+pub fn stop_child(mut c: Child, limit: Duration) {
+    unsafe_sigterm(c.id());
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 fn unsafe_sigterm(pid: u32) {
