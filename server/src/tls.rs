@@ -1126,6 +1126,44 @@ mod tests {
         assert!(TlsVersions::from_flags("TLS1.2", "TLS1.3", true).is_ok());
     }
 
+    /// A handshake between two configs in memory: the version agreed, or why it failed.
+    fn handshake_in_memory(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<rustls::ProtocolVersion, rustls::Error> {
+        let mut c = rustls::ClientConnection::new(client, ServerName::try_from("127.0.0.1").unwrap())?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(c.protocol_version().unwrap());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn tls_versions_apply_to_the_listener_and_the_peer_dialer() {
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        let dir = tempfile::tempdir().unwrap();
+        let cert = self_cert(dir.path(), &["127.0.0.1".into()], 1).unwrap();
+        let flags = |min, max| TlsFlags { versions: TlsVersions::from_flags(min, max, false).unwrap(), ..Default::default() };
+        let dialer = |min, max| peer_client_config(&cert, &flags(min, max)).unwrap();
+        let listener = |min, max| server_config(&cert, &flags(min, max), &[b"h2"], "peer-trusted-ca-file").unwrap();
+        assert_eq!(handshake_in_memory(dialer("", ""), listener("", "")).unwrap(), TLSv1_3);
+        assert_eq!(handshake_in_memory(dialer("TLS1.2", "TLS1.2"), listener("", "")).unwrap(), TLSv1_2);
+        assert_eq!(handshake_in_memory(dialer("", ""), listener("", "TLS1.2")).unwrap(), TLSv1_2);
+        assert!(handshake_in_memory(dialer("TLS1.3", ""), listener("", "TLS1.2")).is_err());
+        assert!(handshake_in_memory(dialer("", "TLS1.2"), listener("TLS1.3", "")).is_err());
+    }
+
     #[test]
     fn allowed_cn_and_hostname_together_are_refused_as_etcd() {
         let peer = TlsFlags {
