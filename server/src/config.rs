@@ -191,6 +191,12 @@ pub struct Flags {
     pub peer_crl_file: String,
     #[arg(long, env = "ETCD_CIPHER_SUITES", default_value = "")]
     pub cipher_suites: String,
+    /// etcd 3.5.7+: TLS1.2 or TLS1.3, for client and peer listeners and the peer dialer.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// etcd 3.5.7+: TLS1.2, TLS1.3 or "" (the newest).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
     #[arg(long, env = "ETCD_CORS", default_value = "*")]
     pub cors: String,
     #[arg(long, env = "ETCD_HOST_WHITELIST", default_value = "*")]
@@ -583,6 +589,8 @@ impl Flags {
         } else {
             self.cipher_suites.split(',').map(str::to_string).collect()
         };
+        let versions = crate::tls::TlsVersions::from_flags(&self.tls_min_version, &self.tls_max_version, !cipher_suites.is_empty())
+            .map_err(|e| ConfigError(e.0))?;
         let client_tls = crate::tls::TlsFlags {
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
@@ -593,6 +601,7 @@ impl Flags {
             allowed_hostname: self.client_cert_allowed_hostname.clone(),
             crl_file: self.client_crl_file.clone(),
             cipher_suites: cipher_suites.clone(),
+            versions,
         };
         let peer_tls = crate::tls::TlsFlags {
             cert_file: self.peer_cert_file.clone(),
@@ -604,6 +613,7 @@ impl Flags {
             allowed_hostname: self.peer_cert_allowed_hostname.clone(),
             crl_file: self.peer_crl_file.clone(),
             cipher_suites,
+            versions,
         };
         // https metrics URLs serve with the client certificate, as etcd's
         let client_and_metrics_urls: Vec<url::Url> =
@@ -722,6 +732,30 @@ mod tests {
         let suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_AES_128_GCM_SHA256"];
         assert_eq!(c.client_tls.cipher_suites, suites);
         assert_eq!(c.peer_tls.cipher_suites, suites);
+    }
+
+    #[test]
+    fn tls_version_flags_reach_both_sides_and_bad_ones_fail_with_etcds_words() {
+        use crate::tls::{TlsVersion, TlsVersions};
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.client_tls.versions, TlsVersions { min: TlsVersion::Tls12, max: None });
+        let c = parse(&["--tls-min-version", "TLS1.3", "--tls-max-version=TLS1.3"]).unwrap();
+        let only13 = TlsVersions { min: TlsVersion::Tls13, max: Some(TlsVersion::Tls13) };
+        assert_eq!((c.client_tls.versions, c.peer_tls.versions), (only13, only13));
+        assert_eq!(parse(&["--tls-max-version", "TLS1.2"]).unwrap().peer_tls.versions.max, Some(TlsVersion::Tls12));
+        for (args, want) in [
+            (&["--tls-min-version", "TLS1.1"][..], r#"unexpected TLS version "TLS1.1" (must be one of: TLS1.2, TLS1.3)"#),
+            (&["--tls-max-version", "tls1.3"][..], r#"unexpected TLS version "tls1.3" (must be one of: TLS1.2, TLS1.3)"#),
+            (&["--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"][..], "min version (TLS1.3) is greater than max version (TLS1.2)"),
+            (
+                &["--tls-min-version", "TLS1.3", "--cipher-suites", "TLS_AES_128_GCM_SHA256"][..],
+                "cipher suites cannot be configured when only TLS1.3 is enabled",
+            ),
+        ] {
+            assert_eq!(parse(args).unwrap_err(), want, "{args:?}");
+        }
+        // "" is etcd's default for both (TLS1.2 up to the newest)
+        assert_eq!(parse(&["--tls-min-version="]).unwrap().client_tls.versions, TlsVersions::default());
     }
 
     #[test]

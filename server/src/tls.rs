@@ -23,6 +23,14 @@
 //!   TLS 1.3 names in the list are accepted and have no effect. An unknown name fails start with
 //!   etcd's error; a name Go knows but rustls does not implement (CBC, RC4, 3DES, RSA key
 //!   exchange) fails start too, rather than serving a different set than asked for.
+//! - `--tls-min-version` / `--tls-max-version` (etcd 3.5.7+: `TLS1.2`, `TLS1.3`; an empty max
+//!   leaves the newest) bound the versions of both listeners and of the peer dialer. As etcd,
+//!   a minimum above the maximum, or `--cipher-suites` with TLS 1.3 as minimum, fails start.
+//! - Certificate rotation: the `--cert-file/--key-file` and `--peer-*` pairs are followed on disk
+//!   (see `reload`): a rotated pair serves every new connection, on the listeners and when
+//!   dialling peers, while open connections keep theirs. The trusted CA file is read at start
+//!   only, as in etcd. The peer dialer does not resume TLS sessions (etcd's Go client keeps no
+//!   session cache), so each new peer connection presents the current client certificate.
 //! - `--auto-tls/--peer-auto-tls` generate a self-signed certificate in
 //!   `<data-dir>/fixtures/{client,peer}` (kept across restarts), valid
 //!   `--self-signed-cert-validity` years; peers with auto TLS skip verifying each other's
@@ -53,12 +61,15 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme, SupportedCipherSuite};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
+
+mod reload;
+use reload::{ReloadingCert, Role};
 
 /// A TLS handshake that takes longer than this is dropped (a stuck client never blocks others:
 /// each handshake runs on its own task).
@@ -80,6 +91,66 @@ pub struct TlsFlags {
     pub crl_file: String,
     /// `--cipher-suites`, split on commas as given (the same list for both sides).
     pub cipher_suites: Vec<String>,
+    /// `--tls-min-version` / `--tls-max-version` (the same for both sides).
+    pub versions: TlsVersions,
+}
+
+/// A protocol version `--tls-min-version` / `--tls-max-version` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The TLS versions served and dialled: TLS 1.2 up to the maximum (None: the newest, TLS 1.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsVersions {
+    pub min: TlsVersion,
+    pub max: Option<TlsVersion>,
+}
+
+impl Default for TlsVersions {
+    /// etcd's defaults: TLS1.2 and "" (Go's newest).
+    fn default() -> TlsVersions {
+        TlsVersions { min: TlsVersion::Tls12, max: None }
+    }
+}
+
+/// etcd's tlsutil.GetTLSVersion: "" is the default (None), else TLS1.2 or TLS1.3 exactly.
+fn parse_tls_version(name: &str) -> Result<Option<TlsVersion>, TlsError> {
+    match name {
+        "" => Ok(None),
+        "TLS1.2" => Ok(Some(TlsVersion::Tls12)),
+        "TLS1.3" => Ok(Some(TlsVersion::Tls13)),
+        other => tls_err(format!("unexpected TLS version {other:?} (must be one of: TLS1.2, TLS1.3)")),
+    }
+}
+
+impl TlsVersions {
+    /// `--tls-min-version`, `--tls-max-version` as given, checked as etcd's Config.Validate
+    /// does; `cipher_suites_given`: `--cipher-suites` is not empty.
+    pub fn from_flags(min: &str, max: &str, cipher_suites_given: bool) -> Result<TlsVersions, TlsError> {
+        let (min_v, max_v) = (parse_tls_version(min)?, parse_tls_version(max)?);
+        let versions = TlsVersions { min: min_v.unwrap_or(TlsVersion::Tls12), max: max_v };
+        if max_v.is_some_and(|m| versions.min > m) {
+            return tls_err(format!("min version ({min}) is greater than max version ({max})"));
+        }
+        if versions.min == TlsVersion::Tls13 && cipher_suites_given {
+            // Go cannot limit TLS 1.3 suites, so etcd refuses a list that could only apply to them
+            return tls_err("cipher suites cannot be configured when only TLS1.3 is enabled");
+        }
+        Ok(versions)
+    }
+
+    /// The rustls versions in this range, newest first.
+    fn rustls(&self) -> Vec<&'static rustls::SupportedProtocolVersion> {
+        let max = self.max.unwrap_or(TlsVersion::Tls13);
+        [(TlsVersion::Tls13, &rustls::version::TLS13), (TlsVersion::Tls12, &rustls::version::TLS12)]
+            .into_iter()
+            .filter(|(v, _)| (self.min..=max).contains(v))
+            .map(|(_, r)| r)
+            .collect()
+    }
 }
 
 impl TlsFlags {
@@ -365,10 +436,6 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError(format!("cannot read private key {}: {e}", path.display())))
-}
-
 /// The trust anchors of a CA file, and its certificates as they are (see [`TrustedCerts`]).
 fn load_roots(path: &str) -> Result<(Arc<RootCertStore>, TrustedCerts), TlsError> {
     let mut roots = RootCertStore::empty();
@@ -433,7 +500,7 @@ fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = provider(&flags.cipher_suites)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&flags.versions.rustls())
         .map_err(|e| TlsError(e.to_string()))?;
     let builder = if !flags.trusted_ca_file.is_empty() || flags.client_cert_auth {
         if flags.trusted_ca_file.is_empty() {
@@ -442,7 +509,7 @@ fn server_config(
             ));
         }
         let (roots, trusted) = load_roots(&flags.trusted_ca_file)?;
-        let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider)
+        let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| TlsError(format!("--{ca_flag}: {e}")))?;
         builder.with_client_cert_verifier(Arc::new(CheckedClientVerifier {
@@ -454,9 +521,7 @@ fn server_config(
     } else {
         builder.with_no_client_auth()
     };
-    let mut config = builder
-        .with_single_cert(load_certs(&cert.cert_file)?, load_key(&cert.key_file)?)
-        .map_err(|e| TlsError(format!("cannot use {} with {}: {e}", cert.cert_file.display(), cert.key_file.display())))?;
+    let mut config = builder.with_cert_resolver(ReloadingCert::load(&cert.cert_file, &cert.key_file, Role::Server, provider)?);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     if !flags.crl_file.is_empty() {
         // A resumed session skips certificate verification, so a certificate revoked after its
@@ -474,7 +539,7 @@ fn server_config(
 fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = provider(&flags.cipher_suites)?;
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&flags.versions.rustls())
         .map_err(|e| TlsError(e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = if cert.self_signed {
         Arc::new(SkipServerVerification { provider: provider.clone() })
@@ -489,12 +554,11 @@ fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::C
             .map_err(|e| TlsError(format!("--peer-trusted-ca-file: {e}")))?;
         Arc::new(CheckedServerVerifier { inner: webpki, trusted, identity: AllowedIdentity::from_flags(flags) })
     };
-    let mut config = builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(load_certs(&cert.cert_file)?, load_key(&cert.key_file)?)
-        .map_err(|e| TlsError(format!("cannot use {} with {}: {e}", cert.cert_file.display(), cert.key_file.display())))?;
+    let client_cert = ReloadingCert::load(&cert.cert_file, &cert.key_file, Role::Client, provider)?;
+    let mut config = builder.dangerous().with_custom_certificate_verifier(verifier).with_client_cert_resolver(client_cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // a resumed session would skip the client certificate, so a rotated one would not be shown
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 
@@ -984,7 +1048,8 @@ mod tests {
         let (_, parsed) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
         let org: Vec<_> = parsed.subject().iter_organization().filter_map(|o| o.as_str().ok()).collect();
         assert_eq!(org, vec!["etcd"]);
-        assert!(load_key(&b.key_file).is_ok());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        assert!(ReloadingCert::load(&b.cert_file, &b.key_file, Role::Server, provider).is_ok());
     }
 
     #[tokio::test]
@@ -1047,6 +1112,56 @@ mod tests {
         // only TLS 1.3 names: no TLS 1.2 suite is left, as in Go
         let only13 = provider(&names(&["TLS_AES_128_GCM_SHA256"])).unwrap();
         assert!(only13.cipher_suites.iter().all(|s| s.version() == &rustls::version::TLS13));
+    }
+
+    #[test]
+    fn tls_version_range_maps_to_rustls_versions() {
+        let v = |min, max| TlsVersions::from_flags(min, max, false).unwrap().rustls();
+        let (v12, v13) = (&rustls::version::TLS12, &rustls::version::TLS13);
+        assert_eq!(v("TLS1.2", ""), [v13, v12]);
+        assert_eq!(v("", "TLS1.3"), [v13, v12]);
+        assert_eq!(v("TLS1.3", ""), [v13]);
+        assert_eq!(v("TLS1.2", "TLS1.2"), [v12]);
+        // cipher suites are fine while TLS 1.2 is allowed
+        assert!(TlsVersions::from_flags("TLS1.2", "TLS1.3", true).is_ok());
+    }
+
+    /// A handshake between two configs in memory: the version agreed, or why it failed.
+    fn handshake_in_memory(
+        client: Arc<rustls::ClientConfig>,
+        server: Arc<rustls::ServerConfig>,
+    ) -> Result<rustls::ProtocolVersion, rustls::Error> {
+        let mut c = rustls::ClientConnection::new(client, ServerName::try_from("127.0.0.1").unwrap())?;
+        let mut s = rustls::ServerConnection::new(server)?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            buf.clear();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(c.protocol_version().unwrap());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn tls_versions_apply_to_the_listener_and_the_peer_dialer() {
+        use rustls::ProtocolVersion::{TLSv1_2, TLSv1_3};
+        let dir = tempfile::tempdir().unwrap();
+        let cert = self_cert(dir.path(), &["127.0.0.1".into()], 1).unwrap();
+        let flags = |min, max| TlsFlags { versions: TlsVersions::from_flags(min, max, false).unwrap(), ..Default::default() };
+        let dialer = |min, max| peer_client_config(&cert, &flags(min, max)).unwrap();
+        let listener = |min, max| server_config(&cert, &flags(min, max), &[b"h2"], "peer-trusted-ca-file").unwrap();
+        assert_eq!(handshake_in_memory(dialer("", ""), listener("", "")).unwrap(), TLSv1_3);
+        assert_eq!(handshake_in_memory(dialer("TLS1.2", "TLS1.2"), listener("", "")).unwrap(), TLSv1_2);
+        assert_eq!(handshake_in_memory(dialer("", ""), listener("", "TLS1.2")).unwrap(), TLSv1_2);
+        assert!(handshake_in_memory(dialer("TLS1.3", ""), listener("", "TLS1.2")).is_err());
+        assert!(handshake_in_memory(dialer("", "TLS1.2"), listener("TLS1.3", "")).is_err());
     }
 
     #[test]

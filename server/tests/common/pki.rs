@@ -136,3 +136,10 @@ impl Pki {
         Arc::new(cfg)
     }
 }
+
+/// Whether a TLS handshake with `tls` completes against `addr`.
+pub async fn handshake_ok(addr: std::net::SocketAddr, tls: Arc<rustls::ClientConfig>) -> bool {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.is_ok()
+}
