@@ -9,6 +9,8 @@
 //! - [`snapshotter`]: raft snapshot metadata files (`<member>/snap/*.snap`);
 //! - [`node`]: [`RaftNode`], the handle to the raft loop thread that owns the
 //!   `RawNode`, the WAL and the snapshotter ([`raft_loop`]);
+//! - [`etcd_conf_change`]: etcd's conf change entries (its bytes, its numbering) and their
+//!   translation for raft-rs;
 //! - [`recovery`]: bootstrap of a new member and restore of an existing one;
 //! - [`read_index`]: batching of linearizable read-index requests;
 //! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
@@ -21,6 +23,7 @@
 //! acknowledged to a peer before this member's fsync returns.
 
 pub mod error;
+pub mod etcd_conf_change;
 pub mod metrics;
 pub mod node;
 pub mod peer_dial;
