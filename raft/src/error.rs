@@ -96,7 +96,7 @@ pub enum RaftError {
     Spawn(#[source] io::Error),
     /// A conf change entry that is not etcd's V1 `ConfChange` (etcd-rs before 1.0 wrote
     /// ConfChangeV2 entries with its own context; such a log is refused, not converted).
-    #[error("raft entry {index} is not an etcd conf change ({reason}); a data dir written by etcd-rs before 1.0 cannot be used, restore it from a snapshot (`etcdutl snapshot restore`)")]
+    #[error("raft entry {index} is not an etcd conf change ({reason}); a data dir written by etcd-rs before 1.0 cannot be used: save a snapshot with the etcd-rs that wrote it (`etcdctl snapshot save`) and restore it (`etcdutl-rs snapshot restore`)")]
     ConfChangeEntry { index: u64, reason: String },
 }
 

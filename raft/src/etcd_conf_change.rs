@@ -154,4 +154,17 @@ mod tests {
         assert!(matches!(EtcdConfChange::decode(&[0x22, 0x05, b'x']), Err(ConfChangeDecodeError::Malformed(_))));
         assert!(matches!(EtcdConfChange::decode(&[0x12, 0x00]), Err(ConfChangeDecodeError::Malformed(_))));
     }
+
+    #[test]
+    fn a_conf_change_v2_entry_is_refused_as_a_pre_1_0_etcd_rs_log() {
+        use raft::eraftpb::{Entry, EntryType};
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e.index = 12;
+        let err = crate::recovery::etcd_conf_change_of(&e).unwrap_err();
+        assert!(matches!(err, crate::RaftError::ConfChangeEntry { index: 12, .. }), "{err}");
+        assert!(err.to_string().contains("before 1.0"), "{err}");
+        e.set_entry_type(EntryType::EntryNormal);
+        assert!(crate::recovery::etcd_conf_change_of(&e).unwrap().is_none());
+    }
 }
