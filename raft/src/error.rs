@@ -94,6 +94,10 @@ pub enum RaftError {
     ForceNewClusterNotVoter(u64),
     #[error("could not start the raft loop thread: {0}")]
     Spawn(#[source] io::Error),
+    /// A conf change entry that is not etcd's V1 `ConfChange` (etcd-rs before 1.0 wrote
+    /// ConfChangeV2 entries with its own context; such a log is refused, not converted).
+    #[error("raft entry {index} is not an etcd conf change ({reason}); a data dir written by etcd-rs before 1.0 cannot be used: save a snapshot with the etcd-rs that wrote it (`etcdctl snapshot save`) and restore it (`etcdutl-rs snapshot restore`)")]
+    ConfChangeEntry { index: u64, reason: String },
 }
 
 impl From<raft::Error> for RaftError {

@@ -11,6 +11,8 @@
 //!   written, for data dirs etcd wrote or will start on;
 //! - [`node`]: [`RaftNode`], the handle to the raft loop thread that owns the
 //!   `RawNode`, the WAL and the snapshotter ([`raft_loop`]);
+//! - [`etcd_conf_change`]: etcd's conf change entries (its bytes, its numbering) and their
+//!   translation for raft-rs;
 //! - [`recovery`]: bootstrap of a new member and restore of an existing one;
 //! - [`read_index`]: batching of linearizable read-index requests;
 //! - [`transport`]: how messages leave the loop ([`peer_dial`]: plain or TLS
@@ -25,6 +27,7 @@
 //! acknowledged to a peer before this member's fsync returns.
 
 pub mod error;
+pub mod etcd_conf_change;
 pub mod etcd_snap;
 pub mod etcd_wal;
 pub mod metrics;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use parking_lot::RwLock;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, Message, Snapshot};
+
+use crate::etcd_conf_change::EtcdConfChange;
 use raft::StateRole;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -277,17 +279,15 @@ impl RaftNode {
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
-    /// Proposes a conf change (V2; a V1 can be converted with `into_v2`).
-    pub async fn propose_conf_change(
-        &self,
-        context: Vec<u8>,
-        cc: ConfChangeV2,
-    ) -> Result<(), RaftError> {
+    /// Proposes a conf change as etcd does: an `EntryConfChange` entry holding etcd's bytes
+    /// (raft-rs's own encoder would write its numbering, which etcd members misread).
+    pub async fn propose_conf_change(&self, cc: &EtcdConfChange) -> Result<(), RaftError> {
         if self.inner.shared.status.read().leader_id == 0 {
             return Err(RaftError::NoLeader);
         }
+        let data = cc.encode();
         let (reply, rx) = oneshot::channel();
-        self.send(Command::ProposeConfChange { context, cc, reply })?;
+        self.send(Command::ProposeConfChange { data, reply })?;
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 
@@ -389,10 +389,10 @@ impl RaftNode {
 mod tests {
     use std::time::Instant;
 
-    use protobuf::Message as _;
-    use raft::eraftpb::{ConfChange, ConfChangeType, EntryType};
+    use raft::eraftpb::EntryType;
 
     use super::*;
+    use crate::etcd_conf_change::EtcdConfChangeType;
     use crate::recovery::conf_change_of;
     use crate::transport::NoopTransport;
     use crate::wal::Wal;
@@ -436,7 +436,7 @@ mod tests {
                 .expect("committed entries arrive")
                 .expect("apply channel open");
             for e in &batch.entries {
-                if let Some(cc) = conf_change_of(e) {
+                if let Some(cc) = conf_change_of(e).unwrap() {
                     node.apply_conf_change(cc).await.unwrap();
                 }
             }
@@ -486,10 +486,10 @@ mod tests {
         let ents = apply(&node, &mut rx, 2).await;
         assert_eq!(ents[0].index, 1);
         assert_eq!(ents[0].get_entry_type(), EntryType::EntryConfChange);
-        let cc = ConfChange::parse_from_bytes(&ents[0].data).unwrap();
-        assert_eq!(cc.get_change_type(), ConfChangeType::AddNode);
+        let cc = EtcdConfChange::decode(&ents[0].data).unwrap();
+        assert_eq!(cc.change_type, EtcdConfChangeType::AddNode);
         assert_eq!(cc.node_id, 1);
-        assert_eq!(cc.context.to_vec(), b"member-1".to_vec());
+        assert_eq!(cc.context, b"member-1".to_vec());
         // The new leader's empty entry.
         assert_eq!((ents[1].index, ents[1].term), (2, 2));
         assert!(ents[1].data.is_empty());
@@ -762,8 +762,8 @@ mod tests {
         let removed: Vec<(u64, u64, u64)> = ents
             .iter()
             .map(|e| {
-                let cc = ConfChange::parse_from_bytes(&e.data).unwrap();
-                assert_eq!(cc.get_change_type(), ConfChangeType::RemoveNode);
+                let cc = EtcdConfChange::decode(&e.data).unwrap();
+                assert_eq!(cc.change_type, EtcdConfChangeType::RemoveNode);
                 (e.index, e.term, cc.node_id)
             })
             .collect();
@@ -777,6 +777,35 @@ mod tests {
         let (node, _rx) = start(three(5, false));
         wait_for("leadership after a plain restart", || node.status().role == StateRole::Leader).await;
         assert_eq!(node.status().voters, vec![1]);
+        node.stop().await;
+    }
+
+    /// etcd's AddLearnerNode is 3, a value raft-rs's own enum lacks: the leader must still take
+    /// the proposal (patched raft-rs), and the log must keep etcd's bytes.
+    #[tokio::test]
+    async fn leader_takes_etcd_learner_and_update_conf_changes_and_keeps_their_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (node, mut rx) = start(config(tmp.path().join("member"), 0));
+        wait_for("leadership", || node.status().role == StateRole::Leader).await;
+        apply(&node, &mut rx, 2).await;
+        let learner = EtcdConfChange {
+            id: 42,
+            change_type: EtcdConfChangeType::AddLearnerNode,
+            node_id: 7,
+            context: br#"{"id":7,"peerURLs":["http://127.0.0.1:1"],"isLearner":true}"#.to_vec(),
+        };
+        node.propose_conf_change(&learner).await.unwrap();
+        let ents = apply(&node, &mut rx, 1).await;
+        assert_eq!(ents[0].get_entry_type(), EntryType::EntryConfChange);
+        assert_eq!(ents[0].data.to_vec(), learner.encode());
+        wait_for("the learner in raft's configuration", || node.status().learners == vec![7]).await;
+
+        // UpdateNode (2, raft-rs's AddLearnerNode number) changes no raft configuration
+        let update = EtcdConfChange { id: 43, change_type: EtcdConfChangeType::UpdateNode, node_id: 1, context: b"{}".to_vec() };
+        node.propose_conf_change(&update).await.unwrap();
+        let ents = apply(&node, &mut rx, 1).await;
+        assert_eq!(EtcdConfChange::decode(&ents[0].data).unwrap(), update);
+        assert_eq!((node.status().voters, node.status().learners), (vec![1], vec![7]));
         node.stop().await;
     }
 }

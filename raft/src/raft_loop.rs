@@ -44,9 +44,9 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: ProposeReply,
     },
+    /// etcd's `ConfChange` bytes.
     ProposeConfChange {
-        context: Vec<u8>,
-        cc: ConfChangeV2,
+        data: Vec<u8>,
         reply: oneshot::Sender<Result<(), RaftError>>,
     },
     ReadIndex {
@@ -243,13 +243,11 @@ impl RaftLoop {
     fn handle(&mut self, cmd: Command) -> Result<(), RaftError> {
         match cmd {
             Command::Propose { data, reply } => self.propose(data, reply),
-            Command::ProposeConfChange { context, cc, reply } => {
+            Command::ProposeConfChange { data, reply } => {
                 let result = if self.raw.raft.leader_id == INVALID_ID {
                     Err(RaftError::NoLeader)
                 } else {
-                    self.raw
-                        .propose_conf_change(context, cc)
-                        .map_err(RaftError::from)
+                    self.raw.step(conf_change_proposal(data)).map_err(RaftError::from)
                 };
                 let _ = reply.send(result);
             }
@@ -452,4 +450,16 @@ impl RaftLoop {
         };
         *self.shared.status.write() = status;
     }
+}
+
+/// The proposal RawNode::propose_conf_change would make, with etcd's bytes in it (the
+/// leader's raft-rs accepts etcd's numbering: third_party/raft/ETCD-RS-PATCH.md).
+fn conf_change_proposal(data: Vec<u8>) -> Message {
+    let mut e = raft::eraftpb::Entry::default();
+    e.set_entry_type(raft::eraftpb::EntryType::EntryConfChange);
+    e.data = data.into();
+    let mut m = Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+    m.set_entries(vec![e].into());
+    m
 }

@@ -18,15 +18,12 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
-use protobuf::Message as _;
-use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    HardState,
-};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, Storage};
 
 use crate::error::{RaftError, WalError};
+use crate::etcd_conf_change::{EtcdConfChange, EtcdConfChangeType};
 use crate::node::RaftNodeConfig;
 use crate::snapshotter::Snapshotter;
 use crate::wal::{Wal, WalMetadata};
@@ -73,18 +70,17 @@ pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftErr
     wal.set_unsafe_no_fsync(cfg.unsafe_no_fsync);
     let mut entries = Vec::with_capacity(cfg.initial_peers.len());
     for (i, (id, context)) in cfg.initial_peers.iter().enumerate() {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = *id;
-        cc.context = context.clone().into();
+        let cc = EtcdConfChange {
+            id: 0,
+            change_type: EtcdConfChangeType::AddNode,
+            node_id: *id,
+            context: context.clone(),
+        };
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = 1;
         e.index = i as u64 + 1;
-        e.data = cc
-            .write_to_bytes()
-            .map_err(|e| WalError::Encode(e.to_string()))?
-            .into();
+        e.data = cc.encode().into();
         entries.push(e);
     }
     let hs = HardState {
@@ -120,14 +116,18 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// The log's voters and learners after the snapshot's configuration and the conf changes in
 /// `entries` (etcd's getIDs, learners kept apart so a learner is not taken for a voter).
-fn members_in_log(snapshot_conf: Option<&ConfState>, entries: &[Entry]) -> (BTreeSet<u64>, BTreeSet<u64>) {
+fn members_in_log(
+    snapshot_conf: Option<&ConfState>,
+    entries: &[Entry],
+) -> Result<(BTreeSet<u64>, BTreeSet<u64>), RaftError> {
     let mut voters: BTreeSet<u64> = BTreeSet::new();
     let mut learners: BTreeSet<u64> = BTreeSet::new();
     if let Some(cs) = snapshot_conf {
         voters.extend(cs.voters.iter().chain(&cs.voters_outgoing));
         learners.extend(cs.learners.iter().chain(&cs.learners_next));
     }
-    for cc in entries.iter().filter_map(conf_change_of) {
+    for e in entries {
+        let Some(cc) = conf_change_of(e)? else { continue };
         for c in cc.get_changes() {
             match c.get_change_type() {
                 ConfChangeType::AddNode => {
@@ -145,7 +145,7 @@ fn members_in_log(snapshot_conf: Option<&ConfState>, entries: &[Entry]) -> (BTre
             }
         }
     }
-    (voters, learners)
+    Ok((voters, learners))
 }
 
 /// etcd's restartAsStandaloneNode (`--force-new-cluster`): the uncommitted tail of the log is
@@ -169,24 +169,24 @@ fn force_new_cluster(
         );
         entries.truncate(i);
     }
-    let (voters, learners) = members_in_log(snapshot_conf, entries);
+    let (voters, learners) = members_in_log(snapshot_conf, entries)?;
     if !voters.contains(&self_id) {
         return Err(RaftError::ForceNewClusterNotVoter(self_id));
     }
     let mut next = hs.commit + 1;
     let mut forced = Vec::new();
     for id in voters.iter().chain(&learners).filter(|id| **id != self_id) {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::RemoveNode);
-        cc.node_id = *id;
+        let cc = EtcdConfChange {
+            id: 0,
+            change_type: EtcdConfChangeType::RemoveNode,
+            node_id: *id,
+            context: Vec::new(),
+        };
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChange);
         e.term = hs.term;
         e.index = next;
-        e.data = cc
-            .write_to_bytes()
-            .map_err(|e| WalError::Encode(e.to_string()))?
-            .into();
+        e.data = cc.encode().into();
         forced.push(e);
         next += 1;
     }
@@ -203,26 +203,22 @@ fn force_new_cluster(
     Ok(())
 }
 
-/// The V2 form of a V1 conf change: one single change, same context.
-pub fn conf_change_v1_to_v2(cc: &ConfChange) -> ConfChangeV2 {
-    let mut single = ConfChangeSingle::default();
-    single.set_change_type(cc.get_change_type());
-    single.node_id = cc.node_id;
-    let mut v2 = ConfChangeV2::default();
-    v2.mut_changes().push(single);
-    v2.context = cc.context.clone();
-    v2
+/// The etcd conf change an entry carries (None for a normal entry). Only etcd's V1 entries are
+/// conf changes here: a V2 entry is a log etcd-rs wrote before 1.0 (etcd's servers never propose
+/// V2), refused rather than misread.
+pub fn etcd_conf_change_of(e: &Entry) -> Result<Option<EtcdConfChange>, RaftError> {
+    let refused = |reason: String| RaftError::ConfChangeEntry { index: e.index, reason };
+    match e.get_entry_type() {
+        EntryType::EntryNormal => Ok(None),
+        EntryType::EntryConfChange => EtcdConfChange::decode(&e.data).map(Some).map_err(|err| refused(err.to_string())),
+        EntryType::EntryConfChangeV2 => Err(refused("a ConfChangeV2 entry".into())),
+    }
 }
 
-/// Decodes a conf change entry into the V2 form raft-rs applies.
-pub fn conf_change_of(e: &Entry) -> Option<ConfChangeV2> {
-    match e.get_entry_type() {
-        EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
-            .ok()
-            .map(|cc| conf_change_v1_to_v2(&cc)),
-        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&e.data).ok(),
-        EntryType::EntryNormal => None,
-    }
+/// The change raft-rs applies for an entry: None for normal entries and for etcd's UpdateNode,
+/// which changes no raft configuration.
+pub fn conf_change_of(e: &Entry) -> Result<Option<ConfChangeV2>, RaftError> {
+    Ok(etcd_conf_change_of(e)?.and_then(|cc| cc.to_raft()))
 }
 
 /// Bootstraps or restores the member in `cfg.member_dir`.
@@ -315,7 +311,7 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
     // them to raft here so its configuration matches the backend's.
     let mut conf_state = raw.store().initial_state()?.conf_state;
     for e in entries.iter().take_while(|e| e.index <= applied) {
-        if let Some(cc) = conf_change_of(e) {
+        if let Some(cc) = conf_change_of(e)? {
             conf_state = raw.apply_conf_change(&cc)?;
         }
     }

@@ -26,14 +26,14 @@ use etcd_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse, InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse,
     PutResponse, RangeResponse, TxnResponse,
 };
-use etcd_proto::etcdrspb::ConfChangeContext;
-use etcd_proto::membershippb::Member;
+use etcd_proto::etcdserverpb::Request;
+use etcd_proto::membershippb::{Attributes, Member};
 use etcd_raft::{ApplyBatch, GrpcTransport, RaftNode};
-use prost::Message as _;
 use parking_lot::Mutex;
-use raft::eraftpb::{ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
 use tokio::sync::watch;
 
+use crate::entry_format::{self, MemberChange, NormalEntry, V2Write};
 use crate::errors::ServerError;
 use crate::membership::Membership;
 use crate::wait::WaitRegistry;
@@ -316,8 +316,8 @@ impl Applier {
                         continue;
                     }
                     out.ops += 1;
-                    match InternalRaftRequest::decode(&e.data[..]) {
-                        Ok(req) => {
+                    match entry_format::decode_normal(&e.data) {
+                        NormalEntry::V3(req) => {
                             let id = req.header.as_ref().map(|h| h.id).filter(|id| *id != 0).unwrap_or(req.id);
                             // a physical compaction is answered once its rows are gone (as etcd)
                             let physical = req.compaction.as_ref().filter(|c| c.physical).map(|c| c.revision);
@@ -332,35 +332,38 @@ impl Applier {
                                 _ => out.answers.push((id, Applied { result, revision })),
                             }
                         }
-                        Err(err) => {
+                        NormalEntry::V2(req) => {
+                            let result = self.apply_v2(&txn, &req, e.index);
+                            out.answers.push((req.id(), Applied { result, revision: txn.current_revision() }));
+                        }
+                        NormalEntry::Undecodable(err) => {
                             // Every member sees the same bytes, so every member skips it alike.
                             tracing::error!(index = e.index, %err, "skipping undecodable raft entry");
                         }
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let cc = etcd_raft::recovery::conf_change_of(e)
-                        .ok_or_else(|| ServerError::Internal(format!("bad conf change at index {}", e.index)))?;
-                    let ctx = ConfChangeContext::decode(&cc.context[..])
-                        .map_err(|err| ServerError::Internal(format!("bad conf change context at {}: {err}", e.index)))?;
+                    // A conf change this member cannot read would leave it with another
+                    // configuration than the others: stop (etcd panics) with the reason.
+                    let fatal = |err: String| ServerError::Internal(format!("cannot apply the conf change at raft index {}: {err}", e.index));
+                    let cc = etcd_raft::recovery::etcd_conf_change_of(e)
+                        .map_err(|err| fatal(err.to_string()))?
+                        .ok_or_else(|| fatal("not a conf change".into()))?;
+                    let change = entry_format::decode_member_change(&cc).map_err(|err| fatal(err.to_string()))?;
                     // Validation reads only replicated state, so every member accepts or refuses alike;
                     // a refused change is not handed to raft (the log entry becomes a no-op).
-                    let checked = cc
-                        .get_changes()
-                        .iter()
-                        .try_for_each(|c| self.validate_conf_change(c.get_change_type(), c.node_id, &ctx));
-                    let result = match checked {
+                    let result = match self.validate_member_change(&change, cc.id) {
                         Ok(()) => {
-                            for c in cc.get_changes() {
-                                self.apply_conf_change(&txn, c.get_change_type(), c.node_id, &ctx)?;
+                            self.apply_member_change(&txn, change)?;
+                            if let Some(raft_cc) = cc.to_raft() {
+                                self.conf_state = self.runtime.block_on(self.raft.apply_conf_change(raft_cc))?;
                             }
-                            self.conf_state = self.runtime.block_on(self.raft.apply_conf_change(cc))?;
                             Ok(ApplyResult::Members(self.members.members()))
                         }
                         Err(err) => Err(err),
                     };
-                    if ctx.request_id != 0 {
-                        out.answers.push((ctx.request_id, Applied { result, revision: txn.current_revision() }));
+                    if cc.id != 0 {
+                        out.answers.push((cc.id, Applied { result, revision: txn.current_revision() }));
                     }
                 }
             }
@@ -374,8 +377,9 @@ impl Applier {
         Ok(out)
     }
 
-    /// etcd's membership rules for a committed conf change.
-    fn validate_conf_change(&self, kind: ConfChangeType, id: u64, ctx: &ConfChangeContext) -> Result<(), ServerError> {
+    /// etcd's membership rules for a committed conf change (`request_id` 0: a bootstrap entry).
+    fn validate_member_change(&self, change: &MemberChange, request_id: u64) -> Result<(), ServerError> {
+        let id = change.member_id();
         if self.members.is_removed(id) {
             return Err(ServerError::MemberNotFound);
         }
@@ -386,80 +390,99 @@ impl Applier {
                 m.raft_attrs.as_ref().is_some_and(|r| r.peer_urls.iter().any(|u| urls.contains(u)))
             })
         };
-        let new_urls: Vec<String> =
-            ctx.member.as_ref().and_then(|m| m.raft_attrs.as_ref()).map(|r| r.peer_urls.clone()).unwrap_or_default();
-        match kind {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if ctx.is_promote => match existing {
+        match change {
+            MemberChange::Promote(_) => match existing {
                 None => Err(ServerError::MemberNotFound),
                 Some(m) if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) => Err(ServerError::MemberNotLearner),
                 Some(_) => Ok(()),
             },
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode if ctx.is_update => match existing {
+            MemberChange::Update { peer_urls, .. } => match existing {
                 None => Err(ServerError::MemberNotFound),
-                Some(_) if urls_taken_by_others(&new_urls) => Err(ServerError::PeerUrlExists),
+                Some(_) if urls_taken_by_others(peer_urls) => Err(ServerError::PeerUrlExists),
                 Some(_) => Ok(()),
             },
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+            MemberChange::Add(m) => {
                 if existing.is_some() {
                     // The bootstrap entries are re-applied after a restart: same member, same URLs.
-                    return if ctx.request_id == 0 { Ok(()) } else { Err(ServerError::MemberExists) };
+                    return if request_id == 0 { Ok(()) } else { Err(ServerError::MemberExists) };
                 }
-                if urls_taken_by_others(&new_urls) {
+                let raft = m.raft_attrs.clone().unwrap_or_default();
+                if urls_taken_by_others(&raft.peer_urls) {
                     return Err(ServerError::PeerUrlExists);
                 }
                 let learners = members.iter().filter(|m| m.raft_attrs.as_ref().is_some_and(|r| r.is_learner)).count();
-                if kind == ConfChangeType::AddLearnerNode && learners + 1 > self.max_learners {
+                if raft.is_learner && learners + 1 > self.max_learners {
                     return Err(ServerError::TooManyLearners);
                 }
                 Ok(())
             }
-            ConfChangeType::RemoveNode => existing.map(|_| ()).ok_or(ServerError::MemberNotFound),
+            MemberChange::Remove(_) => existing.map(|_| ()).ok_or(ServerError::MemberNotFound),
         }
     }
 
-    fn apply_conf_change(
-        &self,
-        txn: &ApplyTxn<'_>,
-        kind: ConfChangeType,
-        node_id: u64,
-        ctx: &ConfChangeContext,
-    ) -> Result<(), ServerError> {
-        match kind {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let existing = self.members.member(node_id);
-                let mut m = match (&existing, &ctx.member) {
-                    // Promotion and update keep the record and its published attributes.
-                    (Some(old), Some(new)) if ctx.is_update => {
-                        let mut m = old.clone();
-                        m.raft_attrs = new.raft_attrs.clone().map(|mut r| {
-                            r.is_learner = old.raft_attrs.as_ref().is_some_and(|o| o.is_learner);
-                            r
-                        });
-                        m
-                    }
-                    (Some(old), _) => old.clone(),
-                    (None, Some(new)) => new.clone(),
-                    (None, None) => return Err(ServerError::Internal("conf change without a member record".into())),
-                };
-                m.id = node_id;
-                if !ctx.is_update {
-                    if let Some(r) = m.raft_attrs.as_mut() {
-                        r.is_learner = kind == ConfChangeType::AddLearnerNode;
-                    }
-                }
-                self.transport.set_peer(node_id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
-                self.members.apply_add(txn.write_txn(), m)
-            }
-            ConfChangeType::RemoveNode => {
-                self.transport.remove_peer(node_id);
-                self.members.apply_remove(txn.write_txn(), node_id)?;
-                if node_id == self.members.local_id() {
+    fn apply_member_change(&self, txn: &ApplyTxn<'_>, change: MemberChange) -> Result<(), ServerError> {
+        let id = change.member_id();
+        let m = match change {
+            MemberChange::Remove(_) => {
+                self.transport.remove_peer(id);
+                self.members.apply_remove(txn.write_txn(), id)?;
+                if id == self.members.local_id() {
                     tracing::warn!("the member has been permanently removed from the cluster");
                     self.removed_tx.send_replace(true);
                 }
-                Ok(())
+                return Ok(());
+            }
+            // A re-applied bootstrap entry keeps the record and its published attributes.
+            MemberChange::Add(new) => self.members.member(id).unwrap_or(new),
+            // Promotion and update keep the record and its published attributes; an update
+            // changes only the peer URLs (a learner stays one, as in etcd since 3.5.5).
+            MemberChange::Promote(_) | MemberChange::Update { .. } => {
+                let mut m = self.members.member(id).ok_or(ServerError::MemberNotFound)?;
+                let raft = m.raft_attrs.get_or_insert_with(Default::default);
+                match change {
+                    MemberChange::Update { peer_urls, .. } => raft.peer_urls = peer_urls,
+                    _ => raft.is_learner = false,
+                }
+                m
+            }
+        };
+        self.transport.set_peer(id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
+        self.members.apply_add(txn.write_txn(), m)
+    }
+
+    /// A v2 request etcd proposes (member attributes, cluster version), applied as etcd's v2
+    /// applier does. etcd-rs keeps no v2 store: other v2 writes are skipped (logged).
+    fn apply_v2(&self, txn: &ApplyTxn<'_>, req: &Request, index: u64) -> Result<ApplyResult, ServerError> {
+        match entry_format::decode_v2(req) {
+            Ok(V2Write::MemberAttributes { id, attrs }) => self.apply_member_attributes(txn, id, attrs),
+            Ok(V2Write::ClusterVersion(ver)) => self.apply_cluster_version(txn, &ver),
+            Ok(V2Write::Other { method, path }) => {
+                tracing::warn!(index, %method, %path, "skipping a v2 store request: etcd-rs keeps no v2 store");
+                Ok(ApplyResult::Empty)
+            }
+            Err(err) => {
+                // Every member sees the same bytes, so every member skips it alike.
+                tracing::error!(index, %err, "skipping an undecodable v2 request");
+                Err(ServerError::Internal(err.to_string()))
             }
         }
+    }
+
+    fn apply_member_attributes(&self, txn: &ApplyTxn<'_>, id: u64, attrs: Attributes) -> Result<ApplyResult, ServerError> {
+        self.members.apply_attributes(txn.write_txn(), id, attrs)?;
+        if id == self.members.local_id() {
+            tracing::info!(member_id = %format!("{id:x}"), "published local member to cluster through raft");
+        }
+        Ok(ApplyResult::Empty)
+    }
+
+    fn apply_cluster_version(&self, txn: &ApplyTxn<'_>, ver: &str) -> Result<ApplyResult, ServerError> {
+        let first = self.members.cluster_version().is_none();
+        self.members.apply_version(txn.write_txn(), ver)?;
+        if first {
+            crate::membership::log_enabled_capabilities(ver);
+        }
+        Ok(ApplyResult::Empty)
     }
 
     /// Applies one request; the lessor follows the key changes it made (attach / detach).
@@ -527,21 +550,13 @@ impl Applier {
             return self.apply_alarm(txn, &r).map(ApplyResult::Alarm);
         }
         if let Some(r) = req.cluster_member_attr_set {
-            if let Some(attrs) = r.member_attributes {
-                self.members.apply_attributes(txn.write_txn(), r.member_id, attrs)?;
-                if r.member_id == self.members.local_id() {
-                    tracing::info!(member_id = %format!("{:x}", r.member_id), "published local member to cluster through raft");
-                }
-            }
-            return Ok(ApplyResult::Empty);
+            return match r.member_attributes {
+                Some(attrs) => self.apply_member_attributes(txn, r.member_id, attrs),
+                None => Ok(ApplyResult::Empty),
+            };
         }
         if let Some(r) = req.cluster_version_set {
-            let first = self.members.cluster_version().is_none();
-            self.members.apply_version(txn.write_txn(), &r.ver)?;
-            if first {
-                crate::membership::log_enabled_capabilities(&r.ver);
-            }
-            return Ok(ApplyResult::Empty);
+            return self.apply_cluster_version(txn, &r.ver);
         }
         Err(ServerError::Unimplemented("etcd-rs: this raft request type is not implemented yet".into()))
     }

@@ -19,9 +19,8 @@ use etcd_proto::etcdserverpb::{
     TxnRequest, TxnResponse,
 };
 use etcd_proto::etcdrspb::peer_client::PeerClient;
-use etcd_proto::etcdrspb::{ConfChangeContext, MembersRequest, PromoteRequest};
-use etcd_proto::membershippb::{Attributes, ClusterMemberAttrSetRequest, ClusterVersionSetRequest, Member};
-use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use etcd_proto::etcdrspb::{MembersRequest, PromoteRequest};
+use etcd_proto::membershippb::{Attributes, Member};
 use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
 use parking_lot::Mutex;
 use prost::Message;
@@ -30,6 +29,9 @@ use tokio::sync::watch;
 use crate::alarms::Alarms;
 use crate::apply::{Applied, ApplyResult, ApplyWait, Applier};
 use crate::config::ServerConfig;
+use crate::entry_format::{
+    bootstrap_context, cluster_version_request, encode_member_change, member_attributes_request, MemberChange,
+};
 use crate::errors::ServerError;
 use etcd_auth::AuthInfo;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
@@ -115,11 +117,7 @@ impl EtcdServer {
                 if m.name == cfg.name {
                     my_id = id;
                 }
-                let ctx = ConfChangeContext {
-                    member: Some(new_member(id, &m.name, m.peer_urls.clone(), false)),
-                    ..Default::default()
-                };
-                peers.push((id, ctx.encode_to_vec()));
+                peers.push((id, bootstrap_context(&new_member(id, &m.name, m.peer_urls.clone(), false))));
                 known_peers.push((id, m.peer_urls.clone()));
             }
             let cid = cluster_id(&peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
@@ -259,21 +257,17 @@ impl EtcdServer {
     }
 
     /// Publishes this member's name and client URLs and, on the leader, the cluster version,
-    /// through raft; retried until it succeeds or the server stops.
+    /// through raft; retried until it succeeds or the server stops. As etcd 3.5 (and 3.4) do:
+    /// as v2 requests, which members of both versions apply (3.4 has no v3 form of them).
     pub async fn publish(self: &Arc<Self>) {
         let attrs = Attributes { name: self.cfg.name.clone(), client_urls: self.cfg.advertise_client_urls.clone() };
         while !self.has_leader() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         loop {
-            let req = InternalRaftRequest {
-                cluster_member_attr_set: Some(ClusterMemberAttrSetRequest {
-                    member_id: self.member_id,
-                    member_attributes: Some(attrs.clone()),
-                }),
-                ..Default::default()
-            };
-            match self.propose(req).await {
+            let id = self.ids.next();
+            let req = member_attributes_request(id, self.member_id, &attrs);
+            match self.propose_encoded(id, req.encode_to_vec()).await {
                 Ok(_) => break,
                 Err(ServerError::Stopped) => return,
                 Err(e) => {
@@ -284,11 +278,9 @@ impl EtcdServer {
         }
         if self.members.cluster_version().is_none() && self.raft.with_status(|st| st.leader_id) == self.member_id {
             let ver = cluster_version_of(&self.cfg.etcd_api_version);
-            let req = InternalRaftRequest {
-                cluster_version_set: Some(ClusterVersionSetRequest { ver }),
-                ..Default::default()
-            };
-            if let Err(e) = self.propose(req).await {
+            let id = self.ids.next();
+            let req = cluster_version_request(id, &ver);
+            if let Err(e) = self.propose_encoded(id, req.encode_to_vec()).await {
                 tracing::warn!(error = %e, "failed to set the cluster version");
             }
         }
@@ -351,22 +343,16 @@ impl EtcdServer {
         }
     }
 
-    /// Proposes a membership conf change and waits for it to be applied here.
-    async fn configure(&self, kind: ConfChangeType, node_id: u64, mut ctx: ConfChangeContext) -> Result<Vec<Member>, ServerError> {
+    /// Proposes a membership conf change (etcd's ConfChange) and waits for it to be applied here.
+    async fn configure(&self, change: MemberChange) -> Result<Vec<Member>, ServerError> {
         let id = self.ids.next();
-        ctx.request_id = id;
-        let mut single = ConfChangeSingle::default();
-        single.set_change_type(kind);
-        single.node_id = node_id;
-        let mut cc = ConfChangeV2::default();
-        cc.mut_changes().push(single);
-        cc.context = ctx.encode_to_vec().into();
+        let cc = encode_member_change(id, &change);
         let start = tokio::time::Instant::now();
         let deadline = start + self.request_timeout;
         let rx = self.wait.register(id);
         // as a proposal: held until there is a leader (not proposed before, so safe to resend)
         loop {
-            match self.raft.propose_conf_change(Vec::new(), cc.clone()).await {
+            match self.raft.propose_conf_change(&cc).await {
                 Ok(()) => break,
                 Err(etcd_raft::RaftError::NoLeader) => {
                     if let Err(e) = self.wait_for_leader_to_propose(deadline).await {
@@ -383,7 +369,11 @@ impl EtcdServer {
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(applied)) => match applied.result? {
                 ApplyResult::Members(m) => {
-                    tracing::info!(conf_change = ?kind, node_id = %format!("{node_id:x}"), "applied a configuration change through raft");
+                    tracing::info!(
+                        raft_conf_change = cc.change_type.as_str(),
+                        raft_conf_change_node_id = %format!("{:x}", cc.node_id),
+                        "applied a configuration change through raft"
+                    );
                     Ok(m)
                 }
                 other => Err(unexpected(other)),
@@ -432,10 +422,7 @@ impl EtcdServer {
         // As etcd: the ID mixes in the time of the request, and no cluster token.
         let id = member_id(&urls, "", Some(now));
         let member = new_member(id, "", urls, is_learner);
-        let kind = if is_learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-        let members = self
-            .configure(kind, id, ConfChangeContext { member: Some(member.clone()), ..Default::default() })
-            .await?;
+        let members = self.configure(MemberChange::Add(member.clone())).await?;
         Ok((member, members))
     }
 
@@ -446,7 +433,7 @@ impl EtcdServer {
         if !m.raft_attrs.as_ref().is_some_and(|r| r.is_learner) {
             self.check_quorum_after(-1, Some(id))?;
         }
-        self.configure(ConfChangeType::RemoveNode, id, ConfChangeContext::default()).await
+        self.configure(MemberChange::Remove(id)).await
     }
 
     pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<Vec<Member>, ServerError> {
@@ -454,12 +441,7 @@ impl EtcdServer {
         let Some(m) = self.members.member(id) else {
             return Err(ServerError::MemberNotFound);
         };
-        let learner = m.raft_attrs.as_ref().is_some_and(|r| r.is_learner);
-        let kind = if learner { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode };
-        let mut updated = m.clone();
-        updated.raft_attrs = Some(etcd_proto::membershippb::RaftAttributes { peer_urls: urls, is_learner: learner });
-        self.configure(kind, id, ConfChangeContext { member: Some(updated), is_update: true, ..Default::default() })
-            .await
+        self.configure(MemberChange::Update { id: m.id, peer_urls: urls }).await
     }
 
     /// Promotes a learner that caught up with the leader (matched >= 90% of the leader's).
@@ -485,7 +467,7 @@ impl EtcdServer {
             return Err(ServerError::LearnerNotReady);
         }
         self.check_quorum_after(1, None)?;
-        self.configure(ConfChangeType::AddNode, id, ConfChangeContext { is_promote: true, ..Default::default() })
+        self.configure(MemberChange::Promote(id))
             .await
             .inspect(|_| crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc())
     }

@@ -10,6 +10,7 @@ pub mod compactor;
 pub mod config;
 pub mod config_file;
 pub mod corrupt;
+mod entry_format;
 pub mod errors;
 pub mod etcd_backend;
 pub mod etcd_server;

@@ -18,9 +18,7 @@ use std::path::{Path, PathBuf};
 
 use etcd_mvcc::bolt::BoltReader;
 use etcd_mvcc::Backend;
-use etcd_proto::etcdrspb::ConfChangeContext;
 use etcd_raft::RaftNodeConfig;
-use prost::Message;
 use sha2::Digest;
 
 use crate::backup::{load_snapshot, Loaded};
@@ -166,8 +164,7 @@ fn build(
         if m.name == cfg.name {
             my_id = id;
         }
-        let ctx = ConfChangeContext { member: Some(new_member(id, &m.name, m.peer_urls.clone(), false)), ..Default::default() };
-        peers.push((id, ctx.encode_to_vec()));
+        peers.push((id, crate::entry_format::bootstrap_context(&new_member(id, &m.name, m.peer_urls.clone(), false))));
     }
     let cid = cluster_id(&peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
     let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
