@@ -51,6 +51,7 @@
 #[cfg(test)]
 mod fixtures;
 pub mod history;
+pub mod lease_checks;
 pub mod linearizability;
 pub mod lost_writes;
 pub mod model;

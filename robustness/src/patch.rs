@@ -6,7 +6,8 @@
 //! do) an unknown write resolves: if an event is its change and it is the only unknown operation
 //! that could have made it (called before the event arrived; or the earliest called of several
 //! identical requests, which are interchangeable), it happened at that revision, before the event
-//! was received; if no event is left for it, it changed nothing, which is the same as never
+//! was received (a delete of a key ever attached to a lease stays unknown: the event may be the
+//! lease's revoke or expiry); if no event is left for it, it changed nothing, which is the same as never
 //! having happened (a failed compare or a delete of an absent key raises no revision). Unknown
 //! writes competing with different requests for one event stay unknown.
 //!
@@ -15,7 +16,7 @@
 //! checks verify that stream against the history and report it separately if it is wrong.
 
 use crate::history::{EventKind, History, Nanos, Operation, Outcome, Request, Response};
-use crate::writes::{acknowledged_writes, change_of};
+use crate::writes::{acknowledged_writes, change_of, ever_leased};
 use std::collections::HashSet;
 
 /// The operations of `history` with unknown writes resolved where a complete watch allows it,
@@ -41,9 +42,12 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
             .into_iter()
             .filter(|&i| made[i].is_none())
             .collect();
-        let interchangeable = makers
-            .iter()
-            .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
+        // A leased key's delete may be its lease's revoke or expiry rather than a client delete.
+        let lease_may_have_made = event.3 == EventKind::Delete && ever_leased(&ops, &event.2);
+        let interchangeable = !lease_may_have_made
+            && makers
+                .iter()
+                .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
         match makers.iter().min_by_key(|&&i| ops[i].call) {
             Some(&first) if interchangeable => made[first] = Some((event.0, event.1)),
             _ => makers.iter().for_each(|&i| blocked[i] = true),
@@ -51,7 +55,7 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
     }
     let mut resolved = 0;
     for (i, op) in ops.iter_mut().enumerate() {
-        if op.outcome != Outcome::Unknown || !op.request.may_write() || blocked[i] {
+        if op.outcome != Outcome::Unknown || change_of(&op.request).is_none() || blocked[i] {
             continue;
         }
         (op.outcome, op.ret) = match made[i] {
@@ -79,7 +83,8 @@ fn answer(request: &Request, revision: i64) -> Response {
                 deleted,
             }
         }
-        Request::Get { .. } | Request::Range { .. } => unreachable!("reads make no change"),
+        // A put with or without a lease: only writes `change_of` knows are resolved.
+        _ => Response::Put { revision },
     }
 }
 
@@ -145,6 +150,7 @@ mod tests {
                     kind: EventKind::Put {
                         value: value.into(),
                     },
+                    prev: None,
                 }],
             })
             .collect();
@@ -160,6 +166,8 @@ mod tests {
             prefix: true,
             start_revision: 1,
             responses,
+            prev_kv: false,
+            compact_revision: None,
         }
     }
     fn history(ops: Vec<Operation>, stream: WatchStream) -> History {

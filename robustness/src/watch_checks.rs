@@ -256,6 +256,7 @@ mod tests {
             kind: EventKind::Put {
                 value: value.into(),
             },
+            prev: None,
         }
     }
     fn resp(events: Vec<Event>) -> WatchResponse {
@@ -289,6 +290,8 @@ mod tests {
                 prefix: true,
                 start_revision: 1,
                 responses,
+                prev_kv: false,
+                compact_revision: None,
             }],
             final_read: None,
         }
@@ -458,6 +461,7 @@ mod tests {
                 key: "a".into(),
                 mod_revision: 4,
                 kind: EventKind::Delete,
+                prev: None,
             }]),
         ];
         assert_eq!(kinds(&h), vec![]);
