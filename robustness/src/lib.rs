@@ -48,6 +48,7 @@
 //! serializable reads, compaction, multi-key transactions, a key's version and create_revision,
 //! HashKV agreement between members.
 
+pub mod client;
 #[cfg(test)]
 mod fixtures;
 pub mod history;
@@ -57,7 +58,9 @@ pub mod lost_writes;
 pub mod model;
 pub mod patch;
 pub mod quick_checks;
+pub mod recorder;
 pub mod report;
+pub mod traffic;
 pub mod visualize;
 pub mod watch_checks;
 pub mod writes;
