@@ -7,8 +7,8 @@
 //! recorded as linearizable reads; they are only counted (`serializable_gets`).
 
 use super::{ClientContext, Traffic};
-use crate::recorder::{key_value, text};
 use crate::history::{Compare, Request, Response, TxnWrite, ValueAt};
+use crate::recorder::{key_value, text};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::request_op::Request as OpRequest;
 use etcd_proto::etcdserverpb::response_op::Response as OpResponse;
@@ -91,7 +91,9 @@ async fn run_client(mut ctx: ClientContext, keys: usize, serializable: Arc<Atomi
             60..70 => Request::Txn {
                 key: key.clone(),
                 compare: Compare::ValueEquals(
-                    seen.0.get(&key).map_or_else(String::new, |kv| kv.value.clone()),
+                    seen.0
+                        .get(&key)
+                        .map_or_else(String::new, |kv| kv.value.clone()),
                 ),
                 then: TxnWrite::Put(ctx.recorder.unique_value(ctx.id)),
             },
@@ -145,7 +147,7 @@ pub async fn call(ctx: &mut ClientContext, request: Request) -> Result<Response,
 }
 
 /// One request on the wire and its answer on the history's terms.
-async fn send(
+pub(crate) async fn send(
     mut kv: pb::kv_client::KvClient<tonic::transport::Channel>,
     request: &Request,
 ) -> Result<Response, Status> {
@@ -199,6 +201,10 @@ async fn send(
                 count: r.count,
             })
         }
+        // Leases, lists and compaction are sent by `traffic::requests`.
+        other => Err(Status::unimplemented(format!(
+            "not a KV-mix request: {other}"
+        ))),
     }
 }
 
@@ -236,6 +242,10 @@ fn txn(key: &str, compare: &Compare, then: &TxnWrite) -> TxnRequest {
     };
     let op = match then {
         TxnWrite::Put(v) => OpRequest::RequestPut(put(key, v)),
+        TxnWrite::PutWithLease(v, lease) => OpRequest::RequestPut(PutRequest {
+            lease: *lease,
+            ..put(key, v)
+        }),
         TxnWrite::Delete => OpRequest::RequestDeleteRange(delete(key)),
     };
     TxnRequest {
