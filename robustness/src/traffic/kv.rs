@@ -7,8 +7,8 @@
 //! recorded as linearizable reads; they are only counted (`serializable_gets`).
 
 use super::{ClientContext, Traffic};
-use crate::recorder::{key_value, text};
 use crate::history::{Compare, Request, Response, TxnWrite, ValueAt};
+use crate::recorder::{key_value, text};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::request_op::Request as OpRequest;
 use etcd_proto::etcdserverpb::response_op::Response as OpResponse;
@@ -91,7 +91,9 @@ async fn run_client(mut ctx: ClientContext, keys: usize, serializable: Arc<Atomi
             60..70 => Request::Txn {
                 key: key.clone(),
                 compare: Compare::ValueEquals(
-                    seen.0.get(&key).map_or_else(String::new, |kv| kv.value.clone()),
+                    seen.0
+                        .get(&key)
+                        .map_or_else(String::new, |kv| kv.value.clone()),
                 ),
                 then: TxnWrite::Put(ctx.recorder.unique_value(ctx.id)),
             },
