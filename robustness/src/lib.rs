@@ -49,8 +49,11 @@
 //! HashKV agreement between members.
 
 pub mod client;
+pub mod cluster;
+pub mod faults;
 #[cfg(test)]
 mod fixtures;
+pub mod hashkv;
 pub mod history;
 pub mod lease_checks;
 pub mod linearizability;
@@ -60,6 +63,7 @@ pub mod patch;
 pub mod quick_checks;
 pub mod recorder;
 pub mod report;
+pub mod run;
 pub mod traffic;
 pub mod visualize;
 pub mod watch_checks;

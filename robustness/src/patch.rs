@@ -178,6 +178,7 @@ mod tests {
                 revision: 2,
                 kvs: vec![],
             }),
+            initial_revision: 0,
         }
     }
 

@@ -16,7 +16,7 @@ use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::{RangeRequest, WatchCreateRequest, WatchRequest};
 use etcd_proto::mvccpb;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -25,8 +25,12 @@ use tonic::{Code, Status};
 pub struct Recorder {
     start: Instant,
     next_value: AtomicU64,
+    /// The revision the run's watch resumes from if its stream breaks now.
+    watch_next_revision: AtomicI64,
     operations: Mutex<Vec<Operation>>,
     watches: Mutex<Vec<WatchStream>>,
+    /// How often each error was seen, with the outcome it was recorded as (for the run report).
+    errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// Whether an error proves the request was not applied. Transport errors, timeouts and
@@ -45,6 +49,10 @@ pub fn outcome_of_error(status: &Status) -> Outcome {
         | Code::ResourceExhausted
         | Code::Unimplemented => Outcome::Failed,
         Code::Unavailable if refused(status) => Outcome::Failed,
+        // A learner refuses client requests before looking at them.
+        Code::Unavailable if status.message() == "etcdserver: rpc not supported for learner" => {
+            Outcome::Failed
+        }
         _ => Outcome::Unknown,
     }
 }
@@ -64,8 +72,10 @@ impl Default for Recorder {
         Recorder {
             start: Instant::now(),
             next_value: AtomicU64::new(1),
+            watch_next_revision: AtomicI64::new(1),
             operations: Mutex::new(Vec::new()),
             watches: Mutex::new(Vec::new()),
+            errors: Mutex::default(),
         }
     }
 }
@@ -108,7 +118,12 @@ impl Recorder {
         let ret = self.now();
         let outcome = match &result {
             Ok(t) => Outcome::Ok(answer(t)),
-            Err(status) => outcome_of_error(status),
+            Err(status) => {
+                let outcome = outcome_of_error(status);
+                let seen = format!("{:?} {:?}: {}", outcome, status.code(), status.message());
+                *lock(&self.errors).entry(seen).or_default() += 1;
+                outcome
+            }
         };
         self.push(Operation {
             client,
@@ -120,6 +135,20 @@ impl Recorder {
         result
     }
 
+    /// The highest revision a compaction may use without breaking the run's watch (which
+    /// resumes from the revision after the last one it received).
+    pub fn safe_compact_revision(&self) -> i64 {
+        self.watch_next_revision.load(Ordering::Acquire) - 1
+    }
+
+    /// Every distinct error with its count, as "Outcome Code: message".
+    pub fn errors(&self) -> Vec<(String, u64)> {
+        lock(&self.errors)
+            .iter()
+            .map(|(e, n)| (e.clone(), *n))
+            .collect()
+    }
+
     pub fn push_watch(&self, stream: WatchStream) {
         lock(&self.watches).push(stream);
     }
@@ -129,12 +158,14 @@ impl Recorder {
         lock(&self.operations).len()
     }
 
-    /// The history recorded so far, with `final_read`.
-    pub fn history(&self, final_read: Option<FinalRead>) -> History {
+    /// The history recorded so far, with `final_read`; `initial_revision`: the store revision
+    /// before the first operation.
+    pub fn history(&self, final_read: Option<FinalRead>, initial_revision: i64) -> History {
         History {
             operations: lock(&self.operations).clone(),
             watches: lock(&self.watches).clone(),
             final_read,
+            initial_revision,
         }
     }
 }
@@ -156,16 +187,16 @@ pub fn key_value(kv: &mvccpb::KeyValue) -> KeyValue {
     }
 }
 
-/// The range end covering every key from "" on.
-pub const ALL_KEYS_END: &[u8] = &[0];
+/// The key and range end covering every key (etcd refuses an empty key: "key is not provided").
+pub const ALL_KEYS: &[u8] = &[0];
 
 /// A linearizable read of every key, tried on each endpoint in turn until one answers.
 pub async fn final_read(client: &mut EtcdClient, attempts: usize) -> Result<FinalRead, String> {
     let mut last = String::new();
     for _ in 0..attempts {
         let request = RangeRequest {
-            key: Vec::new(),
-            range_end: ALL_KEYS_END.to_vec(),
+            key: ALL_KEYS.to_vec(),
+            range_end: ALL_KEYS.to_vec(),
             ..Default::default()
         };
         match client.observe(client.kv().range(request).await) {
@@ -235,8 +266,8 @@ async fn watch_once(
     let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(1);
     let create = WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: Vec::new(),
-            range_end: ALL_KEYS_END.to_vec(),
+            key: ALL_KEYS.to_vec(),
+            range_end: ALL_KEYS.to_vec(),
             start_revision: *next_revision,
             progress_notify: true,
             ..Default::default()
@@ -278,6 +309,9 @@ async fn watch_once(
         } else {
             *next_revision = (*next_revision).max(header_revision + 1);
         }
+        recorder
+            .watch_next_revision
+            .store(*next_revision, Ordering::Release);
         stream.responses.push(WatchResponse {
             time: recorder.now(),
             header_revision,

@@ -445,6 +445,7 @@ mod tests {
                 compact_revision: None,
             }],
             final_read: None,
+            initial_revision: 0,
         }
     }
     fn kinds(h: &History) -> Vec<WatchViolationKind> {
