@@ -271,10 +271,7 @@ fn search(cands: &[Candidate], mode: RevisionMode, options: CheckOptions) -> Sea
     let mut linearized = vec![0u64; cands.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state = State {
-        revision: options.initial_revision,
-        ..State::default()
-    };
+    let mut state = State::at_revision(options.initial_revision);
     let definite = |j: usize| cands[j].ret.is_some();
     let mut remaining = cands.iter().filter(|c| c.ret.is_some()).count();
     let mut entry = events.next[events.head];

@@ -141,6 +141,14 @@ fn error(message: &str) -> Response {
 }
 
 impl State {
+    /// An empty store at `revision` (a fresh etcd store is at revision 1).
+    pub fn at_revision(revision: i64) -> State {
+        State {
+            revision,
+            ..State::default()
+        }
+    }
+
     /// Executes `request` against this state: the next state and the answer etcd would give.
     pub fn apply(&self, request: &Request) -> (State, Response) {
         let mut next = self.clone();

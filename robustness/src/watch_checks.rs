@@ -10,7 +10,8 @@
 //! - real: each event is the change acknowledged at its revision, agrees with what other
 //!   streams and reads saw there, or else could have been made by an operation whose outcome is
 //!   unknown;
-//! - prev_kv (when asked for): the key's previous value at the event's revision;
+//! - prev_kv (when asked for): the key's previous value at the event's revision (or none when
+//!   a compaction reached the event's revision: etcd reads prev_kv at revision - 1);
 //! - compaction: a watch cancelled as compacted started below a compaction a client asked for;
 //! - reliable: every change known to be committed (acknowledged, read back, or seen on any
 //!   stream) on a watched key between the start revision and the last revision the stream
@@ -114,10 +115,15 @@ fn check_prev_kv(
     for event in stream.responses.iter().flat_map(|r| &r.events) {
         let (rev, key) = (event.mod_revision, event.key.as_str());
         let wrong = match last_seen.get(key) {
-            Some(expected) if *expected != event.prev => Some(format!(
-                "prev_kv {:?} but the stream's previous event of the key left {expected:?}",
-                event.prev
-            )),
+            Some(expected)
+                if *expected != event.prev
+                    && !(event.prev.is_none() && compacted_at_or_above(ops, rev)) =>
+            {
+                Some(format!(
+                    "prev_kv {:?} but the stream's previous event of the key left {expected:?}",
+                    event.prev
+                ))
+            }
             Some(_) => None,
             None => prev_contradiction(ops, truth, key, rev, &event.prev),
         };
@@ -182,7 +188,8 @@ fn prev_contradiction(
         },
         None => match known_before(0) {
             Some(((r, _), (EventKind::Put { value }, source)))
-                if !unknown_write_could_make(ops, key, &EventKind::Delete) =>
+                if !unknown_write_could_make(ops, key, &EventKind::Delete)
+                    && !compacted_at_or_above(ops, rev) =>
             {
                 Some(format!(
                     "no prev_kv but the key held {value} from revision {r} ({source}) and no \
@@ -192,6 +199,18 @@ fn prev_contradiction(
             _ => None,
         },
     }
+}
+
+/// Whether a compaction at `revision` or above may have happened: etcd reads prev_kv at the
+/// event's revision - 1 and leaves it out when that revision is compacted.
+fn compacted_at_or_above(ops: &[Operation], revision: i64) -> bool {
+    ops.iter().any(|op| {
+        matches!(op.request, Request::Compact { revision: c } if c >= revision)
+            && matches!(
+                op.outcome,
+                Outcome::Unknown | Outcome::Ok(Response::Compact { .. })
+            )
+    })
 }
 
 /// A watch cancelled as compacted at C must have started below C, and C must be a compaction

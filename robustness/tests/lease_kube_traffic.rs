@@ -79,7 +79,7 @@ async fn run_traffic(names: &[&str], seconds: u64, tag: &str) -> Option<String> 
     let endpoints = Arc::new(vec![url]);
     let recorder = Recorder::new();
     let probe = EtcdClient::new(endpoints.clone(), 0).expect("a client");
-    read_all(&probe).await;
+    let initial = read_all(&probe).await.revision;
     let (watch_stop_tx, watch_stop) = tokio::sync::watch::channel(None);
     let watcher = tokio::spawn(watch_all(
         recorder.clone(),
@@ -113,7 +113,7 @@ async fn run_traffic(names: &[&str], seconds: u64, tag: &str) -> Option<String> 
     let last = read_all(&probe).await;
     let _ = watch_stop_tx.send(Some(last.revision));
     let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
-    let history = recorder.history(Some(last));
+    let history = recorder.history(Some(last), initial);
     let started = std::time::Instant::now();
     let report = check_history(&history, CheckOptions::default());
     let summary = format!(
