@@ -24,7 +24,8 @@ const NANOS_PER_SECOND: u64 = 1_000_000_000;
 
 /// One `LeaseExpiry` operation per granted lease that may have expired: not for a grant that
 /// definitely failed or answered an error, nor for a lease a client revoke removed (an
-/// acknowledged revoke proves it alive until then, and an expiry afterwards changes nothing).
+/// acknowledged revoke proves it alive until then, and an expiry afterwards changes nothing),
+/// nor for one whose expiry no operation could observe.
 pub fn expiries(ops: &[Operation]) -> Vec<Operation> {
     let mut earliest: BTreeMap<i64, Nanos> = BTreeMap::new();
     for op in ops {
@@ -56,6 +57,7 @@ pub fn expiries(ops: &[Operation]) -> Vec<Operation> {
     }
     earliest
         .into_iter()
+        .filter(|&(id, at)| observable_after(ops, id, at))
         .map(|(id, call)| Operation {
             client: SERVER_CLIENT,
             call,
@@ -64,6 +66,23 @@ pub fn expiries(ops: &[Operation]) -> Vec<Operation> {
             outcome: Outcome::Unknown,
         })
         .collect()
+}
+
+/// Whether an expiry of `lease` at `at` or later could change an answer: some operation on the
+/// lease, or touching a key ever attached to it, had not returned by then. An expiry nothing
+/// could observe is left out: every unknown operation multiplies the search.
+fn observable_after(ops: &[Operation], lease: i64, at: Nanos) -> bool {
+    let keys: Vec<&str> = ops
+        .iter()
+        .filter(|op| op.request.attaches_lease() == Some(lease))
+        .filter_map(|op| op.request.key())
+        .collect();
+    ops.iter().any(|op| {
+        let relevant = op.request.lease_id() == Some(lease)
+            || op.request.attaches_lease() == Some(lease)
+            || keys.iter().any(|k| op.request.touches(k));
+        relevant && op.return_time().is_none_or(|r| r >= at)
+    })
 }
 
 /// A remaining TTL that went up within one raft term without a keep-alive.
@@ -150,7 +169,20 @@ mod tests {
             Request::LeaseKeepAlive { id: 7 },
             Outcome::Ok(Response::LeaseKeepAlive { ttl: 5 }),
         );
-        let e = expiries(&[grant(100, 7, 5), grant(200, 8, 2), keep_alive]);
+        let later = |id| {
+            op(
+                20 * NANOS_PER_SECOND,
+                Request::LeaseTimeToLive { id },
+                Outcome::Unknown,
+            )
+        };
+        let e = expiries(&[
+            grant(100, 7, 5),
+            grant(200, 8, 2),
+            keep_alive,
+            later(7),
+            later(8),
+        ]);
         let calls: Vec<(i64, Nanos)> = e
             .iter()
             .map(|o| (o.request.lease_id().unwrap_or(0), o.call))
@@ -160,6 +192,32 @@ mod tests {
             vec![(7, 8 * NANOS_PER_SECOND), (8, 200 + 2 * NANOS_PER_SECOND)]
         );
         assert!(e.iter().all(|o| o.outcome == Outcome::Unknown));
+    }
+
+    #[test]
+    fn expiry_nothing_could_observe_is_left_out() {
+        let answer = Outcome::Ok(Response::Get {
+            revision: 2,
+            kv: None,
+        });
+        let read_of = |call, key: &str| op(call, Request::Get { key: key.into() }, answer.clone());
+        let attach = op(
+            100,
+            Request::PutWithLease {
+                key: "a".into(),
+                value: "1".into(),
+                lease: 7,
+            },
+            Outcome::Ok(Response::Put { revision: 2 }),
+        );
+        let ops = [
+            grant(0, 7, 5),
+            attach.clone(),
+            read_of(NANOS_PER_SECOND, "a"),
+        ];
+        assert_eq!(expiries(&ops), vec![]);
+        let ops = [grant(0, 7, 5), attach, read_of(6 * NANOS_PER_SECOND, "a")];
+        assert_eq!(expiries(&ops).len(), 1);
     }
 
     #[test]

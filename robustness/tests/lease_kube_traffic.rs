@@ -122,11 +122,9 @@ async fn run_traffic(names: &[&str], seconds: u64, tag: &str) -> Option<String> 
         started.elapsed().as_secs_f64()
     );
     eprintln!("{summary}");
-    if !report.passed() {
-        let out = std::env::temp_dir().join(format!("rob-lease-report-{tag}"));
-        let _ = report.write_to(&out, &history);
-        panic!("{summary}report in {}", out.display());
-    }
+    let out = std::env::temp_dir().join(format!("rob-lease-report-{tag}"));
+    let _ = report.write_to(&out, &history);
+    assert!(report.passed(), "{summary}report in {}", out.display());
     Some(summary)
 }
 
