@@ -5,8 +5,8 @@
 //!
 //! Invariant: everything is recorded through `requests::call`, every watch as a `WatchStream`
 //! with the revision it asked for; a client compacts only at a revision it saw at least
-//! `COMPACT_AGE` ago, so the run's all-keys watch has long passed it (a compaction ahead of that
-//! watch would cancel it). The `CompactWatch` mix is the regression scenario
+//! `COMPACT_AGE` ago and the run's all-keys watch has passed (`Recorder::safe_compact_revision`;
+//! a compaction ahead of that watch would cancel it). The `CompactWatch` mix is the regression scenario
 //! `watch-at-compact-revision` (etcd #18089): put, delete at r, put, compact at r, watch from r:
 //! the delete at r must be the first event.
 
@@ -254,7 +254,8 @@ impl KubeClient {
             old = Some(revision);
             self.revisions.pop_front();
         }
-        if let Some(revision) = old.filter(|r| *r > 1) {
+        let safe = ctx.recorder.safe_compact_revision();
+        if let Some(revision) = old.map(|r| r.min(safe)).filter(|r| *r > 1) {
             self.send(ctx, Request::Compact { revision }).await;
         }
     }
@@ -287,7 +288,15 @@ impl KubeClient {
             };
             self.send(&mut ctx, again).await;
             // Let the run's all-keys watch pass the delete before compacting at it.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            for _ in 0..20 {
+                if ctx.recorder.safe_compact_revision() >= deleted_at {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if ctx.recorder.safe_compact_revision() < deleted_at {
+                continue;
+            }
             let compact = Request::Compact {
                 revision: deleted_at,
             };
