@@ -15,7 +15,9 @@
 //! `Ok` (with the revision the watch showed) or `Failed`. It trusts the complete watch; the watch
 //! checks verify that stream against the history and report it separately if it is wrong.
 
-use crate::history::{EventKind, History, Nanos, Operation, Outcome, Request, Response};
+use crate::history::{
+    EventKind, History, Nanos, Operation, Outcome, Request, Response, WatchStream,
+};
 use crate::writes::{acknowledged_writes, change_of, ever_leased};
 use std::collections::HashSet;
 
@@ -101,7 +103,8 @@ fn unknown_makers(ops: &[Operation], event: &(i64, Nanos, String, EventKind)) ->
 }
 
 /// (revision, receive time, key, change) of every event of a watch on all keys from revision 1
-/// that vouched for the last revision the history knows, if there is such a watch.
+/// (one stream, or streams each resuming where the earlier left off) that vouched for the last
+/// revision the history knows, if there is such a watch.
 fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, EventKind)>> {
     let last_known = acknowledged_writes(&history.operations)
         .iter()
@@ -109,9 +112,8 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
         .chain(history.final_read.as_ref().map(|f| f.revision))
         .max()
         .unwrap_or(0);
-    let stream = history.watches.iter().find(|w| {
-        let vouched = w
-            .responses
+    let vouched = |w: &WatchStream| {
+        w.responses
             .iter()
             .flat_map(|r| {
                 r.events
@@ -120,15 +122,30 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
                     .chain(r.progress_notify.then_some(r.header_revision))
             })
             .max()
-            .unwrap_or(0);
-        w.prefix && w.key.is_empty() && w.start_revision <= 1 && vouched >= last_known
-    })?;
-    let events = stream.responses.iter().flat_map(|r| {
-        r.events
-            .iter()
-            .map(move |e| (e.mod_revision, r.time, e.key.clone(), e.kind.clone()))
-    });
-    Some(events.collect())
+            .unwrap_or(0)
+    };
+    // Streams on all keys, each resuming at or before the revision after the last one the
+    // earlier ones vouched for (a watch re-created after its member failed), chained from 1.
+    let mut all_keys: Vec<&WatchStream> = history
+        .watches
+        .iter()
+        .filter(|w| w.prefix && w.key.is_empty() && w.compact_revision.is_none())
+        .collect();
+    all_keys.sort_by_key(|w| w.start_revision);
+    let mut reach = 0;
+    let mut events = Vec::new();
+    for stream in all_keys {
+        if stream.start_revision > reach + 1 {
+            break;
+        }
+        for r in &stream.responses {
+            for e in r.events.iter().filter(|e| e.mod_revision > reach) {
+                events.push((e.mod_revision, r.time, e.key.clone(), e.kind.clone()));
+            }
+        }
+        reach = reach.max(vouched(stream));
+    }
+    (reach >= last_known).then_some(events)
 }
 
 #[cfg(test)]
@@ -240,6 +257,29 @@ mod tests {
         let mut late_start = watch(vec![], 2);
         late_start.start_revision = 2;
         assert_eq!(resolve_unknown_writes(&history(ops, late_start)).1, 0);
+    }
+
+    #[test]
+    fn watch_resumed_where_it_broke_counts_as_complete() {
+        let ops = vec![
+            put(0, "1", Outcome::Ok(Response::Put { revision: 1 })),
+            put(20, "2", Outcome::Unknown),
+        ];
+        let mut first = watch(vec![(1, "1", 15)], 1);
+        first.responses.pop();
+        let mut resumed = watch(vec![(2, "2", 40)], 2);
+        resumed.start_revision = 2;
+        let mut h = history(ops, first);
+        h.watches.push(resumed.clone());
+        let (patched, resolved) = resolve_unknown_writes(&h);
+        assert_eq!(resolved, 1);
+        assert_eq!(
+            patched[1].outcome,
+            Outcome::Ok(Response::Put { revision: 2 })
+        );
+        // Resumed past a revision nobody vouched for: not complete.
+        h.watches[1].start_revision = 3;
+        assert_eq!(resolve_unknown_writes(&h).1, 0);
     }
 
     #[test]

@@ -157,8 +157,7 @@ fn prev_contradiction(
     let known_before = |from: i64| {
         truth
             .range((from, String::new())..(rev, String::new()))
-            .filter(|((_, k), _)| k == key)
-            .last()
+            .rfind(|((_, k), _)| k == key)
     };
     match prev {
         Some(p) if p.mod_revision >= rev => Some(format!(
