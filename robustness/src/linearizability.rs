@@ -16,10 +16,14 @@
 //!
 //! Ties: operations whose call and return times are equal are taken as overlapping.
 //!
+//! Lease expiries are not in the recorded history: `lease_checks::expiries` adds them as
+//! unknown operations before the search (see there for when one may happen).
+//!
 //! Before searching, `quick_checks::impossible_read` rejects reads no write can explain, since
 //! proving those by search means exhausting every order.
 
 use crate::history::{Nanos, Operation, Outcome, Request};
+use crate::lease_checks::expiries;
 use crate::model::{step, RevisionMode, State};
 use crate::quick_checks::impossible_read;
 use std::collections::{BTreeSet, HashSet};
@@ -29,12 +33,15 @@ use std::fmt::Write as _;
 pub struct CheckOptions {
     /// Search steps allowed per search (the shortest-window search runs several).
     pub step_budget: u64,
+    /// The store revision before the first operation (`History::initial_revision`).
+    pub initial_revision: i64,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
             step_budget: 5_000_000,
+            initial_revision: 0,
         }
     }
 }
@@ -66,21 +73,26 @@ pub struct Violation {
 
 /// Checks the operations of a history.
 pub fn check_operations(ops: &[Operation], options: CheckOptions) -> Verdict {
+    // The server's own lease expiries, appended so the recorded operations keep their indices.
+    let with_expiries: Vec<Operation>;
+    let ops = match expiries(ops) {
+        e if e.is_empty() => ops,
+        e => {
+            with_expiries = ops.iter().cloned().chain(e).collect();
+            &with_expiries
+        }
+    };
     if let Some((read, key, why)) = impossible_read(ops) {
         return Verdict::Violation(impossible_read_violation(ops, read, key, &why));
     }
-    match search(
-        &candidates(ops, None, None),
-        RevisionMode::Exact,
-        options.step_budget,
-    ) {
+    match search(&candidates(ops, None, None), RevisionMode::Exact, options) {
         Search::Linearizable => Verdict::Linearizable,
         Search::Illegal => Verdict::Violation(explain(ops, None, RevisionMode::Exact, options)),
         Search::BudgetExceeded => {
             let mut unsettled = Vec::new();
             for key in keys(ops) {
                 let per_key = candidates(ops, None, Some(&key));
-                match search(&per_key, RevisionMode::Blind, options.step_budget) {
+                match search(&per_key, RevisionMode::Blind, options) {
                     Search::Illegal => {
                         let v = explain(ops, Some(&key), RevisionMode::Blind, options);
                         return Verdict::Violation(v);
@@ -114,15 +126,23 @@ const UNKNOWN: Outcome = Outcome::Unknown;
 
 /// The operations the search must place: failed ones never happened, unknown reads change
 /// nothing; with `cut`, only operations called by then, those still running becoming unknown;
-/// with `key`, only that key's single-key operations.
+/// with `key`, only that key's single-key operations and the lease operations of its leases.
 fn candidates<'a>(
     ops: &'a [Operation],
     cut: Option<Nanos>,
     key: Option<&str>,
 ) -> Vec<Candidate<'a>> {
+    let leases = key.map(|k| leases_of(ops, k));
+    let in_partition = |op: &Operation| match (key, &leases) {
+        (Some(k), Some(leases)) => {
+            op.request.key() == Some(k)
+                || op.request.lease_id().is_some_and(|l| leases.contains(&l))
+        }
+        _ => true,
+    };
     let mut out = Vec::new();
     for (index, op) in ops.iter().enumerate() {
-        if op.outcome == Outcome::Failed || key.is_some_and(|k| op.request.key() != Some(k)) {
+        if op.outcome == Outcome::Failed || !in_partition(op) {
             continue;
         }
         if cut.is_some_and(|t| op.call > t) {
@@ -150,6 +170,15 @@ fn candidates<'a>(
         });
     }
     out
+}
+
+/// The leases some operation attaches `key` to: their grants, revokes, keep-alives and expiries
+/// belong to the key's partition (leases make keys dependent).
+fn leases_of(ops: &[Operation], key: &str) -> BTreeSet<i64> {
+    ops.iter()
+        .filter(|op| op.request.key() == Some(key))
+        .filter_map(|op| op.request.attaches_lease())
+        .collect()
 }
 
 fn keys(ops: &[Operation]) -> BTreeSet<String> {
@@ -236,12 +265,13 @@ impl Events {
     }
 }
 
-fn search(cands: &[Candidate], mode: RevisionMode, budget: u64) -> Search {
+fn search(cands: &[Candidate], mode: RevisionMode, options: CheckOptions) -> Search {
+    let budget = options.step_budget;
     let mut events = Events::new(cands);
     let mut linearized = vec![0u64; cands.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state = State::default();
+    let mut state = State::at_revision(options.initial_revision);
     let definite = |j: usize| cands[j].ret.is_some();
     let mut remaining = cands.iter().filter(|c| c.ret.is_some()).count();
     let mut entry = events.next[events.head];
@@ -308,7 +338,7 @@ fn explain(
             if search(
                 &candidates(ops, Some(cut), Some(&k)),
                 RevisionMode::Blind,
-                options.step_budget,
+                options,
             ) == Search::Illegal
             {
                 cut = shortest_failing_cut(ops, Some(&k), RevisionMode::Blind, options);
@@ -394,9 +424,8 @@ fn shortest_failing_cut(
         .collect();
     cuts.sort_unstable();
     cuts.dedup();
-    let fails = |cut: Nanos| {
-        search(&candidates(ops, Some(cut), key), mode, options.step_budget) == Search::Illegal
-    };
+    let fails =
+        |cut: Nanos| search(&candidates(ops, Some(cut), key), mode, options) == Search::Illegal;
     let (mut lo, mut hi) = (0, cuts.len().saturating_sub(1));
     while lo < hi {
         let mid = (lo + hi) / 2;
@@ -647,7 +676,13 @@ mod tests {
                 got(1, Some(("5", 1))),
             )))
             .collect();
-        let verdict = check_operations(&ops, CheckOptions { step_budget: 5 });
+        let verdict = check_operations(
+            &ops,
+            CheckOptions {
+                step_budget: 5,
+                ..CheckOptions::default()
+            },
+        );
         assert!(matches!(verdict, Verdict::Unknown(_)), "{verdict:?}");
     }
 }

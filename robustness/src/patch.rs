@@ -6,7 +6,8 @@
 //! do) an unknown write resolves: if an event is its change and it is the only unknown operation
 //! that could have made it (called before the event arrived; or the earliest called of several
 //! identical requests, which are interchangeable), it happened at that revision, before the event
-//! was received; if no event is left for it, it changed nothing, which is the same as never
+//! was received (a delete of a key ever attached to a lease stays unknown: the event may be the
+//! lease's revoke or expiry); if no event is left for it, it changed nothing, which is the same as never
 //! having happened (a failed compare or a delete of an absent key raises no revision). Unknown
 //! writes competing with different requests for one event stay unknown.
 //!
@@ -14,8 +15,10 @@
 //! `Ok` (with the revision the watch showed) or `Failed`. It trusts the complete watch; the watch
 //! checks verify that stream against the history and report it separately if it is wrong.
 
-use crate::history::{EventKind, History, Nanos, Operation, Outcome, Request, Response};
-use crate::writes::{acknowledged_writes, change_of};
+use crate::history::{
+    EventKind, History, Nanos, Operation, Outcome, Request, Response, WatchStream,
+};
+use crate::writes::{acknowledged_writes, change_of, ever_leased};
 use std::collections::HashSet;
 
 /// The operations of `history` with unknown writes resolved where a complete watch allows it,
@@ -41,9 +44,12 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
             .into_iter()
             .filter(|&i| made[i].is_none())
             .collect();
-        let interchangeable = makers
-            .iter()
-            .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
+        // A leased key's delete may be its lease's revoke or expiry rather than a client delete.
+        let lease_may_have_made = event.3 == EventKind::Delete && ever_leased(&ops, &event.2);
+        let interchangeable = !lease_may_have_made
+            && makers
+                .iter()
+                .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
         match makers.iter().min_by_key(|&&i| ops[i].call) {
             Some(&first) if interchangeable => made[first] = Some((event.0, event.1)),
             _ => makers.iter().for_each(|&i| blocked[i] = true),
@@ -51,7 +57,7 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
     }
     let mut resolved = 0;
     for (i, op) in ops.iter_mut().enumerate() {
-        if op.outcome != Outcome::Unknown || !op.request.may_write() || blocked[i] {
+        if op.outcome != Outcome::Unknown || change_of(&op.request).is_none() || blocked[i] {
             continue;
         }
         (op.outcome, op.ret) = match made[i] {
@@ -79,7 +85,8 @@ fn answer(request: &Request, revision: i64) -> Response {
                 deleted,
             }
         }
-        Request::Get { .. } | Request::Range { .. } => unreachable!("reads make no change"),
+        // A put with or without a lease: only writes `change_of` knows are resolved.
+        _ => Response::Put { revision },
     }
 }
 
@@ -96,7 +103,8 @@ fn unknown_makers(ops: &[Operation], event: &(i64, Nanos, String, EventKind)) ->
 }
 
 /// (revision, receive time, key, change) of every event of a watch on all keys from revision 1
-/// that vouched for the last revision the history knows, if there is such a watch.
+/// (one stream, or streams each resuming where the earlier left off) that vouched for the last
+/// revision the history knows, if there is such a watch.
 fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, EventKind)>> {
     let last_known = acknowledged_writes(&history.operations)
         .iter()
@@ -104,9 +112,8 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
         .chain(history.final_read.as_ref().map(|f| f.revision))
         .max()
         .unwrap_or(0);
-    let stream = history.watches.iter().find(|w| {
-        let vouched = w
-            .responses
+    let vouched = |w: &WatchStream| {
+        w.responses
             .iter()
             .flat_map(|r| {
                 r.events
@@ -115,15 +122,30 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
                     .chain(r.progress_notify.then_some(r.header_revision))
             })
             .max()
-            .unwrap_or(0);
-        w.prefix && w.key.is_empty() && w.start_revision <= 1 && vouched >= last_known
-    })?;
-    let events = stream.responses.iter().flat_map(|r| {
-        r.events
-            .iter()
-            .map(move |e| (e.mod_revision, r.time, e.key.clone(), e.kind.clone()))
-    });
-    Some(events.collect())
+            .unwrap_or(0)
+    };
+    // Streams on all keys, each resuming at or before the revision after the last one the
+    // earlier ones vouched for (a watch re-created after its member failed), chained from 1.
+    let mut all_keys: Vec<&WatchStream> = history
+        .watches
+        .iter()
+        .filter(|w| w.prefix && w.key.is_empty() && w.compact_revision.is_none())
+        .collect();
+    all_keys.sort_by_key(|w| w.start_revision);
+    let mut reach = 0;
+    let mut events = Vec::new();
+    for stream in all_keys {
+        if stream.start_revision > reach + 1 {
+            break;
+        }
+        for r in &stream.responses {
+            for e in r.events.iter().filter(|e| e.mod_revision > reach) {
+                events.push((e.mod_revision, r.time, e.key.clone(), e.kind.clone()));
+            }
+        }
+        reach = reach.max(vouched(stream));
+    }
+    (reach >= last_known).then_some(events)
 }
 
 #[cfg(test)]
@@ -145,6 +167,7 @@ mod tests {
                     kind: EventKind::Put {
                         value: value.into(),
                     },
+                    prev: None,
                 }],
             })
             .collect();
@@ -160,6 +183,8 @@ mod tests {
             prefix: true,
             start_revision: 1,
             responses,
+            prev_kv: false,
+            compact_revision: None,
         }
     }
     fn history(ops: Vec<Operation>, stream: WatchStream) -> History {
@@ -170,6 +195,7 @@ mod tests {
                 revision: 2,
                 kvs: vec![],
             }),
+            initial_revision: 0,
         }
     }
 
@@ -231,6 +257,29 @@ mod tests {
         let mut late_start = watch(vec![], 2);
         late_start.start_revision = 2;
         assert_eq!(resolve_unknown_writes(&history(ops, late_start)).1, 0);
+    }
+
+    #[test]
+    fn watch_resumed_where_it_broke_counts_as_complete() {
+        let ops = vec![
+            put(0, "1", Outcome::Ok(Response::Put { revision: 1 })),
+            put(20, "2", Outcome::Unknown),
+        ];
+        let mut first = watch(vec![(1, "1", 15)], 1);
+        first.responses.pop();
+        let mut resumed = watch(vec![(2, "2", 40)], 2);
+        resumed.start_revision = 2;
+        let mut h = history(ops, first);
+        h.watches.push(resumed.clone());
+        let (patched, resolved) = resolve_unknown_writes(&h);
+        assert_eq!(resolved, 1);
+        assert_eq!(
+            patched[1].outcome,
+            Outcome::Ok(Response::Put { revision: 2 })
+        );
+        // Resumed past a revision nobody vouched for: not complete.
+        h.watches[1].start_revision = 3;
+        assert_eq!(resolve_unknown_writes(&h).1, 0);
     }
 
     #[test]

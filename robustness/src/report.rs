@@ -4,6 +4,7 @@
 //! nothing: a linearizability search that ran out of budget fails the report (it proves nothing).
 
 use crate::history::History;
+use crate::lease_checks::{ttl_rises, TtlRise};
 use crate::linearizability::{check_operations, CheckOptions, Verdict};
 use crate::lost_writes::{check_no_lost_writes, LostWrite};
 use crate::patch::resolve_unknown_writes;
@@ -26,6 +27,8 @@ pub struct Report {
     pub watch_violations: Vec<WatchViolation>,
     /// `None` when the history has no final read.
     pub lost_writes: Option<Vec<LostWrite>>,
+    /// Remaining lease TTLs that rose within one raft term without a keep-alive.
+    pub ttl_rises: Vec<TtlRise>,
 }
 
 pub fn check_history(history: &History, options: CheckOptions) -> Report {
@@ -36,13 +39,20 @@ pub fn check_history(history: &History, options: CheckOptions) -> Report {
         resolved_unknowns,
         linearizability: match history.malformed() {
             Some(why) => Verdict::Unknown(format!("malformed history: {why}")),
-            None => check_operations(&patched, options),
+            None => check_operations(
+                &patched,
+                CheckOptions {
+                    initial_revision: history.initial_revision,
+                    ..options
+                },
+            ),
         },
         watch_violations: check_watches(history),
         lost_writes: history
             .final_read
             .as_ref()
             .map(|f| check_no_lost_writes(&history.operations, f)),
+        ttl_rises: ttl_rises(&history.operations),
     }
 }
 
@@ -51,6 +61,7 @@ impl Report {
         self.linearizability == Verdict::Linearizable
             && self.watch_violations.is_empty()
             && self.lost_writes.as_ref().is_none_or(Vec::is_empty)
+            && self.ttl_rises.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -82,6 +93,10 @@ impl Report {
                     let _ = writeln!(out, "  {}", l.message);
                 }
             }
+        }
+        let _ = writeln!(out, "lease TTL rises: {}", self.ttl_rises.len());
+        for r in &self.ttl_rises {
+            let _ = writeln!(out, "  {r}");
         }
         out
     }
@@ -180,6 +195,7 @@ mod tests {
                     mod_revision: 1,
                 }],
             }),
+            initial_revision: 0,
         }
     }
 

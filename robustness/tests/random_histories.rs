@@ -106,6 +106,7 @@ fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64, unknown_percent: u8)
                     key,
                     mod_revision: next.revision,
                     kind,
+                    prev: None,
                 };
                 changes.push((event, outcome != Outcome::Unknown, at));
             }
@@ -169,7 +170,12 @@ fn revision_of(response: &mut Response) -> &mut i64 {
         | Response::Get { revision, .. }
         | Response::Delete { revision, .. }
         | Response::Txn { revision, .. }
-        | Response::Range { revision, .. } => revision,
+        | Response::Range { revision, .. }
+        | Response::LeaseGrant { revision, .. }
+        | Response::LeaseRevoke { revision }
+        | Response::Compact { revision } => revision,
+        Response::LeaseKeepAlive { ttl } | Response::LeaseTimeToLive { ttl, .. } => ttl,
+        Response::Error(_) => unreachable!("the generator makes no error answers"),
     }
 }
 
@@ -375,6 +381,8 @@ fn watch_of(rng: &mut fastrand::Rng, run: &Run, start: i64) -> WatchStream {
         prefix: true,
         start_revision: start,
         responses,
+        prev_kv: false,
+        compact_revision: None,
     }
 }
 
@@ -389,6 +397,7 @@ fn generated_watch_streams_pass_and_their_mutations_fail() {
             operations: run.ops.clone(),
             watches: vec![stream.clone()],
             final_read: None,
+            initial_revision: 0,
         };
         assert_eq!(check_watches(&history), vec![], "seed {seed}");
 
@@ -509,6 +518,8 @@ fn complete_watch(run: &Run) -> WatchStream {
         prefix: true,
         start_revision: 1,
         responses,
+        prev_kv: false,
+        compact_revision: None,
     }
 }
 
@@ -533,6 +544,7 @@ fn recorded(run: Run) -> History {
         watches: vec![complete_watch(&run)],
         final_read: Some(final_read_of(&run.state)),
         operations: run.ops,
+        initial_revision: 0,
     }
 }
 
