@@ -234,3 +234,235 @@ async fn delay_holds_back_traffic_to_and_from_the_member_in_order() {
     assert!(start.elapsed() < delayed, "an undelayed pair was slowed too");
     f.net.heal();
 }
+
+// ---- Real clusters behind the proxies ----------------------------------------------------
+
+mod cluster {
+    use super::*;
+    use etcd_proto::etcdserverpb::kv_client::KvClient;
+    use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use etcd_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
+    use std::path::{Path, PathBuf};
+    use tonic::transport::Channel;
+
+    /// A wait that must end on a healthy loaded machine (elections, catch-up).
+    const SETTLES_WITHIN: Duration = Duration::from_secs(30);
+    /// How long the isolated member is given to (wrongly) answer a linearizable read.
+    const READ_REFUSED_FOR: Duration = Duration::from_secs(5);
+
+    /// A port free now, below the kernel's ephemeral range (32768-60999), so that no outgoing
+    /// connection takes it before the member binds it; per-process starting point, in turn.
+    fn free_port() -> u16 {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        const FIRST: u32 = 12000;
+        const SPAN: u32 = 20000;
+        static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+        let _ = NEXT.compare_exchange(u32::MAX, std::process::id().wrapping_mul(104_729) % SPAN, Ordering::AcqRel, Ordering::Acquire);
+        (0..SPAN)
+            .map(|_| (FIRST + NEXT.fetch_add(1, Ordering::AcqRel) % SPAN) as u16)
+            .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+            .expect("a free port below the ephemeral range")
+    }
+
+    struct Member {
+        client: String,
+        log: PathBuf,
+        child: Child,
+    }
+
+    impl Drop for Member {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    struct Cluster {
+        net: PeerNetwork,
+        members: Vec<Member>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Cluster {
+        /// Three members of `bin` (etcd's flags), each advertising its proxy as its peer URL.
+        async fn start(bin: &Path) -> Cluster {
+            let dir = tempfile::tempdir().unwrap();
+            let peers: Vec<SocketAddr> = (0..3).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+            let net = PeerNetwork::start(&peers).await.unwrap();
+            let initial: Vec<String> = (0..3).map(|i| format!("m{i}=http://{}", net.proxy_addr(i))).collect();
+            let mut members = Vec::new();
+            for (i, peer) in peers.iter().enumerate() {
+                let client = format!("http://127.0.0.1:{}", free_port());
+                let log = dir.path().join(format!("m{i}.log"));
+                let out = std::fs::File::create(&log).unwrap();
+                let child = Command::new(bin)
+                    .args(["--name", &format!("m{i}"), "--data-dir"])
+                    .arg(dir.path().join(format!("m{i}.etcd")))
+                    .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                    .args(["--listen-peer-urls", &format!("http://{peer}")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://{}", net.proxy_addr(i))])
+                    .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "rob-net"])
+                    .stdin(Stdio::null())
+                    .stdout(out.try_clone().unwrap())
+                    .stderr(out)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+                net.set_pid(i, child.id());
+                members.push(Member { client, log, child });
+            }
+            Cluster { net, members, _dir: dir }
+        }
+
+        fn logs(&self) -> String {
+            self.members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| format!("--- m{i}\n{}", std::fs::read_to_string(&m.log).unwrap_or_default()))
+                .collect()
+        }
+
+        async fn channel(&self, m: usize) -> Option<Channel> {
+            let ch = Channel::from_shared(self.members[m].client.clone()).ok()?;
+            ch.connect_timeout(Duration::from_millis(500)).timeout(Duration::from_secs(3)).connect().await.ok()
+        }
+
+        /// (own member id, leader id, revision) as member `m` reports in Status.
+        async fn status(&self, m: usize) -> Option<(u64, u64, i64)> {
+            let mut c = MaintenanceClient::new(self.channel(m).await?);
+            let r = c.status(StatusRequest {}).await.ok()?.into_inner();
+            let h = r.header?;
+            Some((h.member_id, r.leader, h.revision))
+        }
+
+        /// Waits until all of `among` name one leader among them; its index.
+        async fn agreed_leader(&self, among: &[usize]) -> usize {
+            let deadline = Instant::now() + SETTLES_WITHIN;
+            loop {
+                let mut seen = Vec::new();
+                for &m in among {
+                    seen.extend(self.status(m).await.map(|(id, leader, _)| (m, id, leader)));
+                }
+                if seen.len() == among.len() && seen.iter().all(|s| s.2 != 0 && s.2 == seen[0].2) {
+                    if let Some(&(m, ..)) = seen.iter().find(|s| s.1 == s.2) {
+                        return m;
+                    }
+                }
+                assert!(Instant::now() < deadline, "no agreed leader among {among:?}: {seen:?}\n{}", self.logs());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// A put through member `m`, retried until it succeeds; its revision.
+        async fn put(&self, m: usize, key: &str, value: &str) -> i64 {
+            let deadline = Instant::now() + SETTLES_WITHIN;
+            loop {
+                if let Some(ch) = self.channel(m).await {
+                    let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+                    if let Ok(r) = KvClient::new(ch).put(req).await {
+                        return r.into_inner().header.map_or(0, |h| h.revision);
+                    }
+                }
+                assert!(Instant::now() < deadline, "put through m{m} failed for {SETTLES_WITHIN:?}\n{}", self.logs());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        /// A linearizable read of `key` through member `m`: (revision, value) or the failure.
+        async fn read(&self, m: usize, key: &str, wait: Duration) -> Result<(i64, Vec<u8>), String> {
+            let ch = self.channel(m).await.ok_or("no connection")?;
+            let req = RangeRequest { key: key.into(), ..Default::default() };
+            match tokio::time::timeout(wait, KvClient::new(ch).range(req)).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    Ok((r.header.map_or(0, |h| h.revision), r.kvs.first().map(|kv| kv.value.clone()).unwrap_or_default()))
+                }
+                Ok(Err(status)) => Err(status.message().to_string()),
+                Err(_) => Err("timed out".into()),
+            }
+        }
+    }
+
+    /// Isolating the leader: the other two elect a new one and take writes, the isolated one
+    /// serves no linearizable read, and after the heal it catches up to the same revision.
+    async fn isolated_leader_is_replaced_and_catches_up_after_heal(bin: &Path) {
+        let c = Cluster::start(bin).await;
+        let old = c.agreed_leader(&[0, 1, 2]).await;
+        c.put(old, "k", "before").await;
+        let cut_at = Instant::now();
+        c.net.isolate(old);
+        let rest: Vec<usize> = (0..3).filter(|&m| m != old).collect();
+        let new = c.agreed_leader(&rest).await;
+        assert_ne!(new, old);
+        let elected = cut_at.elapsed();
+        let written = c.put(rest[0], "k", "during").await;
+        let refused = c.read(old, "k", READ_REFUSED_FOR).await;
+        assert!(refused.is_err(), "the isolated m{old} served a linearizable read: {refused:?}");
+        // Attribution on real members: the cut pairs dropped bytes, the others lost none.
+        let bytes = c.net.bytes();
+        let pair = |f: usize, t: usize| bytes.iter().find(|p| p.from == Some(f) && p.to == Some(t)).copied();
+        for &m in &rest {
+            assert!(pair(old, m).is_some_and(|p| p.dropped > 0), "m{old}->m{m} dropped nothing: {bytes:?}");
+            assert!(pair(m, old).is_some_and(|p| p.dropped > 0), "m{m}->m{old} dropped nothing: {bytes:?}");
+        }
+        let (a, b) = (rest[0], rest[1]);
+        assert!(pair(a, b).is_some_and(|p| p.forwarded > 0 && p.dropped == 0), "m{a}->m{b}: {bytes:?}");
+        assert!(bytes.iter().all(|p| p.from.is_some() && p.to.is_some()), "unattributed bytes: {bytes:?}");
+
+        c.net.heal();
+        let healed_at = Instant::now();
+        let deadline = healed_at + SETTLES_WITHIN;
+        loop {
+            match c.read(old, "k", Duration::from_secs(3)).await {
+                Ok((rev, value)) if rev >= written && value == b"during" => break,
+                other => assert!(Instant::now() < deadline, "m{old} did not catch up: {other:?}\n{}", c.logs()),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let caught_up = healed_at.elapsed();
+        let mut seen = Vec::new();
+        for m in 0..3 {
+            seen.push(c.status(m).await.map(|s| s.2));
+        }
+        assert!(seen.iter().all(|r| *r == Some(written)), "revisions after heal: {seen:?} (last write {written})");
+        eprintln!(
+            "{}: new leader m{new} {elected:?} after the cut; isolated m{old} refused the read ({}); caught up {:?} after the heal",
+            bin.display(),
+            refused.unwrap_err(),
+            caught_up
+        );
+    }
+
+    fn etcd_rs_bin() -> PathBuf {
+        std::env::var_os("ETCD_RS_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/etcd-rs")
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_rs_isolated_leader_is_replaced_and_catches_up_after_heal() {
+        let bin = etcd_rs_bin();
+        assert!(bin.exists(), "no etcd-rs at {} (set ETCD_RS_BIN)", bin.display());
+        isolated_leader_is_replaced_and_catches_up_after_heal(&bin).await;
+    }
+
+    /// The same against the reference etcd releases, where installed (they are on the
+    /// developers' and CI's machines; a machine without them has nothing to compare with).
+    async fn reference(bin: &str) {
+        if Path::new(bin).exists() {
+            isolated_leader_is_replaced_and_catches_up_after_heal(Path::new(bin)).await;
+        } else {
+            eprintln!("skipped: no {bin}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_3_4_isolated_leader_is_replaced_and_catches_up_after_heal() {
+        reference("/usr/bin/etcd").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_3_5_isolated_leader_is_replaced_and_catches_up_after_heal() {
+        reference("/opt/etcd-3.5/bin/etcd").await;
+    }
+}
