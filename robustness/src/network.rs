@@ -3,21 +3,28 @@
 //! ([`crate::proxy`]).
 //!
 //! Invariant: a rule is per ordered (sender, receiver) pair of members and is looked up for
-//! every chunk of bytes a proxy reads, on whatever connection carries it: a connection opened by
-//! B to A's proxy carries B→A bytes on its way in and A→B bytes on its way out (etcd's rafthttp
-//! streams carry the dialled member's messages back to the dialler). So a rule takes effect at
-//! once on connections that already exist, and a connection's direction never matters.
+//! every chunk of bytes a proxy handles, on whatever connection carries it: a connection opened
+//! by B to A's proxy carries B→A bytes on its way in and A→B bytes on its way out (etcd's
+//! rafthttp streams carry the dialled member's messages back to the dialler). So a rule takes
+//! effect at once on connections that already exist, and a connection's direction never matters.
 //!
-//! A blocked pair's bytes are read and thrown away; its connections stay open and silent (no
-//! RST, no FIN). This is what etcd's own robustness tests do (`pkg/proxy`'s `BlackholeTx/Rx`
-//! and `ModifyTx/Rx` drop the bytes of open connections): the members see a real partition,
-//! silence they must detect by their own timeouts, and the same fault as etcd sees so runs
-//! compare side by side. After a heal, a stream that lost bytes in the middle is corrupt; the
-//! member must notice and reconnect, as it must after any broken connection.
+//! A cut pair's connections stay open and silent (no RST, no FIN), as in etcd's robustness
+//! tests, which blackhole a member's proxy. What happens to the bytes is [`CutMode`]:
+//!
+//! - [`CutMode::Hold`] (default): they wait in the proxy, and behind them the sender's socket
+//!   buffer, and flow in order after the heal: what TCP does across a partition shorter than
+//!   its retransmission timeout. A member must detect the silence by its own timeouts.
+//! - [`CutMode::Discard`]: they are read and thrown away, as etcd's `pkg/proxy` does
+//!   (`BlackholeTx/Rx`, `ModifyTx/Rx`). No real network does this inside one TCP connection:
+//!   after the heal a stream resumes in the middle of a message. With it, a 3-member etcd
+//!   3.5.1 whose leader lost its bytes to one follower for a few seconds kept that follower
+//!   behind for good after the heal (no error logged; its stream readers stayed on the garbled
+//!   connections), so this mode finds proxy artefacts as well as bugs; it is kept to
+//!   reproduce etcd's own runs.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,8 +37,8 @@ use crate::proxy;
 pub enum Verdict {
     /// Deliver after this delay (zero: at once).
     Forward(Duration),
-    /// Throw away; the connection stays open.
-    Drop,
+    /// The pair is cut: hold the bytes back, or throw them away (see [`CutMode`]).
+    Cut,
 }
 
 /// The fault rules in force: which ordered pairs are cut, and each member's added latency.
@@ -53,7 +60,7 @@ impl Rules {
     pub fn verdict(&self, from: Option<usize>, to: Option<usize>) -> Verdict {
         if let (Some(f), Some(t)) = (from, to) {
             if f < self.members && t < self.members && self.cut[f * self.members + t] {
-                return Verdict::Drop;
+                return Verdict::Cut;
             }
         }
         let latency = |m: Option<usize>| m.and_then(|m| self.delay.get(m).copied()).unwrap_or_default();
@@ -105,13 +112,34 @@ impl Rules {
     }
 }
 
+/// What happens to the bytes of a cut pair (see the module doc).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CutMode {
+    #[default]
+    Hold,
+    Discard,
+}
+
 /// Bytes counted for one ordered pair; `None` is an endpoint that is not a known member.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PairBytes {
     pub from: Option<usize>,
     pub to: Option<usize>,
+    /// Delivered to the receiver (held bytes too, once the cut is healed).
     pub forwarded: u64,
+    /// Thrown away while the pair was cut ([`CutMode::Discard`]).
     pub dropped: u64,
+    /// Read while the pair was cut and kept for after the heal ([`CutMode::Hold`]); bytes the
+    /// sender could not even send meanwhile are not counted.
+    pub held: u64,
+}
+
+/// What the proxy did with a chunk, for the counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fate {
+    Forwarded,
+    Dropped,
+    Held,
 }
 
 /// Byte counters per ordered pair; index `members` stands for "not a known member".
@@ -119,6 +147,7 @@ pub(crate) struct Counters {
     members: usize,
     forwarded: Vec<AtomicU64>,
     dropped: Vec<AtomicU64>,
+    held: Vec<AtomicU64>,
 }
 
 impl Counters {
@@ -128,6 +157,7 @@ impl Counters {
             members,
             forwarded: (0..cells).map(|_| AtomicU64::new(0)).collect(),
             dropped: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            held: (0..cells).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -136,8 +166,12 @@ impl Counters {
         index(from) * (self.members + 1) + index(to)
     }
 
-    pub(crate) fn count(&self, from: Option<usize>, to: Option<usize>, verdict: Verdict, bytes: usize) {
-        let cells = if verdict == Verdict::Drop { &self.dropped } else { &self.forwarded };
+    pub(crate) fn count(&self, from: Option<usize>, to: Option<usize>, fate: Fate, bytes: usize) {
+        let cells = match fate {
+            Fate::Forwarded => &self.forwarded,
+            Fate::Dropped => &self.dropped,
+            Fate::Held => &self.held,
+        };
         cells[self.cell(from, to)].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
@@ -147,10 +181,10 @@ impl Counters {
         for f in 0..=self.members {
             for t in 0..=self.members {
                 let cell = f * (self.members + 1) + t;
-                let forwarded = self.forwarded[cell].load(Ordering::Relaxed);
-                let dropped = self.dropped[cell].load(Ordering::Relaxed);
-                if forwarded + dropped > 0 {
-                    pairs.push(PairBytes { from: endpoint(f), to: endpoint(t), forwarded, dropped });
+                let load = |cells: &[AtomicU64]| cells[cell].load(Ordering::Relaxed);
+                let (forwarded, dropped, held) = (load(&self.forwarded), load(&self.dropped), load(&self.held));
+                if forwarded + dropped + held > 0 {
+                    pairs.push(PairBytes { from: endpoint(f), to: endpoint(t), forwarded, dropped, held });
                 }
             }
         }
@@ -166,6 +200,9 @@ pub(crate) struct Shared {
     /// Bumped on every `set_pid`, so a connection whose sender was not found looks again.
     pub(crate) pid_generation: AtomicU64,
     pub(crate) counters: Counters,
+    discard: AtomicBool,
+    /// Told of every rule change, so held bytes go as soon as their pair is healed.
+    pub(crate) rules_changed: watch::Sender<()>,
 }
 
 impl Shared {
@@ -175,6 +212,14 @@ impl Shared {
 
     pub(crate) fn verdict(&self, from: Option<usize>, to: Option<usize>) -> Verdict {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).verdict(from, to)
+    }
+
+    pub(crate) fn cut_mode(&self) -> CutMode {
+        if self.discard.load(Ordering::Acquire) {
+            CutMode::Discard
+        } else {
+            CutMode::Hold
+        }
     }
 }
 
@@ -197,6 +242,8 @@ impl PeerNetwork {
             pids: Mutex::new(vec![None; targets.len()]),
             pid_generation: AtomicU64::new(0),
             counters: Counters::new(targets.len()),
+            discard: AtomicBool::new(false),
+            rules_changed: watch::channel(()).0,
         });
         let (shutdown, stopped) = watch::channel(());
         let mut addrs = Vec::new();
@@ -223,6 +270,13 @@ impl PeerNetwork {
 
     fn change(&self, f: impl FnOnce(&mut Rules)) {
         f(&mut self.shared.rules.write().unwrap_or_else(|e| e.into_inner()));
+        self.shared.rules_changed.send_replace(());
+    }
+
+    /// What cut pairs do with their bytes from now on (default [`CutMode::Hold`]).
+    pub fn set_cut_mode(&self, mode: CutMode) {
+        self.shared.discard.store(mode == CutMode::Discard, Ordering::Release);
+        self.shared.rules_changed.send_replace(());
     }
 
     /// No traffic between `member` and anyone, both ways.
@@ -250,7 +304,7 @@ impl PeerNetwork {
         self.change(Rules::heal)
     }
 
-    /// Forwarded and dropped bytes per ordered pair that carried any, for the run summary.
+    /// Forwarded, dropped and held bytes per ordered pair that carried any, for the run summary.
     pub fn bytes(&self) -> Vec<PairBytes> {
         self.shared.counters.snapshot()
     }
@@ -267,8 +321,8 @@ mod tests {
         let mut r = Rules::new(3);
         r.isolate(1);
         for other in [0, 2] {
-            assert_eq!(r.verdict(Some(1), Some(other)), Verdict::Drop);
-            assert_eq!(r.verdict(Some(other), Some(1)), Verdict::Drop);
+            assert_eq!(r.verdict(Some(1), Some(other)), Verdict::Cut);
+            assert_eq!(r.verdict(Some(other), Some(1)), Verdict::Cut);
         }
         assert_eq!(r.verdict(Some(0), Some(2)), Verdict::Forward(Duration::ZERO));
         assert_eq!(r.verdict(Some(2), Some(0)), Verdict::Forward(Duration::ZERO));
@@ -279,12 +333,12 @@ mod tests {
         let mut r = Rules::new(4);
         r.partition(&[vec![0], vec![1, 2]]);
         assert_eq!(r.verdict(Some(1), Some(2)), Verdict::Forward(Duration::ZERO));
-        assert_eq!(r.verdict(Some(0), Some(1)), Verdict::Drop);
-        assert_eq!(r.verdict(Some(2), Some(0)), Verdict::Drop);
+        assert_eq!(r.verdict(Some(0), Some(1)), Verdict::Cut);
+        assert_eq!(r.verdict(Some(2), Some(0)), Verdict::Cut);
         // Member 3 is in no group: cut from everyone.
         for other in 0..3 {
-            assert_eq!(r.verdict(Some(3), Some(other)), Verdict::Drop);
-            assert_eq!(r.verdict(Some(other), Some(3)), Verdict::Drop);
+            assert_eq!(r.verdict(Some(3), Some(other)), Verdict::Cut);
+            assert_eq!(r.verdict(Some(other), Some(3)), Verdict::Cut);
         }
     }
 
@@ -292,7 +346,7 @@ mod tests {
     fn drop_one_way_cuts_only_the_named_direction() {
         let mut r = Rules::new(2);
         r.drop_one_way(0, 1);
-        assert_eq!(r.verdict(Some(0), Some(1)), Verdict::Drop);
+        assert_eq!(r.verdict(Some(0), Some(1)), Verdict::Cut);
         assert_eq!(r.verdict(Some(1), Some(0)), Verdict::Forward(Duration::ZERO));
     }
 
@@ -334,14 +388,15 @@ mod tests {
     #[test]
     fn counters_report_each_pair_that_carried_bytes() {
         let c = Counters::new(2);
-        c.count(Some(0), Some(1), Verdict::Forward(Duration::ZERO), 10);
-        c.count(Some(0), Some(1), Verdict::Drop, 4);
-        c.count(None, Some(1), Verdict::Forward(Duration::ZERO), 3);
+        c.count(Some(0), Some(1), Fate::Forwarded, 10);
+        c.count(Some(0), Some(1), Fate::Dropped, 4);
+        c.count(Some(0), Some(1), Fate::Held, 2);
+        c.count(None, Some(1), Fate::Forwarded, 3);
         assert_eq!(
             c.snapshot(),
             vec![
-                PairBytes { from: Some(0), to: Some(1), forwarded: 10, dropped: 4 },
-                PairBytes { from: None, to: Some(1), forwarded: 3, dropped: 0 },
+                PairBytes { from: Some(0), to: Some(1), forwarded: 10, dropped: 4, held: 2 },
+                PairBytes { from: None, to: Some(1), forwarded: 3, ..Default::default() },
             ]
         );
     }

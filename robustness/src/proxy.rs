@@ -2,9 +2,9 @@
 //! each one, and forwards its bytes both ways to the member's real peer port, chunk by chunk,
 //! as the [`Rules`](crate::network::Rules) say.
 //!
-//! Invariant: every chunk is judged by the rule for its own direction, (sender, receiver), at
-//! the moment it is read and again when it is written, so rule changes reach open connections
-//! at once; bytes of one direction are written in the order they were read.
+//! Invariant: every chunk is judged by the rule for its own direction, (sender, receiver), when
+//! it is read and again when it is due to be written, so rule changes reach open connections at
+//! once; the bytes of one direction that are written are written in the order they were read.
 //!
 //! At the TCP level a proxy cannot tell who dialled it, so the sender of a connection is found
 //! through /proc: the accepted connection's remote address is the client socket's local
@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::network::{Shared, Verdict};
+use crate::network::{CutMode, Fate, Shared, Verdict};
 
 /// Bytes read at once; a rule applies to whole chunks.
 const CHUNK: usize = 16 * 1024;
@@ -133,7 +133,9 @@ impl Connection {
         }
     }
 
-    /// Reads chunks and queues those the rules let through, each with its delivery time.
+    /// Reads chunks and queues them with their delivery time; a cut pair's chunks are thrown
+    /// away here in [`CutMode::Discard`]. A full queue stops the reading (the sender's socket
+    /// buffer fills, as across a real partition).
     async fn read(&self, mut from: OwnedReadHalf, direction: Direction, queue: mpsc::Sender<(Instant, Vec<u8>)>) {
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -142,25 +144,48 @@ impl Connection {
                 Ok(n) => n,
             };
             let (sender, receiver) = self.ends(direction);
-            match self.shared.verdict(sender, receiver) {
-                Verdict::Drop => self.shared.counters.count(sender, receiver, Verdict::Drop, n),
-                Verdict::Forward(delay) => {
-                    if queue.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
-                        return;
-                    }
+            let delay = match (self.shared.verdict(sender, receiver), self.shared.cut_mode()) {
+                (Verdict::Forward(delay), _) => delay,
+                (Verdict::Cut, CutMode::Discard) => {
+                    self.shared.counters.count(sender, receiver, Fate::Dropped, n);
+                    continue;
                 }
+                (Verdict::Cut, CutMode::Hold) => {
+                    self.shared.counters.count(sender, receiver, Fate::Held, n);
+                    Duration::ZERO
+                }
+            };
+            if queue.send((Instant::now() + delay, buf[..n].to_vec())).await.is_err() {
+                return;
             }
         }
     }
 
-    /// Writes queued chunks at their delivery time, unless the pair was cut meanwhile.
+    /// Writes queued chunks in order at their delivery time; while the pair is cut, holds
+    /// them back ([`CutMode::Hold`]) or throws them away ([`CutMode::Discard`]).
     async fn write(&self, mut queue: mpsc::Receiver<(Instant, Vec<u8>)>, mut to: OwnedWriteHalf, direction: Direction) {
+        let mut rules_changed = self.shared.rules_changed.subscribe();
         while let Some((at, chunk)) = queue.recv().await {
             tokio::time::sleep_until(at).await;
-            let (sender, receiver) = self.ends(direction);
-            let verdict = self.shared.verdict(sender, receiver);
-            self.shared.counters.count(sender, receiver, verdict, chunk.len());
-            if verdict != Verdict::Drop && to.write_all(&chunk).await.is_err() {
+            let (fate, sender, receiver) = loop {
+                // Marked seen before the rules are read, so no change is missed while held.
+                rules_changed.borrow_and_update();
+                let (sender, receiver) = self.ends(direction);
+                match (self.shared.verdict(sender, receiver), self.shared.cut_mode()) {
+                    (Verdict::Forward(_), _) => break (Fate::Forwarded, sender, receiver),
+                    (Verdict::Cut, CutMode::Discard) => break (Fate::Dropped, sender, receiver),
+                    (Verdict::Cut, CutMode::Hold) => {
+                        if rules_changed.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            self.shared.counters.count(sender, receiver, fate, chunk.len());
+            if fate == Fate::Dropped {
+                continue;
+            }
+            if to.write_all(&chunk).await.is_err() {
                 return;
             }
         }

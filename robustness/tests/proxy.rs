@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_robustness::network::{PairBytes, PeerNetwork};
+use etcd_robustness::network::{CutMode, PairBytes, PeerNetwork};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -115,6 +115,16 @@ impl Fixture {
         self.round_trip(from, to, msg, ARRIVES_WITHIN).await == msg.as_bytes()
     }
 
+    /// After a heal: the bytes held during the cut come back first, then `msg`'s echo.
+    async fn works_after(&mut self, from: usize, to: usize, held: &str, msg: &str) -> bool {
+        let conn = self.conn(from, to);
+        conn.write_all(msg.as_bytes()).await.unwrap();
+        let want = format!("{held}{msg}");
+        let mut got = vec![0u8; want.len()];
+        matches!(tokio::time::timeout(ARRIVES_WITHIN, conn.read_exact(&mut got)).await, Ok(Ok(_)))
+            && got == want.as_bytes()
+    }
+
     async fn silent(&mut self, from: usize, to: usize, msg: &str) -> bool {
         self.round_trip(from, to, msg, SILENT_FOR).await.is_empty()
     }
@@ -129,7 +139,7 @@ impl Fixture {
             .bytes()
             .into_iter()
             .find(|p| p.from == Some(from) && p.to == Some(to))
-            .unwrap_or(PairBytes { from: Some(from), to: Some(to), forwarded: 0, dropped: 0 })
+            .unwrap_or(PairBytes { from: Some(from), to: Some(to), ..Default::default() })
     }
 }
 
@@ -155,7 +165,7 @@ async fn unfaulted_proxies_pass_bytes_both_ways_counted_per_member_pair() {
     for (a, b) in PAIRS {
         let len = format!("hello {a}->{b}").len() as u64 + format!("hello {b}->{a}").len() as u64;
         let p = f.pair(a, b);
-        assert_eq!((p.forwarded, p.dropped), (len, 0), "{a}->{b}: {:?}", f.net.bytes());
+        assert_eq!((p.forwarded, p.dropped, p.held), (len, 0, 0), "{a}->{b}: {:?}", f.net.bytes());
     }
     assert!(f.net.bytes().iter().all(|p| p.from.is_some() && p.to.is_some()), "{:?}", f.net.bytes());
 }
@@ -169,11 +179,10 @@ async fn isolated_member_is_silent_both_ways_on_open_connections_until_healed() 
         assert!(f.silent(a, b, &format!("cut {a}->{b}")).await, "{a}->{b} got through");
     }
     assert!(!f.received_by(1, "cut 0->1") && !f.received_by(2, "cut 0->2"));
-    // Echoes of 1's and 2's messages were dropped on the way back from 0... and 0 never got
-    // them in the first place: nothing crossed.
+    // Nor did 1's and 2's messages reach 0.
     assert!(!f.received_by(0, "cut 1->0") && !f.received_by(0, "cut 2->0"));
     assert!(f.works(1, 2, "still 1->2").await && f.works(2, 1, "still 2->1").await);
-    assert!(f.pair(0, 1).dropped > 0 && f.pair(1, 0).dropped > 0);
+    assert!(f.pair(0, 1).held > 0 && f.pair(1, 0).held > 0 && f.pair(0, 1).dropped == 0);
 
     // A connection opened during the cut is accepted and silent too (no refusal, no reset).
     let mut late = TcpStream::connect(f.net.proxy_addr(0)).await.unwrap();
@@ -183,10 +192,24 @@ async fn isolated_member_is_silent_both_ways_on_open_connections_until_healed() 
     assert!(tokio::time::timeout(SILENT_FOR, late.read(&mut buf)).await.is_err(), "late connection not silent");
 
     f.net.heal();
-    // The same connections carry traffic again: they were kept open.
+    // The same connections carry traffic again (they were kept open), the held bytes first.
     for (a, b) in [(0, 1), (0, 2), (1, 0), (2, 0)] {
-        assert!(f.works(a, b, &format!("healed {a}->{b}")).await, "{a}->{b} after heal");
+        assert!(f.works_after(a, b, &format!("cut {a}->{b}"), &format!("healed {a}->{b}")).await, "{a}->{b}");
     }
+    assert!(f.received_by(1, "cut 0->1healed 0->1") && f.received_by(0, "cut 1->0healed 1->0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_mode_throws_a_cut_pairs_bytes_away_and_keeps_the_connection() {
+    let mut f = Fixture::start().await;
+    f.net.set_cut_mode(CutMode::Discard);
+    f.net.isolate(0);
+    assert!(f.silent(0, 1, "lost 0->1").await && f.silent(1, 0, "lost 1->0").await);
+    assert!(f.pair(0, 1).dropped > 0 && f.pair(1, 0).dropped > 0 && f.pair(0, 1).held == 0);
+    f.net.heal();
+    // Nothing of the cut comes back; the connections still carry new bytes.
+    assert!(f.works(0, 1, "healed 0->1").await && f.works(1, 0, "healed 1->0").await);
+    assert!(!f.received_by(1, "lost 0->1") && !f.received_by(0, "lost 1->0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +221,7 @@ async fn partition_cuts_only_between_groups() {
         assert!(f.silent(a, b, &format!("across {a}->{b}")).await, "{a}->{b} got through");
     }
     f.net.heal();
-    assert!(f.works(2, 1, "healed 2->1").await);
+    assert!(f.works_after(2, 1, "across 2->1", "healed 2->1").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +237,9 @@ async fn one_way_drop_follows_the_bytes_not_the_connection() {
     // Other pairs are untouched.
     assert!(f.works(0, 2, "0->2").await && f.works(2, 1, "2->1").await);
     f.net.heal();
-    assert!(f.works(1, 0, "healed 1->0").await);
+    // 0's echo of 1's message was held, and comes first.
+    assert!(f.works_after(1, 0, "from 1 on 1's conn", "healed 1->0").await);
+    assert!(f.works_after(0, 1, "from 0 on 0's conn", "healed 0->1").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,15 +423,15 @@ mod cluster {
         let written = c.put(rest[0], "k", "during").await;
         let refused = c.read(old, "k", READ_REFUSED_FOR).await;
         assert!(refused.is_err(), "the isolated m{old} served a linearizable read: {refused:?}");
-        // Attribution on real members: the cut pairs dropped bytes, the others lost none.
+        // Attribution on real members: the cut pairs held bytes back, the others none.
         let bytes = c.net.bytes();
         let pair = |f: usize, t: usize| bytes.iter().find(|p| p.from == Some(f) && p.to == Some(t)).copied();
         for &m in &rest {
-            assert!(pair(old, m).is_some_and(|p| p.dropped > 0), "m{old}->m{m} dropped nothing: {bytes:?}");
-            assert!(pair(m, old).is_some_and(|p| p.dropped > 0), "m{m}->m{old} dropped nothing: {bytes:?}");
+            assert!(pair(old, m).is_some_and(|p| p.held > 0), "m{old}->m{m} held nothing: {bytes:?}");
+            assert!(pair(m, old).is_some_and(|p| p.held > 0), "m{m}->m{old} held nothing: {bytes:?}");
         }
         let (a, b) = (rest[0], rest[1]);
-        assert!(pair(a, b).is_some_and(|p| p.forwarded > 0 && p.dropped == 0), "m{a}->m{b}: {bytes:?}");
+        assert!(pair(a, b).is_some_and(|p| p.forwarded > 0 && p.held == 0), "m{a}->m{b}: {bytes:?}");
         assert!(bytes.iter().all(|p| p.from.is_some() && p.to.is_some()), "unattributed bytes: {bytes:?}");
 
         c.net.heal();
@@ -433,36 +458,125 @@ mod cluster {
         );
     }
 
+    /// A put through whichever member takes it first, each tried in turn; its revision.
+    async fn put_any(c: &Cluster, key: &str, value: &str) -> i64 {
+        let deadline = Instant::now() + SETTLES_WITHIN;
+        for m in (0..3).cycle() {
+            if let Some(ch) = c.channel(m).await {
+                let req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+                if let Ok(r) = KvClient::new(ch).put(req).await {
+                    return r.into_inner().header.map_or(0, |h| h.revision);
+                }
+            }
+            assert!(Instant::now() < deadline, "no member took a put for {SETTLES_WITHIN:?}\n{}", c.logs());
+        }
+        unreachable!("cycle() never ends")
+    }
+
+    /// Waits until every member answers a linearizable read of `key` with `value` at revision
+    /// `written` or later, and all report the same revision.
+    async fn all_agree_after_heal(c: &Cluster, key: &str, value: &str, written: i64) {
+        let deadline = Instant::now() + SETTLES_WITHIN;
+        loop {
+            let mut seen = Vec::new();
+            for m in 0..3 {
+                let read = c.read(m, key, Duration::from_secs(3)).await;
+                seen.push((read, c.status(m).await.map(|s| s.2)));
+            }
+            let agreed = seen.iter().all(|(read, rev)| {
+                matches!(read, Ok((r, v)) if *r >= written && v == value.as_bytes()) && *rev == seen[0].1
+            });
+            if agreed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "members did not agree after the heal: {seen:?}\n{}", c.logs());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The leader's bytes to one follower are held back for a few seconds (the follower's still
+    /// reach the leader): writes still commit, and after the heal all agree.
+    async fn writes_commit_while_the_leader_is_cut_one_way_from_a_follower(bin: &Path) {
+        let c = Cluster::start(bin).await;
+        let leader = c.agreed_leader(&[0, 1, 2]).await;
+        let follower = (leader + 1) % 3;
+        c.net.drop_one_way(leader, follower);
+        // Long enough for the follower to miss heartbeats for two election timeouts (1s).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let start = Instant::now();
+        let written = put_any(&c, "k", "one-way").await;
+        let committed = start.elapsed();
+        let bytes = c.net.bytes();
+        let lost = bytes.iter().find(|p| p.from == Some(leader) && p.to == Some(follower)).map_or(0, |p| p.held);
+        let back = bytes.iter().find(|p| p.from == Some(follower) && p.to == Some(leader)).map_or(0, |p| p.held);
+        assert!(lost > 0 && back == 0, "one-way m{leader}->m{follower}: {bytes:?}");
+        c.net.heal();
+        let healed_at = Instant::now();
+        all_agree_after_heal(&c, "k", "one-way", written).await;
+        eprintln!(
+            "{}: one-way cut m{leader}->m{follower}: 2s into it a put committed in {committed:?}; all agreed {:?} after the heal",
+            bin.display(),
+            healed_at.elapsed()
+        );
+    }
+
+    /// Every byte to and from the leader waits 150ms: writes still commit, and all agree.
+    async fn writes_commit_while_the_leader_is_delayed(bin: &Path) {
+        let c = Cluster::start(bin).await;
+        let leader = c.agreed_leader(&[0, 1, 2]).await;
+        let d = Duration::from_millis(150);
+        c.net.delay(leader, d);
+        let start = Instant::now();
+        let written = c.put(leader, "k", "delayed").await;
+        let committed = start.elapsed();
+        c.net.heal();
+        all_agree_after_heal(&c, "k", "delayed", written).await;
+        eprintln!("{}: leader m{leader} delayed {d:?}: a put through it committed in {committed:?}", bin.display());
+    }
+
     fn etcd_rs_bin() -> PathBuf {
         std::env::var_os("ETCD_RS_BIN").map(PathBuf::from).unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/etcd-rs")
         })
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn etcd_rs_isolated_leader_is_replaced_and_catches_up_after_heal() {
-        let bin = etcd_rs_bin();
-        assert!(bin.exists(), "no etcd-rs at {} (set ETCD_RS_BIN)", bin.display());
-        isolated_leader_is_replaced_and_catches_up_after_heal(&bin).await;
+    /// The scenario against etcd-rs (which must exist) and against the reference etcd releases
+    /// where installed (they are on the developers' and CI's machines; without them there is
+    /// nothing to compare with).
+    macro_rules! against_etcd_rs_and_etcd {
+        ($scenario:ident) => {
+            mod $scenario {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd_rs() {
+                    let bin = etcd_rs_bin();
+                    assert!(bin.exists(), "no etcd-rs at {} (set ETCD_RS_BIN)", bin.display());
+                    super::$scenario(&bin).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd_3_4() {
+                    reference("/usr/bin/etcd", |bin| Box::pin(super::$scenario(bin))).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn etcd_3_5() {
+                    reference("/opt/etcd-3.5/bin/etcd", |bin| Box::pin(super::$scenario(bin))).await;
+                }
+            }
+        };
     }
 
-    /// The same against the reference etcd releases, where installed (they are on the
-    /// developers' and CI's machines; a machine without them has nothing to compare with).
-    async fn reference(bin: &str) {
+    async fn reference(bin: &str, scenario: impl for<'a> Fn(&'a Path) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>) {
         if Path::new(bin).exists() {
-            isolated_leader_is_replaced_and_catches_up_after_heal(Path::new(bin)).await;
+            scenario(Path::new(bin)).await;
         } else {
             eprintln!("skipped: no {bin}");
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn etcd_3_4_isolated_leader_is_replaced_and_catches_up_after_heal() {
-        reference("/usr/bin/etcd").await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn etcd_3_5_isolated_leader_is_replaced_and_catches_up_after_heal() {
-        reference("/opt/etcd-3.5/bin/etcd").await;
-    }
+    against_etcd_rs_and_etcd!(isolated_leader_is_replaced_and_catches_up_after_heal);
+    against_etcd_rs_and_etcd!(writes_commit_while_the_leader_is_cut_one_way_from_a_follower);
+    against_etcd_rs_and_etcd!(writes_commit_while_the_leader_is_delayed);
 }
