@@ -257,8 +257,5 @@ async fn stop_and_restart(
         cluster.stop(v, sig).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for &v in victims {
-        cluster.restart(v).await?;
-    }
-    Ok(())
+    cluster.restart_all(victims).await
 }

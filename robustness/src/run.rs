@@ -253,6 +253,20 @@ async fn drive(config: &RunConfig, seed: u64, result: &mut SeedResult) -> Result
     }
     result.violations.extend(cluster.lock().await.crashed());
 
+    // After a failed recovery, bring every member back so the final checks can run.
+    {
+        let mut cluster = cluster.lock().await;
+        let down = cluster.down();
+        if !down.is_empty() {
+            if let Err(e) = cluster.restart_all(&down).await {
+                result.violations.push(format!("restart after the run: {e}"));
+            }
+        }
+        for i in 0..cluster.len() {
+            cluster.resume(i);
+        }
+    }
+
     let mut reader = EtcdClient::new(urls.clone(), 0)?;
     let final_read = match final_read(&mut reader, 50).await {
         Ok(f) => Some(f),
