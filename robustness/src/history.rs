@@ -291,6 +291,10 @@ pub struct History {
     pub watches: Vec<WatchStream>,
     #[serde(default)]
     pub final_read: Option<FinalRead>,
+    /// The store revision before the first operation, as the recorder saw it (an empty etcd
+    /// store is at revision 1); 0 in hand-made histories.
+    #[serde(default)]
+    pub initial_revision: i64,
 }
 
 impl History {

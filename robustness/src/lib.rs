@@ -48,8 +48,12 @@
 //! serializable reads, compaction, multi-key transactions, a key's version and create_revision,
 //! HashKV agreement between members.
 
+pub mod client;
+pub mod cluster;
+pub mod faults;
 #[cfg(test)]
 mod fixtures;
+pub mod hashkv;
 pub mod history;
 pub mod linearizability;
 pub mod lost_writes;
@@ -58,7 +62,10 @@ pub mod network;
 pub mod patch;
 mod proxy;
 pub mod quick_checks;
+pub mod recorder;
 pub mod report;
+pub mod run;
+pub mod traffic;
 pub mod visualize;
 pub mod watch_checks;
 pub mod writes;

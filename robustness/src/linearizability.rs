@@ -29,12 +29,15 @@ use std::fmt::Write as _;
 pub struct CheckOptions {
     /// Search steps allowed per search (the shortest-window search runs several).
     pub step_budget: u64,
+    /// The store revision before the first operation (`History::initial_revision`).
+    pub initial_revision: i64,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
         CheckOptions {
             step_budget: 5_000_000,
+            initial_revision: 0,
         }
     }
 }
@@ -69,18 +72,14 @@ pub fn check_operations(ops: &[Operation], options: CheckOptions) -> Verdict {
     if let Some((read, key, why)) = impossible_read(ops) {
         return Verdict::Violation(impossible_read_violation(ops, read, key, &why));
     }
-    match search(
-        &candidates(ops, None, None),
-        RevisionMode::Exact,
-        options.step_budget,
-    ) {
+    match search(&candidates(ops, None, None), RevisionMode::Exact, options) {
         Search::Linearizable => Verdict::Linearizable,
         Search::Illegal => Verdict::Violation(explain(ops, None, RevisionMode::Exact, options)),
         Search::BudgetExceeded => {
             let mut unsettled = Vec::new();
             for key in keys(ops) {
                 let per_key = candidates(ops, None, Some(&key));
-                match search(&per_key, RevisionMode::Blind, options.step_budget) {
+                match search(&per_key, RevisionMode::Blind, options) {
                     Search::Illegal => {
                         let v = explain(ops, Some(&key), RevisionMode::Blind, options);
                         return Verdict::Violation(v);
@@ -236,12 +235,16 @@ impl Events {
     }
 }
 
-fn search(cands: &[Candidate], mode: RevisionMode, budget: u64) -> Search {
+fn search(cands: &[Candidate], mode: RevisionMode, options: CheckOptions) -> Search {
+    let budget = options.step_budget;
     let mut events = Events::new(cands);
     let mut linearized = vec![0u64; cands.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state = State::default();
+    let mut state = State {
+        revision: options.initial_revision,
+        ..State::default()
+    };
     let definite = |j: usize| cands[j].ret.is_some();
     let mut remaining = cands.iter().filter(|c| c.ret.is_some()).count();
     let mut entry = events.next[events.head];
@@ -308,7 +311,7 @@ fn explain(
             if search(
                 &candidates(ops, Some(cut), Some(&k)),
                 RevisionMode::Blind,
-                options.step_budget,
+                options,
             ) == Search::Illegal
             {
                 cut = shortest_failing_cut(ops, Some(&k), RevisionMode::Blind, options);
@@ -394,9 +397,8 @@ fn shortest_failing_cut(
         .collect();
     cuts.sort_unstable();
     cuts.dedup();
-    let fails = |cut: Nanos| {
-        search(&candidates(ops, Some(cut), key), mode, options.step_budget) == Search::Illegal
-    };
+    let fails =
+        |cut: Nanos| search(&candidates(ops, Some(cut), key), mode, options) == Search::Illegal;
     let (mut lo, mut hi) = (0, cuts.len().saturating_sub(1));
     while lo < hi {
         let mid = (lo + hi) / 2;
@@ -647,7 +649,13 @@ mod tests {
                 got(1, Some(("5", 1))),
             )))
             .collect();
-        let verdict = check_operations(&ops, CheckOptions { step_budget: 5 });
+        let verdict = check_operations(
+            &ops,
+            CheckOptions {
+                step_budget: 5,
+                ..CheckOptions::default()
+            },
+        );
         assert!(matches!(verdict, Verdict::Unknown(_)), "{verdict:?}");
     }
 }

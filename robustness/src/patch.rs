@@ -170,6 +170,7 @@ mod tests {
                 revision: 2,
                 kvs: vec![],
             }),
+            initial_revision: 0,
         }
     }
 

@@ -36,7 +36,13 @@ pub fn check_history(history: &History, options: CheckOptions) -> Report {
         resolved_unknowns,
         linearizability: match history.malformed() {
             Some(why) => Verdict::Unknown(format!("malformed history: {why}")),
-            None => check_operations(&patched, options),
+            None => check_operations(
+                &patched,
+                CheckOptions {
+                    initial_revision: history.initial_revision,
+                    ..options
+                },
+            ),
         },
         watch_violations: check_watches(history),
         lost_writes: history
@@ -180,6 +186,7 @@ mod tests {
                     mod_revision: 1,
                 }],
             }),
+            initial_revision: 0,
         }
     }
 

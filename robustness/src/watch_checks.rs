@@ -291,6 +291,7 @@ mod tests {
                 responses,
             }],
             final_read: None,
+            initial_revision: 0,
         }
     }
     fn kinds(h: &History) -> Vec<WatchViolationKind> {

@@ -389,6 +389,7 @@ fn generated_watch_streams_pass_and_their_mutations_fail() {
             operations: run.ops.clone(),
             watches: vec![stream.clone()],
             final_read: None,
+            initial_revision: 0,
         };
         assert_eq!(check_watches(&history), vec![], "seed {seed}");
 
@@ -533,6 +534,7 @@ fn recorded(run: Run) -> History {
         watches: vec![complete_watch(&run)],
         final_read: Some(final_read_of(&run.state)),
         operations: run.ops,
+        initial_revision: 0,
     }
 }
 
