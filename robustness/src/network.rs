@@ -134,6 +134,13 @@ pub struct PairBytes {
     pub held: u64,
 }
 
+impl std::fmt::Display for PairBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let end = |m: Option<usize>| m.map_or("?".to_string(), |m| m.to_string());
+        write!(f, "{} -> {}: {} forwarded, {} dropped, {} held", end(self.from), end(self.to), self.forwarded, self.dropped, self.held)
+    }
+}
+
 /// What the proxy did with a chunk, for the counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fate {
