@@ -190,12 +190,30 @@ impl Cluster {
 
     /// Starts member `i` on its existing data dir (the initial-cluster flags are then ignored).
     pub async fn restart(&mut self, i: usize) -> Result<(), String> {
-        if self.members[i].child.is_some() {
-            return Err(format!("{} is still running", self.members[i].name));
-        }
+        self.restart_all(&[i]).await
+    }
+
+    /// Starts `members` on their data dirs, all before waiting for any: a member may answer
+    /// only once a quorum is up (etcd serves clients after it published itself through raft).
+    pub async fn restart_all(&mut self, members: &[usize]) -> Result<(), String> {
         let initial = self.initial_cluster(|_| true);
-        self.spawn(i, &initial, "new")?;
-        self.wait_ready(i).await
+        for &i in members {
+            if self.members[i].child.is_some() {
+                return Err(format!("{} is still running", self.members[i].name));
+            }
+            self.spawn(i, &initial, "new")?;
+        }
+        for &i in members {
+            self.wait_ready(i).await?;
+        }
+        Ok(())
+    }
+
+    /// The members the driver took down (or that crashed).
+    pub fn down(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.members[i].child.is_none())
+            .collect()
     }
 
     fn spawn(&mut self, i: usize, initial_cluster: &str, state: &str) -> Result<(), String> {

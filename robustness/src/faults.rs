@@ -8,6 +8,7 @@
 use crate::client::{channel, EtcdClient};
 use crate::cluster::Cluster;
 use crate::history::Request;
+use crate::network::PeerNetwork;
 use crate::recorder::Recorder;
 use crate::traffic::{kv, stop_signal, ClientContext};
 use etcd_proto::etcdserverpb::kv_client::KvClient;
@@ -44,6 +45,12 @@ pub enum Fault {
     Compact,
     /// A follower down while more entries than the leader keeps are written: it needs a snapshot.
     Snapshot,
+    /// For 1-3 s a minority (with or without the leader) cut from the rest, both ways.
+    Partition,
+    /// For 1-3 s the leader's bytes to a follower, or a follower's to the leader, held back.
+    OneWay,
+    /// For 1-3 s a member's peer traffic delayed by 50-300 ms each way.
+    Delay,
 }
 
 pub const ALL_FAULTS: &[Fault] = &[
@@ -55,6 +62,9 @@ pub const ALL_FAULTS: &[Fault] = &[
     Fault::Defrag,
     Fault::Compact,
     Fault::Snapshot,
+    Fault::Partition,
+    Fault::OneWay,
+    Fault::Delay,
 ];
 
 impl Fault {
@@ -68,6 +78,9 @@ impl Fault {
             Fault::Defrag => "defrag",
             Fault::Compact => "compact",
             Fault::Snapshot => "snapshot",
+            Fault::Partition => "partition",
+            Fault::OneWay => "oneway",
+            Fault::Delay => "delay",
         }
     }
 
@@ -98,6 +111,8 @@ pub struct Injector {
     pub recorder: Arc<Recorder>,
     pub rng: fastrand::Rng,
     pub snapshot_count: u64,
+    /// The proxies between the members, for the network faults (None: those are skipped).
+    pub network: Option<Arc<PeerNetwork>>,
 }
 
 impl Injector {
@@ -169,7 +184,21 @@ impl Injector {
                     format!("member {f} down while {written} writes went in, restarted (needs a snapshot)")
                 }
             },
+            Fault::Partition | Fault::OneWay | Fault::Delay => match &self.network {
+                None => format!("{} skipped (no peer proxies)", fault.name()),
+                Some(_) if n < 2 => format!("{} skipped (1 member)", fault.name()),
+                Some(net) => {
+                    let what = cut(&mut self.rng, net, fault, leader, n);
+                    let lasting = Duration::from_millis(self.rng.u64(1000..3000));
+                    tokio::time::sleep(lasting).await;
+                    net.heal();
+                    format!("{what} for {lasting:?}, healed")
+                }
+            },
         };
+        if let Some(net) = &self.network {
+            sync_pids(net, &cluster);
+        }
         cluster.wait_leader(RECOVERY_TIMEOUT).await?;
         Ok(done)
     }
@@ -239,6 +268,47 @@ impl Injector {
     }
 }
 
+/// Applies a network fault of kind `fault` to `n` (at least 2) members; says what it did.
+fn cut(rng: &mut fastrand::Rng, net: &PeerNetwork, fault: Fault, leader: usize, n: usize) -> String {
+    let others = |leader: usize| (0..n).filter(move |&i| i != leader);
+    let follower = others(leader).nth(rng.usize(0..n - 1)).unwrap_or(leader);
+    match fault {
+        Fault::Partition => {
+            let mut rest: Vec<usize> = others(leader).collect();
+            rng.shuffle(&mut rest);
+            let size = ((n - 1) / 2).max(1);
+            let minority: Vec<usize> = if rng.bool() {
+                std::iter::once(leader).chain(rest).take(size).collect()
+            } else {
+                rest.into_iter().take(size).collect()
+            };
+            let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
+            net.partition(&[minority.clone(), majority.clone()]);
+            format!("partition {minority:?} | {majority:?} (leader {leader})")
+        }
+        Fault::OneWay => {
+            let (from, to) = if rng.bool() { (leader, follower) } else { (follower, leader) };
+            net.drop_one_way(from, to);
+            format!("member {from}'s bytes to member {to} held back (leader {leader})")
+        }
+        _ => {
+            let member = rng.usize(0..n);
+            let d = Duration::from_millis(rng.u64(50..300));
+            net.delay(member, d);
+            format!("member {member}'s peer traffic delayed {d:?} each way (leader {leader})")
+        }
+    }
+}
+
+/// Tells the proxies which process is each running member (after every start or restart).
+pub fn sync_pids(network: &PeerNetwork, cluster: &Cluster) {
+    for (i, m) in cluster.members.iter().enumerate() {
+        if let Some(pid) = m.pid() {
+            network.set_pid(i, pid);
+        }
+    }
+}
+
 /// A majority of `n` members that includes the leader.
 fn quorum_with(leader: usize, n: usize, rng: &mut fastrand::Rng) -> Vec<usize> {
     let mut others: Vec<usize> = (0..n).filter(|&i| i != leader).collect();
@@ -257,8 +327,5 @@ async fn stop_and_restart(
         cluster.stop(v, sig).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for &v in victims {
-        cluster.restart(v).await?;
-    }
-    Ok(())
+    cluster.restart_all(victims).await
 }
