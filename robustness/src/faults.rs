@@ -22,6 +22,8 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const BLAST_CLIENTS: u32 = 8;
 /// Client ids of the fault injector's own writes (beyond any traffic client).
 const BLAST_CLIENT_BASE: u32 = 100_000;
+/// Client ids of the reads on every member after a partition heals.
+const READ_CLIENT_BASE: u32 = 200_000;
 /// Entries a member keeps after a raft log compaction for slow followers (etcd's constant).
 const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 
@@ -44,6 +46,15 @@ pub enum Fault {
     Compact,
     /// A follower down while more entries than the leader keeps are written: it needs a snapshot.
     Snapshot,
+    /// The leader isolated from its peers for 2-4 s, then healed; then a linearizable get of
+    /// every KV key on every member (none may return a value the majority overwrote).
+    Partition,
+    /// One random member cut off from the others (a 1|n-1 split) for 2-4 s.
+    Split,
+    /// The leader's messages to one follower lost for 2-4 s (the follower's still arrive).
+    OneWay,
+    /// A random member's peer traffic delayed 50-300 ms each way for 3 s.
+    Delay,
 }
 
 pub const ALL_FAULTS: &[Fault] = &[
@@ -55,6 +66,10 @@ pub const ALL_FAULTS: &[Fault] = &[
     Fault::Defrag,
     Fault::Compact,
     Fault::Snapshot,
+    Fault::Partition,
+    Fault::Split,
+    Fault::OneWay,
+    Fault::Delay,
 ];
 
 impl Fault {
@@ -68,6 +83,10 @@ impl Fault {
             Fault::Defrag => "defrag",
             Fault::Compact => "compact",
             Fault::Snapshot => "snapshot",
+            Fault::Partition => "partition",
+            Fault::Split => "split",
+            Fault::OneWay => "oneway",
+            Fault::Delay => "delay",
         }
     }
 
@@ -169,6 +188,40 @@ impl Injector {
                     format!("member {f} down while {written} writes went in, restarted (needs a snapshot)")
                 }
             },
+            Fault::Partition | Fault::Split | Fault::OneWay | Fault::Delay => {
+                let network = cluster.network.as_ref().ok_or("no peer proxies")?;
+                let cut = Duration::from_millis(self.rng.u64(2000..4000));
+                let what = match (fault, follower) {
+                    (_, None) => "skipped (1 member)".to_string(),
+                    (Fault::Partition, _) => {
+                        network.isolate(leader);
+                        format!("isolated leader {leader}")
+                    }
+                    (Fault::Split, _) => {
+                        network.isolate(any);
+                        format!("isolated member {any} (leader {leader})")
+                    }
+                    (Fault::OneWay, Some(f)) => {
+                        network.drop_one_way(leader, f);
+                        format!("lost leader {leader} -> follower {f}")
+                    }
+                    (_, _) => {
+                        let d = Duration::from_millis(self.rng.u64(50..300));
+                        network.delay(any, d);
+                        format!("delayed member {any} by {d:?}")
+                    }
+                };
+                tokio::time::sleep(cut).await;
+                network.heal();
+                if fault == Fault::Partition && follower.is_some() {
+                    cluster.wait_leader(RECOVERY_TIMEOUT).await?;
+                    let urls = Arc::new(cluster.client_urls());
+                    let reads = self.read_everywhere(urls).await;
+                    format!("{what} for {cut:?}, healed, {reads} reads on every member")
+                } else {
+                    format!("{what} for {cut:?}, healed")
+                }
+            }
         };
         cluster.wait_leader(RECOVERY_TIMEOUT).await?;
         Ok(done)
@@ -203,21 +256,41 @@ impl Injector {
         })
     }
 
+    /// A context for the injector's own recorded requests, as client `id`, starting at member
+    /// `first`.
+    fn context(&self, urls: &Arc<Vec<String>>, id: u32, first: usize) -> Option<ClientContext> {
+        Some(ClientContext {
+            id,
+            client: EtcdClient::new(urls.clone(), first).ok()?,
+            recorder: self.recorder.clone(),
+            rng: fastrand::Rng::with_seed(id as u64),
+            stop: stop_signal().1,
+            pace: Duration::ZERO,
+        })
+    }
+
+    /// A recorded linearizable get of every KV key on every member; returns how many answered.
+    async fn read_everywhere(&self, urls: Arc<Vec<String>>) -> usize {
+        let mut answered = 0;
+        for member in 0..urls.len() {
+            let Some(mut ctx) = self.context(&urls, READ_CLIENT_BASE + member as u32, member)
+            else {
+                continue;
+            };
+            for key in kv::KvTraffic::default().key_names() {
+                let request = Request::Get { key };
+                answered += usize::from(kv::call(&mut ctx, request).await.is_ok());
+            }
+        }
+        answered
+    }
+
     /// `count` recorded puts by `BLAST_CLIENTS` concurrent clients; returns how many answered.
     async fn blast(&self, urls: Arc<Vec<String>>, leader: usize, count: u64) -> u64 {
-        let (_stop, stop) = stop_signal();
         let per_client = count / BLAST_CLIENTS as u64 + 1;
         let tasks: Vec<_> = (0..BLAST_CLIENTS)
             .filter_map(|c| {
-                let client = EtcdClient::new(urls.clone(), leader).ok()?;
-                let mut ctx = ClientContext {
-                    id: BLAST_CLIENT_BASE + c,
-                    client,
-                    recorder: self.recorder.clone(),
-                    rng: fastrand::Rng::with_seed(c as u64),
-                    stop: stop.clone(),
-                    pace: Duration::ZERO,
-                };
+                let mut ctx = self.context(&urls, BLAST_CLIENT_BASE + c, leader)?;
                 Some(tokio::spawn(async move {
                     let mut ok = 0u64;
                     for _ in 0..per_client {
