@@ -14,7 +14,9 @@
 //! `Ok` (with the revision the watch showed) or `Failed`. It trusts the complete watch; the watch
 //! checks verify that stream against the history and report it separately if it is wrong.
 
-use crate::history::{EventKind, History, Nanos, Operation, Outcome, Request, Response};
+use crate::history::{
+    EventKind, History, Nanos, Operation, Outcome, Request, Response, WatchStream,
+};
 use crate::writes::{acknowledged_writes, change_of};
 use std::collections::HashSet;
 
@@ -96,6 +98,7 @@ fn unknown_makers(ops: &[Operation], event: &(i64, Nanos, String, EventKind)) ->
 }
 
 /// (revision, receive time, key, change) of every event of a watch on all keys from revision 1
+/// (or of a chain of such watches, each resuming where the one before stopped)
 /// that vouched for the last revision the history knows, if there is such a watch.
 fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, EventKind)>> {
     let last_known = acknowledged_writes(&history.operations)
@@ -104,26 +107,45 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
         .chain(history.final_read.as_ref().map(|f| f.revision))
         .max()
         .unwrap_or(0);
-    let stream = history.watches.iter().find(|w| {
-        let vouched = w
-            .responses
-            .iter()
-            .flat_map(|r| {
-                r.events
-                    .iter()
-                    .map(|e| e.mod_revision)
-                    .chain(r.progress_notify.then_some(r.header_revision))
-            })
-            .max()
-            .unwrap_or(0);
-        w.prefix && w.key.is_empty() && w.start_revision <= 1 && vouched >= last_known
-    })?;
-    let events = stream.responses.iter().flat_map(|r| {
-        r.events
-            .iter()
-            .map(move |e| (e.mod_revision, r.time, e.key.clone(), e.kind.clone()))
-    });
-    Some(events.collect())
+    // A watch re-created after its stream broke resumes one past what the broken one vouched
+    // for: streams on every key chained that way, from revision 1, are one complete watch.
+    let mut streams: Vec<&WatchStream> = history
+        .watches
+        .iter()
+        .filter(|w| w.prefix && w.key.is_empty())
+        .collect();
+    streams.sort_by_key(|w| w.start_revision);
+    let mut covered = 0;
+    let mut events = Vec::new();
+    for stream in streams {
+        if stream.start_revision > covered + 1 {
+            break;
+        }
+        let before = covered;
+        events.extend(stream.responses.iter().flat_map(|r| {
+            r.events
+                .iter()
+                .filter(move |e| e.mod_revision > before)
+                .map(move |e| (e.mod_revision, r.time, e.key.clone(), e.kind.clone()))
+        }));
+        covered = covered.max(vouched(stream));
+    }
+    (covered >= last_known).then_some(events)
+}
+
+/// The last revision `stream` vouched for: its last event or progress notification.
+fn vouched(stream: &WatchStream) -> i64 {
+    stream
+        .responses
+        .iter()
+        .flat_map(|r| {
+            r.events
+                .iter()
+                .map(|e| e.mod_revision)
+                .chain(r.progress_notify.then_some(r.header_revision))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -241,5 +263,30 @@ mod tests {
         assert_eq!(resolved, 2);
         assert_eq!(ops[0].outcome, Outcome::Ok(Response::Put { revision: 1 }));
         assert_eq!(ops[1].outcome, Outcome::Failed);
+    }
+
+    #[test]
+    fn a_watch_resumed_after_its_stream_broke_still_resolves_unknowns_and_a_gap_does_not() {
+        let ops = vec![
+            put(0, "1", Outcome::Ok(Response::Put { revision: 1 })),
+            put(20, "2", Outcome::Unknown),
+        ];
+        // The first stream broke after revision 1; the second resumed from 2 and saw the put.
+        let first = watch(vec![(1, "1", 15)], 1);
+        let mut resumed = watch(vec![(2, "2", 40)], 2);
+        resumed.start_revision = 2;
+        let mut h = history(ops, first);
+        h.watches.push(resumed.clone());
+        let (patched, resolved) = resolve_unknown_writes(&h);
+        assert_eq!(resolved, 1);
+        assert_eq!(
+            patched[1].outcome,
+            Outcome::Ok(Response::Put { revision: 2 })
+        );
+        // Resumed one revision too late: revision 2 may have been missed, nothing is resolved.
+        resumed.start_revision = 3;
+        h.watches[1] = resumed;
+        h.watches[0] = watch(vec![(1, "1", 15)], 1);
+        assert_eq!(resolve_unknown_writes(&h).1, 0);
     }
 }
