@@ -43,7 +43,7 @@ impl Default for KvTraffic {
 impl KvTraffic {
     /// Every key this traffic uses.
     pub fn key_names(&self) -> Vec<String> {
-        (0..self.keys.max(1)).map(|k| key_name(k)).collect()
+        (0..self.keys.max(1)).map(key_name).collect()
     }
 }
 
