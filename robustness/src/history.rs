@@ -39,6 +39,49 @@ pub enum Request {
         prefix: String,
         limit: i64,
     },
+    /// A put that attaches the key to a lease (a put without one detaches it).
+    PutWithLease {
+        key: String,
+        value: String,
+        lease: i64,
+    },
+    /// A linearizable range over `[start, end)` (an empty `end`: every key from `start`), at
+    /// most `limit` keys (0: all), at store revision `revision` (0: the current one), keys
+    /// omitted when `count_only`: a page of a Kubernetes-style list.
+    List {
+        start: String,
+        end: String,
+        limit: i64,
+        revision: i64,
+        count_only: bool,
+    },
+    /// KV.Compact: reads below `revision` fail from then on.
+    Compact {
+        revision: i64,
+    },
+    /// A lease with the id chosen by the client (ids are unique in a run).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes the lease and deletes its keys (one revision for all of them).
+    LeaseRevoke {
+        id: i64,
+    },
+    /// One keep-alive of the lease.
+    LeaseKeepAlive {
+        id: i64,
+    },
+    /// LeaseTimeToLive: the remaining TTL of the lease.
+    LeaseTimeToLive {
+        id: i64,
+    },
+    /// Not sent by a client: the server revoking an expired lease on its own. The checker adds
+    /// one per lease (`lease_checks::expiries`), called at the earliest instant the lease may
+    /// expire, with an unknown outcome (it may happen at any later point, or never).
+    LeaseExpiry {
+        id: i64,
+    },
 }
 
 /// The condition of a compare-and-set transaction, on etcd's terms: a value compare fails on an
@@ -54,6 +97,8 @@ pub enum Compare {
 pub enum TxnWrite {
     Put(String),
     Delete,
+    /// A put attaching the key to the lease.
+    PutWithLease(String, i64),
 }
 
 /// A key's value and the revision that last wrote it.
@@ -97,6 +142,32 @@ pub enum Response {
         kvs: Vec<KeyValue>,
         count: i64,
     },
+    /// `ttl`: the TTL the server granted (at least the requested one).
+    LeaseGrant {
+        revision: i64,
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        revision: i64,
+    },
+    /// The lease's granted TTL (a keep-alive of a missing lease answers `Error`).
+    LeaseKeepAlive {
+        ttl: i64,
+    },
+    /// `ttl`: the remaining seconds, -1 when the lease does not exist (etcd answers so, no
+    /// error); `raft_term`: the header's raft term (0: not recorded), which tells a leader change.
+    LeaseTimeToLive {
+        ttl: i64,
+        #[serde(default)]
+        raft_term: u64,
+    },
+    Compact {
+        revision: i64,
+    },
+    /// An error answer proving the request changed nothing, with etcd's message (e.g.
+    /// "etcdserver: requested lease not found", "mvcc: required revision has been compacted").
+    Error(String),
 }
 
 /// What the client learned.
@@ -124,10 +195,35 @@ impl Request {
     pub fn key(&self) -> Option<&str> {
         match self {
             Request::Put { key, .. }
+            | Request::PutWithLease { key, .. }
             | Request::Get { key }
             | Request::Delete { key }
             | Request::Txn { key, .. } => Some(key),
-            Request::Range { .. } => None,
+            _ => None,
+        }
+    }
+
+    /// The lease this request attaches its key to, if any.
+    pub fn attaches_lease(&self) -> Option<i64> {
+        match self {
+            Request::PutWithLease { lease, .. }
+            | Request::Txn {
+                then: TxnWrite::PutWithLease(_, lease),
+                ..
+            } => Some(*lease),
+            _ => None,
+        }
+    }
+
+    /// The lease a lease request is about.
+    pub fn lease_id(&self) -> Option<i64> {
+        match self {
+            Request::LeaseGrant { id, .. }
+            | Request::LeaseRevoke { id }
+            | Request::LeaseKeepAlive { id }
+            | Request::LeaseTimeToLive { id }
+            | Request::LeaseExpiry { id } => Some(*id),
+            _ => None,
         }
     }
 
@@ -135,7 +231,14 @@ impl Request {
     pub fn may_write(&self) -> bool {
         matches!(
             self,
-            Request::Put { .. } | Request::Delete { .. } | Request::Txn { .. }
+            Request::Put { .. }
+                | Request::PutWithLease { .. }
+                | Request::Delete { .. }
+                | Request::Txn { .. }
+                | Request::Compact { .. }
+                | Request::LeaseGrant { .. }
+                | Request::LeaseRevoke { .. }
+                | Request::LeaseExpiry { .. }
         )
     }
 
@@ -143,6 +246,9 @@ impl Request {
     pub fn touches(&self, key: &str) -> bool {
         match self {
             Request::Range { prefix, .. } => key.starts_with(prefix.as_str()),
+            Request::List { start, end, .. } => {
+                key >= start.as_str() && (end.is_empty() || key < end.as_str())
+            }
             _ => self.key() == Some(key),
         }
     }
@@ -176,9 +282,32 @@ impl fmt::Display for Request {
                 match then {
                     TxnWrite::Put(v) => write!(f, " then put({key}, {v}))"),
                     TxnWrite::Delete => write!(f, " then delete({key}))"),
+                    TxnWrite::PutWithLease(v, l) => write!(f, " then put({key}, {v}, lease {l}))"),
                 }
             }
             Request::Range { prefix, limit } => write!(f, "range({prefix}*, limit {limit})"),
+            Request::PutWithLease { key, value, lease } => {
+                write!(f, "put({key}, {value}, lease {lease})")
+            }
+            Request::List {
+                start,
+                end,
+                limit,
+                revision,
+                count_only,
+            } => {
+                let what = if *count_only { "count" } else { "list" };
+                write!(
+                    f,
+                    "{what}([{start}, {end}), limit {limit}, at rev {revision})"
+                )
+            }
+            Request::Compact { revision } => write!(f, "compact({revision})"),
+            Request::LeaseGrant { id, ttl } => write!(f, "lease_grant({id}, ttl {ttl})"),
+            Request::LeaseRevoke { id } => write!(f, "lease_revoke({id})"),
+            Request::LeaseKeepAlive { id } => write!(f, "lease_keep_alive({id})"),
+            Request::LeaseTimeToLive { id } => write!(f, "lease_time_to_live({id})"),
+            Request::LeaseExpiry { id } => write!(f, "lease_expiry({id})"),
         }
     }
 }
@@ -217,6 +346,17 @@ impl fmt::Display for Response {
                 }
                 write!(f, "] count {count} (rev {revision})")
             }
+            Response::LeaseGrant { revision, id, ttl } => {
+                write!(f, "lease {id} ttl {ttl} (rev {revision})")
+            }
+            Response::LeaseRevoke { revision } | Response::Compact { revision } => {
+                write!(f, "ok (rev {revision})")
+            }
+            Response::LeaseKeepAlive { ttl } => write!(f, "ttl {ttl}"),
+            Response::LeaseTimeToLive { ttl, raft_term } => {
+                write!(f, "remaining {ttl} (term {raft_term})")
+            }
+            Response::Error(message) => write!(f, "error {message:?}"),
         }
     }
 }
@@ -238,6 +378,9 @@ pub struct Event {
     pub key: String,
     pub mod_revision: i64,
     pub kind: EventKind,
+    /// The key before this change, when the watch asked for prev_kv (`None`: it did not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<ValueAt>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -265,6 +408,12 @@ pub struct WatchStream {
     pub prefix: bool,
     pub start_revision: i64,
     pub responses: Vec<WatchResponse>,
+    /// Whether the watch asked for prev_kv (then every event's `prev` is what the server sent).
+    #[serde(default)]
+    pub prev_kv: bool,
+    /// Set when the server cancelled the watch as compacted: the compact_revision it sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<i64>,
 }
 
 impl WatchStream {

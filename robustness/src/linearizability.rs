@@ -16,10 +16,14 @@
 //!
 //! Ties: operations whose call and return times are equal are taken as overlapping.
 //!
+//! Lease expiries are not in the recorded history: `lease_checks::expiries` adds them as
+//! unknown operations before the search (see there for when one may happen).
+//!
 //! Before searching, `quick_checks::impossible_read` rejects reads no write can explain, since
 //! proving those by search means exhausting every order.
 
 use crate::history::{Nanos, Operation, Outcome, Request};
+use crate::lease_checks::expiries;
 use crate::model::{step, RevisionMode, State};
 use crate::quick_checks::impossible_read;
 use std::collections::{BTreeSet, HashSet};
@@ -69,6 +73,15 @@ pub struct Violation {
 
 /// Checks the operations of a history.
 pub fn check_operations(ops: &[Operation], options: CheckOptions) -> Verdict {
+    // The server's own lease expiries, appended so the recorded operations keep their indices.
+    let with_expiries: Vec<Operation>;
+    let ops = match expiries(ops) {
+        e if e.is_empty() => ops,
+        e => {
+            with_expiries = ops.iter().cloned().chain(e).collect();
+            &with_expiries
+        }
+    };
     if let Some((read, key, why)) = impossible_read(ops) {
         return Verdict::Violation(impossible_read_violation(ops, read, key, &why));
     }
@@ -113,15 +126,23 @@ const UNKNOWN: Outcome = Outcome::Unknown;
 
 /// The operations the search must place: failed ones never happened, unknown reads change
 /// nothing; with `cut`, only operations called by then, those still running becoming unknown;
-/// with `key`, only that key's single-key operations.
+/// with `key`, only that key's single-key operations and the lease operations of its leases.
 fn candidates<'a>(
     ops: &'a [Operation],
     cut: Option<Nanos>,
     key: Option<&str>,
 ) -> Vec<Candidate<'a>> {
+    let leases = key.map(|k| leases_of(ops, k));
+    let in_partition = |op: &Operation| match (key, &leases) {
+        (Some(k), Some(leases)) => {
+            op.request.key() == Some(k)
+                || op.request.lease_id().is_some_and(|l| leases.contains(&l))
+        }
+        _ => true,
+    };
     let mut out = Vec::new();
     for (index, op) in ops.iter().enumerate() {
-        if op.outcome == Outcome::Failed || key.is_some_and(|k| op.request.key() != Some(k)) {
+        if op.outcome == Outcome::Failed || !in_partition(op) {
             continue;
         }
         if cut.is_some_and(|t| op.call > t) {
@@ -149,6 +170,15 @@ fn candidates<'a>(
         });
     }
     out
+}
+
+/// The leases some operation attaches `key` to: their grants, revokes, keep-alives and expiries
+/// belong to the key's partition (leases make keys dependent).
+fn leases_of(ops: &[Operation], key: &str) -> BTreeSet<i64> {
+    ops.iter()
+        .filter(|op| op.request.key() == Some(key))
+        .filter_map(|op| op.request.attaches_lease())
+        .collect()
 }
 
 fn keys(ops: &[Operation]) -> BTreeSet<String> {
@@ -241,10 +271,7 @@ fn search(cands: &[Candidate], mode: RevisionMode, options: CheckOptions) -> Sea
     let mut linearized = vec![0u64; cands.len().div_ceil(64)];
     let mut seen: HashSet<(Vec<u64>, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
-    let mut state = State {
-        revision: options.initial_revision,
-        ..State::default()
-    };
+    let mut state = State::at_revision(options.initial_revision);
     let definite = |j: usize| cands[j].ret.is_some();
     let mut remaining = cands.iter().filter(|c| c.ret.is_some()).count();
     let mut entry = events.next[events.head];

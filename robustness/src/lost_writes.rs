@@ -3,7 +3,8 @@
 //! Invariant: for a write acknowledged at revision r on key k, a linearizable final read at
 //! revision F >= r shows k with mod_revision > r (overwritten), or exactly the written value at
 //! r, or k absent (the write was a delete, or some delete of k could have come after it: it did
-//! not return before the write was called, and if acknowledged, at a revision above r).
+//! not return before the write was called, and if acknowledged, at a revision above r; a put
+//! attaching k to a lease counts as such a delete, since the lease may be revoked or expire).
 
 use crate::history::{EventKind, FinalRead, KeyValue, Operation, Outcome, Response};
 use crate::writes::{acknowledged_writes, change_of, Write};
@@ -61,17 +62,31 @@ pub fn check_no_lost_writes(ops: &[Operation], final_read: &FinalRead) -> Vec<Lo
 
 fn later_delete_possible(ops: &[Operation], put: &Write) -> bool {
     let put_call = ops[put.op].call;
+    // A key attached to a lease (by this put or a later one) may go with the lease's revoke or
+    // expiry, which the history does not pin to a revision.
+    if ops[put.op].request.attaches_lease().is_some() {
+        return true;
+    }
     ops.iter().enumerate().any(|(i, op)| {
-        let deletes_key =
-            change_of(&op.request).is_some_and(|(k, c)| k == put.key && c == EventKind::Delete);
+        let deletes_key = change_of(&op.request).is_some_and(|(k, c)| {
+            k == put.key && (c == EventKind::Delete || op.request.attaches_lease().is_some())
+        });
         let not_before = op.return_time().is_none_or(|r| r >= put_call);
         let revision_after = match &op.outcome {
             Outcome::Failed => false,
             Outcome::Unknown => true,
-            Outcome::Ok(Response::Delete { revision, deleted })
-            | Outcome::Ok(Response::Txn {
-                revision, deleted, ..
-            }) => *deleted > 0 && *revision > put.revision,
+            Outcome::Ok(Response::Delete { revision, deleted }) => {
+                *deleted > 0 && *revision > put.revision
+            }
+            Outcome::Ok(Response::Txn {
+                revision,
+                deleted,
+                succeeded,
+            }) => {
+                let attached = *succeeded && op.request.attaches_lease().is_some();
+                (*deleted > 0 || attached) && *revision > put.revision
+            }
+            Outcome::Ok(Response::Put { revision }) => *revision > put.revision,
             Outcome::Ok(_) => false,
         };
         i != put.op && deletes_key && not_before && revision_after

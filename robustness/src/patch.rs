@@ -6,7 +6,8 @@
 //! do) an unknown write resolves: if an event is its change and it is the only unknown operation
 //! that could have made it (called before the event arrived; or the earliest called of several
 //! identical requests, which are interchangeable), it happened at that revision, before the event
-//! was received; if no event is left for it, it changed nothing, which is the same as never
+//! was received (a delete of a key ever attached to a lease stays unknown: the event may be the
+//! lease's revoke or expiry); if no event is left for it, it changed nothing, which is the same as never
 //! having happened (a failed compare or a delete of an absent key raises no revision). Unknown
 //! writes competing with different requests for one event stay unknown.
 //!
@@ -17,7 +18,7 @@
 use crate::history::{
     EventKind, History, Nanos, Operation, Outcome, Request, Response, WatchStream,
 };
-use crate::writes::{acknowledged_writes, change_of};
+use crate::writes::{acknowledged_writes, change_of, ever_leased};
 use std::collections::HashSet;
 
 /// The operations of `history` with unknown writes resolved where a complete watch allows it,
@@ -43,9 +44,12 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
             .into_iter()
             .filter(|&i| made[i].is_none())
             .collect();
-        let interchangeable = makers
-            .iter()
-            .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
+        // A leased key's delete may be its lease's revoke or expiry rather than a client delete.
+        let lease_may_have_made = event.3 == EventKind::Delete && ever_leased(&ops, &event.2);
+        let interchangeable = !lease_may_have_made
+            && makers
+                .iter()
+                .all(|&i| !blocked[i] && ops[i].request == ops[makers[0]].request);
         match makers.iter().min_by_key(|&&i| ops[i].call) {
             Some(&first) if interchangeable => made[first] = Some((event.0, event.1)),
             _ => makers.iter().for_each(|&i| blocked[i] = true),
@@ -53,7 +57,7 @@ pub fn resolve_unknown_writes(history: &History) -> (Vec<Operation>, usize) {
     }
     let mut resolved = 0;
     for (i, op) in ops.iter_mut().enumerate() {
-        if op.outcome != Outcome::Unknown || !op.request.may_write() || blocked[i] {
+        if op.outcome != Outcome::Unknown || change_of(&op.request).is_none() || blocked[i] {
             continue;
         }
         (op.outcome, op.ret) = match made[i] {
@@ -81,7 +85,8 @@ fn answer(request: &Request, revision: i64) -> Response {
                 deleted,
             }
         }
-        Request::Get { .. } | Request::Range { .. } => unreachable!("reads make no change"),
+        // A put with or without a lease: only writes `change_of` knows are resolved.
+        _ => Response::Put { revision },
     }
 }
 
@@ -98,8 +103,8 @@ fn unknown_makers(ops: &[Operation], event: &(i64, Nanos, String, EventKind)) ->
 }
 
 /// (revision, receive time, key, change) of every event of a watch on all keys from revision 1
-/// (or of a chain of such watches, each resuming where the one before stopped)
-/// that vouched for the last revision the history knows, if there is such a watch.
+/// (one stream, or streams each resuming where the earlier left off) that vouched for the last
+/// revision the history knows, if there is such a watch.
 fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, EventKind)>> {
     let last_known = acknowledged_writes(&history.operations)
         .iter()
@@ -107,45 +112,40 @@ fn complete_watch_events(history: &History) -> Option<Vec<(i64, Nanos, String, E
         .chain(history.final_read.as_ref().map(|f| f.revision))
         .max()
         .unwrap_or(0);
-    // A watch re-created after its stream broke resumes one past what the broken one vouched
-    // for: streams on every key chained that way, from revision 1, are one complete watch.
-    let mut streams: Vec<&WatchStream> = history
+    let vouched = |w: &WatchStream| {
+        w.responses
+            .iter()
+            .flat_map(|r| {
+                r.events
+                    .iter()
+                    .map(|e| e.mod_revision)
+                    .chain(r.progress_notify.then_some(r.header_revision))
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    // Streams on all keys, each resuming at or before the revision after the last one the
+    // earlier ones vouched for (a watch re-created after its member failed), chained from 1.
+    let mut all_keys: Vec<&WatchStream> = history
         .watches
         .iter()
-        .filter(|w| w.prefix && w.key.is_empty())
+        .filter(|w| w.prefix && w.key.is_empty() && w.compact_revision.is_none())
         .collect();
-    streams.sort_by_key(|w| w.start_revision);
-    let mut covered = 0;
+    all_keys.sort_by_key(|w| w.start_revision);
+    let mut reach = 0;
     let mut events = Vec::new();
-    for stream in streams {
-        if stream.start_revision > covered + 1 {
+    for stream in all_keys {
+        if stream.start_revision > reach + 1 {
             break;
         }
-        let before = covered;
-        events.extend(stream.responses.iter().flat_map(|r| {
-            r.events
-                .iter()
-                .filter(move |e| e.mod_revision > before)
-                .map(move |e| (e.mod_revision, r.time, e.key.clone(), e.kind.clone()))
-        }));
-        covered = covered.max(vouched(stream));
+        for r in &stream.responses {
+            for e in r.events.iter().filter(|e| e.mod_revision > reach) {
+                events.push((e.mod_revision, r.time, e.key.clone(), e.kind.clone()));
+            }
+        }
+        reach = reach.max(vouched(stream));
     }
-    (covered >= last_known).then_some(events)
-}
-
-/// The last revision `stream` vouched for: its last event or progress notification.
-fn vouched(stream: &WatchStream) -> i64 {
-    stream
-        .responses
-        .iter()
-        .flat_map(|r| {
-            r.events
-                .iter()
-                .map(|e| e.mod_revision)
-                .chain(r.progress_notify.then_some(r.header_revision))
-        })
-        .max()
-        .unwrap_or(0)
+    (reach >= last_known).then_some(events)
 }
 
 #[cfg(test)]
@@ -167,6 +167,7 @@ mod tests {
                     kind: EventKind::Put {
                         value: value.into(),
                     },
+                    prev: None,
                 }],
             })
             .collect();
@@ -182,6 +183,8 @@ mod tests {
             prefix: true,
             start_revision: 1,
             responses,
+            prev_kv: false,
+            compact_revision: None,
         }
     }
     fn history(ops: Vec<Operation>, stream: WatchStream) -> History {
@@ -257,22 +260,13 @@ mod tests {
     }
 
     #[test]
-    fn identical_unknown_requests_are_interchangeable_and_the_earliest_made_the_change() {
-        let twins = vec![put(0, "1", Outcome::Unknown), put(5, "1", Outcome::Unknown)];
-        let (ops, resolved) = resolve_unknown_writes(&history(twins, watch(vec![(1, "1", 30)], 2)));
-        assert_eq!(resolved, 2);
-        assert_eq!(ops[0].outcome, Outcome::Ok(Response::Put { revision: 1 }));
-        assert_eq!(ops[1].outcome, Outcome::Failed);
-    }
-
-    #[test]
-    fn a_watch_resumed_after_its_stream_broke_still_resolves_unknowns_and_a_gap_does_not() {
+    fn watch_resumed_where_it_broke_counts_as_complete() {
         let ops = vec![
             put(0, "1", Outcome::Ok(Response::Put { revision: 1 })),
             put(20, "2", Outcome::Unknown),
         ];
-        // The first stream broke after revision 1; the second resumed from 2 and saw the put.
-        let first = watch(vec![(1, "1", 15)], 1);
+        let mut first = watch(vec![(1, "1", 15)], 1);
+        first.responses.pop();
         let mut resumed = watch(vec![(2, "2", 40)], 2);
         resumed.start_revision = 2;
         let mut h = history(ops, first);
@@ -283,10 +277,17 @@ mod tests {
             patched[1].outcome,
             Outcome::Ok(Response::Put { revision: 2 })
         );
-        // Resumed one revision too late: revision 2 may have been missed, nothing is resolved.
-        resumed.start_revision = 3;
-        h.watches[1] = resumed;
-        h.watches[0] = watch(vec![(1, "1", 15)], 1);
+        // Resumed past a revision nobody vouched for: not complete.
+        h.watches[1].start_revision = 3;
         assert_eq!(resolve_unknown_writes(&h).1, 0);
+    }
+
+    #[test]
+    fn identical_unknown_requests_are_interchangeable_and_the_earliest_made_the_change() {
+        let twins = vec![put(0, "1", Outcome::Unknown), put(5, "1", Outcome::Unknown)];
+        let (ops, resolved) = resolve_unknown_writes(&history(twins, watch(vec![(1, "1", 30)], 2)));
+        assert_eq!(resolved, 2);
+        assert_eq!(ops[0].outcome, Outcome::Ok(Response::Put { revision: 1 }));
+        assert_eq!(ops[1].outcome, Outcome::Failed);
     }
 }

@@ -9,7 +9,7 @@
 use crate::client::{channel, EtcdClient};
 use crate::history::{
     ClientId, Event, EventKind, FinalRead, History, KeyValue, Nanos, Operation, Outcome, Request,
-    Response, WatchResponse, WatchStream,
+    Response, ValueAt, WatchResponse, WatchStream,
 };
 use etcd_proto::etcdserverpb::watch_client::WatchClient;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
@@ -234,6 +234,8 @@ pub async fn watch_all(
             prefix: true,
             start_revision: next_revision,
             responses: Vec::new(),
+            prev_kv: false,
+            compact_revision: None,
         };
         let done = watch_once(&recorder, &url, &mut stream, &mut next_revision, &mut stop).await;
         if !stream.responses.is_empty() || done {
@@ -322,7 +324,8 @@ async fn watch_once(
     }
 }
 
-fn event(e: &mvccpb::Event) -> Option<Event> {
+/// A watch event on the history's terms (`prev` is the prev_kv the server sent, if any).
+pub fn event(e: &mvccpb::Event) -> Option<Event> {
     let kv = e.kv.as_ref()?;
     let kind = if e.r#type == mvccpb::event::EventType::Delete as i32 {
         EventKind::Delete
@@ -335,6 +338,10 @@ fn event(e: &mvccpb::Event) -> Option<Event> {
         key: text(&kv.key),
         mod_revision: kv.mod_revision,
         kind,
+        prev: e.prev_kv.as_ref().map(|p| ValueAt {
+            value: text(&p.value),
+            mod_revision: p.mod_revision,
+        }),
     })
 }
 

@@ -4,6 +4,7 @@
 //! nothing: a linearizability search that ran out of budget fails the report (it proves nothing).
 
 use crate::history::History;
+use crate::lease_checks::{ttl_rises, TtlRise};
 use crate::linearizability::{check_operations, CheckOptions, Verdict};
 use crate::lost_writes::{check_no_lost_writes, LostWrite};
 use crate::patch::resolve_unknown_writes;
@@ -26,6 +27,8 @@ pub struct Report {
     pub watch_violations: Vec<WatchViolation>,
     /// `None` when the history has no final read.
     pub lost_writes: Option<Vec<LostWrite>>,
+    /// Remaining lease TTLs that rose within one raft term without a keep-alive.
+    pub ttl_rises: Vec<TtlRise>,
 }
 
 pub fn check_history(history: &History, options: CheckOptions) -> Report {
@@ -49,6 +52,7 @@ pub fn check_history(history: &History, options: CheckOptions) -> Report {
             .final_read
             .as_ref()
             .map(|f| check_no_lost_writes(&history.operations, f)),
+        ttl_rises: ttl_rises(&history.operations),
     }
 }
 
@@ -57,6 +61,7 @@ impl Report {
         self.linearizability == Verdict::Linearizable
             && self.watch_violations.is_empty()
             && self.lost_writes.as_ref().is_none_or(Vec::is_empty)
+            && self.ttl_rises.is_empty()
     }
 
     pub fn summary(&self) -> String {
@@ -88,6 +93,10 @@ impl Report {
                     let _ = writeln!(out, "  {}", l.message);
                 }
             }
+        }
+        let _ = writeln!(out, "lease TTL rises: {}", self.ttl_rises.len());
+        for r in &self.ttl_rises {
+            let _ = writeln!(out, "  {r}");
         }
         out
     }

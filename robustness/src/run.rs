@@ -70,6 +70,9 @@ pub fn short_mode(mut config: RunConfig) -> RunConfig {
 pub const SCENARIOS: &[&str] = &[
     "lost-writes-single-member-crash",
     "stale-read-after-partition-heal",
+    "revoked-lease-keys-after-revoke",
+    "lease-outlives-leader-change",
+    "watch-at-compact-revision",
 ];
 
 /// `config` shaped into the scenario `name`.
@@ -91,6 +94,27 @@ pub fn scenario_config(name: &str, mut config: RunConfig) -> Result<RunConfig, S
             config.members = 3;
             config.faults = vec![Fault::Partition];
             config.traffics = vec!["kv".into()];
+        }
+        // Leases revoked while members are killed and paused; every key of a lease is read
+        // right after its revoke returned: none may still be there.
+        "revoked-lease-keys-after-revoke" => {
+            config.faults = vec![Fault::Kill, Fault::Stop];
+            config.traffics = vec!["lease-revoke".into()];
+        }
+        // Leases of 10 s kept alive about every second while the leader is killed or
+        // terminated (Term and Kill hit the leader at least half the time): a new leader extends
+        // every lease, so no key of a kept-alive lease may vanish before its TTL.
+        "lease-outlives-leader-change" => {
+            config.faults = vec![Fault::Term, Fault::Kill];
+            config.traffics = vec!["lease-keepalive".into(), "kv".into()];
+        }
+        // etcd #18089: put, delete at r, put, compact at r, watch from r: the delete at r must
+        // be delivered (fixed in etcd 3.4.34 / 3.5.16; 3.4.23 and 3.5.1 are expected to fail).
+        "watch-at-compact-revision" => {
+            config.faults = vec![Fault::Defrag];
+            config.traffics = vec!["kube-compact-watch".into()];
+            config.clients_per_traffic = 2;
+            config.pace = Duration::from_millis(50);
         }
         _ => {
             return Err(format!(

@@ -1,7 +1,8 @@
 //! The writes a history proves were made, and which operations could have made a given change.
 //!
-//! Invariant: every request of the recorded traffic touches one key, so one revision holds at
-//! most one change, and an acknowledged write is known exactly (key, change, revision).
+//! Invariant: every client write but a lease revoke touches one key, so an acknowledged write is
+//! known exactly (key, change, revision). A lease revoke or expiry deletes all of its keys at one
+//! revision; those deletes are known only from watches, never attributed to a single-key write.
 
 use crate::history::{EventKind, Operation, Outcome, Request, Response, TxnWrite};
 
@@ -18,7 +19,7 @@ pub struct Write {
 /// The change an operation makes when it writes, if it can write at all.
 pub fn change_of(request: &Request) -> Option<(&str, EventKind)> {
     match request {
-        Request::Put { key, value } => Some((
+        Request::Put { key, value } | Request::PutWithLease { key, value, .. } => Some((
             key,
             EventKind::Put {
                 value: value.clone(),
@@ -27,7 +28,7 @@ pub fn change_of(request: &Request) -> Option<(&str, EventKind)> {
         Request::Delete { key } => Some((key, EventKind::Delete)),
         Request::Txn {
             key,
-            then: TxnWrite::Put(value),
+            then: TxnWrite::Put(value) | TxnWrite::PutWithLease(value, _),
             ..
         } => Some((
             key,
@@ -40,7 +41,8 @@ pub fn change_of(request: &Request) -> Option<(&str, EventKind)> {
             then: TxnWrite::Delete,
             ..
         } => Some((key, EventKind::Delete)),
-        Request::Get { .. } | Request::Range { .. } => None,
+        // Reads change nothing; lease revokes and expiries delete whichever keys are attached.
+        _ => None,
     }
 }
 
@@ -112,10 +114,23 @@ pub fn observed_values(ops: &[Operation]) -> Vec<Write> {
 }
 
 /// Whether an operation whose outcome is unknown could have made this change (an acknowledged
-/// one is pinned to its own revision, a failed one made nothing).
+/// one is pinned to its own revision, a failed one made nothing), or, for a delete, a lease
+/// revoke or expiry could have (the key was attached to a lease by some write).
 pub fn unknown_write_could_make(ops: &[Operation], key: &str, kind: &EventKind) -> bool {
-    ops.iter().any(|op| {
+    let by_unknown = ops.iter().any(|op| {
         op.outcome == Outcome::Unknown
             && change_of(&op.request).is_some_and(|(k, c)| k == key && &c == kind)
+    });
+    by_unknown || (*kind == EventKind::Delete && ever_leased(ops, key))
+}
+
+/// Whether some write that did not definitely fail attached `key` to a lease: then the key may
+/// vanish without a delete of its own (its lease revoked or expired).
+pub fn ever_leased(ops: &[Operation], key: &str) -> bool {
+    ops.iter().any(|op| {
+        op.request.attaches_lease().is_some()
+            && op.request.key() == Some(key)
+            && op.outcome != Outcome::Failed
+            && !matches!(op.outcome, Outcome::Ok(Response::Error(_)))
     })
 }

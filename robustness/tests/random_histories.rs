@@ -106,6 +106,7 @@ fn generate(rng: &mut fastrand::Rng, n: usize, spread: u64, unknown_percent: u8)
                     key,
                     mod_revision: next.revision,
                     kind,
+                    prev: None,
                 };
                 changes.push((event, outcome != Outcome::Unknown, at));
             }
@@ -169,7 +170,12 @@ fn revision_of(response: &mut Response) -> &mut i64 {
         | Response::Get { revision, .. }
         | Response::Delete { revision, .. }
         | Response::Txn { revision, .. }
-        | Response::Range { revision, .. } => revision,
+        | Response::Range { revision, .. }
+        | Response::LeaseGrant { revision, .. }
+        | Response::LeaseRevoke { revision }
+        | Response::Compact { revision } => revision,
+        Response::LeaseKeepAlive { ttl } | Response::LeaseTimeToLive { ttl, .. } => ttl,
+        Response::Error(_) => unreachable!("the generator makes no error answers"),
     }
 }
 
@@ -375,6 +381,8 @@ fn watch_of(rng: &mut fastrand::Rng, run: &Run, start: i64) -> WatchStream {
         prefix: true,
         start_revision: start,
         responses,
+        prev_kv: false,
+        compact_revision: None,
     }
 }
 
@@ -510,6 +518,8 @@ fn complete_watch(run: &Run) -> WatchStream {
         prefix: true,
         start_revision: 1,
         responses,
+        prev_kv: false,
+        compact_revision: None,
     }
 }
 

@@ -158,7 +158,7 @@ pub async fn call(ctx: &mut ClientContext, request: Request) -> Result<Response,
 }
 
 /// One request on the wire and its answer on the history's terms.
-async fn send(
+pub(crate) async fn send(
     mut kv: pb::kv_client::KvClient<tonic::transport::Channel>,
     request: &Request,
 ) -> Result<Response, Status> {
@@ -212,6 +212,10 @@ async fn send(
                 count: r.count,
             })
         }
+        // Leases, lists and compaction are sent by `traffic::requests`.
+        other => Err(Status::unimplemented(format!(
+            "not a KV-mix request: {other}"
+        ))),
     }
 }
 
@@ -249,6 +253,10 @@ fn txn(key: &str, compare: &Compare, then: &TxnWrite) -> TxnRequest {
     };
     let op = match then {
         TxnWrite::Put(v) => OpRequest::RequestPut(put(key, v)),
+        TxnWrite::PutWithLease(v, lease) => OpRequest::RequestPut(PutRequest {
+            lease: *lease,
+            ..put(key, v)
+        }),
         TxnWrite::Delete => OpRequest::RequestDeleteRange(delete(key)),
     };
     TxnRequest {

@@ -6,7 +6,10 @@
 //! the client's seeded `rng`, so a seed reproduces the same request mix (not the same
 //! interleaving, which depends on the cluster).
 
+pub mod kube;
 pub mod kv;
+pub mod lease;
+pub mod requests;
 
 use crate::client::EtcdClient;
 use crate::history::ClientId;
@@ -86,6 +89,28 @@ pub trait Traffic: Send + Sync {
 pub fn by_name(name: &str) -> Option<Box<dyn Traffic>> {
     match name {
         "kv" => Some(Box::new(kv::KvTraffic::default())),
+        "lease" => Some(Box::new(lease::LeaseTraffic::new(
+            "lease",
+            lease::Mix::Random,
+        ))),
+        "lease-revoke" => Some(Box::new(lease::LeaseTraffic::new(
+            "lease-revoke",
+            lease::Mix::RevokeThenRead,
+        ))),
+        "lease-keepalive" => Some(Box::new(lease::LeaseTraffic::new(
+            "lease-keepalive",
+            lease::Mix::KeepAlive,
+        ))),
+        "kube" => Some(Box::new(kube::KubeTraffic {
+            name: "kube",
+            mix: kube::Mix::Random,
+            pods: 6,
+        })),
+        "kube-compact-watch" => Some(Box::new(kube::KubeTraffic {
+            name: "kube-compact-watch",
+            mix: kube::Mix::CompactWatch,
+            pods: 1,
+        })),
         _ => None,
     }
 }
