@@ -7,6 +7,7 @@
 //! of its peer listener (see `set_advertised_peers`), so network faults can sit between peers.
 
 use crate::client::channel;
+use crate::network::PeerNetwork;
 use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
@@ -78,6 +79,8 @@ pub struct Cluster {
     pub config: ClusterConfig,
     pub members: Vec<Member>,
     token: String,
+    /// The proxies between the members, when network faults are wanted.
+    pub network: Option<PeerNetwork>,
 }
 
 /// A free port below the kernel's ephemeral range (a port handed out by `bind(0)` can be taken
@@ -129,6 +132,7 @@ impl Cluster {
             token: format!("robustness-{}", std::process::id()),
             config,
             members,
+            network: None,
         })
     }
 
@@ -148,11 +152,17 @@ impl Cluster {
         self.members.iter().map(Member::peer_listen_addr).collect()
     }
 
-    /// Peers reach member `i` on `addrs[i]` (a proxy) from now on; set before the first start.
-    pub fn set_advertised_peers(&mut self, addrs: &[SocketAddr]) {
-        for (m, a) in self.members.iter_mut().zip(addrs) {
-            m.advertised_peer = *a;
+    /// Puts a proxy in front of every member's peer listener and advertises the proxies as the
+    /// members' peer URLs; call before the first start.
+    pub async fn attach_network(&mut self) -> Result<(), String> {
+        let network = PeerNetwork::start(&self.peer_listen_addrs())
+            .await
+            .map_err(|e| format!("cannot start the peer proxies: {e}"))?;
+        for (i, m) in self.members.iter_mut().enumerate() {
+            m.advertised_peer = network.proxy_addr(i);
         }
+        self.network = Some(network);
+        Ok(())
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
@@ -250,6 +260,9 @@ impl Cluster {
             .stderr(err_log)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.config.binary.display()))?;
+        if let Some(network) = &self.network {
+            network.set_pid(i, child.id());
+        }
         let m = &mut self.members[i];
         m.child = Some(child);
         m.wanted = Wanted::Running;

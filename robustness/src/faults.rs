@@ -8,7 +8,6 @@
 use crate::client::{channel, EtcdClient};
 use crate::cluster::Cluster;
 use crate::history::Request;
-use crate::network::PeerNetwork;
 use crate::recorder::Recorder;
 use crate::traffic::{kv, stop_signal, ClientContext};
 use etcd_proto::etcdserverpb::kv_client::KvClient;
@@ -23,6 +22,8 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const BLAST_CLIENTS: u32 = 8;
 /// Client ids of the fault injector's own writes (beyond any traffic client).
 const BLAST_CLIENT_BASE: u32 = 100_000;
+/// Client ids of the reads on every member after a partition heals.
+const READ_CLIENT_BASE: u32 = 200_000;
 /// Entries a member keeps after a raft log compaction for slow followers (etcd's constant).
 const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 
@@ -45,11 +46,14 @@ pub enum Fault {
     Compact,
     /// A follower down while more entries than the leader keeps are written: it needs a snapshot.
     Snapshot,
-    /// For 1-3 s a minority (with or without the leader) cut from the rest, both ways.
+    /// The leader isolated from its peers for 2-4 s, then healed; then a linearizable get of
+    /// every KV key on every member (none may return a value the majority overwrote).
     Partition,
-    /// For 1-3 s the leader's bytes to a follower, or a follower's to the leader, held back.
+    /// One random member cut off from the others (a 1|n-1 split) for 2-4 s.
+    Split,
+    /// The leader's messages to one follower lost for 2-4 s (the follower's still arrive).
     OneWay,
-    /// For 1-3 s a member's peer traffic delayed by 50-300 ms each way.
+    /// A random member's peer traffic delayed 50-300 ms each way for 3 s.
     Delay,
 }
 
@@ -63,6 +67,7 @@ pub const ALL_FAULTS: &[Fault] = &[
     Fault::Compact,
     Fault::Snapshot,
     Fault::Partition,
+    Fault::Split,
     Fault::OneWay,
     Fault::Delay,
 ];
@@ -79,6 +84,7 @@ impl Fault {
             Fault::Compact => "compact",
             Fault::Snapshot => "snapshot",
             Fault::Partition => "partition",
+            Fault::Split => "split",
             Fault::OneWay => "oneway",
             Fault::Delay => "delay",
         }
@@ -111,8 +117,6 @@ pub struct Injector {
     pub recorder: Arc<Recorder>,
     pub rng: fastrand::Rng,
     pub snapshot_count: u64,
-    /// The proxies between the members, for the network faults (None: those are skipped).
-    pub network: Option<Arc<PeerNetwork>>,
 }
 
 impl Injector {
@@ -184,21 +188,41 @@ impl Injector {
                     format!("member {f} down while {written} writes went in, restarted (needs a snapshot)")
                 }
             },
-            Fault::Partition | Fault::OneWay | Fault::Delay => match &self.network {
-                None => format!("{} skipped (no peer proxies)", fault.name()),
-                Some(_) if n < 2 => format!("{} skipped (1 member)", fault.name()),
-                Some(net) => {
-                    let what = cut(&mut self.rng, net, fault, leader, n);
-                    let lasting = Duration::from_millis(self.rng.u64(1000..3000));
-                    tokio::time::sleep(lasting).await;
-                    net.heal();
-                    format!("{what} for {lasting:?}, healed")
+            Fault::Partition | Fault::Split | Fault::OneWay | Fault::Delay => {
+                let network = cluster.network.as_ref().ok_or("no peer proxies")?;
+                let cut = Duration::from_millis(self.rng.u64(2000..4000));
+                let what = match (fault, follower) {
+                    (_, None) => "skipped (1 member)".to_string(),
+                    (Fault::Partition, _) => {
+                        network.isolate(leader);
+                        format!("isolated leader {leader}")
+                    }
+                    (Fault::Split, _) => {
+                        network.isolate(any);
+                        format!("isolated member {any} (leader {leader})")
+                    }
+                    (Fault::OneWay, Some(f)) => {
+                        network.drop_one_way(leader, f);
+                        format!("lost leader {leader} -> follower {f}")
+                    }
+                    (_, _) => {
+                        let d = Duration::from_millis(self.rng.u64(50..300));
+                        network.delay(any, d);
+                        format!("delayed member {any} by {d:?}")
+                    }
+                };
+                tokio::time::sleep(cut).await;
+                network.heal();
+                if fault == Fault::Partition && follower.is_some() {
+                    cluster.wait_leader(RECOVERY_TIMEOUT).await?;
+                    let urls = Arc::new(cluster.client_urls());
+                    let reads = self.read_everywhere(urls).await;
+                    format!("{what} for {cut:?}, healed, {reads} reads on every member")
+                } else {
+                    format!("{what} for {cut:?}, healed")
                 }
-            },
+            }
         };
-        if let Some(net) = &self.network {
-            sync_pids(net, &cluster);
-        }
         cluster.wait_leader(RECOVERY_TIMEOUT).await?;
         Ok(done)
     }
@@ -232,21 +256,41 @@ impl Injector {
         })
     }
 
+    /// A context for the injector's own recorded requests, as client `id`, starting at member
+    /// `first`.
+    fn context(&self, urls: &Arc<Vec<String>>, id: u32, first: usize) -> Option<ClientContext> {
+        Some(ClientContext {
+            id,
+            client: EtcdClient::new(urls.clone(), first).ok()?,
+            recorder: self.recorder.clone(),
+            rng: fastrand::Rng::with_seed(id as u64),
+            stop: stop_signal().1,
+            pace: Duration::ZERO,
+        })
+    }
+
+    /// A recorded linearizable get of every KV key on every member; returns how many answered.
+    async fn read_everywhere(&self, urls: Arc<Vec<String>>) -> usize {
+        let mut answered = 0;
+        for member in 0..urls.len() {
+            let Some(mut ctx) = self.context(&urls, READ_CLIENT_BASE + member as u32, member)
+            else {
+                continue;
+            };
+            for key in kv::KvTraffic::default().key_names() {
+                let request = Request::Get { key };
+                answered += usize::from(kv::call(&mut ctx, request).await.is_ok());
+            }
+        }
+        answered
+    }
+
     /// `count` recorded puts by `BLAST_CLIENTS` concurrent clients; returns how many answered.
     async fn blast(&self, urls: Arc<Vec<String>>, leader: usize, count: u64) -> u64 {
-        let (_stop, stop) = stop_signal();
         let per_client = count / BLAST_CLIENTS as u64 + 1;
         let tasks: Vec<_> = (0..BLAST_CLIENTS)
             .filter_map(|c| {
-                let client = EtcdClient::new(urls.clone(), leader).ok()?;
-                let mut ctx = ClientContext {
-                    id: BLAST_CLIENT_BASE + c,
-                    client,
-                    recorder: self.recorder.clone(),
-                    rng: fastrand::Rng::with_seed(c as u64),
-                    stop: stop.clone(),
-                    pace: Duration::ZERO,
-                };
+                let mut ctx = self.context(&urls, BLAST_CLIENT_BASE + c, leader)?;
                 Some(tokio::spawn(async move {
                     let mut ok = 0u64;
                     for _ in 0..per_client {
@@ -265,47 +309,6 @@ impl Injector {
             ok += t.await.unwrap_or(0);
         }
         ok
-    }
-}
-
-/// Applies a network fault of kind `fault` to `n` (at least 2) members; says what it did.
-fn cut(rng: &mut fastrand::Rng, net: &PeerNetwork, fault: Fault, leader: usize, n: usize) -> String {
-    let others = |leader: usize| (0..n).filter(move |&i| i != leader);
-    let follower = others(leader).nth(rng.usize(0..n - 1)).unwrap_or(leader);
-    match fault {
-        Fault::Partition => {
-            let mut rest: Vec<usize> = others(leader).collect();
-            rng.shuffle(&mut rest);
-            let size = ((n - 1) / 2).max(1);
-            let minority: Vec<usize> = if rng.bool() {
-                std::iter::once(leader).chain(rest).take(size).collect()
-            } else {
-                rest.into_iter().take(size).collect()
-            };
-            let majority: Vec<usize> = (0..n).filter(|i| !minority.contains(i)).collect();
-            net.partition(&[minority.clone(), majority.clone()]);
-            format!("partition {minority:?} | {majority:?} (leader {leader})")
-        }
-        Fault::OneWay => {
-            let (from, to) = if rng.bool() { (leader, follower) } else { (follower, leader) };
-            net.drop_one_way(from, to);
-            format!("member {from}'s bytes to member {to} held back (leader {leader})")
-        }
-        _ => {
-            let member = rng.usize(0..n);
-            let d = Duration::from_millis(rng.u64(50..300));
-            net.delay(member, d);
-            format!("member {member}'s peer traffic delayed {d:?} each way (leader {leader})")
-        }
-    }
-}
-
-/// Tells the proxies which process is each running member (after every start or restart).
-pub fn sync_pids(network: &PeerNetwork, cluster: &Cluster) {
-    for (i, m) in cluster.members.iter().enumerate() {
-        if let Some(pid) = m.pid() {
-            network.set_pid(i, pid);
-        }
     }
 }
 

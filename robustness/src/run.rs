@@ -8,8 +8,7 @@
 
 use crate::client::EtcdClient;
 use crate::cluster::{Cluster, ClusterConfig};
-use crate::faults::{sync_pids, Fault, Injector};
-use crate::network::{PairBytes, PeerNetwork};
+use crate::faults::{Fault, Injector};
 use crate::hashkv::check_hashkv;
 use crate::linearizability::CheckOptions;
 use crate::recorder::{final_read, watch_all, Recorder};
@@ -70,6 +69,7 @@ pub fn short_mode(mut config: RunConfig) -> RunConfig {
 /// The named regression scenarios, for bugs etcd itself had.
 pub const SCENARIOS: &[&str] = &[
     "lost-writes-single-member-crash",
+    "stale-read-after-partition-heal",
     "revoked-lease-keys-after-revoke",
     "lease-outlives-leader-change",
     "watch-at-compact-revision",
@@ -86,6 +86,14 @@ pub fn scenario_config(name: &str, mut config: RunConfig) -> Result<RunConfig, S
             config.traffics = vec!["kv".into()];
             config.clients_per_traffic = 6;
             config.pace = Duration::from_millis(5);
+        }
+        // A leader isolated from the majority must not answer linearizable reads with what the
+        // majority has overwritten meanwhile, before or after the heal: each partition fault
+        // ends with a linearizable get of every key on every member.
+        "stale-read-after-partition-heal" => {
+            config.members = 3;
+            config.faults = vec![Fault::Partition];
+            config.traffics = vec!["kv".into()];
         }
         // Leases revoked while members are killed and paused; every key of a lease is read
         // right after its revoke returned: none may still be there.
@@ -125,8 +133,6 @@ pub struct SeedResult {
     /// Each distinct client error and how often it came.
     pub errors: Vec<(String, u64)>,
     pub faults: Vec<String>,
-    /// Bytes between members through the peer proxies, per ordered pair.
-    pub peer_bytes: Vec<PairBytes>,
     pub violations: Vec<String>,
     pub elapsed: Duration,
     pub dir: PathBuf,
@@ -165,7 +171,6 @@ pub async fn run_seed(config: &RunConfig, seed: u64) -> SeedResult {
         operations: 0,
         errors: Vec::new(),
         faults: Vec::new(),
-        peer_bytes: Vec::new(),
         violations: Vec::new(),
         elapsed: Duration::ZERO,
         dir: dir.clone(),
@@ -177,10 +182,6 @@ pub async fn run_seed(config: &RunConfig, seed: u64) -> SeedResult {
     let mut text = format!("{}\nfaults:\n", result.line());
     for f in &result.faults {
         let _ = writeln!(text, "  {f}");
-    }
-    let _ = writeln!(text, "peer network (sender -> receiver: bytes forwarded, dropped, held):");
-    for p in &result.peer_bytes {
-        let _ = writeln!(text, "  {p}");
     }
     let _ = writeln!(text, "client errors (recorded outcome, code, message):");
     for (e, n) in &result.errors {
@@ -209,15 +210,8 @@ async fn drive(config: &RunConfig, seed: u64, result: &mut SeedResult) -> Result
         heartbeat_ms: 100,
         election_ms: 1000,
     })?;
-    // Every member's peer URL is a proxy, so network faults can sit between the members.
-    let network = PeerNetwork::start(&cluster.peer_listen_addrs())
-        .await
-        .map_err(|e| format!("cannot start the peer proxies: {e}"))?;
-    let proxies: Vec<_> = (0..cluster.len()).map(|i| network.proxy_addr(i)).collect();
-    cluster.set_advertised_peers(&proxies);
-    let network = Arc::new(network);
+    cluster.attach_network().await?;
     cluster.start_all().await?;
-    sync_pids(&network, &cluster);
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
     let initial_revision = cluster.revision(leader).await?;
     let urls = Arc::new(cluster.client_urls());
@@ -256,7 +250,6 @@ async fn drive(config: &RunConfig, seed: u64, result: &mut SeedResult) -> Result
         recorder: recorder.clone(),
         rng: fastrand::Rng::with_seed(rng.u64(..)),
         snapshot_count: config.snapshot_count,
-        network: Some(network.clone()),
     };
     let end = Instant::now() + config.duration;
     while Instant::now() < end {
@@ -294,7 +287,6 @@ async fn drive(config: &RunConfig, seed: u64, result: &mut SeedResult) -> Result
     for c in clients {
         let _ = c.await;
     }
-    result.peer_bytes = network.bytes();
     result.violations.extend(cluster.lock().await.crashed());
 
     // After a failed recovery, bring every member back so the final checks can run.
@@ -303,9 +295,10 @@ async fn drive(config: &RunConfig, seed: u64, result: &mut SeedResult) -> Result
         let down = cluster.down();
         if !down.is_empty() {
             if let Err(e) = cluster.restart_all(&down).await {
-                result.violations.push(format!("restart after the run: {e}"));
+                result
+                    .violations
+                    .push(format!("restart after the run: {e}"));
             }
-            sync_pids(&network, &cluster);
         }
         for i in 0..cluster.len() {
             cluster.resume(i);

@@ -40,6 +40,17 @@ impl Default for KvTraffic {
     }
 }
 
+impl KvTraffic {
+    /// Every key this traffic uses.
+    pub fn key_names(&self) -> Vec<String> {
+        (0..self.keys.max(1)).map(key_name).collect()
+    }
+}
+
+fn key_name(k: usize) -> String {
+    format!("{PREFIX}k{k}")
+}
+
 impl Traffic for KvTraffic {
     fn name(&self) -> &'static str {
         "kv"
@@ -75,7 +86,7 @@ impl Seen {
 async fn run_client(mut ctx: ClientContext, keys: usize, serializable: Arc<AtomicU64>) {
     let mut seen = Seen::default();
     while ctx.next_turn().await {
-        let key = format!("{PREFIX}k{}", ctx.rng.usize(0..keys));
+        let key = key_name(ctx.rng.usize(0..keys));
         let roll = ctx.rng.u32(0..100);
         let request = match roll {
             0..30 => Request::Put {
