@@ -192,6 +192,9 @@ fn assert_full_traffic_decoded(d: &Decoded) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_3_5_peer_traffic_decodes_frame_by_frame() {
+    if !installed(&[ETCD_35, ETCDCTL_35]) {
+        return;
+    }
     let d = capture(ETCD_35, ETCDCTL_35).await;
     assert_full_traffic_decoded(&d);
     assert!(d.server_versions.iter().all(|v| v == "3.5.1"));
@@ -199,6 +202,9 @@ async fn etcd_3_5_peer_traffic_decodes_frame_by_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_3_4_peer_traffic_decodes_frame_by_frame() {
+    if !installed(&[ETCD_34, ETCDCTL_34]) {
+        return;
+    }
     let d = capture(ETCD_34, ETCDCTL_34).await;
     assert_full_traffic_decoded(&d);
     assert!(d.server_versions.iter().all(|v| v.starts_with("3.4.")));

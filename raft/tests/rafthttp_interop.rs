@@ -186,17 +186,26 @@ async fn etcd_and_rafthttp_form_a_cluster(bin: &str, ctl: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_3_5_member_commits_through_rafthttp_streams() {
+    if !installed(&[ETCD_35, ETCDCTL_35]) {
+        return;
+    }
     etcd_and_rafthttp_form_a_cluster(ETCD_35, ETCDCTL_35).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_3_4_member_commits_through_rafthttp_streams() {
+    if !installed(&[ETCD_34, ETCDCTL_34]) {
+        return;
+    }
     etcd_and_rafthttp_form_a_cluster(ETCD_34, ETCDCTL_34).await;
 }
 
 /// The same refused requests sent to etcd and to our handler get the same status and body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_match_etcd_3_5() {
+    if !installed(&[ETCD_35]) {
+        return;
+    }
     let s = setup(ETCD_35).await;
     let cid = format!("{:x}", s.cluster_id);
     let good = "X-Server-Version: 3.5.1\r\nX-Min-Cluster-Version: 3.0.0\r\n";
@@ -298,6 +307,9 @@ async fn serve_peer_listener(listener: tokio::net::TcpListener, raft: RaftHttpHa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_endpoints_answer_as_etcd_3_5() {
+    if !installed(&[ETCD_35]) {
+        return;
+    }
     let s = setup(ETCD_35).await;
     // a working cluster (etcd leads with our fake follower) so etcd answers every endpoint
     let ep = s.etcd.endpoint();
@@ -420,11 +432,17 @@ async fn etcd_sends_its_snapshot_to_rafthttp(bin: &str, ctl: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_posts_are_read_both_ways_with_etcd_3_5() {
+    if !installed(&[ETCD_35, ETCDCTL_35]) {
+        return;
+    }
     etcd_sends_its_snapshot_to_rafthttp(ETCD_35, ETCDCTL_35).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_posts_are_read_both_ways_with_etcd_3_4() {
+    if !installed(&[ETCD_34, ETCDCTL_34]) {
+        return;
+    }
     etcd_sends_its_snapshot_to_rafthttp(ETCD_34, ETCDCTL_34).await;
 }
 
@@ -432,6 +450,9 @@ async fn snapshot_posts_are_read_both_ways_with_etcd_3_4() {
 /// alone, and it still becomes leader and commits a write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_3_5_member_commits_through_rafthttp_pipeline() {
+    if !installed(&[ETCD_35]) {
+        return;
+    }
     let s = setup_serving(ETCD_35, &[], false).await;
     let ep = s.etcd.endpoint();
     tokio::task::spawn_blocking(move || put_until_ok(ETCDCTL_35, &ep, "piped", "v", Duration::from_secs(20))).await.unwrap();

@@ -18,6 +18,16 @@ pub const ETCDCTL_35: &str = "/opt/etcd-3.5/bin/etcdctl";
 pub const ETCD_34: &str = "/usr/bin/etcd";
 pub const ETCDCTL_34: &str = "/usr/bin/etcdctl";
 
+/// Whether the reference binaries a test needs are installed; prints why the test is skipped
+/// when not (etcd 3.5.1 lives in /opt/etcd-3.5 only where the reference installer ran).
+pub fn installed(bins: &[&str]) -> bool {
+    let missing: Vec<_> = bins.iter().filter(|b| !Path::new(b).exists()).collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED: not installed: {missing:?}");
+    }
+    missing.is_empty()
+}
+
 /// A loopback port free now, taken outside the kernel's ephemeral range (32768-60999) so that
 /// an outgoing connection cannot take it before the process we hand it to binds it.
 pub fn free_port() -> u16 {
