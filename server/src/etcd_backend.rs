@@ -350,7 +350,7 @@ fn export_into(txn: &redb::ReadTransaction, tmp: &Path) -> Result<Converted, Ser
     let conf_state = (!members.is_empty() && writes_conf_state(version.as_deref())).then(|| conf_state_json(&members));
     let extra = conf_state.iter().map(|cs| (ETCD_CONF_STATE.to_vec(), cs.as_bytes().to_vec())).collect();
     let file = File::create(tmp).map_err(|e| fail("create", e))?;
-    let (out, _size) = write_snapshot_with_meta(&txn, BufWriter::new(file), extra)?;
+    let (out, _size) = write_snapshot_with_meta(txn, BufWriter::new(file), extra)?;
     out.into_inner().map_err(|e| fail("write", e.error()))?;
     // what was written, counted from the file itself
     let r = BoltReader::open(tmp).map_err(bolt_err)?;
@@ -401,7 +401,7 @@ mod tests {
     fn conf_state_is_written_as_etcd_3_5_writes_it_and_only_for_3_5_clusters() {
         // as read from an etcd 3.5.1 db (meta bucket, key confState)
         let voter = crate::membership::new_member(4831587547414905416, "e0", vec![], false);
-        assert_eq!(conf_state_json(&[voter.clone()]), r#"{"voters":[4831587547414905416],"auto_leave":false}"#);
+        assert_eq!(conf_state_json(std::slice::from_ref(&voter)), r#"{"voters":[4831587547414905416],"auto_leave":false}"#);
         let learner = crate::membership::new_member(7, "l", vec![], true);
         assert_eq!(conf_state_json(&[voter, learner]), r#"{"voters":[4831587547414905416],"learners":[7],"auto_leave":false}"#);
         assert!(writes_conf_state(Some("3.5.0")) && writes_conf_state(Some("3.6.0")) && writes_conf_state(Some("4.0.0")));
