@@ -363,7 +363,7 @@ async fn a_killed_etcd_with_a_torn_wal_tail_is_taken_over_as_etcd_itself_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_at_any_step_of_the_takeover_leaves_etcds_dir_or_a_complete_one_and_the_restart_loses_nothing() {
+async fn a_kill_at_any_step_of_the_takeover_loses_nothing_and_a_damaged_wal_is_refused_leaving_etcds_files_untouched() {
     if !present(ETCD_34) {
         return;
     }
@@ -392,5 +392,25 @@ async fn a_kill_at_any_step_of_the_takeover_leaves_etcds_dir_or_a_complete_one_a
         assert_eq!(contents(&data.join(BACKUP_DIR)), original, "{step}: backup");
         drop(rs);
         std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    // a WAL damaged before its last record (a flipped byte in a middle record) is refused:
+    // the process exits with the reason, etcd's files are as they were, nothing is left beside
+    let data = dir.path().join("damaged.etcd");
+    copy_dir(&pristine, &data);
+    let wal_dir = data.join("member/wal");
+    let seg = wal_dir.join(etcd_raft::etcd_wal::segment_names(&wal_dir).unwrap()[0].clone());
+    let mut buf = std::fs::read(&seg).unwrap();
+    let (records, _) = etcd_raft::etcd_wal::decode_segment(&seg, &buf, &mut 0, true).unwrap();
+    let middle = records[records.len() / 2].offset as usize;
+    buf[middle + 12] ^= 0x55;
+    std::fs::write(&seg, &buf).unwrap();
+    let damaged = contents(&data.join("member"));
+    let mut rs = Server::etcd_rs(&data, ports);
+    assert!(!rs.wait_exit().success());
+    assert!(rs.log().contains("cannot take over etcd data dir"), "{}", rs.log());
+    assert_eq!(contents(&data.join("member")), damaged, "etcd's files untouched");
+    for d in [BUILD_DIR, READY_DIR, BACKUP_DIR] {
+        assert!(!data.join(d).exists(), "{d}");
     }
 }
