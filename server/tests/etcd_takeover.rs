@@ -12,15 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, stop_child};
-use etcd_proto::authpb::permission::Type as PermType;
-use etcd_proto::authpb::Permission;
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::lease_client::LeaseClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
-    AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
+    AuthEnableRequest, AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest,
 };
 use etcd_server::takeover::{is_bolt_file, BACKUP_DIR, BUILD_DIR, CRASH_ENV, CRASH_STEPS, READY_DIR};
@@ -161,16 +158,8 @@ async fn fill(ch: &Channel) {
     for i in 0..13 {
         kv.put(put(format!("after/{i}"), b"x".to_vec(), 0)).await.unwrap();
     }
-    let mut auth = AuthClient::new(ch.clone());
-    for (name, pw) in [("root", "rootpw"), ("u1", "u1pw")] {
-        auth.user_add(AuthUserAddRequest { name: name.into(), password: pw.into(), ..Default::default() }).await.unwrap();
-    }
-    auth.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.unwrap();
-    auth.role_add(AuthRoleAddRequest { name: "r1".into() }).await.unwrap();
-    let perm = Permission { perm_type: PermType::Read as i32, key: b"k".to_vec(), range_end: b"l".to_vec() };
-    auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: "r1".into(), perm: Some(perm) }).await.unwrap();
-    auth.user_grant_role(AuthUserGrantRoleRequest { user: "u1".into(), role: "r1".into() }).await.unwrap();
-    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    common::add_users_and_roles(ch).await;
+    AuthClient::new(ch.clone()).auth_enable(AuthEnableRequest {}).await.unwrap();
 }
 
 /// What a member serves, as compared between etcd and etcd-rs on the same data dir.
