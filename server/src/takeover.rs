@@ -171,18 +171,20 @@ pub fn take_over_etcd_data_dir(data_dir: &Path, wal_dir: &Path) -> Result<Option
     finish_pending(data_dir)?;
     let member = data_dir.join("member");
     let db = member.join("snap").join("db");
-    let (etcd_db, etcd_wal) = (is_bolt_file(&db), is_etcd_wal(&member.join("wal")));
+    let dedicated_wal = wal_dir != member.join("wal");
+    let etcd_db = is_bolt_file(&db);
+    let etcd_wal = is_etcd_wal(&member.join("wal")) || (dedicated_wal && is_etcd_wal(wal_dir));
     if !etcd_db && !etcd_wal {
         return Ok(None);
+    }
+    if dedicated_wal {
+        return Err(TakeoverError::DedicatedWalDir(data_dir.to_path_buf()));
     }
     if !etcd_db {
         return Err(TakeoverError::MissingDb(member));
     }
     if !etcd_wal {
         return Err(TakeoverError::MissingWal(db));
-    }
-    if wal_dir != member.join("wal") {
-        return Err(TakeoverError::DedicatedWalDir(data_dir.to_path_buf()));
     }
     let backup = data_dir.join(BACKUP_DIR);
     if backup.exists() {
@@ -513,6 +515,12 @@ mod tests {
         let e = take_over_etcd_data_dir(d, &member.join("wal")).unwrap_err();
         assert!(matches!(e, TakeoverError::MissingDb(_)), "{e}");
         assert!(member.join("wal").exists() && !d.join(BACKUP_DIR).exists());
+        // etcd's WAL in a dedicated --wal-dir: refused (not converted), named as such
+        let elsewhere = d.join("wal-elsewhere");
+        fs::rename(member.join("wal"), &elsewhere).unwrap();
+        let e = take_over_etcd_data_dir(d, &elsewhere).unwrap_err();
+        assert!(matches!(e, TakeoverError::DedicatedWalDir(_)), "{e}");
+        assert!(elsewhere.exists() && !d.join(BUILD_DIR).exists());
     }
 
     #[test]
