@@ -92,6 +92,8 @@ impl EtcdServer {
     pub async fn start(cfg: ServerConfig) -> Result<Arc<EtcdServer>, ServerError> {
         let member_dir: PathBuf = cfg.data_dir.join("member");
         create_private_dir(&cfg.data_dir)?;
+        // A data dir etcd wrote becomes an etcd-rs one here, before anything opens it.
+        crate::takeover::take_over_etcd_data_dir(&cfg.data_dir, &cfg.wal_dir)?;
         create_private_dir(&member_dir.join("snap"))?;
 
         let snap_dir = member_dir.join("snap");

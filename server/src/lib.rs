@@ -24,6 +24,7 @@ pub mod peer_host;
 pub mod restore;
 pub mod serve;
 pub mod snapshot;
+pub mod takeover;
 pub mod tls;
 pub mod wait;
 pub mod v2store;

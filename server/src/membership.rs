@@ -92,8 +92,15 @@ impl Membership {
     }
 
     /// Replaces the view with the one stored in `db` (after a snapshot replaced the database).
+    /// Logs the cluster version as `load` does (etcd's applySnapshot recovers the cluster and
+    /// logs it: a member that joined through a snapshot says which capabilities it enabled).
     pub fn reload(&self, db: &redb::Database) -> Result<(), ServerError> {
-        *self.view.write() = read_view(db)?;
+        let view = read_view(db)?;
+        if let Some(ver) = &view.version {
+            log_enabled_capabilities(ver);
+            tracing::info!(cluster_version = %ver, "set cluster version from store");
+        }
+        *self.view.write() = view;
         Ok(())
     }
 

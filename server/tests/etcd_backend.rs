@@ -13,15 +13,12 @@ use common::{free_port, stop_child};
 use etcd_mvcc::bolt::BoltReader;
 use etcd_lease::{Lessor, LessorConfig};
 use etcd_mvcc::KvStore;
-use etcd_proto::authpb::permission::Type as PermType;
-use etcd_proto::authpb::Permission;
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::lease_client::LeaseClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
-    AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
-    AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
+    AuthEnableRequest, AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest,
 };
 use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
@@ -165,15 +162,7 @@ async fn fill(ch: &Channel) {
     }
     kv.delete_range(DeleteRangeRequest { key: b"after/3".to_vec(), ..Default::default() }).await.unwrap();
 
-    let mut auth = AuthClient::new(ch.clone());
-    for (name, pw) in [("root", "rootpw"), ("u1", "u1pw")] {
-        auth.user_add(AuthUserAddRequest { name: name.into(), password: pw.into(), ..Default::default() }).await.unwrap();
-    }
-    auth.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.unwrap();
-    auth.role_add(AuthRoleAddRequest { name: "r1".into() }).await.unwrap();
-    let perm = Permission { perm_type: PermType::Read as i32, key: b"k".to_vec(), range_end: b"l".to_vec() };
-    auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: "r1".into(), perm: Some(perm) }).await.unwrap();
-    auth.user_grant_role(AuthUserGrantRoleRequest { user: "u1".into(), role: "r1".into() }).await.unwrap();
+    common::add_users_and_roles(ch).await;
 }
 
 async fn login(ch: &Channel, user: &str, pw: &str) -> String {

@@ -243,6 +243,23 @@ pub async fn put(c: &mut KvClient<Channel>, k: &str, v: &str) -> Result<i64, ton
     Ok(r.into_inner().header.map(|h| h.revision).unwrap_or(0))
 }
 
+/// Users root (role root, password rootpw) and u1 (password u1pw, role r1: read on [k, l)), as
+/// the tests comparing with etcd write them.
+pub async fn add_users_and_roles(ch: &Channel) {
+    use etcd_proto::authpb::{permission::Type as PermType, Permission};
+    use etcd_proto::etcdserverpb::auth_client::AuthClient;
+    use etcd_proto::etcdserverpb::{AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest};
+    let mut auth = AuthClient::new(ch.clone());
+    for (name, pw) in [("root", "rootpw"), ("u1", "u1pw")] {
+        auth.user_add(AuthUserAddRequest { name: name.into(), password: pw.into(), ..Default::default() }).await.unwrap();
+    }
+    auth.user_grant_role(AuthUserGrantRoleRequest { user: "root".into(), role: "root".into() }).await.unwrap();
+    auth.role_add(AuthRoleAddRequest { name: "r1".into() }).await.unwrap();
+    let perm = Permission { perm_type: PermType::Read as i32, key: b"k".to_vec(), range_end: b"l".to_vec() };
+    auth.role_grant_permission(AuthRoleGrantPermissionRequest { name: "r1".into(), perm: Some(perm) }).await.unwrap();
+    auth.user_grant_role(AuthUserGrantRoleRequest { user: "u1".into(), role: "r1".into() }).await.unwrap();
+}
+
 /// All keys and values with their mod revisions, in key order.
 pub async fn dump(c: &mut KvClient<Channel>) -> Vec<(String, String, i64)> {
     let r = c
