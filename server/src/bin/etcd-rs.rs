@@ -60,6 +60,16 @@ fn main() {
     for w in flags.warnings() {
         tracing::warn!("{w}");
     }
+    // as etcd: a bad --feature-gates value ends with 2 (Go's flag package), a conflict between
+    // an old and a new flag name or a gate and its experimental flag with 1 (its Validate)
+    if let Err(e) = flags.renamed() {
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = flags.feature_gates() {
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(e.exit_code);
+    }
     let cfg = match flags.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -123,6 +133,9 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     }
     // as etcd: only a member that has run before checks its data against its peers'
     let member_initialized = etcd_raft::Wal::exists(&cfg.wal_dir);
+    if !member_initialized {
+        etcd_server::discovery::bootstrap(&mut cfg).await?;
+    }
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
     if cfg.initial_corrupt_check && member_initialized {
         if let Err(e) = corrupt::initial_check(&server).await {
@@ -141,12 +154,12 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None)?);
+        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None, false)?);
     }
     for (l, https) in peer_listeners {
         let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
         let routes = tonic::service::Routes::new(peer);
-        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), routes, &peer_stop, "peer", None)?);
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), routes, &peer_stop, "peer", None, !cfg.peer_skip_client_san_verification)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
@@ -165,7 +178,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     for (l, https) in client_listeners {
         let routes = GatewayStreamLimit::new(grpc::routes(server.clone()), cfg.max_concurrent_streams);
         let max_streams = Some(cfg.max_concurrent_streams);
-        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams)?);
+        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams, false)?);
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -243,6 +256,8 @@ impl Stopping {
 /// https listener without a TLS configuration is an error, never served in plain text. Client
 /// and metrics listeners also answer HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC
 /// only. `max_streams`: HTTP/2 streams per connection (`--max-concurrent-streams`).
+/// `check_san`: the peer listener's client-certificate SAN check (off with
+/// `--peer-skip-client-san-verification`).
 fn serve_url<S>(
     listener: Listener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
@@ -250,6 +265,7 @@ fn serve_url<S>(
     stop: &watch::Receiver<bool>,
     what: &'static str,
     max_streams: Option<u32>,
+    check_san: bool,
 ) -> Result<tokio::task::JoinHandle<()>, String>
 where
     S: tower::Service<
@@ -270,7 +286,7 @@ where
             Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
         }
         (Listener::Tcp(listener), Some(Some(config))) => {
-            let incoming = tls::incoming(listener, config, what == "peer");
+            let incoming = tls::incoming(listener, config, check_san);
             Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
         }
         (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone()))),
