@@ -63,6 +63,21 @@ async fn member_list(m: &Member) -> Vec<PbMember> {
     list
 }
 
+/// The member list once it shows `names` (at most 20 s).
+async fn published(m: &Member, names: &[&str]) -> Vec<PbMember> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = member_list(m).await;
+        if list.iter().map(|m| m.name.as_str()).collect::<Vec<_>>() == names {
+            return list;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("member list {list:?} never showed {names:?}; log:\n{}", m.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits (at most 30 s) for the process to end by itself: its exit code and log.
 fn wait_exit(p: &mut Proc, m: &Member) -> (Option<i32>, String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -164,9 +179,8 @@ async fn srv_records_give_three_new_members_their_initial_cluster() {
     let _procs: Vec<Proc> = ms.iter().map(|m| spawn(m, &args, &env)).collect();
     let mut kv = tokio::time::timeout(Duration::from_secs(40), ms[0].ready_client()).await.expect("ready");
     put(&mut kv, "from", "srv").await.unwrap();
-    let list = member_list(&ms[2]).await;
-    let names: Vec<&str> = list.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["infra0", "infra1", "infra2"], "{list:?}");
+    // each member names the others "0", "1" (etcd's placeholders) until they publish their names
+    let list = published(&ms[2], &["infra0", "infra1", "infra2"]).await;
     // the peer URLs are the records' targets, and the IDs etcd computes from them
     for (pb, m) in list.iter().zip(&ms) {
         let url = format!("http://localhost:{}", m.peer_port);
@@ -199,8 +213,7 @@ async fn three_members_bootstrap_through_v3_discovery_keys_and_a_fourth_finds_th
     let _procs: Vec<Proc> = ms.iter().map(|m| spawn(m, &args, &[])).collect();
     let mut kv = tokio::time::timeout(Duration::from_secs(40), ms[2].ready_client()).await.expect("ready");
     put(&mut kv, "via", "discovery").await.unwrap();
-    let list = member_list(&ms[0]).await;
-    assert_eq!(list.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["d0", "d1", "d2"], "{list:?}");
+    let list = published(&ms[0], &["d0", "d1", "d2"]).await;
     // etcd's key layout: one key per member, its hex ID, value name=peerURL; the IDs are
     // computed with the discovery token as the cluster token
     let prefix = b"/_etcd/registry/tok-3/members/".to_vec();
