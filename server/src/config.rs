@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::Parser;
 
+use crate::config_renamed::Renamed;
+
 /// The etcd semver whose API etcd-rs implements (reported by Status and `/version`).
 pub const ETCD_API_VERSION: &str = "3.5.17";
 /// etcd-rs's own version.
@@ -38,9 +40,6 @@ pub struct Flags {
     /// Number of committed transactions to trigger a snapshot to disk.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
-    /// Number of entries for a slow follower to catch up after compacting the raft storage entries.
-    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", default_value_t = 5000)]
-    pub experimental_snapshot_catchup_entries: u64,
     /// Time (in milliseconds) of a heartbeat interval.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
@@ -119,18 +118,58 @@ pub struct Flags {
     /// List of this member's client URLs to advertise to the public.
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
     pub advertise_client_urls: String,
-    /// Discovery URL used to bootstrap the cluster (not supported yet).
+    /// v2 discovery URL (not supported: etcd-rs has no v2 API; use --discovery-endpoints).
     #[arg(long, env = "ETCD_DISCOVERY", default_value = "")]
     pub discovery: String,
     #[arg(long, env = "ETCD_DISCOVERY_FALLBACK", default_value = "proxy")]
     pub discovery_fallback: String,
     #[arg(long, env = "ETCD_DISCOVERY_PROXY", default_value = "")]
     pub discovery_proxy: String,
-    /// DNS domain used to bootstrap initial cluster (not supported yet).
+    /// DNS domain used to bootstrap initial cluster (SRV records, see discovery/srv.rs).
     #[arg(long, env = "ETCD_DISCOVERY_SRV", default_value = "")]
     pub discovery_srv: String,
+    /// Service name to query when using DNS discovery.
     #[arg(long, env = "ETCD_DISCOVERY_SRV_NAME", default_value = "")]
     pub discovery_srv_name: String,
+    /// V3 discovery: comma-separated gRPC endpoints of the discovery service.
+    #[arg(long, env = "ETCD_DISCOVERY_ENDPOINTS", default_value = "")]
+    pub discovery_endpoints: String,
+    /// V3 discovery: discovery token for the etcd cluster to be bootstrapped.
+    #[arg(long, env = "ETCD_DISCOVERY_TOKEN", default_value = "")]
+    pub discovery_token: String,
+    /// V3 discovery: dial timeout for client connections.
+    #[arg(long, env = "ETCD_DISCOVERY_DIAL_TIMEOUT", default_value = "2s")]
+    pub discovery_dial_timeout: String,
+    /// V3 discovery: timeout for discovery requests (excluding dial timeout).
+    #[arg(long, env = "ETCD_DISCOVERY_REQUEST_TIMEOUT", default_value = "5s")]
+    pub discovery_request_timeout: String,
+    /// V3 discovery: keepalive time for client connections.
+    #[arg(long, env = "ETCD_DISCOVERY_KEEPALIVE_TIME", default_value = "2s")]
+    pub discovery_keepalive_time: String,
+    /// V3 discovery: keepalive timeout for client connections.
+    #[arg(long, env = "ETCD_DISCOVERY_KEEPALIVE_TIMEOUT", default_value = "6s")]
+    pub discovery_keepalive_timeout: String,
+    /// V3 discovery: disable transport security for client connections.
+    #[arg(long, env = "ETCD_DISCOVERY_INSECURE_TRANSPORT", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub discovery_insecure_transport: bool,
+    /// V3 discovery: skip server certificate verification (testing only).
+    #[arg(long, env = "ETCD_DISCOVERY_INSECURE_SKIP_TLS_VERIFY", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub discovery_insecure_skip_tls_verify: bool,
+    /// V3 discovery: identify secure client using this TLS certificate file.
+    #[arg(long, env = "ETCD_DISCOVERY_CERT", default_value = "")]
+    pub discovery_cert: String,
+    /// V3 discovery: identify secure client using this TLS key file.
+    #[arg(long, env = "ETCD_DISCOVERY_KEY", default_value = "")]
+    pub discovery_key: String,
+    /// V3 discovery: verify certificates of TLS-enabled secure servers using this CA bundle.
+    #[arg(long, env = "ETCD_DISCOVERY_CACERT", default_value = "")]
+    pub discovery_cacert: String,
+    /// V3 discovery: username[:password] for authentication.
+    #[arg(long, env = "ETCD_DISCOVERY_USER", default_value = "")]
+    pub discovery_user: String,
+    /// V3 discovery: password for authentication.
+    #[arg(long, env = "ETCD_DISCOVERY_PASSWORD", default_value = "")]
+    pub discovery_password: String,
     /// Reject reconfiguration requests that would cause quorum loss.
     #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub strict_reconfig_check: bool,
@@ -228,27 +267,119 @@ pub struct Flags {
     #[arg(long, env = "ETCD_ENABLE_LOG_ROTATION", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub enable_log_rotation: bool,
 
-    // ---- experimental ----
-    /// Duration of periodic watch progress notifications.
-    #[arg(long = "watch-progress-notify-interval", alias = "experimental-watch-progress-notify-interval", env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
-    pub watch_progress_notify_interval: String,
-    /// Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change.
-    #[arg(long = "experimental-enable-lease-checkpoint", env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    pub enable_lease_checkpoint: bool,
+    // ---- settings etcd 3.6 renamed from --experimental-* (see `renamed`): each name is a flag
+    // with its ETCD_* variable; None = not given, so both given can be refused as etcd does ----
+    /// Number of entries for a slow follower to catch up after compacting the raft storage entries (default 5000).
+    #[arg(long, env = "ETCD_SNAPSHOT_CATCHUP_ENTRIES")]
+    pub snapshot_catchup_entries: Option<u64>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES", hide = true)]
+    pub experimental_snapshot_catchup_entries: Option<u64>,
+    /// Duration of periodic watch progress notifications (default 10m).
+    #[arg(long, env = "ETCD_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub watch_progress_notify_interval: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", hide = true)]
+    pub experimental_watch_progress_notify_interval: Option<String>,
+    /// How often the leader compares the members' HashKV (default 0s: never).
+    #[arg(long, env = "ETCD_CORRUPT_CHECK_TIME")]
+    pub corrupt_check_time: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", hide = true)]
+    pub experimental_corrupt_check_time: Option<String>,
+    /// Sets the maximum revisions deleted in each compaction batch (default 1000; no effect in etcd-rs).
+    #[arg(long, env = "ETCD_COMPACTION_BATCH_LIMIT")]
+    pub compaction_batch_limit: Option<usize>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", hide = true)]
+    pub experimental_compaction_batch_limit: Option<usize>,
+    /// Sleep between compaction batches (default 10ms; no effect in etcd-rs).
+    #[arg(long, env = "ETCD_COMPACTION_SLEEP_INTERVAL")]
+    pub compaction_sleep_interval: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_SLEEP_INTERVAL", hide = true)]
+    pub experimental_compaction_sleep_interval: Option<String>,
+    /// Time after which a warning is logged for a slow apply (default 100ms; no effect in etcd-rs).
+    #[arg(long, env = "ETCD_WARNING_APPLY_DURATION")]
+    pub warning_apply_duration: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", hide = true)]
+    pub experimental_warning_apply_duration: Option<String>,
+    /// Time after which a warning is logged for a slow unary request (no effect in etcd-rs).
+    #[arg(long, env = "ETCD_WARNING_UNARY_REQUEST_DURATION")]
+    pub warning_unary_request_duration: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_UNARY_REQUEST_DURATION", hide = true)]
+    pub experimental_warning_unary_request_duration: Option<String>,
+    /// Period of the leader's follower compaction-hash checks (default 1m; the check needs
+    /// `--feature-gates=CompactHashCheck=true`, not built).
+    #[arg(long, env = "ETCD_COMPACT_HASH_CHECK_TIME")]
+    pub compact_hash_check_time: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME", hide = true)]
+    pub experimental_compact_hash_check_time: Option<String>,
+    /// Period of downgrade status checks (default 5s; downgrades are not built).
+    #[arg(long, env = "ETCD_DOWNGRADE_CHECK_TIME")]
+    pub downgrade_check_time: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_DOWNGRADE_CHECK_TIME", hide = true)]
+    pub experimental_downgrade_check_time: Option<String>,
+    /// Defragment at start when it frees this many MB (not built: only 0).
+    #[arg(long, env = "ETCD_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES")]
+    pub bootstrap_defrag_threshold_megabytes: Option<u64>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_BOOTSTRAP_DEFRAG_THRESHOLD_MEGABYTES", hide = true)]
+    pub experimental_bootstrap_defrag_threshold_megabytes: Option<u64>,
+    /// Keep the backend's pages in RAM (not built: only false).
+    #[arg(long, env = "ETCD_MEMORY_MLOCK", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub memory_mlock: Option<bool>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_MEMORY_MLOCK", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), hide = true)]
+    pub experimental_memory_mlock: Option<bool>,
+    /// Skip the SAN check of peers' client certificates (default false).
+    #[arg(long, env = "ETCD_PEER_SKIP_CLIENT_SAN_VERIFICATION", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub peer_skip_client_san_verification: Option<bool>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), hide = true)]
+    pub experimental_peer_skip_client_san_verification: Option<bool>,
+    /// OpenTelemetry tracing (not built: only false).
+    #[arg(long, env = "ETCD_ENABLE_DISTRIBUTED_TRACING", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_distributed_tracing: Option<bool>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_DISTRIBUTED_TRACING", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new(), hide = true)]
+    pub experimental_enable_distributed_tracing: Option<bool>,
+    /// Tracing settings: no effect while tracing is off (as in etcd).
+    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_ADDRESS")]
+    pub distributed_tracing_address: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_ADDRESS", hide = true)]
+    pub experimental_distributed_tracing_address: Option<String>,
+    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_SERVICE_NAME")]
+    pub distributed_tracing_service_name: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_SERVICE_NAME", hide = true)]
+    pub experimental_distributed_tracing_service_name: Option<String>,
+    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_INSTANCE_ID")]
+    pub distributed_tracing_instance_id: Option<String>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_INSTANCE_ID", hide = true)]
+    pub experimental_distributed_tracing_instance_id: Option<String>,
+    #[arg(long, env = "ETCD_DISTRIBUTED_TRACING_SAMPLING_RATE")]
+    pub distributed_tracing_sampling_rate: Option<i64>,
+    #[arg(long, env = "ETCD_EXPERIMENTAL_DISTRIBUTED_TRACING_SAMPLING_RATE", hide = true)]
+    pub experimental_distributed_tracing_sampling_rate: Option<i64>,
+
+    // ---- feature gates (feature_gates.rs) and the experimental flags 3.6 maps onto them ----
+    /// Comma-separated list of feature gates (`Name=true|false`); may be given more than once.
+    #[arg(long, env = "ETCD_FEATURE_GATES", action = clap::ArgAction::Append)]
+    pub feature_gates: Vec<String>,
+    /// Check every peer's HashKV before serving clients (a restarting member only, as etcd).
+    /// Gate InitialCorruptCheck.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_initial_corrupt_check: Option<bool>,
+    /// Enable leader to send regular checkpoints to other members to prevent reset of remaining
+    /// TTL on leader change (etcd-rs default: true). Gate LeaseCheckpoint.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_enable_lease_checkpoint: Option<bool>,
+    /// Gate LeaseCheckpointPersist (always on in etcd-rs).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_enable_lease_checkpoint_persist: Option<bool>,
+    /// Gate CompactHashCheck (not built).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_compact_hash_check_enabled: Option<bool>,
+    /// Gate TxnModeWriteWithSharedBuffer (no-op in etcd-rs).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_TXN_MODE_WRITE_WITH_SHARED_BUFFER", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_txn_mode_write_with_shared_buffer: Option<bool>,
+    /// Gate StopGRPCServiceOnDefrag (not built).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_STOP_GRPC_SERVICE_ON_DEFRAG", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub experimental_stop_grpc_service_on_defrag: Option<bool>,
     /// Interval of lease checkpoints (remaining TTLs recorded through raft).
     #[arg(long = "experimental-lease-checkpoint-interval", env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL", default_value = "5m")]
     pub lease_checkpoint_interval: String,
-    /// Sets the maximum revisions deleted in each compaction batch.
-    #[arg(long = "experimental-compaction-batch-limit", env = "ETCD_EXPERIMENTAL_COMPACTION_BATCH_LIMIT", default_value_t = 1000)]
-    pub compaction_batch_limit: usize,
-    /// Check every peer's HashKV before serving clients (a restarting member only, as etcd).
-    #[arg(long = "experimental-initial-corrupt-check", env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
-    pub initial_corrupt_check: bool,
-    /// How often the leader compares the members' HashKV (0: never).
-    #[arg(long = "experimental-corrupt-check-time", env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", default_value = "0s")]
-    pub corrupt_check_time: String,
-    #[arg(long = "experimental-warning-apply-duration", env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", default_value = "100ms")]
-    pub warning_apply_duration: String,
     /// Disables fsync, unsafe, will cause data loss.
     #[arg(long, env = "ETCD_UNSAFE_NO_FSYNC", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub unsafe_no_fsync: bool,
@@ -316,9 +447,9 @@ pub struct ServerConfig {
     pub listen_metrics_urls: Vec<url::Url>,
     /// `--metrics extensive`: gRPC handling-time histograms too.
     pub extensive_metrics: bool,
-    /// `--experimental-initial-corrupt-check`: compare HashKV with every peer before serving.
+    /// Gate InitialCorruptCheck (`--experimental-initial-corrupt-check`): compare HashKV with every peer before serving.
     pub initial_corrupt_check: bool,
-    /// `--experimental-corrupt-check-time`: the leader's periodic HashKV comparison (0: off).
+    /// `--corrupt-check-time` (`--experimental-...`): the leader's periodic HashKV comparison (0: off).
     pub corrupt_check_time: Duration,
     pub advertise_peer_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
@@ -344,6 +475,10 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     pub enable_lease_checkpoint: bool,
     pub lease_checkpoint_interval: Duration,
+    /// `--peer-skip-client-san-verification`: the peer listener skips its client-certificate SAN check.
+    pub peer_skip_client_san_verification: bool,
+    /// `--discovery-srv` / `--discovery-endpoints`: where a new member learns its initial cluster.
+    pub discovery: Option<crate::discovery::Discovery>,
     /// Client and peer TLS flags (tls.rs builds the rustls configurations from them).
     pub client_tls: crate::tls::TlsFlags,
     pub peer_tls: crate::tls::TlsFlags,
@@ -466,21 +601,44 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<InitialMember>, ConfigError>
     Ok(members)
 }
 
+/// etcd's check that a new member is in its initial cluster with its advertised peer URLs
+/// (`advertise_peer_urls` sorted).
+pub fn check_local_member(name: &str, initial_cluster: &[InitialMember], advertise_peer_urls: &[String]) -> Result<(), ConfigError> {
+    let Some(me) = initial_cluster.iter().find(|m| m.name == name) else {
+        return err(format!("couldn't find local name {name:?} in the initial cluster configuration"));
+    };
+    let mut mine = me.peer_urls.clone();
+    mine.sort();
+    if mine != advertise_peer_urls {
+        return err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} ",
+            me.name,
+            mine.join(","),
+            advertise_peer_urls.join(",")
+        ));
+    }
+    Ok(())
+}
+
 impl Flags {
-    /// Settings accepted but without their effect in etcd-rs: each is logged as a warning at start.
+    /// Settings accepted but without their effect in etcd-rs, and etcd's deprecation warnings
+    /// for old flag names: each is logged as a warning at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if self.enable_v2 {
             out.push("--enable-v2 is set, but etcd-rs serves only the v3 API: the v2 API is not served".to_string());
         }
+        out.extend(self.deprecation_warnings());
         out
     }
 
     /// Refuses flags whose feature is not built, so nobody runs with a setting that does nothing.
-    fn refuse_unbuilt(&self) -> Result<(), ConfigError> {
+    fn refuse_unbuilt(&self, renamed: &Renamed) -> Result<(), ConfigError> {
         let unbuilt: &[(&str, bool)] = &[
             ("discovery", !self.discovery.is_empty()),
-            ("discovery-srv", !self.discovery_srv.is_empty()),
+            ("memory-mlock", renamed.memory_mlock == Some(true)),
+            ("bootstrap-defrag-threshold-megabytes", renamed.bootstrap_defrag_threshold_megabytes.is_some_and(|mb| mb > 0)),
+            ("enable-distributed-tracing", renamed.enable_distributed_tracing == Some(true)),
         ];
         for (flag, set) in unbuilt {
             if *set {
@@ -494,7 +652,12 @@ impl Flags {
     }
 
     pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
-        self.refuse_unbuilt()?;
+        let renamed = self.renamed()?;
+        self.refuse_unbuilt(&renamed)?;
+        let gates = self.feature_gates().map_err(|e| ConfigError(e.message))?;
+        // etcd-rs's default for lease checkpoints stays on (etcd's gate default is off)
+        let enable_lease_checkpoint = gates.explicitly("LeaseCheckpoint").unwrap_or(true);
+        gates.check_lease_checkpoint(enable_lease_checkpoint).map_err(|e| ConfigError(e.message))?;
         if self.heartbeat_interval == 0 {
             return err("--heartbeat-interval must be > 0");
         }
@@ -519,27 +682,14 @@ impl Flags {
         let mut advertise_peer_urls: Vec<String> =
             parse_urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?.iter().map(url_string).collect();
         advertise_peer_urls.sort();
+        let discovery = crate::discovery::Discovery::from_flags(&self)?;
         let initial_cluster = match &self.initial_cluster {
             Some(s) => parse_initial_cluster(s)?,
+            // also the temporary one-member cluster discovery starts from, as etcd's
             None => vec![InitialMember { name: self.name.clone(), peer_urls: advertise_peer_urls.clone() }],
         };
         if initial_cluster_new {
-            let Some(me) = initial_cluster.iter().find(|m| m.name == self.name) else {
-                return err(format!(
-                    "couldn't find local name {:?} in the initial cluster configuration",
-                    self.name
-                ));
-            };
-            let mut mine = me.peer_urls.clone();
-            mine.sort();
-            if mine != advertise_peer_urls {
-                return err(format!(
-                    "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={} ",
-                    me.name,
-                    mine.join(","),
-                    advertise_peer_urls.join(",")
-                ));
-            }
+            check_local_member(&self.name, &initial_cluster, &advertise_peer_urls)?;
         }
         let auto_compaction = match self.auto_compaction_mode.as_str() {
             "periodic" => {
@@ -564,8 +714,26 @@ impl Flags {
             parse_go_duration(&self.backend_batch_interval, None)
                 .map_err(|e| ConfigError(format!("--backend-batch-interval: {}", e.0)))?
         };
-        let watch_progress_notify_interval = parse_go_duration(&self.watch_progress_notify_interval, None)
-            .map_err(|e| ConfigError(format!("--watch-progress-notify-interval: {}", e.0)))?;
+        let watch_progress_notify_interval =
+            parse_go_duration(renamed.watch_progress_notify_interval.as_deref().unwrap_or("10m"), None)
+                .map_err(|e| ConfigError(format!("--watch-progress-notify-interval: {}", e.0)))?;
+        for (flag, value) in [
+            ("compaction-sleep-interval", &renamed.compaction_sleep_interval),
+            ("warning-apply-duration", &renamed.warning_apply_duration),
+            ("downgrade-check-time", &renamed.downgrade_check_time),
+            ("warning-unary-request-duration", &self.warning_unary_request_duration),
+            ("experimental-warning-unary-request-duration", &self.experimental_warning_unary_request_duration),
+        ] {
+            if let Some(v) = value {
+                parse_go_duration(v, None).map_err(|e| ConfigError(format!("--{flag}: {}", e.0)))?;
+            }
+        }
+        if let Some(v) = &renamed.compact_hash_check_time {
+            let d = parse_go_duration(v, None).map_err(|e| ConfigError(format!("--compact-hash-check-time: {}", e.0)))?;
+            if d.is_zero() {
+                return err(format!("--compact-hash-check-time must be >0 (set to {v})"));
+            }
+        }
         let lease_checkpoint_interval = parse_go_duration(&self.lease_checkpoint_interval, None)
             .map_err(|e| ConfigError(format!("--experimental-lease-checkpoint-interval: {}", e.0)))?;
         if lease_checkpoint_interval.is_zero() {
@@ -581,8 +749,8 @@ impl Flags {
             "extensive" => true,
             other => return err(format!("--metrics: invalid value {other:?} (basic or extensive)")),
         };
-        let corrupt_check_time = parse_go_duration(&self.corrupt_check_time, None)
-            .map_err(|e| ConfigError(format!("--experimental-corrupt-check-time: {}", e.0)))?;
+        let corrupt_check_time = parse_go_duration(renamed.corrupt_check_time.as_deref().unwrap_or("0s"), None)
+            .map_err(|e| ConfigError(format!("--corrupt-check-time: {}", e.0)))?;
         // etcd's StringsValue: split on commas, nothing trimmed
         let cipher_suites: Vec<String> = if self.cipher_suites.is_empty() {
             Vec::new()
@@ -636,14 +804,14 @@ impl Flags {
             listen_peer_urls,
             listen_metrics_urls,
             extensive_metrics,
-            initial_corrupt_check: self.initial_corrupt_check,
+            initial_corrupt_check: gates.enabled("InitialCorruptCheck"),
             corrupt_check_time,
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_new,
             initial_cluster_token: self.initial_cluster_token,
             snapshot_count: self.snapshot_count.max(1),
-            snapshot_catchup_entries: self.experimental_snapshot_catchup_entries,
+            snapshot_catchup_entries: renamed.snapshot_catchup_entries.unwrap_or(5000),
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_ticks: (self.election_timeout / self.heartbeat_interval) as usize,
             quota_backend_bytes: self.quota_backend_bytes,
@@ -658,7 +826,9 @@ impl Flags {
             etcd_api_version: self.etcd_api_version,
             unsafe_no_fsync: self.unsafe_no_fsync,
             watch_progress_notify_interval,
-            enable_lease_checkpoint: self.enable_lease_checkpoint,
+            enable_lease_checkpoint,
+            peer_skip_client_san_verification: renamed.peer_skip_client_san_verification.unwrap_or(false),
+            discovery,
             lease_checkpoint_interval,
             client_tls,
             peer_tls,
@@ -823,6 +993,90 @@ mod tests {
     #[test]
     fn election_timeout_must_cover_heartbeats() {
         assert!(parse(&["--heartbeat-interval", "100", "--election-timeout", "200"]).is_err());
+    }
+
+    #[test]
+    fn settings_renamed_in_3_6_take_either_name_and_refuse_both() {
+        let c = parse(&[]).unwrap();
+        assert_eq!((c.snapshot_catchup_entries, c.watch_progress_notify_interval), (5000, Duration::from_secs(600)));
+        for args in [
+            &["--snapshot-catchup-entries", "7", "--watch-progress-notify-interval=5s", "--corrupt-check-time", "1m"][..],
+            &["--experimental-snapshot-catchup-entries", "7", "--experimental-watch-progress-notify-interval=5s", "--experimental-corrupt-check-time", "1m"][..],
+        ] {
+            let c = parse(args).unwrap();
+            assert_eq!(c.snapshot_catchup_entries, 7, "{args:?}");
+            assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5), "{args:?}");
+            assert_eq!(c.corrupt_check_time, Duration::from_secs(60), "{args:?}");
+        }
+        for (old, new, v) in [
+            ("experimental-snapshot-catchup-entries", "snapshot-catchup-entries", "1"),
+            ("experimental-compaction-batch-limit", "compaction-batch-limit", "1"),
+            ("experimental-warning-apply-duration", "warning-apply-duration", "1s"),
+            ("experimental-compact-hash-check-time", "compact-hash-check-time", "1s"),
+            ("experimental-peer-skip-client-san-verification", "peer-skip-client-san-verification", "true"),
+            ("experimental-distributed-tracing-address", "distributed-tracing-address", "x:1"),
+        ] {
+            let e = parse(&[&format!("--{old}={v}"), &format!("--{new}={v}")]).unwrap_err();
+            assert_eq!(e, format!("cannot set --{old} and --{new} at the same time, please use --{new} only"));
+        }
+        let e = parse(&["--warning-unary-request-duration=1s", "--experimental-warning-unary-request-duration=2s"]).unwrap_err();
+        assert_eq!(
+            e,
+            "both --experimental-warning-unary-request-duration and --warning-unary-request-duration flags are set. Use only --warning-unary-request-duration"
+        );
+        assert!(parse(&["--compact-hash-check-time=0s"]).unwrap_err().contains("--compact-hash-check-time must be >0"));
+        assert!(parse(&["--peer-skip-client-san-verification"]).unwrap().peer_skip_client_san_verification);
+        assert!(parse(&["--experimental-peer-skip-client-san-verification=true"]).unwrap().peer_skip_client_san_verification);
+    }
+
+    #[test]
+    fn old_names_warn_with_etcds_deprecation_message() {
+        let flags = |args: &[&str]| Flags::try_parse_from(std::iter::once("etcd-rs").chain(args.iter().copied())).unwrap();
+        let w = flags(&["--experimental-watch-progress-notify-interval=5s", "--experimental-compact-hash-check-enabled=false"]).warnings();
+        assert!(w.contains(&"--experimental-watch-progress-notify-interval is deprecated in v3.6 and will be decommissioned in v3.7. Use '--watch-progress-notify-interval' instead.".to_string()), "{w:?}");
+        assert!(w.contains(&"--experimental-compact-hash-check-enabled is deprecated in 3.6 and will be decommissioned in 3.7. Use '--feature-gates=CompactHashCheck=true' instead.".to_string()), "{w:?}");
+        assert!(flags(&["--watch-progress-notify-interval=5s", "--feature-gates=InitialCorruptCheck=true"]).warnings().is_empty());
+    }
+
+    #[test]
+    fn feature_gates_drive_etcd_rs_settings() {
+        assert!(parse(&["--feature-gates=InitialCorruptCheck=true"]).unwrap().initial_corrupt_check);
+        assert!(parse(&["--experimental-initial-corrupt-check"]).unwrap().initial_corrupt_check);
+        // lease checkpoints stay on by default in etcd-rs; either way of turning them off works
+        assert!(parse(&[]).unwrap().enable_lease_checkpoint);
+        assert!(!parse(&["--feature-gates", "LeaseCheckpoint=false"]).unwrap().enable_lease_checkpoint);
+        assert!(!parse(&["--experimental-enable-lease-checkpoint=false"]).unwrap().enable_lease_checkpoint);
+        let e = parse(&["--feature-gates=LeaseCheckpoint=false,LeaseCheckpointPersist=true"]).unwrap_err();
+        assert_eq!(e, "enabling feature gate LeaseCheckpointPersist requires enabling feature gate LeaseCheckpoint");
+        parse(&["--feature-gates=TxnModeWriteWithSharedBuffer=false", "--feature-gates=LeaseCheckpointPersist=true"]).unwrap();
+        assert_eq!(parse(&["--feature-gates=StopGRPCServiceOnDefrag=true"]).unwrap_err(), "feature gate StopGRPCServiceOnDefrag=true is not supported by etcd-rs yet");
+        for (flag, name) in [("--memory-mlock", "memory-mlock"), ("--experimental-bootstrap-defrag-threshold-megabytes=10", "bootstrap-defrag-threshold-megabytes"), ("--enable-distributed-tracing", "enable-distributed-tracing")] {
+            assert_eq!(parse(&[flag]).unwrap_err(), format!("--{name} is not supported by etcd-rs yet"));
+        }
+        parse(&["--memory-mlock=false", "--bootstrap-defrag-threshold-megabytes=0", "--compaction-sleep-interval=10ms", "--downgrade-check-time=5s"]).unwrap();
+    }
+
+    #[test]
+    fn discovery_flags_are_checked_as_etcds_validate() {
+        let conflict = "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"";
+        assert_eq!(parse(&["--discovery-srv", "example.com", "--initial-cluster", "default=http://localhost:2380"]).unwrap_err(), conflict);
+        assert_eq!(parse(&["--discovery-srv", "example.com", "--discovery-endpoints", "127.0.0.1:2379", "--discovery-token", "t"]).unwrap_err(), conflict);
+        assert_eq!(parse(&["--discovery-endpoints", "127.0.0.1:2379"]).unwrap_err(), "both --discovery-token and --discovery-endpoints must be set");
+        assert_eq!(parse(&["--discovery-token", "t"]).unwrap_err(), "both --discovery-token and --discovery-endpoints must be set");
+        assert_eq!(
+            parse(&["--discovery-token", "t", "--discovery-endpoints", "127.0.0.1:2379,"]).unwrap_err(),
+            "--discovery-endpoints must not contain empty endpoints"
+        );
+        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-proxy", "http://p:1"]).unwrap_err().starts_with("both v2 discovery settings"));
+        assert!(parse(&["--discovery", "http://d/x"]).unwrap_err().contains("--discovery is not supported"));
+        let c = parse(&["--discovery-srv", "example.com", "--discovery-srv-name", "prod"]).unwrap();
+        assert!(matches!(c.discovery, Some(crate::discovery::Discovery::Srv { ref domain, ref service_name }) if domain == "example.com" && service_name == "prod"));
+        let c = parse(&["--discovery-token", "tok", "--discovery-endpoints", "127.0.0.1:2379,http://127.0.0.1:2479", "--discovery-user", "u:p"]).unwrap();
+        let Some(crate::discovery::Discovery::V3(v3)) = c.discovery else { panic!("no v3 discovery") };
+        assert_eq!(v3.endpoints, ["127.0.0.1:2379", "http://127.0.0.1:2479"]);
+        assert_eq!((v3.token.as_str(), v3.dial_timeout, v3.request_timeout), ("tok", Duration::from_secs(2), Duration::from_secs(5)));
+        assert_eq!(v3.auth, Some(("u".into(), "p".into())));
+        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/ca.pem"]).unwrap_err().contains("not supported by etcd-rs yet"));
     }
 
     #[test]

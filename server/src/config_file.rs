@@ -6,6 +6,8 @@
 //! type etcd's `configYAML` field has (a string for strings and URL lists, a number for counts, a
 //! boolean for switches, an integer number of NANOSECONDS for durations, a list of strings for
 //! `log-outputs` and `cipher-suites`); a null value leaves the default; unknown keys are ignored.
+//! etcd 3.6's keys too: `feature-gates` (a string), the names 3.6 gave the `experimental-*`
+//! settings (both names present is refused, as on the command line) and `discovery-config`.
 //! TLS settings sit in `client-transport-security` / `peer-transport-security` maps. When a config
 //! file is given every other flag and `ETCD_*` variable is ignored: the result starts from the
 //! flag defaults, never from the environment.
@@ -30,9 +32,49 @@ struct SecurityYaml {
     // 3.5: the certificate etcd uses when it is itself a client (not built in etcd-rs)
     client_cert_file: Option<String>,
     client_key_file: Option<String>,
+    /// 3.6: `peer-transport-security.skip-client-san-verification`.
+    skip_client_san_verification: Option<bool>,
 }
 
-/// The keys of etcd 3.4's and 3.5.1's `configYAML` that etcd-rs has a flag for, typed as etcd's.
+/// etcd 3.6's `discovery-config` (v3discovery.DiscoveryConfig: clientv3's ConfigSpec under
+/// `client`, durations in nanoseconds).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DiscoveryYaml {
+    token: Option<String>,
+    client: Option<DiscoveryClientYaml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DiscoveryClientYaml {
+    endpoints: Option<Vec<String>>,
+    request_timeout: Option<i64>,
+    dial_timeout: Option<i64>,
+    keepalive_time: Option<i64>,
+    keepalive_timeout: Option<i64>,
+    secure: Option<DiscoverySecureYaml>,
+    auth: Option<DiscoveryAuthYaml>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DiscoverySecureYaml {
+    cert: Option<String>,
+    key: Option<String>,
+    cacert: Option<String>,
+    insecure_transport: Option<bool>,
+    insecure_skip_tls_verify: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct DiscoveryAuthYaml {
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// The keys of etcd 3.4's, 3.5.1's and 3.6's `configYAML` that etcd-rs has a flag for, typed as etcd's.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct ConfigYaml {
@@ -82,15 +124,48 @@ struct ConfigYaml {
     auth_token: Option<String>,
     bcrypt_cost: Option<u32>,
     auth_token_ttl: Option<u64>,
-    experimental_initial_corrupt_check: Option<bool>,
-    experimental_corrupt_check_time: Option<i64>,
     /// 3.4's name; 3.5 calls it `backend-bbolt-freelist-type`.
     experimental_backend_bbolt_freelist_type: Option<String>,
     backend_bbolt_freelist_type: Option<String>,
+    // 3.6: `feature-gates` and the experimental switches it replaces
+    feature_gates: Option<String>,
+    experimental_initial_corrupt_check: Option<bool>,
     experimental_enable_lease_checkpoint: Option<bool>,
-    experimental_compaction_batch_limit: Option<usize>,
+    experimental_enable_lease_checkpoint_persist: Option<bool>,
+    experimental_compact_hash_check_enabled: Option<bool>,
+    experimental_txn_mode_write_with_shared_buffer: Option<bool>,
+    experimental_stop_grpc_service_on_defrag: Option<bool>,
+    // 3.6's new names (durations in nanoseconds) and the 3.5 names they replace
+    snapshot_catchup_entries: Option<u64>,
+    experimental_snapshot_catchup_entries: Option<u64>,
+    /// etcd 3.5's misspelt key, which 3.6 still maps onto experimental-snapshot-catchup-entries.
+    experimental_snapshot_catch_up_entries: Option<u64>,
+    watch_progress_notify_interval: Option<i64>,
     experimental_watch_progress_notify_interval: Option<i64>,
+    corrupt_check_time: Option<i64>,
+    experimental_corrupt_check_time: Option<i64>,
+    compaction_batch_limit: Option<usize>,
+    experimental_compaction_batch_limit: Option<usize>,
+    compaction_sleep_interval: Option<i64>,
+    experimental_compaction_sleep_interval: Option<i64>,
+    warning_apply_duration: Option<i64>,
     experimental_warning_apply_duration: Option<i64>,
+    warning_unary_request_duration: Option<i64>,
+    experimental_warning_unary_request_duration: Option<i64>,
+    compact_hash_check_time: Option<i64>,
+    experimental_compact_hash_check_time: Option<i64>,
+    downgrade_check_time: Option<i64>,
+    experimental_downgrade_check_time: Option<i64>,
+    bootstrap_defrag_threshold_megabytes: Option<u64>,
+    experimental_bootstrap_defrag_threshold_megabytes: Option<u64>,
+    memory_mlock: Option<bool>,
+    experimental_memory_mlock: Option<bool>,
+    experimental_peer_skip_client_san_verification: Option<bool>,
+    enable_distributed_tracing: Option<bool>,
+    experimental_enable_distributed_tracing: Option<bool>,
+    max_learners: Option<usize>,
+    experimental_max_learners: Option<usize>,
+    discovery_config: Option<DiscoveryYaml>,
     force_new_cluster: Option<bool>,
     enable_pprof: Option<bool>,
     metrics: Option<String>,
@@ -202,11 +277,8 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         auth_token => auth_token,
         bcrypt_cost => bcrypt_cost,
         auth_token_ttl => auth_token_ttl,
-        experimental_initial_corrupt_check => initial_corrupt_check,
         experimental_backend_bbolt_freelist_type => backend_bbolt_freelist_type,
         backend_bbolt_freelist_type => backend_bbolt_freelist_type,
-        experimental_enable_lease_checkpoint => enable_lease_checkpoint,
-        experimental_compaction_batch_limit => compaction_batch_limit,
         force_new_cluster => force_new_cluster,
         enable_pprof => enable_pprof,
         metrics => metrics,
@@ -216,6 +288,84 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         self_signed_cert_validity => self_signed_cert_validity,
         unsafe_no_fsync => unsafe_no_fsync,
     );
+    // Option-typed flags: a key present is "given", so both names given is refused as etcd's
+    macro_rules! given {
+        ($($field:ident => $flag:ident),* $(,)?) => {$(
+            if y.$field.is_some() { f.$flag = y.$field.map(Into::into); }
+        )*};
+    }
+    given!(
+        experimental_initial_corrupt_check => experimental_initial_corrupt_check,
+        experimental_enable_lease_checkpoint => experimental_enable_lease_checkpoint,
+        experimental_enable_lease_checkpoint_persist => experimental_enable_lease_checkpoint_persist,
+        experimental_compact_hash_check_enabled => experimental_compact_hash_check_enabled,
+        experimental_txn_mode_write_with_shared_buffer => experimental_txn_mode_write_with_shared_buffer,
+        experimental_stop_grpc_service_on_defrag => experimental_stop_grpc_service_on_defrag,
+        snapshot_catchup_entries => snapshot_catchup_entries,
+        experimental_snapshot_catch_up_entries => experimental_snapshot_catchup_entries,
+        experimental_snapshot_catchup_entries => experimental_snapshot_catchup_entries,
+        compaction_batch_limit => compaction_batch_limit,
+        experimental_compaction_batch_limit => experimental_compaction_batch_limit,
+        bootstrap_defrag_threshold_megabytes => bootstrap_defrag_threshold_megabytes,
+        experimental_bootstrap_defrag_threshold_megabytes => experimental_bootstrap_defrag_threshold_megabytes,
+        memory_mlock => memory_mlock,
+        experimental_memory_mlock => experimental_memory_mlock,
+        experimental_peer_skip_client_san_verification => experimental_peer_skip_client_san_verification,
+        enable_distributed_tracing => enable_distributed_tracing,
+        experimental_enable_distributed_tracing => experimental_enable_distributed_tracing,
+    );
+    let optional_durations = [
+        (y.watch_progress_notify_interval, &mut f.watch_progress_notify_interval),
+        (y.experimental_watch_progress_notify_interval, &mut f.experimental_watch_progress_notify_interval),
+        (y.corrupt_check_time, &mut f.corrupt_check_time),
+        (y.experimental_corrupt_check_time, &mut f.experimental_corrupt_check_time),
+        (y.compaction_sleep_interval, &mut f.compaction_sleep_interval),
+        (y.experimental_compaction_sleep_interval, &mut f.experimental_compaction_sleep_interval),
+        (y.warning_apply_duration, &mut f.warning_apply_duration),
+        (y.experimental_warning_apply_duration, &mut f.experimental_warning_apply_duration),
+        (y.warning_unary_request_duration, &mut f.warning_unary_request_duration),
+        (y.experimental_warning_unary_request_duration, &mut f.experimental_warning_unary_request_duration),
+        (y.compact_hash_check_time, &mut f.compact_hash_check_time),
+        (y.experimental_compact_hash_check_time, &mut f.experimental_compact_hash_check_time),
+        (y.downgrade_check_time, &mut f.downgrade_check_time),
+        (y.experimental_downgrade_check_time, &mut f.experimental_downgrade_check_time),
+    ];
+    for (ns, flag) in optional_durations {
+        if let Some(ns) = ns {
+            *flag = Some(duration(ns));
+        }
+    }
+    if let Some(v) = y.feature_gates {
+        f.feature_gates = vec![v];
+    }
+    // 3.5's key first, 3.6's name wins (both are the same setting; etcd 3.6 reads max-learners)
+    if let Some(n) = y.max_learners.or(y.experimental_max_learners) {
+        f.max_learners = n;
+    }
+    if let Some(d) = y.discovery_config {
+        f.discovery_token = d.token.unwrap_or_default();
+        let c = d.client.unwrap_or_default();
+        f.discovery_endpoints = c.endpoints.unwrap_or_default().join(",");
+        for (ns, flag) in [
+            (c.request_timeout, &mut f.discovery_request_timeout),
+            (c.dial_timeout, &mut f.discovery_dial_timeout),
+            (c.keepalive_time, &mut f.discovery_keepalive_time),
+            (c.keepalive_timeout, &mut f.discovery_keepalive_timeout),
+        ] {
+            if let Some(ns) = ns.filter(|ns| *ns != 0) {
+                *flag = duration(ns);
+            }
+        }
+        let sec = c.secure.unwrap_or_default();
+        f.discovery_cert = sec.cert.unwrap_or_default();
+        f.discovery_key = sec.key.unwrap_or_default();
+        f.discovery_cacert = sec.cacert.unwrap_or_default();
+        f.discovery_insecure_transport = sec.insecure_transport.unwrap_or(true);
+        f.discovery_insecure_skip_tls_verify = sec.insecure_skip_tls_verify.unwrap_or_default();
+        let auth = c.auth.unwrap_or_default();
+        f.discovery_user = auth.username.unwrap_or_default();
+        f.discovery_password = auth.password.unwrap_or_default();
+    }
     if let Some(d) = y.data_dir {
         f.data_dir = Some(d.into());
     }
@@ -227,9 +377,6 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         (y.grpc_keepalive_min_time, &mut f.grpc_keepalive_min_time),
         (y.grpc_keepalive_interval, &mut f.grpc_keepalive_interval),
         (y.grpc_keepalive_timeout, &mut f.grpc_keepalive_timeout),
-        (y.experimental_corrupt_check_time, &mut f.corrupt_check_time),
-        (y.experimental_watch_progress_notify_interval, &mut f.watch_progress_notify_interval),
-        (y.experimental_warning_apply_duration, &mut f.warning_apply_duration),
     ];
     for (ns, flag) in durations {
         if let Some(ns) = ns {
@@ -264,6 +411,8 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         f.peer_client_cert_auth = s.client_cert_auth.unwrap_or_default();
         f.peer_trusted_ca_file = s.trusted_ca_file.unwrap_or_default();
         f.peer_auto_tls = s.auto_tls.unwrap_or_default();
+        // etcd marks `peer-<key>` given for each key of the map
+        f.peer_skip_client_san_verification = s.skip_client_san_verification;
     }
     Ok(f)
 }
@@ -405,6 +554,56 @@ mod tests {
         assert_eq!(c.auto_compaction, crate::config::AutoCompaction::Periodic(Duration::from_secs(3600)));
         let c = flags_from_yaml("max-concurrent-streams: 3\n").unwrap().into_config().unwrap();
         assert_eq!(c.max_concurrent_streams, 3);
+    }
+
+    #[test]
+    fn etcd_3_6_keys_feature_gates_and_renamed_settings_are_read() {
+        let f = flags_from_yaml(
+            "feature-gates: InitialCorruptCheck=true,LeaseCheckpoint=false\n\
+             snapshot-catchup-entries: 42\n\
+             watch-progress-notify-interval: 5000000000\n\
+             corrupt-check-time: 60000000000\n\
+             max-learners: 3\n\
+             peer-transport-security:\n  skip-client-san-verification: true\n",
+        )
+        .unwrap();
+        let c = f.into_config().unwrap();
+        assert!(c.initial_corrupt_check && !c.enable_lease_checkpoint && c.peer_skip_client_san_verification);
+        assert_eq!(c.snapshot_catchup_entries, 42);
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5));
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(60));
+        assert_eq!(c.max_learners, 3);
+        // 3.5's names, the misspelt one included, still work
+        let c = flags_from_yaml("experimental-snapshot-catch-up-entries: 9\nexperimental-initial-corrupt-check: true\n")
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!((c.snapshot_catchup_entries, c.initial_corrupt_check), (9, true));
+    }
+
+    #[test]
+    fn the_file_refuses_what_the_flags_refuse() {
+        let e = flags_from_yaml("snapshot-catchup-entries: 1\nexperimental-snapshot-catchup-entries: 2\n").unwrap().into_config().unwrap_err();
+        assert_eq!(e.0, "cannot set --experimental-snapshot-catchup-entries and --snapshot-catchup-entries at the same time, please use --snapshot-catchup-entries only");
+        let e = flags_from_yaml("feature-gates: InitialCorruptCheck=true\nexperimental-initial-corrupt-check: true\n").unwrap().into_config().unwrap_err();
+        assert!(e.0.starts_with("cannot specify both flags: --experimental-initial-corrupt-check=true"), "{}", e.0);
+        let mut f = flags_from_yaml("feature-gates: Nope=true\n").unwrap();
+        f.config_file = "x.yml".into();
+        let e = f.feature_gates().unwrap_err();
+        assert_eq!((e.message.as_str(), e.exit_code), ("unrecognized feature gate: Nope", 1));
+    }
+
+    #[test]
+    fn discovery_config_sets_the_v3_discovery_flags() {
+        let f = flags_from_yaml(
+            "discovery-config:\n  token: tok\n  client:\n    endpoints: [127.0.0.1:2379, 127.0.0.1:2479]\n    dial-timeout: 3000000000\n    auth:\n      username: u\n      password: p\n",
+        )
+        .unwrap();
+        assert_eq!(f.discovery_endpoints, "127.0.0.1:2379,127.0.0.1:2479");
+        assert_eq!((f.discovery_token.as_str(), f.discovery_user.as_str(), f.discovery_password.as_str()), ("tok", "u", "p"));
+        let c = f.into_config().unwrap();
+        let Some(crate::discovery::Discovery::V3(v3)) = c.discovery else { panic!("no v3 discovery") };
+        assert_eq!(v3.dial_timeout, Duration::from_secs(3));
     }
 
     #[test]

@@ -286,3 +286,132 @@ async fn force_new_cluster_scenario(extra: &[&str]) -> bool {
     assert!(keys.contains(&"after".to_string()) && keys.contains(&"before0".to_string()), "{keys:?}");
     had_snapshots
 }
+
+/// The command of kubeadm's etcd static pod for etcd 3.6 (Kubernetes 1.33+), with this test's
+/// paths and ports: TLS on client and peer URLs with client-certificate auth, plain-http
+/// metrics, `--feature-gates=InitialCorruptCheck=true` and `--watch-progress-notify-interval`
+/// (3.6's names of kubeadm's earlier `--experimental-*` flags).
+fn kubeadm_3_6_command(pki: &common::pki::Pki, data_dir: &Path, client: u16, peer: u16, metrics: u16) -> Vec<String> {
+    let (server_cert, server_key) = pki.files("server");
+    let (peer_cert, peer_key) = pki.files("peer");
+    let ca = pki.ca_file();
+    let d = data_dir.display();
+    [
+        format!("--advertise-client-urls=https://127.0.0.1:{client}"),
+        format!("--cert-file={server_cert}"),
+        "--client-cert-auth=true".into(),
+        format!("--data-dir={d}"),
+        "--feature-gates=InitialCorruptCheck=true".into(),
+        format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer}"),
+        format!("--initial-cluster=cp-1=https://127.0.0.1:{peer}"),
+        format!("--key-file={server_key}"),
+        format!("--listen-client-urls=https://127.0.0.1:{client}"),
+        format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"),
+        format!("--listen-peer-urls=https://127.0.0.1:{peer}"),
+        "--name=cp-1".into(),
+        format!("--peer-cert-file={peer_cert}"),
+        "--peer-client-cert-auth=true".into(),
+        format!("--peer-key-file={peer_key}"),
+        format!("--peer-trusted-ca-file={ca}"),
+        "--snapshot-count=10000".into(),
+        format!("--trusted-ca-file={ca}"),
+        "--watch-progress-notify-interval=5s".into(),
+    ]
+    .into()
+}
+
+/// GET on the plain-http metrics listener: (status, body), or None while nothing answers.
+fn metrics_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+/// Polls kubeadm's probe path until it answers 200 (at most 30 s).
+fn wait_probe(port: u16, path: &str, log: &Path) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = metrics_get(port, path) {
+            return body;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("{path} never answered 200; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kubeadm_etcd_3_6_manifest_starts_etcd_rs_unchanged_and_its_feature_gate_runs_the_corruption_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(tmp.path());
+    pki.issue("server", "cp-1", &["127.0.0.1", "localhost"], true);
+    pki.issue("peer", "cp-1", &["127.0.0.1", "localhost"], true);
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
+    let data_dir = tmp.path().join("etcd");
+    let log_path = tmp.path().join("etcd.log");
+    let args = kubeadm_3_6_command(&pki, &data_dir, client, peer, metrics);
+    let spawn = || {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        Proc(
+            Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let p = spawn();
+    // kubeadm's probes: startup and readiness /readyz, liveness /livez
+    wait_probe(metrics, "/readyz", &log_path);
+    wait_probe(metrics, "/livez", &log_path);
+    drop(p);
+    // InitialCorruptCheck=true: a restarting member checks its data before serving
+    let _p = spawn();
+    wait_probe(metrics, "/readyz", &log_path);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("starting initial corruption check"), "{log}");
+    assert!(!log.contains("deprecated"), "kubeadm's 3.6 flags must not warn: {log}");
+}
+
+/// Runs etcd-rs with `args` (and `env`) expecting it to refuse to start: (exit code, stderr).
+fn refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
+        .arg("--data-dir")
+        .arg(tmp.path().join("d"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!tmp.path().join("d").exists(), "{args:?} created the data dir");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn feature_gate_and_renamed_flag_errors_end_with_etcds_message_and_exit_code() {
+    let (code, err) = refused(&["--feature-gates=InitialCorruptCheck=true,Bogus=false"], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(r#"invalid value "InitialCorruptCheck=true,Bogus=false" for flag -feature-gates: unrecognized feature gate: Bogus"#), "{err}");
+    // the ETCD_* variable is read as the flag is
+    let (code, err) = refused(&[], &[("ETCD_FEATURE_GATES", "InitialCorruptCheck=maybe")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid value of InitialCorruptCheck=maybe, err: strconv.ParseBool"), "{err}");
+    let (code, err) = refused(&["--feature-gates=InitialCorruptCheck=false"], &[("ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", "true")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot specify both flags: --experimental-initial-corrupt-check=true and --feature-gates=InitialCorruptCheck=false"), "{err}");
+    let (code, err) = refused(&["--watch-progress-notify-interval=5s"], &[("ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL", "1s")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot set --experimental-watch-progress-notify-interval and --watch-progress-notify-interval at the same time"), "{err}");
+    let (code, err) = refused(&["--feature-gates=SetMemberLocalAddr=true"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("feature gate SetMemberLocalAddr=true is not supported by etcd-rs yet"), "{err}");
+}

@@ -59,6 +59,16 @@ fn main() {
     for w in flags.warnings() {
         tracing::warn!("{w}");
     }
+    // as etcd: a bad --feature-gates value ends with 2 (Go's flag package), a conflict between
+    // an old and a new flag name or a gate and its experimental flag with 1 (its Validate)
+    if let Err(e) = flags.renamed() {
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(1);
+    }
+    if let Err(e) = flags.feature_gates() {
+        eprintln!("etcd-rs: {e}");
+        std::process::exit(e.exit_code);
+    }
     let cfg = match flags.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -122,6 +132,9 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     }
     // as etcd: only a member that has run before checks its data against its peers'
     let member_initialized = etcd_raft::Wal::exists(&cfg.wal_dir);
+    if !member_initialized {
+        etcd_server::discovery::bootstrap(&mut cfg).await?;
+    }
     let server = EtcdServer::start(cfg.clone()).await.map_err(|e| e.to_string())?;
     if cfg.initial_corrupt_check && member_initialized {
         if let Err(e) = corrupt::initial_check(&server).await {
@@ -140,10 +153,10 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None)?);
+        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None, false)?);
     }
     for (l, https) in peer_listeners {
-        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None)?);
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None, !cfg.peer_skip_client_san_verification)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
@@ -162,7 +175,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     for (l, https) in client_listeners {
         let routes = GatewayStreamLimit::new(grpc::routes(server.clone()), cfg.max_concurrent_streams);
         let max_streams = Some(cfg.max_concurrent_streams);
-        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams)?);
+        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams, false)?);
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -241,7 +254,8 @@ impl Stopping {
 /// listener answers HTTP/1.1 and HTTP/2: client and metrics listeners gRPC and `/health`,
 /// `/metrics`...; peer listeners etcd's peer protocol (HTTP/1.1), their TLS handshakes with the
 /// peer certificate checks. `max_streams`: HTTP/2 streams per connection
-/// (`--max-concurrent-streams`).
+/// (`--max-concurrent-streams`). `check_san`: the peer listener's client-certificate SAN check
+/// (off with `--peer-skip-client-san-verification`).
 fn serve_url<S, B>(
     listener: Listener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
@@ -249,6 +263,7 @@ fn serve_url<S, B>(
     stop: &watch::Receiver<bool>,
     what: &'static str,
     max_streams: Option<u32>,
+    check_san: bool,
 ) -> Result<tokio::task::JoinHandle<()>, String>
 where
     S: tower::Service<
@@ -271,7 +286,7 @@ where
             Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
         }
         (Listener::Tcp(listener), Some(Some(config))) => {
-            let incoming = tls::incoming(listener, config, what == "peer");
+            let incoming = tls::incoming(listener, config, check_san);
             Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
         }
         (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone()))),

@@ -13,7 +13,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
-mod recipes;
+pub(crate) mod recipes;
 mod watch;
 
 use std::sync::Arc;
