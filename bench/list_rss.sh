@@ -12,7 +12,8 @@
 #
 # Environment: ETCD_RS_BIN (default target/release/etcd-rs), BENCH_BIN (default
 # target/release/etcd-rs-bench), KEYS, VAL_SIZE, CHUNK_DELAY (a pause after each RangeStream
-# chunk, a slow client), OUT (JSON lines appended there too; default: none).
+# chunk, a slow client), OUT (JSON lines appended there too; default: none), DATA_DIR (a data dir
+# to keep: loaded when it does not exist yet, reused as it is when it does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${ETCD_RS_BIN:-$PWD/target/release/etcd-rs}
@@ -21,6 +22,7 @@ KEYS=${KEYS:-1000000}
 VAL_SIZE=${VAL_SIZE:-256}
 CHUNK_DELAY=${CHUNK_DELAY:-0ms}
 DIR=$(mktemp -d /tmp/list-rss.XXXXXX)
+DATA=${DATA_DIR:-$DIR/data}
 PID=
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -41,7 +43,7 @@ cleanup() { stop; rm -rf "$DIR"; }
 trap cleanup EXIT
 
 start() {
-  "$BIN" --name m --data-dir "$DIR/data" \
+  "$BIN" --name m --data-dir "$DATA" \
     --listen-client-urls "http://$EP" --advertise-client-urls "http://$EP" \
     --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
     --initial-cluster "m=http://127.0.0.1:$PPORT" >>"$DIR/server.log" 2>&1 &
@@ -55,11 +57,13 @@ start() {
   exit 1
 }
 
-start
-echo "loading $KEYS keys of $VAL_SIZE-byte values..." >&2
-"$BENCH" --endpoints="$EP" --conns=16 --clients=256 --total="$KEYS" --threads=1 --json \
-  put --key-size=8 --val-size="$VAL_SIZE" --key-space-size="$KEYS" --sequential-keys >/dev/null
-stop
+if [[ ! -d $DATA ]]; then
+  start
+  echo "loading $KEYS keys of $VAL_SIZE-byte values..." >&2
+  "$BENCH" --endpoints="$EP" --conns=16 --clients=256 --total="$KEYS" --threads=1 --json \
+    put --key-size=8 --val-size="$VAL_SIZE" --key-space-size="$KEYS" --sequential-keys >/dev/null
+  stop
+fi
 
 for mode in --stream ""; do
   start
