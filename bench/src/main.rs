@@ -4,6 +4,7 @@
 mod fsync_probe;
 mod histogram;
 mod keygen;
+mod list_rss;
 mod report;
 mod runner;
 mod workloads;
@@ -78,6 +79,9 @@ enum Cmd {
     Kube(workloads::KubeArgs),
     /// Measure fdatasync latency in a directory (the floor of one client's write latency).
     FsyncProbe(FsyncArgs),
+    /// List a range once, with Range or RangeStream (--stream), and report how much the
+    /// server's resident memory grew meanwhile: list-rss KEY [END] --server-pid PID.
+    ListRss(list_rss::ListRssArgs),
 }
 
 #[derive(Args, Debug)]
@@ -96,7 +100,7 @@ struct FsyncArgs {
     preallocate: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map(|i| s.split_at(i)).unwrap_or((s, "s"));
     let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
@@ -210,6 +214,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         Cmd::WatchHold(a) => workloads::watch_hold(&g, a).await,
         Cmd::LeaseKeepalive(a) => workloads::lease_keepalive(&g, a).await,
         Cmd::Kube(a) => workloads::kube(&g, a).await,
+        Cmd::ListRss(a) => list_rss::list_rss(&g, a).await,
         Cmd::FsyncProbe(_) => unreachable!("handled before the runtime starts"),
     };
     match res {

@@ -206,13 +206,34 @@ impl Index {
         end: Option<&[u8]>,
         at: i64,
     ) -> Result<Vec<Revision>, MvccError> {
+        self.first_revisions_checked(key, end, at, usize::MAX)
+    }
+
+    /// The first `limit` revisions [`Index::revisions_checked`] would give, collecting no
+    /// more than that: a chunk of a streamed range costs its own size, not the range's.
+    pub fn first_revisions_checked(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        at: i64,
+        limit: usize,
+    ) -> Result<Vec<Revision>, MvccError> {
         let inner = self.inner.read();
         inner.check(at)?;
         Ok(inner
             .visit(key, end)
             .filter_map(|(_, ki)| ki.get(at))
             .map(|k| k.modified)
+            .take(limit)
             .collect())
+    }
+
+    /// Like [`Index::count`], but fails with `Compacted` when `at` is older than the compact
+    /// revision, checked under the same lock.
+    pub fn count_checked(&self, key: &[u8], end: Option<&[u8]>, at: i64) -> Result<usize, MvccError> {
+        let inner = self.inner.read();
+        inner.check(at)?;
+        Ok(inner.visit(key, end).filter(|(_, ki)| ki.get(at).is_some()).count())
     }
 
     /// The keys of the range live at `at` with their latest revisions, in key order.
@@ -354,6 +375,22 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, vec![b"b".to_vec(), b"c".to_vec()]);
+    }
+
+    #[test]
+    fn first_revisions_stop_at_the_limit_skip_dead_keys_and_refuse_compacted_revisions() {
+        let idx = sample();
+        // a is dead at 7: the first two live keys are b and c
+        assert_eq!(idx.first_revisions_checked(b"a", Some(b""), 7, 2), Ok(vec![r(5), r(4)]));
+        assert_eq!(idx.first_revisions_checked(b"a", Some(b""), 5, 1), Ok(vec![r(2)]));
+        assert_eq!(idx.first_revisions_checked(b"c\0", Some(b""), 7, 10), Ok(vec![r(7)]));
+        assert_eq!(idx.first_revisions_checked(b"a", Some(b""), 7, 0), Ok(vec![]));
+        assert_eq!(idx.count_checked(b"a", Some(b""), 7), Ok(3));
+        assert_eq!(idx.count_checked(b"b\0", Some(b"d"), 7), Ok(1));
+        idx.compact(6);
+        assert_eq!(idx.first_revisions_checked(b"a", Some(b""), 5, 2), Err(MvccError::Compacted));
+        assert_eq!(idx.count_checked(b"a", Some(b""), 5), Err(MvccError::Compacted));
+        assert_eq!(idx.count_checked(b"a", Some(b""), 6), Ok(2));
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub(crate) struct View<'a, R: Rows> {
 
 impl<R: Rows> View<'_, R> {
     /// The revision a read with `revision` happens at, or why it cannot.
-    fn read_rev(&self, revision: i64) -> Result<i64, MvccError> {
+    pub(crate) fn read_rev(&self, revision: i64) -> Result<i64, MvccError> {
         if revision > self.current {
             return Err(MvccError::FutureRev);
         }
@@ -92,6 +92,11 @@ impl<R: Rows> View<'_, R> {
     /// etcd's Range with every option; the header carries the current revision.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         let rev = self.read_rev(req.revision)?;
+        if req.count_only {
+            // counted in the index, without collecting the range's revisions
+            let count = self.index.count_checked(&req.key, range_end(&req.range_end), rev)?;
+            return Ok(RangeResponse { header: header(self.current), count: count as i64, ..Default::default() });
+        }
         let revs = self
             .index
             .revisions_checked(&req.key, range_end(&req.range_end), rev)?;
@@ -100,7 +105,7 @@ impl<R: Rows> View<'_, R> {
             count: revs.len() as i64,
             ..Default::default()
         };
-        if req.count_only || revs.is_empty() {
+        if revs.is_empty() {
             return Ok(resp);
         }
         let sort_order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);

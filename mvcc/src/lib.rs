@@ -12,6 +12,7 @@
 //! - [`key_index`]: one key's generations; [`index`]: all keys;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
 //! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch;
+//! - [`range_stream`]: [`RangeStream`], one Range answered in chunks at a pinned revision;
 //! - [`watch_hub`]: [`WatchHub`], the member's watchers; [`watch_queue`]: a stream's bounded
 //!   outbound queue.
 //!
@@ -29,6 +30,7 @@ pub mod kv_store_txn;
 pub mod metrics;
 mod kv_view;
 mod pending_rows;
+pub mod range_stream;
 pub mod revision;
 pub mod watch_hub;
 pub mod watch_queue;
@@ -38,6 +40,7 @@ pub use backend::Backend;
 pub use errors::MvccError;
 pub use kv_store::{CompactionStep, KvStore};
 pub use kv_store_txn::ApplyTxn;
+pub use range_stream::RangeStream;
 pub use revision::Revision;
 pub use watch_hub::{WatchCreate, WatchHub, WatchHubOptions, WatchStream};
 pub use watch_queue::WatchMessage;

@@ -19,6 +19,8 @@ use redb::{ReadableDatabase, ReadableTableMetadata};
 use crate::backend::KEY_TABLE;
 use crate::{ApplyTxn, CompactionStep, KvStore, MvccError};
 
+mod range_stream;
+
 fn no_lease(_: i64) -> bool {
     false
 }

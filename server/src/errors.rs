@@ -123,6 +123,15 @@ pub enum ServerError {
     /// user's login, a login on a verify-only JWT member, and the maintenance RPCs' root check.
     #[error("{0}")]
     AuthUnmapped(String),
+    /// A sort order or target outside the enum (etcd 3.7's check, applied to RangeStream).
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// RangeStream answers in key order only (etcd 3.7).
+    #[error("RangeStream does not support custom sort orders")]
+    RangeStreamSortOrder,
+    /// RangeStream does not filter by mod/create revision (etcd 3.7).
+    #[error("RangeStream does not support revision filters")]
+    RangeStreamRevisionFilters,
     /// A feature etcd-rs has not built yet; the message names it.
     #[error("{0}")]
     Unimplemented(String),
@@ -234,7 +243,7 @@ impl From<ServerError> for Status {
         use ServerError::*;
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls | InvalidSortOption => Code::InvalidArgument,
             MemberExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | TooManyLearners
             | NotEnoughStartedMembers | BadLeaderTransferee => Code::FailedPrecondition,
             TimeoutLeaderTransfer | Unhealthy | NotSupportedForLearner => Code::Unavailable,
@@ -255,7 +264,7 @@ impl From<ServerError> for Status {
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
             AuthUnmapped(_) => Code::Unknown,
-            Unimplemented(_) => Code::Unimplemented,
+            Unimplemented(_) | RangeStreamSortOrder | RangeStreamRevisionFilters => Code::Unimplemented,
             Internal(_) => Code::Unknown,
         };
         let msg = match &e {

@@ -43,6 +43,7 @@ use crate::snapshot;
 
 pub(crate) mod auth;
 pub(crate) mod lease;
+pub(crate) mod range_stream;
 
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
@@ -780,15 +781,19 @@ impl EtcdServer {
             self.auth.is_range_permitted(ai, &req.key, &req.range_end)?;
         }
         let mut resp = self.kv.range(&req)?;
-        // the auth state changed while reading: the check above may be stale (as etcd)
-        if let Some(ai) = auth.filter(|ai| ai.revision != 0) {
-            if ai.revision != self.auth.revision() {
-                return Err(ServerError::AuthOldRevision);
-            }
-        }
+        self.check_auth_unchanged(auth)?;
         let read_at = resp.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.kv.current_revision());
         resp.header = Some(self.header(read_at));
         Ok(resp)
+    }
+
+    /// After a read: the auth state changed while reading, so the permission check before it
+    /// may be stale (etcd's doSerialize).
+    fn check_auth_unchanged(&self, auth: Option<&AuthInfo>) -> Result<(), ServerError> {
+        match auth {
+            Some(ai) if ai.revision != 0 && ai.revision != self.auth.revision() => Err(ServerError::AuthOldRevision),
+            _ => Ok(()),
+        }
     }
 
     pub async fn put(&self, req: PutRequest, auth: Option<&AuthInfo>) -> Result<PutResponse, ServerError> {

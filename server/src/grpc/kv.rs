@@ -1,13 +1,16 @@
 //! KV service: check the request's shape, call `EtcdServer`, answer. Nothing else.
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use etcd_proto::etcdserverpb::kv_server::Kv;
+use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcd_proto::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    PutResponse, RangeRequest, RangeResponse, RangeStreamResponse, RequestOp, TxnRequest, TxnResponse,
 };
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::errors::ServerError;
@@ -17,8 +20,24 @@ pub struct KvService {
     pub server: Arc<EtcdServer>,
 }
 
+/// RangeStream's chunks, as tonic sends them.
+type RangeChunks = Pin<Box<dyn Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Kv for KvService {
+    type RangeStreamStream = RangeChunks;
+
+    /// etcd 3.7's RangeStream. A learner refuses it even serializable: etcd serves no stream but
+    /// Snapshot on a learner.
+    async fn range_stream(&self, request: Request<RangeRequest>) -> Result<Response<RangeChunks>, Status> {
+        self.server.refuse_if_learner()?;
+        let (md, ext, req) = request.into_parts();
+        check_range_stream(&req)?;
+        let auth = self.server.auth_info(&md, &ext).await?;
+        let chunks = self.server.range_stream(req, Some(auth)).await?;
+        Ok(Response::new(chunks.map(|c| c.map_err(Status::from)).boxed()))
+    }
+
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let auth = self.server.auth_info(request.metadata(), request.extensions()).await?;
         let req = request.into_inner();
@@ -65,6 +84,22 @@ impl Kv for KvService {
 fn check_range(r: &RangeRequest) -> Result<(), ServerError> {
     if r.key.is_empty() {
         return Err(ServerError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// etcd 3.7's checkRangeStreamRequest: Range's checks, valid sort options, key order only and
+/// no revision filters (a stream cannot sort or filter what it has not read yet).
+fn check_range_stream(r: &RangeRequest) -> Result<(), ServerError> {
+    check_range(r)?;
+    let (Ok(order), Ok(target)) = (SortOrder::try_from(r.sort_order), SortTarget::try_from(r.sort_target)) else {
+        return Err(ServerError::InvalidSortOption);
+    };
+    if !(order == SortOrder::None || (target == SortTarget::Key && order == SortOrder::Ascend)) {
+        return Err(ServerError::RangeStreamSortOrder);
+    }
+    if r.min_mod_revision != 0 || r.max_mod_revision != 0 || r.min_create_revision != 0 || r.max_create_revision != 0 {
+        return Err(ServerError::RangeStreamRevisionFilters);
     }
     Ok(())
 }

@@ -122,7 +122,7 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     match (service, method) {
         ("grpc.health.v1.Health", "Watch") => "server_stream",
         (_, "Watch" | "LeaseKeepAlive") => "bidi_stream",
-        (_, "Snapshot" | "Observe") => "server_stream",
+        (_, "Snapshot" | "Observe" | "RangeStream") => "server_stream",
         _ => "unary",
     }
 }
