@@ -1,0 +1,167 @@
+//! The sequences the migration tests run, each step followed by the full check.
+//!
+//! - [`migrate`]: replace every member by one of another binary, one at a time, as an operator
+//!   would on a live cluster: add a learner, start it, promote it; if the member to go is the
+//!   leader, move the leadership to the new member; remove the old member.
+//! - [`kill_and_restart_leader`]: kill -9 the leader, let the others elect, start it again.
+//! - [`snapshot_catch_up`]: SIGSTOP a follower while the leader writes and compacts its raft log
+//!   past it, so that on SIGCONT it can only catch up from a snapshot the leader sends.
+
+use super::checks::Checker;
+use super::fleet::{Fleet, Kind, Role};
+use super::load::Load;
+
+/// etcd keeps this many raft entries after a snapshot for slow followers (fixed in etcd 3.4 and
+/// 3.5.1, whose `--experimental-snapshot-catchup-entries` came later; etcd-rs's default).
+pub const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
+
+/// Tells the clients which members serve now.
+fn serving_changed(fleet: &Fleet, load: &Load) {
+    load.endpoints.set(fleet.voter_urls());
+}
+
+/// Replaces every current voter by a member of `to`, one at a time, checking after each change.
+pub async fn migrate(
+    fleet: &mut Fleet,
+    load: &Load,
+    checker: &mut Checker,
+    to: Kind,
+) -> Result<(), String> {
+    let mut old = fleet.voters();
+    while !old.is_empty() {
+        let new = fleet.add_learner(to).await?;
+        let name = fleet.members[new].name.clone();
+        checker
+            .step(&format!("member add --learner {name}; start it"), fleet, load)
+            .await?;
+        fleet.promote(new).await?;
+        serving_changed(fleet, load);
+        checker.step(&format!("member promote {name}"), fleet, load).await?;
+        let leader = fleet.wait_leader().await?;
+        let victim = if old.contains(&leader) { leader } else { old[0] };
+        old.retain(|&o| o != victim);
+        let victim_name = fleet.members[victim].name.clone();
+        if victim == leader {
+            fleet.move_leader(new).await?;
+            checker
+                .step(&format!("move-leader {victim_name} -> {name}"), fleet, load)
+                .await?;
+        }
+        // Clients leave the member before it goes, as a load balancer would be told to.
+        fleet.members[victim].role = Role::Removed;
+        serving_changed(fleet, load);
+        fleet.remove(victim).await?;
+        checker
+            .step(&format!("member remove {victim_name}"), fleet, load)
+            .await?;
+    }
+    Ok(())
+}
+
+/// kill -9 the leader, check the others, restart it, check all.
+pub async fn kill_and_restart_leader(
+    fleet: &mut Fleet,
+    load: &Load,
+    checker: &mut Checker,
+) -> Result<(), String> {
+    let leader = fleet.wait_leader().await?;
+    let name = fleet.members[leader].name.clone();
+    fleet.kill(leader, libc::SIGKILL).await;
+    serving_changed(fleet, load);
+    fleet.wait_leader().await?;
+    checker
+        .step(&format!("kill -9 the leader {name}"), fleet, load)
+        .await?;
+    fleet.restart(leader).await?;
+    serving_changed(fleet, load);
+    checker.step(&format!("restart {name}"), fleet, load).await
+}
+
+/// Makes a member of `leader_kind` the leader, cuts off a follower of `follower_kind` (SIGSTOP)
+/// while more than `--snapshot-count` + [`SNAPSHOT_CATCHUP_ENTRIES`] entries are committed,
+/// resumes it and checks that it caught up through a snapshot the leader sent.
+pub async fn snapshot_catch_up(
+    fleet: &mut Fleet,
+    load: &Load,
+    checker: &mut Checker,
+    leader_kind: Kind,
+    follower_kind: Kind,
+    snapshot_count: u64,
+) -> Result<(), String> {
+    let voters = fleet.voters();
+    let follower = *voters
+        .iter()
+        .find(|&&i| fleet.members[i].kind == follower_kind)
+        .ok_or_else(|| format!("no voter runs {}", follower_kind.label()))?;
+    let leader = *voters
+        .iter()
+        .find(|&&i| i != follower && fleet.members[i].kind == leader_kind)
+        .ok_or_else(|| format!("no other voter runs {}", leader_kind.label()))?;
+    let (f_name, l_name) = (
+        fleet.members[follower].name.clone(),
+        fleet.members[leader].name.clone(),
+    );
+    fleet.move_leader(leader).await?;
+    checker
+        .step(&format!("move-leader to {l_name}"), fleet, load)
+        .await?;
+    let sent_before = snapshot_count_metric(&fleet.metrics(leader).await?, "send");
+    fleet.pause(follower);
+    serving_changed(fleet, load);
+    let entries = (snapshot_count + SNAPSHOT_CATCHUP_ENTRIES) as usize + 1500;
+    let acked = load.burst(entries, 16).await;
+    checker
+        .step(
+            &format!("{acked} puts while {f_name} is SIGSTOPped"),
+            fleet,
+            load,
+        )
+        .await?;
+    if fleet.leader().await != Some(leader) {
+        return Err(format!(
+            "{l_name} lost the leadership during the burst; the snapshot's sender is unknown"
+        ));
+    }
+    fleet.resume(follower);
+    serving_changed(fleet, load);
+    checker
+        .step(&format!("SIGCONT {f_name}: it caught up"), fleet, load)
+        .await?;
+    let sent = snapshot_count_metric(&fleet.metrics(leader).await?, "send") - sent_before;
+    let received = snapshot_count_metric(&fleet.metrics(follower).await?, "receive");
+    if sent < 1 || received < 1 {
+        return Err(format!(
+            "{f_name} caught up without a snapshot: the leader {l_name} counts {sent} snapshots sent \
+             since the cut, {f_name} counts {received} received (etcd_network_snapshot_*_success)"
+        ));
+    }
+    eprintln!("  {l_name} sent {sent} snapshot(s), {f_name} received {received}");
+    Ok(())
+}
+
+/// The sum of `etcd_network_snapshot_<dir>_success` over all peers in a Prometheus exposition.
+pub fn snapshot_count_metric(metrics: &str, dir: &str) -> i64 {
+    let name = format!("etcd_network_snapshot_{dir}_success");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_count_metric;
+
+    #[test]
+    fn snapshot_counters_are_summed_over_peers() {
+        let text = "# HELP etcd_network_snapshot_send_success x\n\
+                    etcd_network_snapshot_send_success{To=\"a\"} 2\n\
+                    etcd_network_snapshot_send_success{To=\"b\"} 1\n\
+                    etcd_network_snapshot_send_successes 9\n\
+                    etcd_network_snapshot_receive_success{From=\"c\"} 4\n";
+        assert_eq!(snapshot_count_metric(text, "send"), 3);
+        assert_eq!(snapshot_count_metric(text, "receive"), 4);
+        assert_eq!(snapshot_count_metric("", "send"), 0);
+    }
+}
