@@ -6,7 +6,7 @@
 //! The etcd 3.5.1 cases skip, saying so, when /opt/etcd-3.5 is missing (CI installs Debian's
 //! 3.4.23 only). Harness self-check: point `ETCD_RS_BIN` at an etcd binary, e.g.
 //! `ETCD_RS_BIN=/opt/etcd-3.5/bin/etcd cargo test --release -p etcdctl-compat-tests --test migration`
-//! runs every sequence on etcd alone, which must pass.
+//! runs every sequence on etcd alone, which must pass. `MIGTEST_KEEP=1` keeps data dirs and logs.
 //!
 //! Until etcd-rs speaks etcd's peer protocol every case fails at the first etcd-rs member
 //! (`unknown service etcdrspb.Peer`), so they are `#[ignore]`d; run them with `--ignored`.

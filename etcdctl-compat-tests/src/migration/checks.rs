@@ -32,24 +32,35 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// Runs every check after `step`; Err says which failed and why.
+    /// Runs every check after `step`; Err says which failed and why, with the logs of members
+    /// that exited meanwhile (a check failing because a member died names the death).
     pub async fn step(&mut self, step: &str, fleet: &mut Fleet, load: &Load) -> Result<(), String> {
+        let result = self.check(step, fleet, load).await;
+        result.map_err(|e| {
+            let crashed = fleet.crashed();
+            let e = format!("after step \"{step}\": {e}");
+            if crashed.is_empty() {
+                e
+            } else {
+                format!("{e}\n{}", crashed.join("\n"))
+            }
+        })
+    }
+
+    async fn check(&mut self, step: &str, fleet: &mut Fleet, load: &Load) -> Result<(), String> {
         let started = *self.started.get_or_insert_with(Instant::now);
-        let fail = |what: String| format!("after step \"{step}\": {what}");
         let crashed = fleet.crashed();
         if !crashed.is_empty() {
-            return Err(fail(crashed.join("\n")));
+            return Err(crashed.join("\n"));
         }
         load.endpoints.set(fleet.voter_urls());
         let revision = load.last_acked_revision();
-        wait_watcher(load, revision).await.map_err(fail)?;
-        check_watched(load).map_err(fail)?;
+        wait_watcher(load, revision).await?;
+        check_watched(load)?;
         let new_acks: Vec<Ack> = lock_ledger(load).acked[self.acks_read..].to_vec();
-        read_acks(&fleet.voter_urls(), &new_acks).await.map_err(fail)?;
+        read_acks(&fleet.voter_urls(), &new_acks).await?;
         self.acks_read += new_acks.len();
-        let hashes = check_hashkv(&fleet.voter_urls(), revision, CATCH_UP)
-            .await
-            .map_err(fail)?;
+        let hashes = check_hashkv(&fleet.voter_urls(), revision, CATCH_UP).await?;
         self.steps += 1;
         let (acked, unknown) = {
             let l = lock_ledger(load);

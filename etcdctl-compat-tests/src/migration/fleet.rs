@@ -144,8 +144,11 @@ impl Fleet {
     /// Starts a new cluster with one member per entry of `kinds` and waits until every member
     /// answers and they agree on a leader.
     pub async fn bootstrap(kinds: &[Kind], tuning: Tuning) -> Result<Fleet, String> {
+        // MIGTEST_KEEP=1 keeps the data dirs and logs for inspection (remove them yourself).
+        let keep = std::env::var("MIGTEST_KEEP").is_ok_and(|v| v == "1");
         let dir = tempfile::Builder::new()
             .prefix("migtest-")
+            .disable_cleanup(keep)
             .tempdir()
             .map_err(|e| format!("cannot create a temp dir: {e}"))?;
         let mut fleet = Fleet {
