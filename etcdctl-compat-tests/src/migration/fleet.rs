@@ -493,8 +493,9 @@ impl Fleet {
     }
 
     /// `member remove` of member `i` (sent to another voter), then waits for its process to stop
-    /// by itself as a removed member does, killing it when it does not.
-    pub async fn remove(&mut self, i: usize) -> Result<(), String> {
+    /// by itself as a removed etcd member does, killing it when it does not. Ok(true) when it
+    /// stopped by itself.
+    pub async fn remove(&mut self, i: usize) -> Result<bool, String> {
         let id = self.members[i].id;
         self.members[i].role = Role::Removed;
         let result = self
@@ -512,12 +513,14 @@ impl Fleet {
             })
             .await;
         let deadline = Instant::now() + REMOVED_EXIT_WITHIN;
-        while self.exited(i).is_none() && Instant::now() < deadline {
+        let mut stopped = self.exited(i).is_some();
+        while !stopped && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            stopped = self.exited(i).is_some();
         }
         self.kill(i, libc::SIGKILL).await;
         self.members[i].role = Role::Removed;
-        result
+        result.map(|()| stopped)
     }
 
     /// Sends `sig` to member `i` and waits until it exited; it is down until restarted.

@@ -50,9 +50,13 @@ pub async fn migrate(
         // Clients leave the member before it goes, as a load balancer would be told to.
         fleet.members[victim].role = Role::Removed;
         serving_changed(fleet, load);
-        fleet.remove(victim).await?;
+        let how = if fleet.remove(victim).await? {
+            "it stopped by itself"
+        } else {
+            "it kept running and was killed"
+        };
         checker
-            .step(&format!("member remove {victim_name}"), fleet, load)
+            .step(&format!("member remove {victim_name} ({how})"), fleet, load)
             .await?;
     }
     Ok(())
