@@ -23,7 +23,8 @@ pub struct MemberFlags<'a> {
     pub election_ms: u64,
 }
 
-/// Starts `binary` with `flags`, stdout and stderr appended to `log`.
+/// Starts `binary` with `flags`, stdout and stderr appended to `log`. `ETCD_*` variables of the
+/// caller's environment are not passed on: etcd and etcd-rs read them as flags.
 pub fn spawn_member(binary: &Path, flags: &MemberFlags, log: &Path) -> Result<Child, String> {
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -31,7 +32,13 @@ pub fn spawn_member(binary: &Path, flags: &MemberFlags, log: &Path) -> Result<Ch
         .open(log)
         .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new(binary)
+    let mut command = Command::new(binary);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD_") {
+            command.env_remove(key);
+        }
+    }
+    command
         .args(["--name", flags.name])
         .arg("--data-dir")
         .arg(flags.data_dir)
