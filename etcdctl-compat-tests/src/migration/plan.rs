@@ -3,7 +3,8 @@
 //! - [`migrate`]: replace every member by one of another binary, one at a time, as an operator
 //!   would on a live cluster: add a learner, start it, promote it; if the member to go is the
 //!   leader, move the leadership to the new member; remove the old member.
-//! - [`kill_and_restart_leader`]: kill -9 the leader, let the others elect, start it again.
+//! - [`kill_and_restart_leader`]: kill -9 a leader of a given binary, let the others elect,
+//!   start it again.
 //! - [`snapshot_catch_up`]: SIGSTOP a follower while the leader writes and compacts its raft log
 //!   past it, so that on SIGCONT it can only catch up from a snapshot the leader sends.
 
@@ -62,13 +63,14 @@ pub async fn migrate(
     Ok(())
 }
 
-/// kill -9 the leader, check the others, restart it, check all.
+/// Makes a member of `kind` the leader, kill -9s it, checks the others, restarts it, checks all.
 pub async fn kill_and_restart_leader(
     fleet: &mut Fleet,
     load: &Load,
     checker: &mut Checker,
+    kind: Kind,
 ) -> Result<(), String> {
-    let leader = fleet.wait_leader().await?;
+    let leader = lead_with(fleet, load, checker, kind, None).await?;
     let name = fleet.members[leader].name.clone();
     fleet.kill(leader, libc::SIGKILL).await;
     serving_changed(fleet, load);
@@ -79,6 +81,30 @@ pub async fn kill_and_restart_leader(
     fleet.restart(leader).await?;
     serving_changed(fleet, load);
     checker.step(&format!("restart {name}"), fleet, load).await
+}
+
+/// Moves the leadership to a voter of `kind` other than `except` (unless one leads already).
+async fn lead_with(
+    fleet: &mut Fleet,
+    load: &Load,
+    checker: &mut Checker,
+    kind: Kind,
+    except: Option<usize>,
+) -> Result<usize, String> {
+    let fits = |fleet: &Fleet, i: usize| fleet.members[i].kind == kind && Some(i) != except;
+    let leader = fleet.wait_leader().await?;
+    if fits(fleet, leader) {
+        return Ok(leader);
+    }
+    let to = fleet
+        .voters()
+        .into_iter()
+        .find(|&i| fits(fleet, i))
+        .ok_or_else(|| format!("no voter runs {} to lead", kind.label()))?;
+    fleet.move_leader(to).await?;
+    let name = fleet.members[to].name.clone();
+    checker.step(&format!("move-leader to {name}"), fleet, load).await?;
+    Ok(to)
 }
 
 /// Makes a member of `leader_kind` the leader, cuts off a follower of `follower_kind` (SIGSTOP)
@@ -97,18 +123,11 @@ pub async fn snapshot_catch_up(
         .iter()
         .find(|&&i| fleet.members[i].kind == follower_kind)
         .ok_or_else(|| format!("no voter runs {}", follower_kind.label()))?;
-    let leader = *voters
-        .iter()
-        .find(|&&i| i != follower && fleet.members[i].kind == leader_kind)
-        .ok_or_else(|| format!("no other voter runs {}", leader_kind.label()))?;
+    let leader = lead_with(fleet, load, checker, leader_kind, Some(follower)).await?;
     let (f_name, l_name) = (
         fleet.members[follower].name.clone(),
         fleet.members[leader].name.clone(),
     );
-    fleet.move_leader(leader).await?;
-    checker
-        .step(&format!("move-leader to {l_name}"), fleet, load)
-        .await?;
     let sent_before = snapshot_count_metric(&fleet.metrics(leader).await?, "send");
     fleet.pause(follower);
     serving_changed(fleet, load);
