@@ -62,7 +62,10 @@ async fn migrate_and_back(from: Kind) -> Result<(), String> {
 #[test]
 #[ignore = "needs etcd's peer protocol in etcd-rs (issue 14, branch peerwire); passed with peerwire's work-in-progress build of 14:11"]
 fn etcd35_cluster_migrates_to_etcd_rs_and_back_member_by_member_under_load() {
-    if installed("etcd 3.5.1 -> etcd-rs -> etcd 3.5.1", &[Kind::Etcd35, Kind::EtcdRs]) {
+    if installed(
+        "etcd 3.5.1 -> etcd-rs -> etcd 3.5.1",
+        &[Kind::Etcd35, Kind::EtcdRs],
+    ) {
         run(migrate_and_back(Kind::Etcd35));
     }
 }

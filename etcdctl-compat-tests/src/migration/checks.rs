@@ -124,7 +124,11 @@ pub fn check_events(
     for (k, e) in events.iter().enumerate() {
         let expected = 2 + k as i64;
         if e.revision != expected {
-            let what = if e.revision < expected { "a duplicate or out of order" } else { "a gap" };
+            let what = if e.revision < expected {
+                "a duplicate or out of order"
+            } else {
+                "a gap"
+            };
             return Err(format!(
                 "the watcher saw revision {} where revision {expected} was due ({what}); events around it: {:?}",
                 e.revision,
@@ -132,7 +136,10 @@ pub fn check_events(
             ));
         }
         let value = e.value.clone().ok_or_else(|| {
-            format!("the watcher saw a delete of {} at revision {}, nobody deletes", e.key, e.revision)
+            format!(
+                "the watcher saw a delete of {} at revision {}, nobody deletes",
+                e.key, e.revision
+            )
         })?;
         match acked.get(&e.revision) {
             Some(a) if a.key == e.key && a.value == value => {}
@@ -195,7 +202,10 @@ async fn read_ack(
             Ok(r) => {
                 let r = r.into_inner();
                 let found = r.kvs.first().map(|kv| {
-                    (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision)
+                    (
+                        String::from_utf8_lossy(&kv.value).into_owned(),
+                        kv.mod_revision,
+                    )
                 });
                 return match found {
                     Some((value, rev)) if value == ack.value && rev == ack.revision => Ok(()),
@@ -220,11 +230,22 @@ mod tests {
     use super::*;
 
     fn seen(revision: i64, key: &str, value: &str) -> Seen {
-        Seen { revision, key: key.into(), value: Some(value.into()) }
+        Seen {
+            revision,
+            key: key.into(),
+            value: Some(value.into()),
+        }
     }
 
     fn ack(revision: i64, key: &str, value: &str) -> (i64, Ack) {
-        (revision, Ack { key: key.into(), value: value.into(), revision })
+        (
+            revision,
+            Ack {
+                key: key.into(),
+                value: value.into(),
+                revision,
+            },
+        )
     }
 
     #[test]
@@ -240,13 +261,21 @@ mod tests {
         let acked = HashMap::from([ack(2, "a", "1"), ack(3, "a", "2"), ack(4, "a", "3")]);
         let none = HashSet::new();
         let gap = [seen(2, "a", "1"), seen(4, "a", "3")];
-        assert!(check_events(&gap, &acked, &none).unwrap_err().contains("a gap"));
+        assert!(check_events(&gap, &acked, &none)
+            .unwrap_err()
+            .contains("a gap"));
         let dup = [seen(2, "a", "1"), seen(3, "a", "2"), seen(3, "a", "2")];
-        assert!(check_events(&dup, &acked, &none).unwrap_err().contains("duplicate"));
+        assert!(check_events(&dup, &acked, &none)
+            .unwrap_err()
+            .contains("duplicate"));
         let wrong = [seen(2, "a", "1"), seen(3, "a", "9")];
-        assert!(check_events(&wrong, &acked, &none).unwrap_err().contains("acknowledged"));
+        assert!(check_events(&wrong, &acked, &none)
+            .unwrap_err()
+            .contains("acknowledged"));
         let unknown_acked = HashMap::from([ack(2, "a", "1")]);
         let foreign = [seen(2, "a", "1"), seen(3, "x", "y")];
-        assert!(check_events(&foreign, &unknown_acked, &none).unwrap_err().contains("no put"));
+        assert!(check_events(&foreign, &unknown_acked, &none)
+            .unwrap_err()
+            .contains("no put"));
     }
 }

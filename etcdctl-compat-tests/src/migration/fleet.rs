@@ -55,13 +55,16 @@ impl Kind {
     /// The binary: `ETCD_35_BIN` (default /opt/etcd-3.5/bin/etcd), `ETCD_34_BIN` (default
     /// /usr/bin/etcd), `ETCD_RS_BIN` (default the workspace's target/release/etcd-rs).
     pub fn binary(self) -> PathBuf {
-        let env = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |key: &str| {
+            std::env::var_os(key)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         match self {
             Kind::Etcd35 => env("ETCD_35_BIN").unwrap_or_else(|| "/opt/etcd-3.5/bin/etcd".into()),
             Kind::Etcd34 => env("ETCD_34_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()),
-            Kind::EtcdRs => env("ETCD_RS_BIN").unwrap_or_else(|| {
-                crate::workspace_dir().join("target/release/etcd-rs")
-            }),
+            Kind::EtcdRs => env("ETCD_RS_BIN")
+                .unwrap_or_else(|| crate::workspace_dir().join("target/release/etcd-rs")),
         }
     }
 
@@ -178,11 +181,15 @@ impl Fleet {
     }
 
     pub fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", self.members[i].name))
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
     }
 
     fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.data", self.members[i].name))
+        self.dir
+            .path()
+            .join(format!("{}.data", self.members[i].name))
     }
 
     /// The last lines of member `i`'s log, for failure messages.
@@ -248,7 +255,10 @@ impl Fleet {
     pub fn crashed(&mut self) -> Vec<String> {
         let mut crashed = Vec::new();
         for i in 0..self.members.len() {
-            let up = matches!(self.members[i].role, Role::Voter | Role::Learner | Role::Paused);
+            let up = matches!(
+                self.members[i].role,
+                Role::Voter | Role::Learner | Role::Paused
+            );
             if !up {
                 continue;
             }
@@ -340,7 +350,9 @@ impl Fleet {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("the voters agreed on no leader within {CHANGE_TIMEOUT:?}"));
+                return Err(format!(
+                    "the voters agreed on no leader within {CHANGE_TIMEOUT:?}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -363,7 +375,11 @@ impl Fleet {
             .map_err(|e| format!("member list: {}", e.message()))?
             .into_inner();
         for m in &mut self.members {
-            if let Some(listed) = list.members.iter().find(|l| l.peer_ur_ls.contains(&m.peer_url())) {
+            if let Some(listed) = list
+                .members
+                .iter()
+                .find(|l| l.peer_ur_ls.contains(&m.peer_url()))
+            {
                 m.id = listed.id;
             }
         }
@@ -435,7 +451,10 @@ impl Fleet {
             None => self.learn_ids().await?,
         }
         if self.members[i].id == 0 {
-            return Err(format!("member add: {} has no ID in the member list", self.members[i].name));
+            return Err(format!(
+                "member add: {} has no ID in the member list",
+                self.members[i].name
+            ));
         }
         // etcd checks that --initial-cluster lists exactly the cluster's members
         let initial = self.initial_cluster(|m| m.role != Role::Removed);
@@ -613,7 +632,10 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
         .map_err(|e| format!("GET {path} on port {port}: {e}"))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET {path} on port {port}: {}", head.lines().next().unwrap_or("")));
+        return Err(format!(
+            "GET {path} on port {port}: {}",
+            head.lines().next().unwrap_or("")
+        ));
     }
     Ok(body.to_string())
 }

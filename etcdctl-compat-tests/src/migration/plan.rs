@@ -33,13 +33,23 @@ pub async fn migrate(
         let new = fleet.add_learner(to).await?;
         let name = fleet.members[new].name.clone();
         checker
-            .step(&format!("member add --learner {name}; start it"), fleet, load)
+            .step(
+                &format!("member add --learner {name}; start it"),
+                fleet,
+                load,
+            )
             .await?;
         fleet.promote(new).await?;
         serving_changed(fleet, load);
-        checker.step(&format!("member promote {name}"), fleet, load).await?;
+        checker
+            .step(&format!("member promote {name}"), fleet, load)
+            .await?;
         let leader = fleet.wait_leader().await?;
-        let victim = if old.contains(&leader) { leader } else { old[0] };
+        let victim = if old.contains(&leader) {
+            leader
+        } else {
+            old[0]
+        };
         old.retain(|&o| o != victim);
         let victim_name = fleet.members[victim].name.clone();
         if victim == leader {
@@ -103,7 +113,9 @@ async fn lead_with(
         .ok_or_else(|| format!("no voter runs {} to lead", kind.label()))?;
     fleet.move_leader(to).await?;
     let name = fleet.members[to].name.clone();
-    checker.step(&format!("move-leader to {name}"), fleet, load).await?;
+    checker
+        .step(&format!("move-leader to {name}"), fleet, load)
+        .await?;
     Ok(to)
 }
 
