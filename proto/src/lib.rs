@@ -32,7 +32,7 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
-/// etcd-rs's own peer-to-peer service (raft message streams, membership for joining members).
+/// etcd-rs's own records (the table rows of a database snapshot sent to a peer).
 pub mod etcdrspb {
     tonic::include_proto!("etcdrspb");
 }

@@ -19,7 +19,8 @@
 //!   connections to peer URLs; [`peer_probe`]: round-trip probes); [`slog_bridge`]: raft-rs logs
 //!   into `tracing`;
 //! - [`rafthttp`]: etcd's peer protocol (streams, pipeline, snapshot POST, the peer endpoints),
-//!   a [`Transport`] and a handler that etcd 3.4/3.5 members talk to;
+//!   the [`Transport`] of every member and the handler of its peer listener, spoken alike
+//!   by etcd-rs and etcd 3.4/3.5 members;
 //! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics.
 //!
 //! The most important invariant: an entry the applier receives was persisted
@@ -34,7 +35,6 @@ pub mod metrics;
 pub mod node;
 pub mod peer_dial;
 pub mod peer_probe;
-pub mod peer_transport;
 mod raft_loop;
 pub mod rafthttp;
 pub mod read_index;
@@ -52,7 +52,6 @@ pub use raft::eraftpb;
 pub use raft::StateRole;
 pub use snapshotter::Snapshotter;
 pub use peer_dial::PeerDialer;
-pub use peer_transport::GrpcTransport;
 pub use rafthttp::HttpTransport;
 pub use transport::{NoopTransport, Transport};
 pub use wal::{Wal, WalContents, WalMetadata};

@@ -1,20 +1,15 @@
 //! Round-trip probing of a peer, for `etcd_network_peer_round_trip_time_seconds`.
 //!
-//! As etcd's rafthttp prober: every [`PROBE_INTERVAL`] one request goes to the peer on a
-//! connection of its own (not the raft stream, so a long queue of appends does not count as
-//! network delay) and its round trip feeds a smoothed RTT (weight 1/8 for the newest, as
-//! etcd's prober); the smoothed RTT is recorded every [`HEALTHY_REPORT`] while probes succeed
-//! and every [`UNHEALTHY_REPORT`] while they fail. The probe is the cheapest call of the peer
-//! service, `Peer.Members`.
+//! As etcd's rafthttp prober: every [`PROBE_INTERVAL`] one `GET /raft/probing` goes to the
+//! peer on a connection of its own (not a raft stream, so a long queue of appends does not
+//! count as network delay) and its round trip feeds a smoothed RTT (weight 1/8 for the newest,
+//! as etcd's prober); the smoothed RTT is recorded every [`HEALTHY_REPORT`] while probes
+//! succeed and every [`UNHEALTHY_REPORT`] while they fail.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use etcd_proto::etcdrspb::peer_client::PeerClient;
-use etcd_proto::etcdrspb::MembersRequest;
-use tonic::transport::Channel;
-
 use crate::metrics::PeerMetrics;
-use crate::peer_dial::PeerDialer;
 
 /// etcd: ConnReadTimeout (5 s) - 1 s.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(4);
@@ -40,12 +35,14 @@ impl Srtt {
     }
 }
 
-/// Probes the peer at `urls` until dropped (the caller runs it beside the peer's link task).
-pub async fn probe(dialer: PeerDialer, urls: Vec<String>, metrics: std::sync::Arc<PeerMetrics>) {
-    let mut client: Option<PeerClient<Channel>> = None;
+/// Probes with `probe_once` (true: answered) until dropped, recording the smoothed RTT.
+pub async fn run<F, Fut>(mut probe_once: F, metrics: std::sync::Arc<PeerMetrics>)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let mut status = Srtt::default();
     let mut next_report = Instant::now() + UNHEALTHY_REPORT;
-    let mut attempt = 0usize;
     loop {
         tokio::time::sleep(PROBE_INTERVAL.min(next_report.saturating_duration_since(Instant::now()))).await;
         let now = Instant::now();
@@ -54,22 +51,10 @@ pub async fn probe(dialer: PeerDialer, urls: Vec<String>, metrics: std::sync::Ar
             next_report = now + if status.healthy { HEALTHY_REPORT } else { UNHEALTHY_REPORT };
             continue;
         }
-        if client.is_none() {
-            let url = &urls[attempt % urls.len()];
-            attempt += 1;
-            client = dialer.connect(url, PROBE_TIMEOUT).await.ok().map(PeerClient::new);
-        }
-        let Some(c) = client.as_mut() else {
-            status.fail();
-            continue;
-        };
         let started = Instant::now();
-        match tokio::time::timeout(PROBE_TIMEOUT, c.members(MembersRequest {})).await {
-            Ok(Ok(_)) => status.record(started.elapsed()),
-            _ => {
-                status.fail();
-                client = None;
-            }
+        match tokio::time::timeout(PROBE_TIMEOUT, probe_once()).await {
+            Ok(true) => status.record(started.elapsed()),
+            _ => status.fail(),
         }
     }
 }

@@ -28,7 +28,7 @@ use etcd_proto::etcdserverpb::{
 };
 use etcd_proto::etcdserverpb::Request;
 use etcd_proto::membershippb::{Attributes, Member};
-use etcd_raft::{ApplyBatch, GrpcTransport, RaftNode};
+use etcd_raft::{ApplyBatch, HttpTransport, RaftNode};
 use parking_lot::Mutex;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
 use tokio::sync::watch;
@@ -72,7 +72,7 @@ pub struct Applier {
     pub kv: Arc<KvStore>,
     pub raft: RaftNode,
     pub members: Arc<Membership>,
-    pub transport: Arc<GrpcTransport>,
+    pub transport: Arc<HttpTransport>,
     /// `--max-learners` (etcd validates it in apply too; all members run with the same value).
     pub max_learners: usize,
     /// Set when this member's removal is applied: it must stop serving.
@@ -238,7 +238,7 @@ impl Applier {
         self.auth.reload(&self.kv.backend().database())?;
         let members = self.members.members();
         for m in &members {
-            self.transport.set_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
+            self.transport.add_peer(m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
         }
         for id in self.transport.peer_ids() {
             if !members.iter().any(|m| m.id == id) {
@@ -446,7 +446,7 @@ impl Applier {
                 m
             }
         };
-        self.transport.set_peer(id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
+        self.transport.add_peer(id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default());
         self.members.apply_add(txn.write_txn(), m)
     }
 

@@ -2,8 +2,7 @@
 //! `--experimental-corrupt-check-time`): members compare HashKV, the crc32c of the key table up
 //! to a revision, which every member holding the same history computes alike.
 //!
-//! Peers are asked over the Peer service on their peer URLs (`Peer.HashKV`), where etcd asks
-//! `/members/hashkv` on its peer port. The rules are etcd's:
+//! Peers are asked on their peer URLs (`GET /members/hashkv`), as etcd asks them. The rules are etcd's:
 //! - initial check (a restarting member, before it serves peers or clients): every peer hashes at
 //!   this member's revision; same compact revision and a different hash is a mismatch, and the
 //!   member refuses to start ("<id> found data inconsistency with peers"). A peer that cannot
@@ -20,9 +19,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_proto::etcdrspb::peer_client::PeerClient;
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
-use etcd_proto::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest, HashKvResponse};
+use etcd_proto::etcdserverpb::{AlarmRequest, AlarmType, HashKvResponse, ResponseHeader};
+use etcd_raft::rafthttp::client::Connection;
+use etcd_raft::rafthttp::peer_api;
 
 use crate::etcd_server::EtcdServer;
 
@@ -56,31 +56,27 @@ fn hex(id: u64) -> String {
     format!("{id:x}")
 }
 
-/// Asks one peer URL for its HashKV at `rev`.
+/// Asks one peer URL for its HashKV at `rev` (etcd's `GET /members/hashkv`).
 async fn peer_hash_kv(server: &EtcdServer, url: &str, rev: i64) -> Result<HashKvResponse, PeerHashError> {
     let timeout = server.request_timeout();
-    let ch = server
-        .peer_dialer()
-        .connect(url, timeout)
-        .await
-        .map_err(PeerHashError::Other)?;
-    let mut client = PeerClient::new(ch);
-    let call = client.hash_kv(HashKvRequest { revision: rev });
-    let resp = match tokio::time::timeout(timeout, call).await {
+    let transport = server.transport();
+    let asked = async {
+        let mut conn = Connection::open(transport.dialer(), url, timeout).await.map_err(|e| e.to_string())?;
+        peer_api::call::hash_kv(&mut conn, &transport.identity(), rev).await
+    };
+    let (cluster, resp) = match tokio::time::timeout(timeout, asked).await {
         Err(_) => return Err(PeerHashError::Other("request timed out".into())),
-        Ok(Err(status)) => {
-            let msg = status.message();
+        Ok(Err(msg)) => {
             return Err(if msg.contains("required revision has been compacted") {
                 PeerHashError::Compacted
             } else if msg.contains("required revision is a future revision") {
                 PeerHashError::FutureRev
             } else {
-                PeerHashError::Other(msg.to_string())
+                PeerHashError::Other(msg)
             });
         }
-        Ok(Ok(r)) => r.into_inner(),
+        Ok(Ok(r)) => r,
     };
-    let cluster = resp.header.as_ref().map(|h| h.cluster_id).unwrap_or(0);
     if cluster != server.cluster_id() {
         return Err(PeerHashError::Other(format!(
             "cluster ID mismatch (got {} want {})",
@@ -88,7 +84,12 @@ async fn peer_hash_kv(server: &EtcdServer, url: &str, rev: i64) -> Result<HashKv
             hex(server.cluster_id())
         )));
     }
-    Ok(resp)
+    Ok(HashKvResponse {
+        header: Some(ResponseHeader { cluster_id: cluster, revision: resp.header.revision, ..Default::default() }),
+        hash: resp.hash,
+        compact_revision: resp.compact_revision,
+        ..Default::default()
+    })
 }
 
 /// Every other member's HashKV at `rev`, trying each of its peer URLs in turn.

@@ -194,8 +194,12 @@ impl From<RaftError> for ServerError {
 }
 
 impl ServerError {
-    /// The error a peer's gRPC status stands for (forwarded requests), matched by etcd's message.
-    pub fn from_status(s: &Status) -> ServerError {
+    /// The error a peer's answer to a forwarded request stands for, matched by etcd's text (a
+    /// lessor that is not the leader's, etcd's "not a primary lessor", is "not leader").
+    pub fn from_peer_text(text: &str) -> ServerError {
+        if text == crate::peer_host::NOT_PRIMARY {
+            return ServerError::NotLeader;
+        }
         let known = [
             ServerError::LeaseNotFound,
             ServerError::NotLeader,
@@ -211,8 +215,8 @@ impl ServerError {
         ];
         known
             .into_iter()
-            .find(|e| e.to_string() == s.message())
-            .unwrap_or_else(|| ServerError::Internal(s.message().to_string()))
+            .find(|e| e.to_string() == text)
+            .unwrap_or_else(|| ServerError::Internal(text.to_string()))
     }
 }
 

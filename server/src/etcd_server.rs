@@ -18,10 +18,12 @@ use etcd_proto::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader, StatusResponse,
     TxnRequest, TxnResponse,
 };
-use etcd_proto::etcdrspb::peer_client::PeerClient;
-use etcd_proto::etcdrspb::{MembersRequest, PromoteRequest};
 use etcd_proto::membershippb::{Attributes, Member};
-use etcd_raft::{GrpcTransport, RaftNode, RaftNodeConfig, Wal};
+use etcd_raft::rafthttp::client::{Connection, Identity};
+use etcd_raft::rafthttp::headers::Versions;
+use etcd_raft::rafthttp::peer_api::{self, PromoteError};
+use etcd_raft::rafthttp::{HttpTransport, RaftHttpHandler, TransportConfig};
+use etcd_raft::{RaftNode, RaftNodeConfig, Wal};
 use parking_lot::Mutex;
 use prost::Message;
 use tokio::sync::watch;
@@ -36,6 +38,7 @@ use crate::errors::ServerError;
 use etcd_auth::AuthInfo;
 use crate::ids::{cluster_id, member_id, RequestIdGen};
 use crate::membership::{new_member, Membership};
+use crate::peer_host::{member_from_json, PeerHost};
 use crate::snapshot;
 
 pub(crate) mod auth;
@@ -63,10 +66,10 @@ pub struct EtcdServer {
     removed_rx: watch::Receiver<bool>,
     /// Turns true when a peer refuses our raft messages as those of a removed member.
     removed_by_peers: watch::Receiver<bool>,
-    /// The leader's peer channel, for forwarded lease and promote requests.
-    leader_channel: Mutex<Option<(u64, tonic::transport::Channel)>>,
-    /// Dials peers as the raft transport does (its local IP; TLS for https peer URLs).
-    peer_dialer: etcd_raft::PeerDialer,
+    /// Idle connections to the leader's peer URL, for forwarded lease and promote requests.
+    leader_conns: Mutex<Vec<(u64, Connection)>>,
+    /// etcd's peer protocol: raft's messages, and the peers' own requests.
+    transport: Arc<HttpTransport>,
     request_timeout: Duration,
 }
 
@@ -163,11 +166,14 @@ impl EtcdServer {
             .and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().ok())
             .filter(|ip| !ip.is_unspecified());
         let dialer = etcd_raft::PeerDialer::new(local_ip, cfg.peer_dial_tls.clone());
-        let transport = GrpcTransport::new(tokio::runtime::Handle::current(), dialer.clone());
+        let host = PeerHost::new(snap_dir.clone());
+        let identity = |id, cluster_id| Identity { id, cluster_id, peer_urls: cfg.advertise_peer_urls.clone(), versions: peer_versions(&cfg) };
+        let config = TransportConfig { identity: identity(my_id, cid), dialer };
+        let transport = HttpTransport::new(tokio::runtime::Handle::current(), config, host.clone());
         let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
         let meta = raft.wal_metadata();
         let (my_id, cid) = (meta.node_id, meta.cluster_id);
-        transport.bind(my_id, cid, raft.clone());
+        transport.set_identity(identity(my_id, cid));
         tracing::info!(
             member_id = %format!("{my_id:x}"),
             cluster_id = %format!("{cid:x}"),
@@ -175,15 +181,16 @@ impl EtcdServer {
             "raft node started"
         );
         let members = Arc::new(Membership::load(&kv.backend().database(), my_id, cid)?);
+        host.bind(raft.clone(), members.clone());
         // Peers known now: the stored membership (restart) or the initial cluster (new). Conf
         // changes applied later update the transport from the applier.
         if restarting {
             for m in members.members() {
-                transport.set_peer(m.id, m.raft_attrs.map(|r| r.peer_urls).unwrap_or_default());
+                transport.add_peer(m.id, m.raft_attrs.map(|r| r.peer_urls).unwrap_or_default());
             }
         } else {
             for (id, urls) in known_peers {
-                transport.set_peer(id, urls);
+                transport.add_peer(id, urls);
             }
         }
         let (removed_tx, removed_rx) = watch::channel(false);
@@ -246,9 +253,9 @@ impl EtcdServer {
             ids: RequestIdGen::new(my_id),
             applier: Mutex::new(Some(handle)),
             removed_rx,
-            removed_by_peers: transport.removed_by_peers(),
-            leader_channel: Mutex::new(None),
-            peer_dialer: dialer,
+            removed_by_peers: host.removed_by_peers(),
+            leader_conns: Mutex::new(Vec::new()),
+            transport,
             request_timeout: Duration::from_secs(5) + 2 * election,
             cfg,
         });
@@ -448,8 +455,14 @@ impl EtcdServer {
     /// Only the leader can judge that; other members forward the request to it.
     pub async fn member_promote(&self, id: u64) -> Result<Vec<Member>, ServerError> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let forwarded = self.forward_to_leader(deadline, |mut peer| async move {
-            peer.promote(PromoteRequest { member_id: id }).await.map(|r| r.into_inner().members)
+        let forwarded = self.forward_to_leader(deadline, |mut conn, me| async move {
+            let answer = peer_api::call::promote(&mut conn, &me, id).await.map_err(|e| match e {
+                PromoteError::IdNotFound => ServerError::MemberNotFound,
+                PromoteError::NotLearner => ServerError::MemberNotLearner,
+                PromoteError::LearnerNotReady => ServerError::LearnerNotReady,
+                PromoteError::Other(e) => ServerError::from_peer_text(&e),
+            });
+            (conn, answer.map(|members| members.into_iter().map(member_from_json).collect()))
         });
         if let Some(answer) = forwarded.await {
             return answer;
@@ -472,16 +485,17 @@ impl EtcdServer {
             .inspect(|_| crate::metrics::LEARNER_PROMOTE_SUCCESSES.inc())
     }
 
-    /// Runs `call` on the leader's peer service, for requests only the leader can answer, as
-    /// etcd forwards them: waits for an election (`NoLeader` if none comes by `deadline`), and
-    /// tries again what a dead or deposed leader fails with (transport errors, "not leader",
-    /// time-outs) once the leader changes or after a pause, until `deadline` (then `Timeout`).
-    /// The leader's own answers (a missing lease, a learner not ready...) are returned as they
-    /// are. None: this member is the leader now and answers itself.
+    /// Runs `call` on a connection to the leader's peer URL, for requests only the leader can
+    /// answer, as etcd forwards them: waits for an election (`NoLeader` if none comes by
+    /// `deadline`), and tries again what a dead or deposed leader fails with (transport errors,
+    /// "not leader", time-outs) once the leader changes or after a pause, until `deadline`
+    /// (then `Timeout`). The leader's own answers (a missing lease, a learner not ready...) are
+    /// returned as they are. None: this member is the leader now and answers itself. `call`
+    /// gives the connection back with its answer, to be used again.
     pub(crate) async fn forward_to_leader<T, F, Fut>(&self, deadline: tokio::time::Instant, mut call: F) -> Option<Result<T, ServerError>>
     where
-        F: FnMut(PeerClient<tonic::transport::Channel>) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>>,
+        F: FnMut(Connection, Identity) -> Fut,
+        Fut: Future<Output = (Connection, Result<T, ServerError>)>,
     {
         loop {
             let leader = match self.raft.wait_for_leader(deadline).await {
@@ -491,10 +505,17 @@ impl EtcdServer {
             if leader == self.member_id {
                 return None;
             }
-            let failed = match self.leader_peer(leader).await {
-                Ok(peer) => match tokio::time::timeout_at(deadline, call(peer)).await {
-                    Ok(Ok(answer)) => return Some(Ok(answer)),
-                    Ok(Err(status)) => ServerError::from_status(&status),
+            let failed = match self.leader_conn(leader).await {
+                Ok(conn) => match tokio::time::timeout_at(deadline, call(conn, self.transport.identity())).await {
+                    Ok((conn, answer)) => {
+                        if conn.is_usable() {
+                            self.leader_conns.lock().push((leader, conn));
+                        }
+                        match answer {
+                            Ok(answer) => return Some(Ok(answer)),
+                            Err(e) => e,
+                        }
+                    }
                     Err(_) => return Some(Err(ServerError::Timeout)),
                 },
                 Err(e) => e,
@@ -512,22 +533,22 @@ impl EtcdServer {
         }
     }
 
-    /// A client of `leader`'s peer service. The channel is kept while the leader stays the same.
-    async fn leader_peer(&self, leader: u64) -> Result<PeerClient<tonic::transport::Channel>, ServerError> {
-        if let Some((id, ch)) = self.leader_channel.lock().clone() {
-            if id == leader {
-                return Ok(PeerClient::new(ch));
+    /// An idle connection to `leader`'s peer URL, or a new one (connections to a former leader
+    /// are dropped).
+    async fn leader_conn(&self, leader: u64) -> Result<Connection, ServerError> {
+        {
+            let mut idle = self.leader_conns.lock();
+            idle.retain(|(id, c)| *id == leader && c.is_usable());
+            if let Some((_, c)) = idle.pop() {
+                return Ok(c);
             }
         }
         let urls = self.members.member(leader).and_then(|m| m.raft_attrs).map(|r| r.peer_urls).unwrap_or_default();
         let mut errors = Vec::new();
         for url in urls {
-            match self.peer_dialer.connect(&url, Duration::from_secs(1)).await {
-                Ok(ch) => {
-                    *self.leader_channel.lock() = Some((leader, ch.clone()));
-                    return Ok(PeerClient::new(ch));
-                }
-                Err(e) => errors.push(e),
+            match Connection::open(self.transport.dialer(), &url, Duration::from_secs(1)).await {
+                Ok(c) => return Ok(c),
+                Err(e) => errors.push(e.to_string()),
             }
         }
         Err(ServerError::Internal(format!("cannot reach the leader's peer URLs: {}", errors.join("; "))))
@@ -921,9 +942,14 @@ impl EtcdServer {
         self.request_timeout
     }
 
-    /// Dials other members' peer URLs (TLS for https peers).
-    pub(crate) fn peer_dialer(&self) -> &etcd_raft::PeerDialer {
-        &self.peer_dialer
+    /// The peer transport (its dialer and identity serve this member's own peer requests).
+    pub(crate) fn transport(&self) -> &Arc<HttpTransport> {
+        &self.transport
+    }
+
+    /// The raft part of the peer listener.
+    pub fn raft_http_handler(&self) -> RaftHttpHandler {
+        RaftHttpHandler::new(self.transport.clone())
     }
 
     /// The election timeout (how long a stream asking for a leader tolerates having none).
@@ -946,30 +972,42 @@ impl EtcdServer {
     }
 }
 
-/// Asks the members of `--initial-cluster` (other than us) for the cluster ID and members.
+/// What this member says of its versions in its peer requests (etcd's minimum cluster version
+/// is 3.0.0 in 3.4 and 3.5).
+fn peer_versions(cfg: &ServerConfig) -> Versions {
+    Versions { server: cfg.etcd_api_version.clone(), min_cluster: "3.0.0".into() }
+}
+
+/// Asks the members of `--initial-cluster` (other than us) for the cluster ID and members
+/// (etcd's `GET /members`, the ID in `X-Etcd-Cluster-ID`), with etcd's error texts.
 async fn fetch_cluster(cfg: &ServerConfig) -> Result<(u64, Vec<Member>), ServerError> {
-    let mut errors = Vec::new();
     // Dialled as the raft streams are (TLS for https peers), but from any local address: the
     // transport and its local IP do not exist yet.
     let dialer = etcd_raft::PeerDialer::new(None, cfg.peer_dial_tls.clone());
+    let me = Identity { peer_urls: cfg.advertise_peer_urls.clone(), versions: peer_versions(cfg), ..Default::default() };
     for m in cfg.initial_cluster.iter().filter(|m| m.name != cfg.name) {
         for url in &m.peer_urls {
-            match dialer.connect(url, Duration::from_secs(2)).await {
-                Ok(ch) => match PeerClient::new(ch).members(MembersRequest {}).await {
-                    Ok(r) => {
-                        let r = r.into_inner();
-                        return Ok((r.cluster_id, r.members));
-                    }
-                    Err(e) => errors.push(format!("{url}: {}", e.message())),
-                },
-                Err(e) => errors.push(e),
+            let asked = async {
+                let mut conn = Connection::open(&dialer, url, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+                peer_api::call::members(&mut conn, &me).await
+            };
+            match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                Ok(Ok((cid, members))) if !members.is_empty() => {
+                    return Ok((cid, members.into_iter().map(member_from_json).collect()));
+                }
+                Ok(Ok(_)) => {
+                    return Err(ServerError::Internal(
+                        "cannot fetch cluster info from peer urls: failed to get raft cluster member(s) from the given URLs".into(),
+                    ))
+                }
+                Ok(Err(e)) => tracing::warn!(address = %format!("{url}/members"), error = %e, "failed to get cluster response"),
+                Err(_) => tracing::warn!(address = %format!("{url}/members"), "failed to get cluster response: timed out"),
             }
         }
     }
-    Err(ServerError::Internal(format!(
-        "cannot fetch cluster info from the peer URLs of --initial-cluster: {}",
-        if errors.is_empty() { "no other member listed".to_string() } else { errors.join("; ") }
-    )))
+    Err(ServerError::Internal(
+        "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs".into(),
+    ))
 }
 
 /// "3.5.17" -> "3.5.0": the cluster version is major.minor.

@@ -20,7 +20,7 @@ pub mod ids;
 pub mod logging;
 pub mod membership;
 pub mod metrics;
-pub mod peer;
+pub mod peer_host;
 pub mod restore;
 pub mod serve;
 pub mod snapshot;

@@ -3,11 +3,16 @@
 //! raft-rs's MsgSnapshot carries only metadata. The transport hands it to the leader's applier,
 //! which rewrites its metadata to the applier's own position (applied index, its term, the
 //! configuration there) and opens a read transaction at that same point, so the rows sent are
-//! exactly the state the metadata names. A task streams the message and every backend table
-//! (`Peer.Snapshot`); the receiver writes the rows to `snap/<index>.snap.db` (checked records,
-//! fsynced, renamed into place only once complete), then steps the message into raft. When raft
-//! accepts it, the receiver's applier installs the file: one durable write transaction replaces
-//! every table, then the index, lessor, membership and watchers are rebuilt from it.
+//! exactly the state the metadata names. A task POSTs the message and every backend table to
+//! the peer's `/raft/snapshot` (etcd's rafthttp: the MsgSnap frame, then the database); the
+//! receiver writes the body to `snap/<index>.snap.db` (tmp, fsync, rename: only a complete file
+//! has that name), then steps the message into raft. When raft accepts it, the receiver's
+//! applier installs the file: one durable write transaction replaces every table, then the
+//! index, lessor, membership and watchers are rebuilt from it.
+//!
+//! The database after the frame is, for now, etcd-rs's own: checksummed records of table rows
+//! ([`ReceivedFile`]'s format), which etcd members cannot read; etcd's bbolt file takes its
+//! place once the converter (etcd_backend.rs) is in.
 //!
 //! Crash rule: raft records the snapshot (snap file, WAL marker) before the applier installs
 //! it, so a restart can find the backend behind the newest snapshot; bootstrap then installs
@@ -19,11 +24,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use etcd_mvcc::backend::{KEY_TABLE, META_TABLE};
-use etcd_proto::etcdrspb::{SnapshotChunk, SnapshotRows};
-use etcd_raft::{GrpcTransport, Snapshotter};
+use etcd_proto::etcdrspb::SnapshotRows;
+use etcd_raft::rafthttp::host::SnapshotBody;
+use etcd_raft::{HttpTransport, Snapshotter};
 use parking_lot::Mutex;
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::eraftpb::Message;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
@@ -182,13 +187,12 @@ impl ReceivedFile {
     }
 
     pub fn write(&mut self, rows: &SnapshotRows) -> Result<(), ServerError> {
-        let body = rows.encode_to_vec();
-        let len = u32::try_from(body.len()).map_err(|_| err("write", "chunk too large"))?;
-        self.out
-            .write_all(&len.to_le_bytes())
-            .and_then(|_| self.out.write_all(&crc32c::crc32c(&body).to_le_bytes()))
-            .and_then(|_| self.out.write_all(&body))
-            .map_err(|e| err("write", e))
+        self.write_bytes(&encode_record(rows)?)
+    }
+
+    /// Bytes of records as they arrive from a peer (checked when the file is installed).
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        self.out.write_all(bytes).map_err(|e| err("write", e))
     }
 
     /// Makes the file durable and visible under its final name.
@@ -210,6 +214,28 @@ impl Drop for ReceivedFile {
         // an unfinished file is useless; a finished one was renamed away
         let _ = fs::remove_file(&self.tmp);
     }
+}
+
+/// One record: `[u32 LE length][u32 LE crc32c][SnapshotRows]`.
+fn encode_record(rows: &SnapshotRows) -> Result<Vec<u8>, ServerError> {
+    let body = rows.encode_to_vec();
+    let len = u32::try_from(body.len()).map_err(|_| err("write", "chunk too large"))?;
+    let mut out = Vec::with_capacity(8 + body.len());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Saves an incoming snapshot's database (the body after its MsgSnap frame) as
+/// `<index>.snap.db`, durable before it gets that name.
+pub async fn receive(snap_dir: &Path, index: u64, mut db: SnapshotBody) -> Result<PathBuf, ServerError> {
+    let mut file = ReceivedFile::create(snap_dir, index)?;
+    while let Some(chunk) = tokio_stream::StreamExt::next(&mut db).await {
+        let chunk = chunk.map_err(|e| err("receive", e))?;
+        file.write_bytes(&chunk)?;
+    }
+    tokio::task::spawn_blocking(move || file.finish()).await.map_err(|e| err("receive", e))?
 }
 
 fn read_records(path: &Path, mut each: impl FnMut(SnapshotRows) -> Result<(), ServerError>) -> Result<(), ServerError> {
@@ -270,11 +296,11 @@ pub fn install_pending(kv: &etcd_mvcc::KvStore, snap_dir: &Path) -> Result<(), S
 
 // ---------------------------------------------------------------- sending
 
-/// Streams `msg` (metadata already at the state `read` sees) and every table to its target;
-/// reports the outcome to raft. `inflight` holds the targets with a transfer running.
+/// POSTs `msg` (metadata already at the state `read` sees) and every table to its target; the
+/// transport reports the outcome to raft. `inflight` holds the targets with a transfer running.
 pub fn spawn_send(
     runtime: &tokio::runtime::Handle,
-    transport: Arc<GrpcTransport>,
+    transport: Arc<HttpTransport>,
     msg: Message,
     read: ReadTransaction,
     inflight: Arc<Mutex<std::collections::HashSet<u64>>>,
@@ -284,56 +310,38 @@ pub fn spawn_send(
     runtime.spawn(async move {
         let started = std::time::Instant::now();
         let transfer = etcd_raft::metrics::snapshot_send(to);
-        let result = send(&transport, msg, read).await;
+        // the table scan blocks; it feeds the request body through a bounded channel, and an
+        // error on the way ends the body with an error (the receiver never keeps a partial file)
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Bytes, String>>(4);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut rows_sent = 0u64;
+            let mut emit = |rows: SnapshotRows| {
+                rows_sent += rows.keys.len() as u64;
+                let record = encode_record(&rows)?;
+                tx.blocking_send(Ok(record.into())).map_err(|_| err("send", "the request closed"))
+            };
+            let dumped = dump_all(&read, &mut emit);
+            if let Err(e) = &dumped {
+                let _ = tx.blocking_send(Err(e.to_string()));
+            }
+            dumped.map(|_| rows_sent)
+        });
+        let frames = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| r.map(hyper::body::Frame::data));
+        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
+        let sent = transport.send_snapshot(msg, body).await;
+        let rows = producer.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
         inflight.lock().remove(&to);
-        let node = transport.node();
-        match result {
-            Ok(rows) => {
+        match (sent, rows) {
+            (Ok(()), Ok(rows)) => {
                 transfer.succeeded();
                 tracing::info!(to = %format!("{to:x}"), index, rows, took = ?started.elapsed(), "sent a snapshot");
-                if let Some(n) = node {
-                    n.report_snapshot(to, true);
-                }
             }
-            Err(e) => {
-                tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a snapshot failed");
-                if let Some(n) = node {
-                    n.report_snapshot(to, false);
-                }
+            (sent, rows) => {
+                let error = sent.err().map(|e| e.to_string()).or(rows.err()).unwrap_or_default();
+                tracing::warn!(to = %format!("{to:x}"), index, error = %error, "sending a snapshot failed");
             }
         }
     });
-}
-
-async fn send(transport: &GrpcTransport, msg: Message, read: ReadTransaction) -> Result<u64, String> {
-    let to = msg.to;
-    let message = msg.write_to_bytes().map_err(|e| e.to_string())?;
-    let mut client = transport.dial(to).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(4);
-    let first = SnapshotChunk {
-        cluster_id: transport.cluster_id(),
-        from: transport.local_id(),
-        message,
-        ..Default::default()
-    };
-    tx.send(first).await.map_err(|_| "stream closed".to_string())?;
-    // the table scan blocks; it feeds the stream through the bounded channel
-    let producer = tokio::task::spawn_blocking(move || {
-        let mut rows_sent = 0u64;
-        let mut emit = |rows: SnapshotRows| {
-            rows_sent += rows.keys.len() as u64;
-            tx.blocking_send(SnapshotChunk { rows: Some(rows), ..Default::default() })
-                .map_err(|_| err("send", "the stream closed"))
-        };
-        dump_all(&read, &mut emit)?;
-        tx.blocking_send(SnapshotChunk { done: true, ..Default::default() })
-            .map_err(|_| err("send", "the stream closed"))?;
-        Ok::<u64, ServerError>(rows_sent)
-    });
-    let call = client.snapshot(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
-    let rows = producer.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    call.map_err(|s| s.message().to_string())?;
-    Ok(rows)
 }
 
 #[cfg(test)]

@@ -348,7 +348,8 @@ impl TlsSetup {
         if let Some(c) = &peer_cert {
             if peer_https {
                 tracing::info!(cert = %c.cert_file.display(), key = %c.key_file.display(), trusted_ca = %cfg.peer_tls.trusted_ca_file, client_cert_auth = cfg.peer_tls.client_cert_auth, crl_file = %cfg.peer_tls.crl_file, cipher_suites = ?cfg.peer_tls.cipher_suites, "starting with peer TLS");
-                setup.peer = Some(server_config(c, &cfg.peer_tls, &[b"h2"], "peer-trusted-ca-file")?);
+                // etcd's peer protocol is HTTP/1.1 (etcd members offer no ALPN when they dial)
+                setup.peer = Some(server_config(c, &cfg.peer_tls, &[b"http/1.1", b"h2"], "peer-trusted-ca-file")?);
             }
             setup.peer_dial = Some(peer_client_config(c, &cfg.peer_tls)?);
         }
@@ -556,7 +557,9 @@ fn peer_client_config(cert: &CertInfo, flags: &TlsFlags) -> Result<Arc<rustls::C
     };
     let client_cert = ReloadingCert::load(&cert.cert_file, &cert.key_file, Role::Client, provider)?;
     let mut config = builder.dangerous().with_custom_certificate_verifier(verifier).with_client_cert_resolver(client_cert);
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // no ALPN, as etcd's peers dial (an etcd peer listener offers only "h2"): both sides then
+    // speak HTTP/1.1, etcd's peer protocol
+    config.alpn_protocols = Vec::new();
     // a resumed session would skip the client certificate, so a rotated one would not be shown
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))

@@ -235,19 +235,24 @@ async fn followers_forward_lease_keep_alives_and_time_to_live_to_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_refuses_raft_messages_from_another_cluster() {
-    use etcd_proto::etcdrspb::peer_client::PeerClient;
-    use etcd_proto::etcdrspb::{MembersRequest, RaftBatch};
+    use etcd_raft::rafthttp::client::{Connection, Identity, RequestError};
+    use etcd_raft::rafthttp::peer_api;
 
     let dir = tempfile::tempdir().unwrap();
     let c = TestCluster::start(dir.path(), 1, FAST).await;
     c.members[0].ready_client().await;
     let peer = format!("http://127.0.0.1:{}", c.proxies[0].port);
-    let mut client = PeerClient::new(Channel::from_shared(peer).unwrap().connect().await.unwrap());
-    let ours = client.members(MembersRequest {}).await.unwrap().into_inner().cluster_id;
-    let foreign = RaftBatch { cluster_id: ours ^ 1, from: 42, messages: vec![] };
-    let err = client.raft(tokio_stream::iter(vec![foreign])).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
-    assert!(err.message().contains("cluster ID mismatch"), "{err}");
+    let dialer = etcd_raft::PeerDialer::default();
+    let mut conn = Connection::open(&dialer, &peer, Duration::from_secs(2)).await.unwrap();
+    let (ours, members) = peer_api::call::members(&mut conn, &Identity::default()).await.unwrap();
+    assert_eq!(members.len(), 1);
+    // a heartbeat from member 42 of another cluster: refused with etcd's 412 and text
+    let stranger = Identity { id: 42, cluster_id: ours ^ 1, ..Default::default() };
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    (m.from, m.to) = (42, members[0].id);
+    let err = conn.post_message(&m, &stranger).await.unwrap_err();
+    assert_eq!(err, RequestError::ClusterIdMismatch);
     // The member keeps serving its own cluster.
     let mut kv = c.members[0].ready_client().await;
     put(&mut kv, "still", "here").await.unwrap();

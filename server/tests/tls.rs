@@ -150,24 +150,14 @@ async fn peer_with_an_untrusted_certificate_or_another_cn_is_refused() {
     let peer_url = format!("https://127.0.0.1:{}", m.peer_port);
     // A dialer trusting our CA but presenting the other CA's certificate.
     for (cert, key) in [(&rogue_cert, &rogue_key), (&wrong_cn_cert, &wrong_cn_key)] {
-        let rogue = PeerDialer::new(None, Some(pki.client_config(Some((cert, key)), b"h2")));
-        let refused = match rogue.connect(&peer_url, Duration::from_secs(2)).await {
-            Err(_) => true,
-            Ok(ch) => etcd_proto::etcdrspb::peer_client::PeerClient::new(ch)
-                .members(etcd_proto::etcdrspb::MembersRequest {})
-                .await
-                .is_err(),
-        };
+        let rogue = PeerDialer::new(None, Some(pki.client_config(Some((cert, key)), b"http/1.1")));
+        let refused = common::peer_members(&rogue, &peer_url).await.is_err();
         assert!(refused, "a peer with {cert} was served");
     }
     assert!(m.log_shows("client certificate authentication failed"), "{}", m.log());
     // The right certificate is served.
-    let good = PeerDialer::new(None, Some(pki.client_config(Some((&peer_cert, &peer_key)), b"h2")));
-    let ch = good.connect(&peer_url, Duration::from_secs(2)).await.expect("dial with the peer certificate");
-    etcd_proto::etcdrspb::peer_client::PeerClient::new(ch)
-        .members(etcd_proto::etcdrspb::MembersRequest {})
-        .await
-        .expect("Members over peer TLS");
+    let good = PeerDialer::new(None, Some(pki.client_config(Some((&peer_cert, &peer_key)), b"http/1.1")));
+    common::peer_members(&good, &peer_url).await.expect("GET /members over peer TLS");
 }
 
 /// kubeadm's shape: clients on https with client-cert auth, probes on a plain-http metrics URL;
@@ -336,16 +326,10 @@ async fn peer_cert_allowed_hostname_refuses_peers_without_it() {
     let _ = m.ready_client().await;
     let peer_url = format!("https://127.0.0.1:{}", m.peer_port);
     let members = |cert: &str, key: &str| {
-        let dialer = PeerDialer::new(None, Some(pki.client_config(Some((cert, key)), b"h2")));
+        let dialer = PeerDialer::new(None, Some(pki.client_config(Some((cert, key)), b"http/1.1")));
         let url = peer_url.clone();
         async move {
-            match dialer.connect(&url, Duration::from_secs(2)).await {
-                Err(_) => false,
-                Ok(ch) => etcd_proto::etcdrspb::peer_client::PeerClient::new(ch)
-                    .members(etcd_proto::etcdrspb::MembersRequest {})
-                    .await
-                    .is_ok(),
-            }
+            common::peer_members(&dialer, &url).await.is_ok()
         }
     };
     assert!(!members(&other_cert, &other_key).await, "a peer certificate without the allowed hostname was served");

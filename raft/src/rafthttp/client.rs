@@ -132,6 +132,20 @@ impl Connection {
         self.post(super::SNAPSHOT_PATH, "application/octet-stream", body, me).await
     }
 
+    /// Any other request (the peer endpoints of [`super::peer_api`], the probes): its answer
+    /// read whole, whatever its status.
+    pub async fn call(&mut self, method: &str, path: &str, content_type: Option<&str>, body: Bytes, me: &Identity) -> Result<Answer, RequestError> {
+        let mut b = self.request(method, path, me);
+        if let Some(ct) = content_type {
+            b = b.header(http::header::CONTENT_TYPE, ct);
+        }
+        let req = b.body(full_body(body)).map_err(|e| RequestError::Io(e.to_string()))?;
+        let resp = self.send(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| RequestError::Io(format!("{}: {e}", self.url)))?.to_bytes();
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    }
+
     async fn post(&mut self, path: &str, content_type: &str, body: RequestBody, me: &Identity) -> Result<(), RequestError> {
         let req = self
             .request("POST", path, me)
@@ -145,6 +159,21 @@ impl Connection {
             StatusCode::PRECONDITION_FAILED => Err(precondition(resp).await),
             s => Err(RequestError::Status(s.as_u16())),
         }
+    }
+}
+
+/// A whole answer of [`Connection::call`].
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as Go's `http.Error` wrote it: its text without the newline.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).trim_end_matches('\n').to_string()
     }
 }
 

@@ -29,6 +29,19 @@ use super::StreamType;
 
 pub type ResponseBody = BoxBody<Bytes, Infallible>;
 
+/// A request body the handler can read: hyper's own, or a server's wrapper around it.
+pub trait PeerRequestBody: hyper::body::Body<Data = Bytes, Error = Self::ReadError> + Send + Unpin + 'static {
+    type ReadError: std::error::Error + Send + Sync + 'static;
+}
+
+impl<B> PeerRequestBody for B
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type ReadError = B::Error;
+}
+
 /// The raft part of the peer listener.
 #[derive(Clone)]
 pub struct RaftHttpHandler {
@@ -76,7 +89,7 @@ impl RaftHttpHandler {
         path == super::RAFT_PATH || path.starts_with("/raft/")
     }
 
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn handle<B: PeerRequestBody>(&self, req: Request<B>) -> Response<ResponseBody> {
         let path = req.uri().path().to_string();
         let mut resp = match path.as_str() {
             super::RAFT_PATH => self.pipeline(req).await,
@@ -97,7 +110,7 @@ impl RaftHttpHandler {
     }
 
     /// The cluster-ID and version checks every raft request passes first.
-    fn check(&self, req: &Request<Incoming>) -> Result<(), Box<Response<ResponseBody>>> {
+    fn check<B>(&self, req: &Request<B>) -> Result<(), Box<Response<ResponseBody>>> {
         let me = self.transport.identity();
         if let Err(e) = headers::check_compatibility(req.headers(), &me.versions, me.cluster_id) {
             tracing::warn!(error = %e, from = ?req.headers().get(headers::X_SERVER_FROM), "refused a peer request");
@@ -108,7 +121,7 @@ impl RaftHttpHandler {
 
     /// What the pipeline and snapshot handlers do first: POST only, the checks, then etcd's
     /// `addRemoteFromRequest` (so we can answer a member we do not know yet).
-    fn accept_post(&self, req: &Request<Incoming>) -> Result<(), Box<Response<ResponseBody>>> {
+    fn accept_post<B>(&self, req: &Request<B>) -> Result<(), Box<Response<ResponseBody>>> {
         if req.method() != Method::POST {
             return Err(Box::new(method_not_allowed("POST")));
         }
@@ -119,7 +132,7 @@ impl RaftHttpHandler {
         Ok(())
     }
 
-    async fn pipeline(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn pipeline<B: PeerRequestBody>(&self, req: Request<B>) -> Response<ResponseBody> {
         if let Err(r) = self.accept_post(&req) {
             return *r;
         }
@@ -131,10 +144,11 @@ impl RaftHttpHandler {
             Ok(m) => m,
             Err(_) => return http_error(StatusCode::BAD_REQUEST, "error unmarshalling raft message"),
         };
+        crate::metrics::peer_received(m.from).inc_by(body.len() as u64);
         process_answer(self.transport.host().process(m), "error processing raft message")
     }
 
-    async fn snapshot(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn snapshot<B: PeerRequestBody>(&self, req: Request<B>) -> Response<ResponseBody> {
         if let Err(r) = self.accept_post(&req) {
             return *r;
         }
@@ -179,7 +193,7 @@ impl RaftHttpHandler {
         }
     }
 
-    fn stream(&self, req: Request<Incoming>) -> Response<ResponseBody> {
+    fn stream<B>(&self, req: Request<B>) -> Response<ResponseBody> {
         if req.method() != Method::GET {
             return method_not_allowed("GET");
         }
@@ -191,7 +205,7 @@ impl RaftHttpHandler {
         resp
     }
 
-    fn stream_answer(&self, req: &Request<Incoming>, local: u64) -> Response<ResponseBody> {
+    fn stream_answer<B>(&self, req: &Request<B>, local: u64) -> Response<ResponseBody> {
         if let Err(r) = self.check(req) {
             return *r;
         }
@@ -250,7 +264,7 @@ trait MapFrames {
     fn map_frames(self) -> impl tokio_stream::Stream<Item = Result<Bytes, String>> + Send;
 }
 
-impl MapFrames for http_body_util::BodyStream<Incoming> {
+impl<B: PeerRequestBody> MapFrames for http_body_util::BodyStream<B> {
     fn map_frames(self) -> impl tokio_stream::Stream<Item = Result<Bytes, String>> + Send {
         tokio_stream::StreamExt::map(self, |f| match f {
             Ok(f) => Ok(f.into_data().unwrap_or_default()),

@@ -283,6 +283,92 @@ async fn lease(api: &dyn PeerApi, path: &str, body: &[u8]) -> Response<ResponseB
     answer(r)
 }
 
+/// The client side: one member asking another over a [`Connection`], reading the answers as
+/// etcd's callers do (etcd's error texts become the typed errors above).
+pub mod call {
+    use super::*;
+    use crate::rafthttp::client::{Answer, Connection, Identity, RequestError};
+    use crate::rafthttp::headers::parse_id;
+
+    fn unexpected(a: &Answer) -> String {
+        format!("unexpected status {} ({})", a.status.as_u16(), a.text())
+    }
+
+    /// `GET /members`: the cluster ID (from `X-Etcd-Cluster-ID`) and its members.
+    pub async fn members(conn: &mut Connection, me: &Identity) -> Result<(u64, Vec<MemberJson>), String> {
+        let a = conn.call("GET", MEMBERS_PATH, None, Bytes::new(), me).await.map_err(|e| e.to_string())?;
+        if a.status != StatusCode::OK {
+            return Err(unexpected(&a));
+        }
+        let cid = a.headers.get(X_ETCD_CLUSTER_ID).and_then(|v| v.to_str().ok()).and_then(parse_id);
+        let cid = cid.ok_or_else(|| "the answer has no valid X-Etcd-Cluster-ID".to_string())?;
+        let members = serde_json::from_slice(&a.body).map_err(|e| format!("cannot read the members: {e}"))?;
+        Ok((cid, members))
+    }
+
+    /// `POST /members/promote/<id>`: the members after the promotion.
+    pub async fn promote(conn: &mut Connection, me: &Identity, id: u64) -> Result<Vec<MemberJson>, PromoteError> {
+        let path = format!("{MEMBER_PROMOTE_PREFIX}{id}");
+        let a = conn.call("POST", &path, None, Bytes::new(), me).await.map_err(|e| PromoteError::Other(e.to_string()))?;
+        match a.status {
+            StatusCode::OK => serde_json::from_slice(&a.body).map_err(|e| PromoteError::Other(format!("cannot read the members: {e}"))),
+            _ => Err(match a.text().as_str() {
+                t if t == PromoteError::IdNotFound.to_string() => PromoteError::IdNotFound,
+                t if t == PromoteError::NotLearner.to_string() => PromoteError::NotLearner,
+                t if t == PromoteError::LearnerNotReady.to_string() => PromoteError::LearnerNotReady,
+                _ => PromoteError::Other(unexpected(&a)),
+            }),
+        }
+    }
+
+    fn lease_error(a: &Answer) -> LeaseError {
+        match a.status {
+            StatusCode::NOT_FOUND => LeaseError::NotFound,
+            StatusCode::REQUEST_TIMEOUT => LeaseError::Timeout,
+            _ => LeaseError::Other(a.text()),
+        }
+    }
+
+    /// `POST /leases`: the lease's new TTL.
+    pub async fn renew_lease(conn: &mut Connection, me: &Identity, id: i64) -> Result<i64, LeaseError> {
+        let body = LeaseKeepAliveRequest { id }.encode_to_vec();
+        let a = conn.call("POST", LEASES_PATH, Some("application/protobuf"), body.into(), me).await.map_err(io)?;
+        if a.status != StatusCode::OK {
+            return Err(lease_error(&a));
+        }
+        let r = LeaseKeepAliveResponse::decode(&a.body[..]).map_err(|e| LeaseError::Other(e.to_string()))?;
+        Ok(r.ttl)
+    }
+
+    /// `POST /leases/internal`: the lease's remaining and granted TTL (and keys when asked).
+    pub async fn lease_time_to_live(conn: &mut Connection, me: &Identity, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse, LeaseError> {
+        let req = etcd_proto::etcdserverpb::LeaseTimeToLiveRequest { id, keys };
+        let body = LeaseInternalRequest { lease_time_to_live_request: Some(req) }.encode_to_vec();
+        let a = conn.call("POST", LEASES_INTERNAL_PATH, Some("application/protobuf"), body.into(), me).await.map_err(io)?;
+        if a.status != StatusCode::OK {
+            return Err(lease_error(&a));
+        }
+        let r = LeaseInternalResponse::decode(&a.body[..]).map_err(|e| LeaseError::Other(e.to_string()))?;
+        r.lease_time_to_live_response.ok_or_else(|| LeaseError::Other("empty lease answer".into()))
+    }
+
+    /// `GET /members/hashkv` at `revision`; an error is the peer's text (e.g. compacted).
+    pub async fn hash_kv(conn: &mut Connection, me: &Identity, revision: i64) -> Result<(u64, HashKvResponseJson), String> {
+        let body = serde_json::to_vec(&HashKvRequestJson { revision }).unwrap_or_default();
+        let a = conn.call("GET", HASHKV_PATH, Some("application/json"), body.into(), me).await.map_err(|e| e.to_string())?;
+        if a.status != StatusCode::OK {
+            return Err(a.text());
+        }
+        let cid = a.headers.get(X_ETCD_CLUSTER_ID).and_then(|v| v.to_str().ok()).and_then(parse_id).unwrap_or(0);
+        let r = serde_json::from_slice(&a.body).map_err(|e| format!("cannot read the hash: {e}"))?;
+        Ok((cid, r))
+    }
+
+    fn io(e: RequestError) -> LeaseError {
+        LeaseError::Other(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

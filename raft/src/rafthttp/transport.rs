@@ -29,6 +29,7 @@ use super::codec::{self, MessageDecoder, MsgAppV2Decoder, MsgAppV2Encoder, Strea
 use super::headers::format_id;
 use super::host::RaftHost;
 use super::{StreamType, CONN_READ_TIMEOUT};
+use crate::metrics::PeerMetrics;
 use crate::peer_dial::PeerDialer;
 use crate::transport::Transport;
 
@@ -67,6 +68,8 @@ struct Peer {
     /// True while a stream reader of that slot reads an accepted stream from the peer.
     /// (An Arc each: the reader holds its flag, not the peer, while it reads.)
     reading: [Arc<std::sync::atomic::AtomicBool>; 2],
+    /// Bytes sent, send failures, the active-peer gauge and the round-trip times.
+    metrics: Arc<PeerMetrics>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -126,6 +129,23 @@ impl HttpTransport {
     /// The cluster ID once known (a joining member learns it from the cluster).
     pub fn set_cluster_id(&self, cluster_id: u64) {
         self.me.write().cluster_id = cluster_id;
+    }
+
+    /// Who this member is, once known (a restarting member learns it from its WAL); before
+    /// any peer is added.
+    pub fn set_identity(&self, identity: Identity) {
+        *self.me.write() = identity;
+    }
+
+    /// Dials peers as the streams do (for the server's own peer requests).
+    pub fn dialer(&self) -> &PeerDialer {
+        &self.dialer
+    }
+
+    /// The URLs of peer (or remote) `id`.
+    pub fn peer_urls(&self, id: u64) -> Option<Vec<String>> {
+        let peers = self.peers.read();
+        peers.get(&id).or(self.remotes.read().get(&id)).map(|p| p.urls.clone())
     }
 
     pub fn host(&self) -> &Arc<dyn RaftHost> {
@@ -188,7 +208,17 @@ impl HttpTransport {
     fn start_peer(self: &Arc<Self>, id: u64, urls: Vec<String>, streams: bool) -> Arc<Peer> {
         let (tx, rx) = mpsc::channel(PIPELINE_QUEUE);
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let mut peer = Peer { id, urls, writers: Mutex::default(), pipeline: tx, url_pick: AtomicUsize::new(0), reading: Default::default(), tasks: Vec::new() };
+        let metrics = Arc::new(PeerMetrics::new(self.me.read().id, id));
+        let mut peer = Peer {
+            id,
+            urls,
+            writers: Mutex::default(),
+            pipeline: tx,
+            url_pick: AtomicUsize::new(0),
+            reading: Default::default(),
+            metrics: metrics.clone(),
+            tasks: Vec::new(),
+        };
         // the tasks get a handle to the peer through a cell filled below (they need its URLs)
         let cell: Arc<std::sync::OnceLock<std::sync::Weak<Peer>>> = Arc::default();
         for _ in 0..PIPELINE_WORKERS {
@@ -200,6 +230,8 @@ impl HttpTransport {
                 let (t, cell) = (Arc::downgrade(self), cell.clone());
                 peer.tasks.push(self.runtime.spawn(async move { stream_reader(t, cell, typ).await }));
             }
+            let (t, cell) = (Arc::downgrade(self), cell.clone());
+            peer.tasks.push(self.runtime.spawn(crate::peer_probe::run(move || probe_once(t.clone(), cell.clone()), metrics)));
         }
         let peer = Arc::new(peer);
         let _ = cell.set(Arc::downgrade(&peer));
@@ -296,6 +328,7 @@ fn queue(peer: &Peer, m: Message) -> bool {
 
 /// Encodes queued messages (and a link heartbeat when idle) into chunks of a stream response.
 async fn stream_writer(peer: Arc<Peer>, typ: StreamType, generation: u64, mut rx: mpsc::Receiver<Message>, chunks: mpsc::Sender<Bytes>) {
+    let active = peer.metrics.activate();
     let mut msgapp = MsgAppV2Encoder::default();
     let mut tick = tokio::time::interval(CONN_READ_TIMEOUT / 3);
     tick.tick().await;
@@ -317,15 +350,33 @@ async fn stream_writer(peer: Arc<Peer>, typ: StreamType, generation: u64, mut rx
                 next = rx.try_recv().ok();
             }
         }
+        let len = buf.len();
         if chunks.send(Bytes::from(buf)).await.is_err() {
+            peer.metrics.failed();
             break;
         }
+        peer.metrics.sent(len);
     }
     let mut writers = peer.writers.lock();
     let slot = &mut writers[writer_slot(typ)];
     if slot.as_ref().is_some_and(|w| w.generation == generation) {
         *slot = None;
         tracing::info!(peer = %format_id(peer.id), stream = typ.name(), "peer stream writer closed");
+    }
+    drop(writers);
+    drop(active);
+}
+
+/// One `GET /raft/probing` on a connection of its own; true when it was answered.
+async fn probe_once(t: std::sync::Weak<HttpTransport>, cell: Arc<std::sync::OnceLock<std::sync::Weak<Peer>>>) -> bool {
+    let (Some(tr), Some(peer)) = (t.upgrade(), cell.get().and_then(|p| p.upgrade())) else { return false };
+    let me = tr.identity();
+    let url = peer.url().to_string();
+    let dialer = tr.dialer.clone();
+    drop((tr, peer));
+    match Connection::open(&dialer, &url, DIAL_TIMEOUT).await {
+        Ok(mut c) => c.call("GET", super::PROBING_PATH, None, Bytes::new(), &me).await.is_ok_and(|a| a.status.is_success()),
+        Err(_) => false,
     }
 }
 
@@ -359,18 +410,19 @@ async fn stream_reader(t: std::sync::Weak<HttpTransport>, cell: Arc<std::sync::O
             StreamType::Message => StreamDecoder::Message(MessageDecoder::default()),
         };
         let host = tr.host.clone();
+        let received = crate::metrics::peer_received(peer.id);
         let reading = peer.reading[writer_slot(typ)].clone();
         // a removed peer must be droppable (aborting this task) while its stream is read
         drop((tr, peer));
         reading.store(true, Ordering::Relaxed);
-        let end = read_stream(body, decoder, &*host).await;
+        let end = read_stream(body, decoder, &*host, &received).await;
         reading.store(false, Ordering::Relaxed);
         tracing::info!(stream = typ.name(), reason = %end, "stream from peer ended");
     }
 }
 
 /// Reads a stream body to its end (or until it is silent for [`CONN_READ_TIMEOUT`]).
-async fn read_stream(mut body: hyper::body::Incoming, mut dec: StreamDecoder, host: &dyn RaftHost) -> String {
+async fn read_stream(mut body: hyper::body::Incoming, mut dec: StreamDecoder, host: &dyn RaftHost, received: &prometheus::IntCounter) -> String {
     let mut buf = Vec::new();
     loop {
         let frame = match tokio::time::timeout(CONN_READ_TIMEOUT, body.frame()).await {
@@ -380,6 +432,7 @@ async fn read_stream(mut body: hyper::body::Incoming, mut dec: StreamDecoder, ho
             Ok(Some(Ok(f))) => f,
         };
         let Ok(data) = frame.into_data() else { continue };
+        received.inc_by(data.len() as u64);
         buf.extend_from_slice(&data);
         let msgs = match dec.drain(&mut buf) {
             Ok(m) => m,
@@ -414,6 +467,10 @@ async fn pipeline_worker(
             Some(c) => c.post_message(&m, &me).await,
             None => Err(RequestError::Io("cannot connect".into())),
         };
+        match &result {
+            Ok(()) => peer.metrics.sent(protobuf::Message::compute_size(&m) as usize),
+            Err(_) => peer.metrics.failed(),
+        }
         if let Err(e) = result {
             tracing::debug!(peer = %format_id(peer.id), error = %e, "pipeline POST failed");
             conn = None;

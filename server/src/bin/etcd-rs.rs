@@ -6,8 +6,7 @@ use std::io::Write;
 use clap::Parser;
 use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_server::serve::{GatewayStreamLimit, Listener};
-use etcd_proto::etcdrspb::peer_server::PeerServer;
-use etcd_server::peer::PeerService;
+use etcd_server::peer_host::PeerRoutes;
 use etcd_server::tls::{self, TlsSetup};
 use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, serve, EtcdServer};
 use tokio::sync::watch;
@@ -144,9 +143,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
         client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None)?);
     }
     for (l, https) in peer_listeners {
-        let peer = PeerServer::new(PeerService { server: server.clone() }).max_decoding_message_size(64 << 20);
-        let routes = tonic::service::Routes::new(peer);
-        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), routes, &peer_stop, "peer", None)?);
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
@@ -240,10 +237,12 @@ impl Stopping {
 }
 
 /// Serves an http or unix listener in plain text, an https one (`tls` is Some) over TLS; an
-/// https listener without a TLS configuration is an error, never served in plain text. Client
-/// and metrics listeners also answer HTTP/1.1 (`/health`, `/metrics`, ...); peers speak gRPC
-/// only. `max_streams`: HTTP/2 streams per connection (`--max-concurrent-streams`).
-fn serve_url<S>(
+/// https listener without a TLS configuration is an error, never served in plain text. Every
+/// listener answers HTTP/1.1 and HTTP/2: client and metrics listeners gRPC and `/health`,
+/// `/metrics`...; peer listeners etcd's peer protocol (HTTP/1.1), their TLS handshakes with the
+/// peer certificate checks. `max_streams`: HTTP/2 streams per connection
+/// (`--max-concurrent-streams`).
+fn serve_url<S, B>(
     listener: Listener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
     service: S,
@@ -254,26 +253,28 @@ fn serve_url<S>(
 where
     S: tower::Service<
             axum::http::Request<serve::RequestBody>,
-            Response = axum::http::Response<tonic::body::Body>,
+            Response = axum::http::Response<B>,
             Error = std::convert::Infallible,
         > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let http1 = what != "peer";
     match (listener, tls) {
         (Listener::Tcp(listener), None) => {
             // TCP_NODELAY on accepted sockets, as Go sets by default (without it Nagle and delayed
             // ACKs held answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
         }
         (Listener::Tcp(listener), Some(Some(config))) => {
             let incoming = tls::incoming(listener, config, what == "peer");
-            Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
         }
-        (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, http1, max_streams, stop.clone()))),
+        (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone()))),
         (Listener::Unix(incoming), Some(_)) => {
             Err(format!("{}: TLS over a unix socket is not supported by etcd-rs yet", incoming.path().display()))
         }

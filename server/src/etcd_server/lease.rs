@@ -19,7 +19,7 @@ use etcd_proto::etcdserverpb::{
     LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, RangeRequest,
 };
-use etcd_proto::etcdrspb::LeaseRenewRequest;
+use etcd_raft::rafthttp::peer_api::{self, LeaseError as PeerLeaseError};
 use tokio::sync::Semaphore;
 
 use super::{unexpected, EtcdServer};
@@ -104,8 +104,9 @@ impl EtcdServer {
         }
         loop {
             if !self.is_leader() {
-                let forwarded = self.forward_to_leader(deadline, |mut peer| async move {
-                    peer.lease_renew(LeaseRenewRequest { id }).await.map(|r| r.into_inner().ttl)
+                let forwarded = self.forward_to_leader(deadline, |mut conn, me| async move {
+                    let answer = peer_api::call::renew_lease(&mut conn, &me, id).await;
+                    (conn, answer.map_err(forwarded_lease_error))
                 });
                 match forwarded.await {
                     Some(answer) => return answer,
@@ -139,8 +140,10 @@ impl EtcdServer {
     pub async fn lease_time_to_live(&self, req: LeaseTimeToLiveRequest) -> Result<LeaseTimeToLiveResponse, ServerError> {
         if !self.is_leader() {
             let deadline = tokio::time::Instant::now() + self.request_timeout;
-            let forwarded = self.forward_to_leader(deadline, |mut peer| {
-                async move { peer.lease_time_to_live(req).await.map(|r| r.into_inner()) }
+            let (id, keys) = (req.id, req.keys);
+            let forwarded = self.forward_to_leader(deadline, |mut conn, me| async move {
+                let answer = peer_api::call::lease_time_to_live(&mut conn, &me, id, keys).await;
+                (conn, answer.map_err(forwarded_lease_error))
             });
             if let Some(answer) = forwarded.await {
                 return answer;
@@ -230,5 +233,14 @@ pub(super) async fn run_expiry_loop(server: Weak<EtcdServer>) {
                 break;
             }
         }
+    }
+}
+
+/// What the leader's answer to a forwarded lease request means here (etcd's leasehttp codes).
+fn forwarded_lease_error(e: PeerLeaseError) -> ServerError {
+    match e {
+        PeerLeaseError::NotFound => ServerError::LeaseNotFound,
+        PeerLeaseError::Timeout => ServerError::Timeout,
+        PeerLeaseError::Other(text) => ServerError::from_peer_text(&text),
     }
 }

@@ -255,3 +255,14 @@ pub async fn dump(c: &mut KvClient<Channel>) -> Vec<(String, String, i64)> {
         .map(|kv| (String::from_utf8_lossy(&kv.key).into_owned(), String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision))
         .collect()
 }
+
+/// A member's peer listener answering etcd's `GET /members` (its members), dialled with
+/// `dialer` (TLS for https); Err when the connection or the request fails.
+pub async fn peer_members(dialer: &etcd_raft::PeerDialer, url: &str) -> Result<Vec<etcd_raft::rafthttp::peer_api::MemberJson>, String> {
+    use etcd_raft::rafthttp::client::{Connection, Identity};
+    let mut conn = Connection::open(dialer, url, Duration::from_secs(2)).await.map_err(|e| e.to_string())?;
+    let me = Identity::default();
+    let asked = etcd_raft::rafthttp::peer_api::call::members(&mut conn, &me);
+    let (_cluster, members) = tokio::time::timeout(Duration::from_secs(5), asked).await.map_err(|_| "timed out".to_string())??;
+    Ok(members)
+}

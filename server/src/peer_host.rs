@@ -1,0 +1,245 @@
+//! The server's side of etcd's peer protocol (rafthttp), served on `--listen-peer-urls`:
+//!
+//! - [`PeerHost`]: what the transport and the raft handler need of the server (deliver a
+//!   message to raft, who was removed, where an incoming snapshot's database goes);
+//! - `impl PeerApi for EtcdServer`: the other peer endpoints (`/members`, `/version`,
+//!   `/members/promote/<id>`, `/leases`, `/leases/internal`, `/members/hashkv`,
+//!   `/downgrade/enabled`);
+//! - [`PeerRoutes`]: the peer listener's service, routing each path to one of them (anything
+//!   else: 404 as etcd's mux).
+//!
+//! Invariant: messages from a member removed from the cluster never reach raft (403 / 410 as
+//! etcd), and only the leader answers forwarded requests (forwarding again could loop between
+//! members that disagree on who leads).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use etcd_proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
+use etcd_proto::membershippb::{Attributes, Member, RaftAttributes};
+use etcd_raft::rafthttp::handler::{http_error, ResponseBody};
+use etcd_raft::rafthttp::host::{BoxFuture, SnapshotBody};
+use etcd_raft::rafthttp::peer_api::{self, LeaseError, MemberJson, PeerApi, PromoteError};
+use etcd_raft::rafthttp::{ProcessError, RaftHost, RaftHttpHandler};
+use etcd_raft::RaftNode;
+use axum::http::{Request, Response, StatusCode};
+use raft::eraftpb::{Message, MessageType};
+use tokio::sync::watch;
+
+use crate::errors::ServerError;
+use crate::etcd_server::EtcdServer;
+use crate::membership::Membership;
+use crate::serve::RequestBody;
+
+/// The server as the peer transport sees it. Made before raft starts (the transport needs
+/// it), filled in once the node and the membership exist; until then messages are refused.
+pub struct PeerHost {
+    raft: OnceLock<RaftNode>,
+    members: OnceLock<Arc<Membership>>,
+    snap_dir: PathBuf,
+    /// Turns true when a peer refuses us as a removed member.
+    removed: watch::Sender<bool>,
+}
+
+impl PeerHost {
+    pub fn new(snap_dir: PathBuf) -> Arc<PeerHost> {
+        Arc::new(PeerHost { raft: OnceLock::new(), members: OnceLock::new(), snap_dir, removed: watch::channel(false).0 })
+    }
+
+    pub fn bind(&self, raft: RaftNode, members: Arc<Membership>) {
+        let _ = self.raft.set(raft);
+        let _ = self.members.set(members);
+    }
+
+    /// Turns true once a peer said this member was removed from the cluster.
+    pub fn removed_by_peers(&self) -> watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
+    fn raft(&self) -> Result<&RaftNode, ProcessError> {
+        self.raft.get().ok_or_else(|| ProcessError::Other("etcd-rs: raft is not started yet".into()))
+    }
+
+    fn check_sender(&self, from: u64) -> Result<(), ProcessError> {
+        if self.is_removed(from) {
+            return Err(ProcessError::RemovedMember);
+        }
+        Ok(())
+    }
+}
+
+impl RaftHost for PeerHost {
+    fn process(&self, m: Message) -> Result<(), ProcessError> {
+        self.check_sender(m.from)?;
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            // a snapshot is useful only with its database, which comes by /raft/snapshot
+            tracing::warn!(from = %format!("{:x}", m.from), "ignoring a raft snapshot sent without its database");
+            return Ok(());
+        }
+        self.raft()?.step(m);
+        Ok(())
+    }
+
+    fn is_removed(&self, id: u64) -> bool {
+        self.members.get().is_some_and(|m| m.is_removed(id))
+    }
+
+    fn receive_snapshot(&self, m: Message, db: SnapshotBody) -> BoxFuture<'_, Result<(), ProcessError>> {
+        Box::pin(async move {
+            self.check_sender(m.from)?;
+            let raft = self.raft()?.clone();
+            let transfer = etcd_raft::metrics::snapshot_receive(m.from);
+            let index = m.get_snapshot().get_metadata().index;
+            let path = crate::snapshot::receive(&self.snap_dir, index, db).await.map_err(|e| ProcessError::Other(e.to_string()))?;
+            tracing::info!(from = %format!("{:x}", m.from), index, path = %path.display(), "received a database snapshot; handing it to raft");
+            raft.step(m);
+            transfer.succeeded();
+            Ok(())
+        })
+    }
+
+    fn report_unreachable(&self, id: u64) {
+        if let Some(r) = self.raft.get() {
+            r.report_unreachable(id);
+        }
+    }
+
+    fn report_snapshot(&self, id: u64, ok: bool) {
+        if let Some(r) = self.raft.get() {
+            r.report_snapshot(id, ok);
+        }
+    }
+
+    fn removed_from_cluster(&self) {
+        tracing::warn!("a peer says this member was removed from the cluster");
+        self.removed.send_replace(true);
+    }
+}
+
+/// A member as etcd's `/members` lists it.
+pub fn member_json(m: &Member) -> MemberJson {
+    let raft = m.raft_attrs.clone().unwrap_or_default();
+    let attrs = m.member_attrs.clone().unwrap_or_default();
+    MemberJson { id: m.id, peer_urls: raft.peer_urls, is_learner: raft.is_learner, name: attrs.name, client_urls: attrs.client_urls }
+}
+
+/// A member from etcd's `/members` JSON.
+pub fn member_from_json(m: MemberJson) -> Member {
+    Member {
+        id: m.id,
+        raft_attrs: Some(RaftAttributes { peer_urls: m.peer_urls, is_learner: m.is_learner }),
+        member_attrs: Some(Attributes { name: m.name, client_urls: m.client_urls }),
+    }
+}
+
+fn lease_error(e: ServerError) -> LeaseError {
+    match e {
+        ServerError::LeaseNotFound => LeaseError::NotFound,
+        ServerError::Timeout | ServerError::TimeoutWaitAppliedIndex => LeaseError::Timeout,
+        other => LeaseError::Other(other.to_string()),
+    }
+}
+
+/// etcd's lessor text for a renewal that reached a member which is not the leader.
+pub const NOT_PRIMARY: &str = "not a primary lessor";
+
+impl PeerApi for EtcdServer {
+    fn cluster_id(&self) -> u64 {
+        EtcdServer::cluster_id(self)
+    }
+
+    fn members(&self) -> Vec<MemberJson> {
+        EtcdServer::members(self).members().iter().map(member_json).collect()
+    }
+
+    fn promote_member(&self, id: u64) -> BoxFuture<'_, Result<Vec<MemberJson>, PromoteError>> {
+        Box::pin(async move {
+            if !self.is_leader() {
+                return Err(PromoteError::Other(ServerError::NotLeader.to_string()));
+            }
+            match self.member_promote(id).await {
+                Ok(members) => Ok(members.iter().map(member_json).collect()),
+                Err(ServerError::MemberNotFound) => Err(PromoteError::IdNotFound),
+                Err(ServerError::MemberNotLearner) => Err(PromoteError::NotLearner),
+                Err(ServerError::LearnerNotReady) => Err(PromoteError::LearnerNotReady),
+                Err(e) => Err(PromoteError::Other(e.to_string())),
+            }
+        })
+    }
+
+    fn versions(&self) -> (String, Option<String>) {
+        (self.config().etcd_api_version.clone(), EtcdServer::members(self).cluster_version())
+    }
+
+    fn renew_lease(&self, id: i64) -> BoxFuture<'_, Result<i64, LeaseError>> {
+        Box::pin(async move {
+            if !self.is_leader() {
+                return Err(LeaseError::Other(NOT_PRIMARY.into()));
+            }
+            self.lease_renew(id).await.map_err(lease_error)
+        })
+    }
+
+    fn lease_time_to_live(&self, id: i64, keys: bool) -> BoxFuture<'_, Result<LeaseTimeToLiveResponse, LeaseError>> {
+        Box::pin(async move {
+            if !self.is_leader() {
+                return Err(LeaseError::Other(NOT_PRIMARY.into()));
+            }
+            EtcdServer::lease_time_to_live(self, LeaseTimeToLiveRequest { id, keys }).await.map_err(lease_error)
+        })
+    }
+
+    fn hash_kv(&self, revision: i64) -> BoxFuture<'_, Result<(u32, i64, i64), String>> {
+        Box::pin(async move {
+            // a scan of the whole key table: let the runtime move other tasks off this worker
+            let r = tokio::task::block_in_place(|| EtcdServer::hash_kv(self, revision));
+            r.map(|(hash, compact, _hash_rev, current)| (hash, current, compact)).map_err(|e| e.to_string())
+        })
+    }
+
+    fn downgrade_enabled(&self) -> BoxFuture<'_, Result<bool, String>> {
+        // etcd-rs has no downgrades: never enabled, read linearizably as etcd reads it
+        Box::pin(async move { self.linearizable_barrier().await.map(|_| false).map_err(|e| e.to_string()) })
+    }
+}
+
+/// The peer listener's service: raft's paths to the rafthttp handler, the peer endpoints to
+/// the server, anything else 404.
+#[derive(Clone)]
+pub struct PeerRoutes {
+    raft: RaftHttpHandler,
+    server: Arc<EtcdServer>,
+}
+
+impl PeerRoutes {
+    pub fn new(server: Arc<EtcdServer>) -> PeerRoutes {
+        PeerRoutes { raft: server.raft_http_handler(), server }
+    }
+
+    async fn answer(self, req: Request<RequestBody>) -> Response<ResponseBody> {
+        let path = req.uri().path();
+        if RaftHttpHandler::handles(path) {
+            self.raft.handle(req).await
+        } else if peer_api::handles(path) {
+            peer_api::handle(&*self.server, req).await
+        } else {
+            http_error(StatusCode::NOT_FOUND, "404 page not found")
+        }
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for PeerRoutes {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.answer(req).await) })
+    }
+}
