@@ -8,8 +8,8 @@
 //! `ETCD_RS_BIN=/opt/etcd-3.5/bin/etcd cargo test --release -p etcdctl-compat-tests --test migration`
 //! runs every sequence on etcd alone, which must pass. `MIGTEST_KEEP=1` keeps data dirs and logs.
 //!
-//! Until etcd-rs speaks etcd's peer protocol every case fails at the first etcd-rs member
-//! (`unknown service etcdrspb.Peer`), so they are `#[ignore]`d; run them with `--ignored`.
+//! The fault cases are `#[ignore]`d (each says what it still needs) until etcd-rs sends and
+//! installs raft snapshots in etcd's format; run them with `--ignored`.
 
 use etcdctl_compat_tests::migration::checks::Checker;
 use etcdctl_compat_tests::migration::fleet::{Fleet, Kind, Tuning};
@@ -60,7 +60,6 @@ async fn migrate_and_back(from: Kind) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol in etcd-rs (issue 14, branch peerwire); passed with peerwire's work-in-progress build of 14:11"]
 fn etcd35_cluster_migrates_to_etcd_rs_and_back_member_by_member_under_load() {
     if installed(
         "etcd 3.5.1 -> etcd-rs -> etcd 3.5.1",
@@ -71,7 +70,6 @@ fn etcd35_cluster_migrates_to_etcd_rs_and_back_member_by_member_under_load() {
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol in etcd-rs (issue 14, branch peerwire); passed with peerwire's work-in-progress build of 14:11"]
 fn etcd34_cluster_migrates_to_etcd_rs_member_by_member_under_load() {
     if installed("etcd 3.4.23 -> etcd-rs", &[Kind::Etcd34, Kind::EtcdRs]) {
         run(migrate_and_back(Kind::Etcd34));
@@ -102,7 +100,7 @@ async fn faults(kinds: &[Kind], leader: Kind, follower: Kind) -> Result<(), Stri
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol (peerwire), raft snapshots in etcd's format (snapformat: the install fails between etcd and etcd-rs) and the cluster version of 3.4 members (version: etcd-rs, when it leads the bootstrap, sets 3.5 and etcd 3.4.23 exits)"]
+#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table) and the cluster version of 3.4 members (etcd-rs leading the bootstrap sets 3.5, etcd 3.4.23 exits)"]
 fn two_etcd34_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_an_etcd_snapshot() {
     let (e, rs) = (Kind::Etcd34, Kind::EtcdRs);
     if installed("2 etcd 3.4.23 + 1 etcd-rs faults", &[e, rs]) {
@@ -111,7 +109,7 @@ fn two_etcd34_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol (peerwire), raft snapshots in etcd's format (snapformat: the install fails between etcd and etcd-rs) and the cluster version of 3.4 members (version: etcd-rs, when it leads the bootstrap, sets 3.5 and etcd 3.4.23 exits)"]
+#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table) and the cluster version of 3.4 members (etcd-rs leading the bootstrap sets 3.5, etcd 3.4.23 exits)"]
 fn one_etcd34_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_etcd_rs_snapshot() {
     let (e, rs) = (Kind::Etcd34, Kind::EtcdRs);
     if installed("1 etcd 3.4.23 + 2 etcd-rs faults", &[e, rs]) {
@@ -120,7 +118,7 @@ fn one_etcd34_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol (peerwire) and raft snapshots in etcd's format (snapformat): the snapshot install fails between etcd and etcd-rs"]
+#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table)"]
 fn two_etcd35_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_an_etcd_snapshot() {
     let (e, rs) = (Kind::Etcd35, Kind::EtcdRs);
     if installed("2 etcd 3.5.1 + 1 etcd-rs faults", &[e, rs]) {
@@ -129,7 +127,7 @@ fn two_etcd35_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_
 }
 
 #[test]
-#[ignore = "needs etcd's peer protocol (peerwire) and raft snapshots in etcd's format (snapformat): the snapshot install fails between etcd and etcd-rs"]
+#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table)"]
 fn one_etcd35_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_etcd_rs_snapshot() {
     let (e, rs) = (Kind::Etcd35, Kind::EtcdRs);
     if installed("1 etcd 3.5.1 + 2 etcd-rs faults", &[e, rs]) {
