@@ -24,6 +24,7 @@
 pub mod diff;
 pub mod listing;
 pub mod member;
+pub mod migration;
 pub mod normalize;
 pub mod scenario;
 pub mod tls;

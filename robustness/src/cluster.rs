@@ -8,6 +8,7 @@
 
 use crate::client::channel;
 use crate::network::PeerNetwork;
+use crate::process::{exit_reason, signal, spawn_member, stop_child, MemberFlags};
 use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
@@ -15,7 +16,7 @@ use etcd_proto::etcdserverpb::{
 };
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -100,13 +101,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map_or(0, |a| a.port())
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a child this process started and has not reaped.
-    unsafe {
-        libc::kill(pid as libc::pid_t, sig);
-    }
 }
 
 impl Cluster {
@@ -228,38 +222,21 @@ impl Cluster {
 
     fn spawn(&mut self, i: usize, initial_cluster: &str, state: &str) -> Result<(), String> {
         let data_dir = self.data_dir(i);
-        let log_path = self.log_path(i);
         let m = &self.members[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let err_log = log.try_clone().map_err(|e| e.to_string())?;
-        let client_url = m.client_url();
-        let peer_listen = format!("http://{}", m.peer_listen_addr());
-        let child = Command::new(&self.config.binary)
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--listen-client-urls", &client_url])
-            .args(["--advertise-client-urls", &client_url])
-            .args(["--listen-peer-urls", &peer_listen])
-            .args(["--initial-advertise-peer-urls", &m.advertised_peer_url()])
-            .args(["--initial-cluster", initial_cluster])
-            .args(["--initial-cluster-state", state])
-            .args(["--initial-cluster-token", &self.token])
-            .args(["--snapshot-count", &self.config.snapshot_count.to_string()])
-            .args([
-                "--heartbeat-interval",
-                &self.config.heartbeat_ms.to_string(),
-            ])
-            .args(["--election-timeout", &self.config.election_ms.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err_log)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.config.binary.display()))?;
+        let flags = MemberFlags {
+            name: &m.name,
+            data_dir: &data_dir,
+            client_url: &m.client_url(),
+            listen_peer_url: &format!("http://{}", m.peer_listen_addr()),
+            advertised_peer_url: &m.advertised_peer_url(),
+            initial_cluster,
+            initial_state: state,
+            token: &self.token,
+            snapshot_count: self.config.snapshot_count,
+            heartbeat_ms: self.config.heartbeat_ms,
+            election_ms: self.config.election_ms,
+        };
+        let child = spawn_member(&self.config.binary, &flags, &self.log_path(i))?;
         if let Some(network) = &self.network {
             network.set_pid(i, child.id());
         }
@@ -295,12 +272,7 @@ impl Cluster {
 
     /// Why member `i`'s process is gone, if it is.
     fn exited(&mut self, i: usize) -> Option<String> {
-        let child = self.members[i].child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => Some(status.to_string()),
-            Ok(None) => None,
-            Err(e) => Some(e.to_string()),
-        }
+        exit_reason(self.members[i].child.as_mut()?)
     }
 
     /// Members whose process exited although the driver wanted them up: "member crashed".
@@ -325,26 +297,16 @@ impl Cluster {
     /// Sends `sig` (SIGKILL or SIGTERM) to member `i` and waits until it exited.
     pub async fn stop(&mut self, i: usize, sig: libc::c_int) -> Result<(), String> {
         self.members[i].wanted = Wanted::Down;
-        let Some(mut child) = self.members[i].child.take() else {
+        let Some(child) = self.members[i].child.take() else {
             return Ok(());
         };
-        // A paused member cannot handle SIGTERM until it runs again.
-        signal(child.id(), libc::SIGCONT);
-        signal(child.id(), sig);
-        let deadline = Instant::now() + TERM_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return Ok(()),
-                Ok(None) if Instant::now() > deadline => {
-                    signal(child.id(), libc::SIGKILL);
-                    let _ = child.wait();
-                    return Err(format!(
-                        "{} did not exit within {TERM_TIMEOUT:?} of signal {sig}",
-                        self.members[i].name
-                    ));
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+        if stop_child(child, sig, TERM_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} did not exit within {TERM_TIMEOUT:?} of signal {sig}",
+                self.members[i].name
+            ))
         }
     }
 

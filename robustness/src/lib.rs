@@ -64,6 +64,7 @@ pub mod lost_writes;
 pub mod model;
 pub mod network;
 pub mod patch;
+pub mod process;
 mod proxy;
 pub mod quick_checks;
 pub mod recorder;
