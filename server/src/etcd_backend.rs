@@ -1,5 +1,7 @@
 //! etcd's backend file (`member/snap/db`, bbolt) <-> etcd-rs's backend (redb), whole, both
-//! directions: the backend half of taking over an etcd data dir and of going back to etcd.
+//! directions: the backend half of taking over an etcd data dir and of going back to etcd, and
+//! the db of a raft snapshot exchanged with etcd members (written from a read transaction of the
+//! live store, installed into the live store).
 //!
 //! A snapshot restore (backup.rs) keeps only what a new cluster inherits; a member taking over
 //! an etcd member's data dir keeps everything, so on top of backup.rs's mapping this carries:
@@ -17,6 +19,8 @@
 //! Invariant (crash safety): the destination appears whole or not at all. Each conversion writes
 //! a temp file beside the destination, fsyncs it, renames it over the destination name and
 //! fsyncs the directory; the source is only read. A destination that exists is refused.
+//! An install into the live store is one durable redb write transaction (every table dropped,
+//! then loaded as an import loads a new file): the old state or the new, never a mix.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -505,6 +509,28 @@ mod tests {
         let reopened = KvStore::open(&tmp.path().join("target.redb")).unwrap();
         assert_eq!(reopened.consistent_index(), (40, 6));
         assert_eq!(tables_hash(&reopened.read_all().unwrap(), tmp.path(), "reopened.db"), want);
+    }
+
+    #[test]
+    fn a_file_etcd_wrote_installs_as_it_imports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bytes = fs::read(fixture()).unwrap();
+        bytes.truncate(bytes.len() - 32); // the sha256 etcd appends to a snapshot
+        let bolt = tmp.path().join("etcd.db");
+        fs::write(&bolt, &bytes).unwrap();
+        let imported = tmp.path().join("imported.redb");
+        let want = import_etcd_db(&bolt, &imported).unwrap();
+        let imported = KvStore::open(&imported).unwrap();
+
+        let kv = KvStore::open(&tmp.path().join("db")).unwrap();
+        apply(&kv, "k", 100, &[1], &[2], 5, 1);
+        assert_eq!(install_etcd_db(&kv, &bolt).unwrap(), want);
+        assert_eq!(kv.hash_kv(0).unwrap(), imported.hash_kv(0).unwrap());
+        assert_eq!(kv.consistent_index(), imported.consistent_index());
+        assert_eq!(
+            tables_hash(&kv.read_all().unwrap(), tmp.path(), "installed.db"),
+            tables_hash(&imported.read_all().unwrap(), tmp.path(), "imported.db")
+        );
     }
 
     #[test]
