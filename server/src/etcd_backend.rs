@@ -514,8 +514,7 @@ mod tests {
     #[test]
     fn a_file_etcd_wrote_installs_as_it_imports() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32); // the sha256 etcd appends to a snapshot
+        let bytes = fixture_db();
         let bolt = tmp.path().join("etcd.db");
         fs::write(&bolt, &bytes).unwrap();
         let imported = tmp.path().join("imported.redb");
@@ -539,8 +538,7 @@ mod tests {
         let kv = KvStore::open(&tmp.path().join("db")).unwrap();
         apply(&kv, "k", 10, &[1], &[], 5, 1);
         let before = kv.hash_kv(0).unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32);
+        let mut bytes = fixture_db();
         for page in [2, 3, 4] {
             bytes[page * 4096 + 16 + 4] = 0xff;
             bytes[page * 4096 + 16 + 7] = 0x7f;
@@ -555,15 +553,18 @@ mod tests {
         assert_eq!(kv.consistent_index(), (5, 1));
     }
 
-    fn fixture() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db")
+    /// The db of a snapshot etcd 3.4.23 wrote, without the sha256 etcd appends to a snapshot.
+    fn fixture_db() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db");
+        let mut bytes = fs::read(path).unwrap();
+        bytes.truncate(bytes.len() - 32);
+        bytes
     }
 
     #[test]
     fn a_damaged_file_is_refused_and_leaves_neither_the_destination_nor_a_temp_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32); // the sha256 etcd appends to a snapshot
+        let bytes = fixture_db();
         // on every data page in turn, the first element made to point outside its page
         let bad = tmp.path().join("bad.db");
         let dest = tmp.path().join("out.redb");
@@ -590,8 +591,7 @@ mod tests {
     #[test]
     fn a_temp_file_left_by_a_crash_is_replaced_and_an_existing_destination_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32);
+        let bytes = fixture_db();
         let src = tmp.path().join("db");
         fs::write(&src, &bytes).unwrap();
         let dest = tmp.path().join("out.redb");
