@@ -1,5 +1,7 @@
 //! etcd's backend file (`member/snap/db`, bbolt) <-> etcd-rs's backend (redb), whole, both
-//! directions: the backend half of taking over an etcd data dir and of going back to etcd.
+//! directions: the backend half of taking over an etcd data dir and of going back to etcd, and
+//! the db of a raft snapshot exchanged with etcd members (written from a read transaction of the
+//! live store, installed into the live store).
 //!
 //! A snapshot restore (backup.rs) keeps only what a new cluster inherits; a member taking over
 //! an etcd member's data dir keeps everything, so on top of backup.rs's mapping this carries:
@@ -17,6 +19,8 @@
 //! Invariant (crash safety): the destination appears whole or not at all. Each conversion writes
 //! a temp file beside the destination, fsyncs it, renames it over the destination name and
 //! fsyncs the directory; the source is only read. A destination that exists is refused.
+//! An install into the live store is one durable redb write transaction (every table dropped,
+//! then loaded as an import loads a new file): the old state or the new, never a mix.
 
 use std::fs::{self, File};
 use std::io::BufWriter;
@@ -508,13 +512,33 @@ mod tests {
     }
 
     #[test]
+    fn a_file_etcd_wrote_installs_as_it_imports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bytes = fixture_db();
+        let bolt = tmp.path().join("etcd.db");
+        fs::write(&bolt, &bytes).unwrap();
+        let imported = tmp.path().join("imported.redb");
+        let want = import_etcd_db(&bolt, &imported).unwrap();
+        let imported = KvStore::open(&imported).unwrap();
+
+        let kv = KvStore::open(&tmp.path().join("db")).unwrap();
+        apply(&kv, "k", 100, &[1], &[2], 5, 1);
+        assert_eq!(install_etcd_db(&kv, &bolt).unwrap(), want);
+        assert_eq!(kv.hash_kv(0).unwrap(), imported.hash_kv(0).unwrap());
+        assert_eq!(kv.consistent_index(), imported.consistent_index());
+        assert_eq!(
+            tables_hash(&kv.read_all().unwrap(), tmp.path(), "installed.db"),
+            tables_hash(&imported.read_all().unwrap(), tmp.path(), "imported.db")
+        );
+    }
+
+    #[test]
     fn a_damaged_file_is_not_installed_and_the_store_keeps_its_state() {
         let tmp = tempfile::tempdir().unwrap();
         let kv = KvStore::open(&tmp.path().join("db")).unwrap();
         apply(&kv, "k", 10, &[1], &[], 5, 1);
         let before = kv.hash_kv(0).unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32);
+        let mut bytes = fixture_db();
         for page in [2, 3, 4] {
             bytes[page * 4096 + 16 + 4] = 0xff;
             bytes[page * 4096 + 16 + 7] = 0x7f;
@@ -529,15 +553,18 @@ mod tests {
         assert_eq!(kv.consistent_index(), (5, 1));
     }
 
-    fn fixture() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db")
+    /// The db of a snapshot etcd 3.4.23 wrote, without the sha256 etcd appends to a snapshot.
+    fn fixture_db() -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db");
+        let mut bytes = fs::read(path).unwrap();
+        bytes.truncate(bytes.len() - 32);
+        bytes
     }
 
     #[test]
     fn a_damaged_file_is_refused_and_leaves_neither_the_destination_nor_a_temp_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32); // the sha256 etcd appends to a snapshot
+        let bytes = fixture_db();
         // on every data page in turn, the first element made to point outside its page
         let bad = tmp.path().join("bad.db");
         let dest = tmp.path().join("out.redb");
@@ -564,8 +591,7 @@ mod tests {
     #[test]
     fn a_temp_file_left_by_a_crash_is_replaced_and_an_existing_destination_is_kept() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut bytes = fs::read(fixture()).unwrap();
-        bytes.truncate(bytes.len() - 32);
+        let bytes = fixture_db();
         let src = tmp.path().join("db");
         fs::write(&src, &bytes).unwrap();
         let dest = tmp.path().join("out.redb");

@@ -297,7 +297,7 @@ mod tests {
     fn an_empty_cluster_and_one_without_version_round_trip() {
         assert_eq!(parse(&snapshot_json(&[], &[], None)).unwrap(), V2State::default());
         let m = new_member(1, "", vec![], false);
-        let s = parse(&snapshot_json(&[m.clone()], &[3, 2, 3], None)).unwrap();
+        let s = parse(&snapshot_json(std::slice::from_ref(&m), &[3, 2, 3], None)).unwrap();
         assert_eq!(s, V2State { members: vec![m], removed: vec![2, 3], cluster_version: None });
     }
 
@@ -308,8 +308,8 @@ mod tests {
         };
         let raft = r#""raftAttributes":{"Value":"{\"peerURLs\":[\"http://a:1\"]}","Children":null}"#;
         assert_eq!(parse(tree(&format!(r#""a":{{"Children":{{{raft}}}}}"#)).as_bytes()).unwrap().members[0].id, 10);
-        let no_raft = format!(r#""a":{{"Children":{{"attributes":{{"Value":"{{}}"}}}}}}"#);
-        assert!(parse(tree(&no_raft).as_bytes()).unwrap_err().to_string().contains("raftAttributes key doesn't exist"));
+        let no_raft = r#""a":{"Children":{"attributes":{"Value":"{}"}}}"#;
+        assert!(parse(tree(no_raft).as_bytes()).unwrap_err().to_string().contains("raftAttributes key doesn't exist"));
         let unknown = format!(r#""a":{{"Children":{{{raft},"other":{{"Value":""}}}}}}"#);
         assert!(parse(tree(&unknown).as_bytes()).unwrap_err().to_string().contains("unknown key"));
         let bad_id = format!(r#""xyz":{{"Children":{{{raft}}}}}"#);

@@ -171,7 +171,10 @@ async fn login(ch: &Channel, user: &str, pw: &str) -> String {
 }
 
 /// Every bucket of a bbolt file: name -> rows.
-fn buckets(path: &Path) -> Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> {
+/// A bucket's name and rows, as bbolt holds them.
+type Bucket = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+fn buckets(path: &Path) -> Vec<Bucket> {
     let r = BoltReader::open(path).unwrap();
     assert_eq!(r.check().unwrap(), Vec::<String>::new(), "{}", path.display());
     let mut out = Vec::new();
@@ -231,7 +234,7 @@ async fn import_and_export(bin: &str) -> (tempfile::TempDir, PathBuf, (u32, i64,
     assert_eq!((x.loaded.revisions, x.consistent_index, x.term), (c.loaded.revisions, c.consistent_index, c.term));
     let theirs = buckets(&db);
     let ours = buckets(&exported);
-    let names = |b: &[(String, Vec<(Vec<u8>, Vec<u8>)>)]| b.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    let names = |b: &[Bucket]| b.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&ours), names(&theirs));
     for ((name, t), (_, o)) in theirs.iter().zip(&ours) {
         if name == "key" {
@@ -338,7 +341,7 @@ async fn a_store_written_with_the_mvcc_api_exports_to_a_file_etcd_restores_and_s
     let bolt = dir.path().join("rs.db");
     let c = export_etcd_db(&redb, &bolt).unwrap();
     assert_eq!((c.consistent_index, c.term, c.loaded.leases, c.members), (101, 2, 1, 0));
-    assert_eq!(export_etcd_db(&redb, &bolt).unwrap_err().to_string().contains("exists"), true);
+    assert!(export_etcd_db(&redb, &bolt).unwrap_err().to_string().contains("exists"));
 
     let status = etcd_status(ETCDUTL_35, &bolt);
     assert_eq!(status["revision"], expected.2, "{status}");
