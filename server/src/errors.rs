@@ -123,6 +123,19 @@ pub enum ServerError {
     /// user's login, a login on a verify-only JWT member, and the maintenance RPCs' root check.
     #[error("{0}")]
     AuthUnmapped(String),
+    #[error("etcdserver: cluster version not found during downgrade")]
+    ClusterVersionUnavailable,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProcess,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// etcd's ErrUnknownMethod (a Downgrade action it does not know), unmapped: code Unknown.
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
     /// A feature etcd-rs has not built yet; the message names it.
     #[error("{0}")]
     Unimplemented(String),
@@ -230,7 +243,12 @@ impl From<ServerError> for Status {
         use ServerError::*;
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls | WrongDowngradeVersionFormat | InvalidDowngradeTargetVersion => {
+                Code::InvalidArgument
+            }
+            DowngradeInProcess | NoInflightDowngrade => Code::FailedPrecondition,
+            ClusterVersionUnavailable => Code::Unavailable,
+            UnknownMethod => Code::Unknown,
             MemberExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | TooManyLearners
             | NotEnoughStartedMembers | BadLeaderTransferee => Code::FailedPrecondition,
             TimeoutLeaderTransfer | Unhealthy | NotSupportedForLearner => Code::Unavailable,
