@@ -285,6 +285,11 @@ impl EtcdServer {
                 }
             }
         }
+        // the leader's first round of the version monitor, as etcd's runs on the first commit of
+        // its term: a cluster version from the start, before clients are served
+        if self.is_leader() && self.members.cluster_version().is_none() {
+            self.monitor_versions_once().await;
+        }
         tracing::info!("ready to serve client requests");
     }
 

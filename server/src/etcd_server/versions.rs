@@ -162,6 +162,14 @@ impl EtcdServer {
         }
     }
 
+    /// One round of the version monitor: ask every member, propose what comes out.
+    pub(crate) async fn monitor_versions_once(&self) {
+        let vers = self.member_versions().await;
+        if let Some(next) = cv::next_cluster_version(self.members.cluster_version().as_deref(), &vers) {
+            self.propose_cluster_version(&next).await;
+        }
+    }
+
     fn stopped(&self) -> bool {
         self.applier.lock().is_none()
     }
@@ -194,10 +202,7 @@ pub(super) async fn run_version_monitor(server: Weak<EtcdServer>) {
             continue;
         }
         next_poll = now + MONITOR_VERSION_INTERVAL;
-        let vers = s.member_versions().await;
-        if let Some(next) = cv::next_cluster_version(s.members.cluster_version().as_deref(), &vers) {
-            s.propose_cluster_version(&next).await;
-        }
+        s.monitor_versions_once().await;
     }
 }
 
