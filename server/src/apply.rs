@@ -27,7 +27,7 @@ use etcd_proto::etcdserverpb::{
     PutResponse, RangeResponse, TxnResponse,
 };
 use etcd_proto::etcdserverpb::Request;
-use etcd_proto::membershippb::{Attributes, Member};
+use etcd_proto::membershippb::{Attributes, DowngradeInfoSetRequest, Member};
 use etcd_raft::{ApplyBatch, HttpTransport, RaftNode};
 use parking_lot::Mutex;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, Snapshot};
@@ -91,6 +91,9 @@ pub struct Applier {
     pub batch_limit: u64,
     pub snapshot_count: u64,
     pub last_snapshot_index: u64,
+    /// This binary's etcd server version: read only to stop (as etcd's mustDetectDowngrade)
+    /// when the cluster moves to a version it cannot serve, never to decide what to apply.
+    pub server_version: String,
     /// `member/snap`: where received snapshots wait to be installed.
     pub snap_dir: PathBuf,
     /// raft's MsgSnapshot for members behind the log, from the transport.
@@ -477,11 +480,46 @@ impl Applier {
     }
 
     fn apply_cluster_version(&self, txn: &ApplyTxn<'_>, ver: &str) -> Result<ApplyResult, ServerError> {
-        let first = self.members.cluster_version().is_none();
+        let old = self.members.cluster_version();
+        if old.as_deref() == Some(ver) {
+            return Ok(ApplyResult::Empty);
+        }
+        let label = crate::cluster_version::cluster_label;
+        match &old {
+            Some(from) => tracing::info!(from = %label(from), to = %label(ver), "updated cluster version"),
+            None => tracing::info!(cluster_version = %label(ver), "set initial cluster version"),
+        }
+        if let Err(e) = crate::cluster_version::detect_downgrade(&self.server_version, Some(ver), &self.members.downgrade_info()) {
+            fatal(&e.to_string());
+        }
         self.members.apply_version(txn.write_txn(), ver)?;
-        if first {
+        // etcd's api.UpdateCapability logs only a move up
+        let parse = crate::cluster_version::Version::parse;
+        if old.as_deref().and_then(parse).is_none_or(|o| parse(ver).is_some_and(|v| o < v)) {
             crate::membership::log_enabled_capabilities(ver);
         }
+        // A downgrade to a version older than 3.5 is over once the cluster version reached its
+        // target: members of that version cannot apply a DowngradeInfoSet ending it (etcd 3.4
+        // panics on one), and every member that could has just stopped (mustDetectDowngrade).
+        // Decided on replicated state only, so every member ends it alike.
+        let target = self.members.downgrade_info().target();
+        if target.is_some() && target == parse(ver) && !crate::cluster_version::understands_v3_5_requests(Some(ver)) {
+            tracing::info!(cluster_version = %label(ver), "the cluster has been downgraded");
+            self.members.apply_downgrade(txn.write_txn(), Default::default())?;
+        }
+        Ok(ApplyResult::Empty)
+    }
+
+    /// etcd 3.5's DowngradeInfoSet: enabled with its target, or disabled (target cleared).
+    fn apply_downgrade_info(&self, txn: &ApplyTxn<'_>, r: &DowngradeInfoSetRequest) -> Result<ApplyResult, ServerError> {
+        let d = match r.enabled {
+            true => crate::cluster_version::DowngradeInfo { target_version: r.ver.clone(), enabled: true },
+            false => Default::default(),
+        };
+        if d.enabled {
+            tracing::info!(target_version = %d.target_version, server_version = %self.server_version, "The server is ready to downgrade");
+        }
+        self.members.apply_downgrade(txn.write_txn(), d)?;
         Ok(ApplyResult::Empty)
     }
 
@@ -501,6 +539,10 @@ impl Applier {
         // etcd's corrupt applier, outermost: while CORRUPT is raised the store must not change
         if self.alarms.corrupt() && refused_while_corrupt(&req) {
             return Err(ServerError::Corrupt);
+        }
+        // etcd applies DowngradeInfoSet before its auth layer looks at the request
+        if let Some(r) = &req.downgrade_info_set {
+            return self.apply_downgrade_info(txn, r);
         }
         // etcd's auth applier: the sender named in the header must be allowed the request
         let sender = crate::apply_auth::header_auth(&req);

@@ -132,6 +132,19 @@ pub enum ServerError {
     /// RangeStream does not filter by mod/create revision (etcd 3.7).
     #[error("RangeStream does not support revision filters")]
     RangeStreamRevisionFilters,
+    #[error("etcdserver: cluster version not found during downgrade")]
+    ClusterVersionUnavailable,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: cluster has a downgrade job in progress")]
+    DowngradeInProcess,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// etcd's ErrUnknownMethod (a Downgrade action it does not know), unmapped: code Unknown.
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
     /// A feature etcd-rs has not built yet; the message names it.
     #[error("{0}")]
     Unimplemented(String),
@@ -243,7 +256,11 @@ impl From<ServerError> for Status {
         use ServerError::*;
         let code = match &e {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | RequestTooLarge | MemberBadUrls | InvalidSortOption => Code::InvalidArgument,
+            | RequestTooLarge | MemberBadUrls | InvalidSortOption | WrongDowngradeVersionFormat
+            | InvalidDowngradeTargetVersion => Code::InvalidArgument,
+            DowngradeInProcess | NoInflightDowngrade => Code::FailedPrecondition,
+            ClusterVersionUnavailable => Code::Unavailable,
+            UnknownMethod => Code::Unknown,
             MemberExists | PeerUrlExists | MemberNotLearner | LearnerNotReady | TooManyLearners
             | NotEnoughStartedMembers | BadLeaderTransferee => Code::FailedPrecondition,
             TimeoutLeaderTransfer | Unhealthy | NotSupportedForLearner => Code::Unavailable,

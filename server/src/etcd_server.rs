@@ -32,7 +32,7 @@ use crate::alarms::Alarms;
 use crate::apply::{Applied, ApplyResult, ApplyWait, Applier};
 use crate::config::ServerConfig;
 use crate::entry_format::{
-    bootstrap_context, cluster_version_request, encode_member_change, member_attributes_request, MemberChange,
+    bootstrap_context, encode_member_change, member_attributes_request, MemberChange,
 };
 use crate::errors::ServerError;
 use etcd_auth::AuthInfo;
@@ -44,6 +44,7 @@ use crate::snapshot;
 pub(crate) mod auth;
 pub(crate) mod lease;
 pub(crate) mod range_stream;
+pub(crate) mod versions;
 
 /// The backend quota etcd applies when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
@@ -144,6 +145,7 @@ impl EtcdServer {
                     mine.join(",")
                 )));
             };
+            versions::check_join_compatible(&cfg, &members, me.id).await?;
             join_existing = true;
             for m in &members {
                 known_peers.push((m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default()));
@@ -185,6 +187,9 @@ impl EtcdServer {
         );
         let members = Arc::new(Membership::load(&kv.backend().database(), my_id, cid)?);
         host.bind(raft.clone(), members.clone());
+        // etcd's cluster.Recover: a server older than the stored cluster version stops here
+        crate::cluster_version::detect_downgrade(&cfg.etcd_api_version, members.cluster_version().as_deref(), &members.downgrade_info())
+            .map_err(|e| ServerError::Internal(e.to_string()))?;
         // Peers known now: the stored membership (restart) or the initial cluster (new). Conf
         // changes applied later update the transport from the applier.
         if restarting {
@@ -233,6 +238,7 @@ impl EtcdServer {
             batch_limit: cfg.backend_batch_limit,
             snapshot_count: cfg.snapshot_count,
             last_snapshot_index: applied_index,
+            server_version: cfg.etcd_api_version.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("apply".into())
@@ -263,12 +269,15 @@ impl EtcdServer {
             cfg,
         });
         tokio::spawn(lease::run_expiry_loop(Arc::downgrade(&server)));
+        tokio::spawn(versions::run_version_monitor(Arc::downgrade(&server)));
+        tokio::spawn(versions::run_downgrade_monitor(Arc::downgrade(&server)));
         Ok(server)
     }
 
-    /// Publishes this member's name and client URLs and, on the leader, the cluster version,
-    /// through raft; retried until it succeeds or the server stops. As etcd 3.5 (and 3.4) do:
-    /// as v2 requests, which members of both versions apply (3.4 has no v3 form of them).
+    /// Publishes this member's name and client URLs through raft; retried until it succeeds or
+    /// the server stops. As etcd 3.5 (and 3.4) do: as v2 requests, which members of both
+    /// versions apply (3.4 has no v3 form of them). The cluster version is the leader's version
+    /// monitor's (`versions`).
     pub async fn publish(self: &Arc<Self>) {
         let attrs = Attributes { name: self.cfg.name.clone(), client_urls: self.cfg.advertise_client_urls.clone() };
         while !self.has_leader() {
@@ -286,13 +295,10 @@ impl EtcdServer {
                 }
             }
         }
-        if self.members.cluster_version().is_none() && self.raft.with_status(|st| st.leader_id) == self.member_id {
-            let ver = cluster_version_of(&self.cfg.etcd_api_version);
-            let id = self.ids.next();
-            let req = cluster_version_request(id, &ver);
-            if let Err(e) = self.propose_encoded(id, req.encode_to_vec()).await {
-                tracing::warn!(error = %e, "failed to set the cluster version");
-            }
+        // the leader's first round of the version monitor, as etcd's runs on the first commit of
+        // its term: a cluster version from the start, before clients are served
+        if self.is_leader() && self.members.cluster_version().is_none() {
+            self.monitor_versions_once().await;
         }
         tracing::info!("ready to serve client requests");
     }
@@ -892,7 +898,7 @@ impl EtcdServer {
             is_learner: st.is_learner,
             storage_version: String::new(),
             db_size_quota: if self.cfg.quota_backend_bytes > 0 { self.cfg.quota_backend_bytes } else { DEFAULT_QUOTA_BYTES },
-            downgrade_info: None,
+            downgrade_info: self.downgrade_status(),
         }
     }
 
@@ -1015,14 +1021,6 @@ async fn fetch_cluster(cfg: &ServerConfig) -> Result<(u64, Vec<Member>), ServerE
     Err(ServerError::Internal(
         "cannot fetch cluster info from peer urls: could not retrieve cluster information from the given URLs".into(),
     ))
-}
-
-/// "3.5.17" -> "3.5.0": the cluster version is major.minor.
-fn cluster_version_of(api_version: &str) -> String {
-    let mut parts = api_version.split('.');
-    let major = parts.next().unwrap_or("3");
-    let minor = parts.next().unwrap_or("5");
-    format!("{major}.{minor}.0")
 }
 
 /// A client response produced by applying one raft request.

@@ -4,6 +4,7 @@
 pub mod alarms;
 pub mod apply;
 pub mod backup;
+pub mod cluster_version;
 mod apply_auth;
 mod apply_lease;
 pub mod compactor;

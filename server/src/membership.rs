@@ -12,18 +12,22 @@ use parking_lot::RwLock;
 use prost::Message;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::cluster_version::DowngradeInfo;
 use crate::errors::ServerError;
 
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
 pub(crate) const MEMBERS_REMOVED: TableDefinition<u64, ()> = TableDefinition::new("members_removed");
 pub(crate) const CLUSTER: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster");
 pub(crate) const CLUSTER_VERSION_KEY: &str = "clusterVersion";
+/// 3.5's downgrade state, JSON as etcd writes it (`{"target-version":..,"enabled":..}`).
+pub(crate) const DOWNGRADE_KEY: &str = "downgrade";
 
 #[derive(Default)]
 struct View {
     members: BTreeMap<u64, Member>,
     removed: BTreeSet<u64>,
     version: Option<String>,
+    downgrade: DowngradeInfo,
 }
 
 pub struct Membership {
@@ -64,6 +68,9 @@ fn read_view(db: &redb::Database) -> Result<View, ServerError> {
         Ok(t) => {
             if let Some(v) = t.get(CLUSTER_VERSION_KEY).map_err(storage_err)? {
                 view.version = Some(String::from_utf8_lossy(v.value()).into_owned());
+            }
+            if let Some(v) = t.get(DOWNGRADE_KEY).map_err(storage_err)? {
+                view.downgrade = serde_json::from_slice(v.value()).map_err(storage_err)?;
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -114,6 +121,11 @@ impl Membership {
 
     pub fn cluster_version(&self) -> Option<String> {
         self.view.read().version.clone()
+    }
+
+    /// The downgrade the cluster agreed on (disabled when none was ever set).
+    pub fn downgrade_info(&self) -> DowngradeInfo {
+        self.view.read().downgrade.clone()
     }
 
     pub fn member(&self, id: u64) -> Option<Member> {
@@ -178,6 +190,15 @@ impl Membership {
             .map_err(storage_err)?;
         crate::metrics::membership_write("set");
         self.view.write().version = Some(version.to_string());
+        Ok(())
+    }
+
+    /// Applies a DowngradeInfoSet request's outcome.
+    pub fn apply_downgrade(&self, wtx: &redb::WriteTransaction, d: DowngradeInfo) -> Result<(), ServerError> {
+        let json = serde_json::to_vec(&d).map_err(storage_err)?;
+        wtx.open_table(CLUSTER).map_err(storage_err)?.insert(DOWNGRADE_KEY, json.as_slice()).map_err(storage_err)?;
+        crate::metrics::membership_write("set");
+        self.view.write().downgrade = d;
         Ok(())
     }
 }

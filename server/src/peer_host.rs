@@ -169,7 +169,7 @@ impl PeerApi for EtcdServer {
     }
 
     fn versions(&self) -> (String, Option<String>) {
-        (self.config().etcd_api_version.clone(), EtcdServer::members(self).cluster_version())
+        EtcdServer::versions(self)
     }
 
     fn renew_lease(&self, id: i64) -> BoxFuture<'_, Result<i64, LeaseError>> {
@@ -199,8 +199,7 @@ impl PeerApi for EtcdServer {
     }
 
     fn downgrade_enabled(&self) -> BoxFuture<'_, Result<bool, String>> {
-        // etcd-rs has no downgrades: never enabled, read linearizably as etcd reads it
-        Box::pin(async move { self.linearizable_barrier().await.map(|_| false).map_err(|e| e.to_string()) })
+        Box::pin(async move { EtcdServer::downgrade_enabled(self).await.map_err(|e| e.to_string()) })
     }
 }
 

@@ -233,7 +233,12 @@ impl EtcdServer {
         auth_call!(self, ai, auth_disable, r, Disable)
     }
 
+    /// Through the log as etcd 3.5 does, once every member understands the request (3.5);
+    /// below that, answered locally (see `auth_status_without_log`).
     pub async fn auth_status(&self, r: AuthStatusRequest, ai: &AuthInfo) -> Result<AuthStatusResponse, ServerError> {
+        if !crate::cluster_version::understands_v3_5_requests(self.members.cluster_version().as_deref()) {
+            return self.auth_status_without_log(ai).await;
+        }
         auth_call!(self, ai, auth_status, r, Status)
     }
 

@@ -41,10 +41,6 @@ impl MaintenanceService {
     }
 }
 
-fn unimplemented(rpc: &str) -> Status {
-    ServerError::Unimplemented(format!("etcd-rs: Maintenance.{rpc} is not implemented yet")).into()
-}
-
 /// etcd's `snapshotSendBufferSize`.
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
@@ -140,8 +136,9 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn downgrade(&self, _request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
-        Err(unimplemented("Downgrade"))
+    /// As etcd 3.5.1: no permission is checked (its auth layer passes Downgrade through).
+    async fn downgrade(&self, request: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+        Ok(Response::new(self.server.downgrade(request.into_inner()).await?))
     }
 
     async fn move_leader(&self, request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {

@@ -98,9 +98,15 @@ impl TestCluster {
 
     /// As `start`, with "http" or "https" peer URLs.
     pub async fn start_with_peer_scheme(dir: &Path, n: usize, extra: &[&str], scheme: &'static str) -> TestCluster {
+        TestCluster::start_each(dir, &vec![extra; n], scheme).await
+    }
+
+    /// As `start`, member i with flags `extras[i]`.
+    pub async fn start_each(dir: &Path, extras: &[&[&str]], scheme: &'static str) -> TestCluster {
+        let n = extras.len();
         let mut members = Vec::new();
         let mut proxies = Vec::new();
-        for i in 0..n {
+        for (i, extra) in extras.iter().enumerate() {
             let mut m = Member::new(&dir.join(format!("m{i}.etcd")), extra);
             m.name = format!("m{i}");
             m.peer_ip = member_ip(i);

@@ -52,6 +52,8 @@ pub struct Member {
     /// "http" (default) or "https" for the client and the peer URLs.
     pub client_scheme: &'static str,
     pub peer_scheme: &'static str,
+    /// The server binary: etcd-rs unless a test runs a reference etcd with the same flags.
+    pub bin: PathBuf,
     child: Option<Child>,
 }
 
@@ -68,6 +70,7 @@ impl Member {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             client_scheme: "http",
             peer_scheme: "http",
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_etcd-rs")),
             child: None,
         }
     }
@@ -92,7 +95,7 @@ impl Member {
             .append(true)
             .open(self.data_dir.with_extension("log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
+        let child = Command::new(&self.bin)
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
