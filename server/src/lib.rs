@@ -14,6 +14,7 @@ mod entry_format;
 pub mod errors;
 pub mod etcd_backend;
 pub mod etcd_server;
+pub mod etcdutl;
 pub mod grpc;
 pub mod health;
 pub mod ids;
