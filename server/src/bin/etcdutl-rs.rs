@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use etcd_server::backup::{snapshot_status, SnapshotStatus};
 use etcd_server::config::{ETCD_API_VERSION, ETCD_RS_VERSION};
+use etcd_server::etcdutl::export::{export_etcd_data_dir, ExportConfig};
 use etcd_server::etcdutl::hashkv::{hash_kv_file, HashKv};
 use etcd_server::etcdutl::{defrag::defrag_data_dir, stat, EtcdutlError};
 use etcd_server::restore::{restore, RestoreConfig};
@@ -73,6 +74,22 @@ enum Command {
     Snapshot(SnapshotCommand),
     /// Prints the version of etcdutl
     Version,
+    /// etcd-rs only: writes an etcd data dir (etcd's WAL, snap file and bbolt db) from a
+    /// stopped etcd-rs member's data dir, for going back to etcd 3.4/3.5
+    ExportEtcdDataDir {
+        /// the stopped etcd-rs member's data dir
+        #[arg(long = "data-dir", required = true)]
+        data_dir: PathBuf,
+        /// the member's WAL dir, when it was started with --wal-dir
+        #[arg(long = "wal-dir")]
+        wal_dir: Option<PathBuf>,
+        /// the etcd data dir to write (must not exist)
+        #[arg(long = "output-data-dir", required = true)]
+        output_data_dir: PathBuf,
+        /// write etcd's WAL here instead of <output-data-dir>/member/wal (must not exist)
+        #[arg(long = "output-wal-dir")]
+        output_wal_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +343,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
         )),
         Command::Backup { .. } => return Err(Failure(EXIT_ERROR, BACKUP_REFUSED.into())),
         Command::Migrate { .. } => return Err(Failure(EXIT_ERROR, MIGRATE_REFUSED.into())),
+        Command::ExportEtcdDataDir { data_dir, wal_dir, output_data_dir, output_wal_dir } => {
+            let cfg = ExportConfig { data_dir, wal_dir, output_data_dir, output_wal_dir, timeout };
+            let x = export_etcd_data_dir(&cfg)?;
+            eprintln!(
+                "wrote etcd data dir {}: member {:x}, cluster {:x}, snapshot at index {} term {}, {} entries after it, \
+                 {} revisions, {} leases, {} users, {} members",
+                cfg.output_data_dir.display(),
+                x.member_id,
+                x.cluster_id,
+                x.snapshot_index,
+                x.snapshot_term,
+                x.entries_after,
+                x.backend.loaded.revisions,
+                x.backend.loaded.leases,
+                x.backend.loaded.auth_users,
+                x.backend.members
+            );
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! running member; waiting for the lock is bounded by `--timeout` as in etcdutl 3.6.
 
 pub mod defrag;
+pub mod export;
 pub mod hashkv;
 pub mod lock;
 
