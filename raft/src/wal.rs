@@ -110,6 +110,14 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// The directory holding `path` ("." for a bare relative name such as `--wal-dir wal`).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -312,9 +320,7 @@ impl Wal {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
+        sync_dir(parent_dir(dir))?;
         let mut header = Vec::new();
         encode(
             &[

@@ -242,8 +242,12 @@ async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_sa
 
     if Path::new(ETCD_34).exists() {
         let out34 = tmp.path().join("e34.etcd");
+        // what an export killed before its rename leaves behind is replaced
+        std::fs::create_dir_all(tmp.path().join("e34.etcd.tmp/member")).unwrap();
+        std::fs::write(tmp.path().join("e34.etcd.tmp/member/half"), b"x").unwrap();
         let (code, err) = export(&m.data_dir, &out34, &[]);
         assert_eq!(code, 0, "{err}");
+        assert!(!tmp.path().join("e34.etcd.tmp").exists() && !out34.join("member/half").exists());
         let mut e = Etcd::start(ETCD_34, &out34, &m.name, m.peer_port);
         match e.channel().await {
             Ok(ch) => {
