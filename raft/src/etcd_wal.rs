@@ -696,9 +696,7 @@ impl EtcdWalWriter {
         self.file.sync_all().map_err(io_err(&self.file_path))?;
         fsync_dir(&self.tmp)?;
         fs::rename(&self.tmp, &self.dir).map_err(io_err(&self.dir))?;
-        if let Some(parent) = self.dir.parent() {
-            fsync_dir(parent)?;
-        }
+        fsync_dir(crate::wal::parent_dir(&self.dir))?;
         Ok(self.dir)
     }
 }

@@ -26,7 +26,7 @@ use crate::error::{RaftError, WalError};
 use crate::etcd_conf_change::{EtcdConfChange, EtcdConfChangeType};
 use crate::node::RaftNodeConfig;
 use crate::snapshotter::Snapshotter;
-use crate::wal::{Wal, WalMetadata};
+use crate::wal::{parent_dir, Wal, WalMetadata};
 
 /// Everything the raft loop owns, ready to run.
 pub(crate) struct Recovered {
@@ -104,14 +104,6 @@ pub fn bootstrap_wal(cfg: &RaftNodeConfig, wal_dir: &Path) -> Result<(), RaftErr
         "bootstrapped a new raft log"
     );
     Ok(())
-}
-
-/// The directory holding `path` ("." for a bare relative name).
-fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 /// The log's voters and learners after the snapshot's configuration and the conf changes in

@@ -110,6 +110,14 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
     ))
 }
 
+/// The directory holding `path` ("." for a bare relative name such as `--wal-dir wal`).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -205,6 +213,95 @@ fn write_new_segment(
     ))
 }
 
+/// What [`replay`] read from a WAL's segments.
+struct Replayed {
+    metadata: WalMetadata,
+    hard_state: HardState,
+    entries: Vec<Entry>,
+    /// Index of the last entry record read (conflicting tails included).
+    last_index: u64,
+    /// Bytes of good records in the last segment.
+    last_len: u64,
+}
+
+/// Reads every segment in order (see the module docs' reading and crash rules); a torn or
+/// corrupt tail of the last segment is handed to `torn_tail(segment, valid_len)` and ignored.
+fn replay(
+    dir: &Path,
+    segments: &[Segment],
+    snap_index: u64,
+    mut torn_tail: impl FnMut(&Segment, u64) -> Result<(), WalError>,
+) -> Result<Replayed, WalError> {
+    if segments.is_empty() {
+        return Err(WalError::NotFound(dir.to_path_buf()));
+    }
+    let mut metadata = None;
+    let mut hard_state = HardState::default();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut last_index = snap_index;
+    let mut last_len = 0u64;
+    let last_seq = segments[segments.len() - 1].seq;
+
+    for seg in segments {
+        let mut bytes = Vec::new();
+        File::open(&seg.path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err(&seg.path))?;
+        let decoded = decode_records(&bytes);
+        if let Some(failure) = decoded.failure {
+            if seg.seq != last_seq {
+                return Err(WalError::Corrupt {
+                    file: seg.path.clone(),
+                    offset: decoded.valid_len as u64,
+                });
+            }
+            tracing::warn!(
+                file = %seg.path.display(),
+                offset = decoded.valid_len,
+                dropped_bytes = bytes.len() - decoded.valid_len,
+                ?failure,
+                "a torn or corrupt tail of the last WAL segment ends the log at its last good record"
+            );
+            torn_tail(seg, decoded.valid_len as u64)?;
+        }
+        if seg.seq == last_seq {
+            last_len = decoded.valid_len as u64;
+        }
+        for record in decoded.records {
+            match record {
+                Record::Metadata(m) => metadata = Some(m),
+                Record::HardState(hs) => hard_state = hs,
+                Record::SnapshotMarker { .. } => {}
+                Record::Entry(e) => {
+                    last_index = e.index;
+                    if e.index <= snap_index {
+                        continue;
+                    }
+                    let next = entries.last().map_or(snap_index + 1, |l| l.index + 1);
+                    if e.index > next {
+                        return Err(WalError::MissingEntries {
+                            dir: dir.to_path_buf(),
+                            expected: next,
+                            found: e.index,
+                        });
+                    }
+                    let keep = (e.index - (snap_index + 1)) as usize;
+                    entries.truncate(keep);
+                    entries.push(e);
+                }
+            }
+        }
+    }
+    let metadata = metadata.ok_or_else(|| WalError::MissingMetadata(dir.to_path_buf()))?;
+    Ok(Replayed {
+        metadata,
+        hard_state,
+        entries,
+        last_index,
+        last_len,
+    })
+}
+
 impl Wal {
     /// True if `dir` holds at least one WAL segment.
     pub fn exists(dir: &Path) -> bool {
@@ -223,9 +320,7 @@ impl Wal {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent)?;
-        }
+        sync_dir(parent_dir(dir))?;
         let mut header = Vec::new();
         encode(
             &[
@@ -257,75 +352,23 @@ impl Wal {
     /// snapshot `(index, term)` the caller restored. See the module docs for the
     /// crash rule applied to damaged files.
     pub fn open(dir: &Path, after_snapshot: (u64, u64)) -> Result<(Wal, WalContents), WalError> {
-        let (snap_index, _snap_term) = after_snapshot;
         let segments = list_segments(dir)?;
-        if segments.is_empty() {
-            return Err(WalError::NotFound(dir.to_path_buf()));
-        }
-        let mut metadata = None;
-        let mut hard_state = HardState::default();
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut last_index = snap_index;
-        let mut last_len = 0u64;
-        let last_seq = segments[segments.len() - 1].seq;
-
-        for seg in &segments {
-            let mut bytes = Vec::new();
-            File::open(&seg.path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
+        let replayed = replay(dir, &segments, after_snapshot.0, |seg, valid_len| {
+            let f = OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
                 .map_err(io_err(&seg.path))?;
-            let decoded = decode_records(&bytes);
-            if let Some(failure) = decoded.failure {
-                if seg.seq != last_seq {
-                    return Err(WalError::Corrupt {
-                        file: seg.path.clone(),
-                        offset: decoded.valid_len as u64,
-                    });
-                }
-                tracing::warn!(
-                    file = %seg.path.display(),
-                    offset = decoded.valid_len,
-                    dropped_bytes = bytes.len() - decoded.valid_len,
-                    ?failure,
-                    "truncating a torn or corrupt tail of the last WAL segment to its last good record"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&seg.path)
-                    .map_err(io_err(&seg.path))?;
-                f.set_len(decoded.valid_len as u64)
-                    .and_then(|_| f.sync_all())
-                    .map_err(io_err(&seg.path))?;
-            }
-            if seg.seq == last_seq {
-                last_len = decoded.valid_len as u64;
-            }
-            for record in decoded.records {
-                match record {
-                    Record::Metadata(m) => metadata = Some(m),
-                    Record::HardState(hs) => hard_state = hs,
-                    Record::SnapshotMarker { .. } => {}
-                    Record::Entry(e) => {
-                        last_index = e.index;
-                        if e.index <= snap_index {
-                            continue;
-                        }
-                        let next = entries.last().map_or(snap_index + 1, |l| l.index + 1);
-                        if e.index > next {
-                            return Err(WalError::MissingEntries {
-                                dir: dir.to_path_buf(),
-                                expected: next,
-                                found: e.index,
-                            });
-                        }
-                        let keep = (e.index - (snap_index + 1)) as usize;
-                        entries.truncate(keep);
-                        entries.push(e);
-                    }
-                }
-            }
-        }
-        let metadata = metadata.ok_or_else(|| WalError::MissingMetadata(dir.to_path_buf()))?;
+            f.set_len(valid_len)
+                .and_then(|_| f.sync_all())
+                .map_err(io_err(&seg.path))
+        })?;
+        let Replayed {
+            metadata,
+            hard_state,
+            entries,
+            last_index,
+            mut last_len,
+        } = replayed;
         let last = &segments[segments.len() - 1];
         let file = open_for_writing(&last.path)?;
         if last_len == 0 {
@@ -368,6 +411,19 @@ impl Wal {
                 entries,
             },
         ))
+    }
+
+    /// Reads the WAL in `dir` as [`Wal::open`] does, without opening it for writing or changing
+    /// any file: a torn tail of the last segment is left in place and ignored (for offline tools
+    /// reading a stopped member's log).
+    pub fn read(dir: &Path, after_snapshot: (u64, u64)) -> Result<WalContents, WalError> {
+        let segments = list_segments(dir)?;
+        let r = replay(dir, &segments, after_snapshot.0, |_, _| Ok(()))?;
+        Ok(WalContents {
+            metadata: r.metadata,
+            hard_state: r.hard_state,
+            entries: r.entries,
+        })
     }
 
     /// Appends the HardState (if given and not empty) and `entries`, then

@@ -138,7 +138,7 @@ pub fn conf_state_json(members: &[Member]) -> String {
 
 /// Whether etcd members of this cluster version keep `confState` in meta: 3.5 and later
 /// (a 3.4 cluster's file has none, and an export for it should not either).
-fn writes_conf_state(cluster_version: Option<&str>) -> bool {
+pub(crate) fn writes_conf_state(cluster_version: Option<&str>) -> bool {
     let Some(v) = cluster_version else { return false };
     let mut parts = v.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
     let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));

@@ -17,6 +17,7 @@ mod entry_format;
 pub mod errors;
 pub mod etcd_backend;
 pub mod etcd_server;
+pub mod etcdutl;
 pub mod feature_gates;
 pub mod grpc;
 pub mod health;

@@ -136,6 +136,11 @@ impl Membership {
         self.view.read().removed.contains(&id)
     }
 
+    /// IDs of removed members, ascending.
+    pub fn removed(&self) -> Vec<u64> {
+        self.view.read().removed.iter().copied().collect()
+    }
+
     /// Members ordered by ID, as etcd lists them.
     pub fn members(&self) -> Vec<Member> {
         self.view.read().members.values().cloned().collect()

@@ -34,6 +34,8 @@ pub struct RestoreConfig {
     pub name: String,
     /// Empty: `<name>.etcd`, as etcd.
     pub data_dir: PathBuf,
+    /// `--wal-dir`: the raft log outside the data dir (None: `<data-dir>/member/wal`).
+    pub wal_dir: Option<PathBuf>,
     pub initial_cluster: String,
     pub initial_cluster_token: String,
     pub initial_advertise_peer_urls: String,
@@ -118,17 +120,30 @@ pub fn restore(cfg: &RestoreConfig) -> Result<Restored, ServerError> {
         )));
     }
     let data_dir = if cfg.data_dir.as_os_str().is_empty() { PathBuf::from(format!("{}.etcd", cfg.name)) } else { cfg.data_dir.clone() };
-    if data_dir.exists() {
-        return Err(fail(format!("data-dir {:?} exists", data_dir.display().to_string())));
+    // etcdutl 3.5's checks and texts: an empty data dir may be reused, a WAL dir may not exist
+    if fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some()) || (data_dir.exists() && !data_dir.is_dir()) {
+        return Err(fail(format!("data-dir {:?} not empty or could not be read", data_dir.display().to_string())));
     }
+    let wal_dir = cfg.wal_dir.clone().unwrap_or_else(|| data_dir.join("member").join("wal"));
+    if cfg.wal_dir.is_some() && wal_dir.exists() {
+        return Err(fail(format!("wal-dir {:?} exists", wal_dir.display().to_string())));
+    }
+    let data_dir_was_there = data_dir.exists();
 
     check_hash(&cfg.snapshot, cfg.skip_hash_check)?;
     let reader = BoltReader::open(&cfg.snapshot).map_err(|e| fail(e.to_string()))?;
 
-    let result = build(cfg, &data_dir, &reader, &cluster);
+    let result = build(cfg, &data_dir, &wal_dir, &reader, &cluster);
     if result.is_err() {
         // only what this restore created
-        let _ = fs::remove_dir_all(&data_dir);
+        if data_dir_was_there {
+            let _ = fs::remove_dir_all(data_dir.join("member"));
+        } else {
+            let _ = fs::remove_dir_all(&data_dir);
+        }
+        if cfg.wal_dir.is_some() {
+            let _ = fs::remove_dir_all(&wal_dir);
+        }
     }
     result
 }
@@ -136,6 +151,7 @@ pub fn restore(cfg: &RestoreConfig) -> Result<Restored, ServerError> {
 fn build(
     cfg: &RestoreConfig,
     data_dir: &Path,
+    wal_dir: &Path,
     reader: &BoltReader,
     cluster: &[crate::config::InitialMember],
 ) -> Result<Restored, ServerError> {
@@ -169,7 +185,8 @@ fn build(
     let cid = cluster_id(&peers.iter().map(|(id, _)| *id).collect::<Vec<_>>());
     let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
     raft_cfg.initial_peers = peers;
-    etcd_raft::recovery::bootstrap_wal(&raft_cfg, &member_dir.join("wal")).map_err(|e| fail(e.to_string()))?;
+    raft_cfg.wal_dir = wal_dir.to_path_buf();
+    etcd_raft::recovery::bootstrap_wal(&raft_cfg, wal_dir).map_err(|e| fail(e.to_string()))?;
     Ok(Restored { data_dir: data_dir.to_path_buf(), member_id: my_id, cluster_id: cid, loaded })
 }
 
@@ -186,6 +203,7 @@ mod tests {
             snapshot: fixture(),
             name: "m1".into(),
             data_dir: dir.join("restored"),
+            wal_dir: None,
             initial_cluster: "m1=http://127.0.0.1:2380".into(),
             initial_cluster_token: "etcd-cluster".into(),
             initial_advertise_peer_urls: "http://127.0.0.1:2380".into(),
@@ -209,7 +227,7 @@ mod tests {
         assert_eq!(kv.backend().read_meta(etcd_mvcc::backend::META_FINISHED_COMPACT).unwrap(), 2);
 
         let again = restore(&c).unwrap_err().to_string();
-        assert!(again.contains("exists"), "{again}");
+        assert!(again.contains("not empty or could not be read"), "{again}");
     }
 
     #[test]
