@@ -139,7 +139,7 @@ impl EtcdServer {
                 let (server, cluster) = self.versions();
                 return (m.id, Some(MemberVersions { server, cluster: cluster.unwrap_or_else(|| "not_decided".into()) }));
             }
-            let v = fetch_versions(&self.peer_dialer, m).await;
+            let v = fetch_versions(self.transport.dialer(), m).await;
             if let Err(e) = &v {
                 tracing::warn!(remote_member_id = %format!("{:x}", m.id), error = %e, "failed to get version");
             }
