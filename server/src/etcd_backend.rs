@@ -27,7 +27,7 @@ use etcd_mvcc::bolt::BoltReader;
 use etcd_mvcc::Backend;
 use etcd_proto::membershippb::{Attributes, Member, RaftAttributes};
 use prost::Message;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::backup::{
     be_u64, bolt_err, for_each, load_snapshot, write_snapshot_with_meta, Loaded, ETCD_CONSISTENT_INDEX, ETCD_TERM,
@@ -152,14 +152,10 @@ fn hex_id(k: &[u8]) -> Result<u64, ServerError> {
 /// (see the module doc), checked with bbolt's consistency check first.
 pub fn import_etcd_db(bolt: &Path, redb: &Path) -> Result<Converted, ServerError> {
     let c = convert_to(redb, ".import.tmp", |tmp| {
-        let r = BoltReader::open(bolt).map_err(bolt_err)?;
-        let problems = r.check().map_err(bolt_err)?;
-        if !problems.is_empty() {
-            return Err(fail("bbolt consistency check", problems.join("; ")));
-        }
+        let r = open_checked(bolt)?;
         import_into(&r, tmp)
     })?;
-    log_converted("imported etcd's backend", bolt, redb, &c);
+    log_converted("imported etcd's backend", bolt.display(), redb.display(), &c);
     Ok(c)
 }
 
@@ -184,10 +180,10 @@ fn convert_to(
     }
 }
 
-fn log_converted(msg: &str, from: &Path, to: &Path, c: &Converted) {
+fn log_converted(msg: &str, from: impl std::fmt::Display, to: impl std::fmt::Display, c: &Converted) {
     tracing::info!(
-        from = %from.display(),
-        to = %to.display(),
+        from = %from,
+        to = %to,
         revisions = c.loaded.revisions,
         leases = c.loaded.leases,
         auth_users = c.loaded.auth_users,
@@ -206,7 +202,27 @@ fn log_converted(msg: &str, from: &Path, to: &Path, c: &Converted) {
 fn import_into(r: &BoltReader, tmp: &Path) -> Result<Converted, ServerError> {
     let backend = Backend::open(tmp).map_err(|e| fail("create", e))?;
     let wtx = backend.begin_write(true).map_err(|e| fail("begin", e))?;
-    let mut c = Converted { loaded: load_snapshot(r, &wtx)?, ..Default::default() };
+    let c = load_backend(r, &wtx)?;
+    wtx.commit().map_err(|e| fail("commit", e))?;
+    drop(backend);
+    Ok(c)
+}
+
+/// Opens etcd's backend file and runs bbolt's consistency check on it: a damaged file is
+/// refused before anything is written.
+fn open_checked(bolt: &Path) -> Result<BoltReader, ServerError> {
+    let r = BoltReader::open(bolt).map_err(bolt_err)?;
+    let problems = r.check().map_err(bolt_err)?;
+    if !problems.is_empty() {
+        return Err(fail("bbolt consistency check", problems.join("; ")));
+    }
+    Ok(r)
+}
+
+/// Writes every bucket of `r` into `wtx`'s tables (which the caller made empty): what
+/// backup.rs loads, plus the consistent index, term and membership (see the module doc).
+fn load_backend(r: &BoltReader, wtx: &WriteTransaction) -> Result<Converted, ServerError> {
+    let mut c = Converted { loaded: load_snapshot(r, wtx)?, ..Default::default() };
     let st = |e: redb::Error| fail("write", e);
     for (name, bucket) in r.buckets().map_err(bolt_err)? {
         match name.as_slice() {
@@ -254,9 +270,42 @@ fn import_into(r: &BoltReader, tmp: &Path) -> Result<Converted, ServerError> {
             _ => {}
         }
     }
-    wtx.commit().map_err(|e| fail("commit", e))?;
-    drop(backend);
     Ok(c)
+}
+
+/// Replaces the live backend's contents with etcd's backend file at `bolt` (a snapshot a
+/// leader sent): the file is checked first, then one durable write transaction drops every
+/// table and writes what [`import_etcd_db`] would, so a crash before its commit leaves the old
+/// state and after it the new. The store's index and consistent index are rebuilt by
+/// `KvStore::install`; the caller rebuilds the lessor, membership, alarms, auth and watchers.
+/// Takes the store's writer gate: never call it while holding an apply transaction.
+pub fn install_etcd_db(kv: &etcd_mvcc::KvStore, bolt: &Path) -> Result<Converted, ServerError> {
+    let r = open_checked(bolt)?;
+    let mut converted = None;
+    kv.install(|wtx| -> Result<(), ServerError> {
+        clear_every_table(wtx)?;
+        converted = Some(load_backend(&r, wtx)?);
+        // the lessor expects its table to exist, even when the file had no lease bucket
+        wtx.open_table(etcd_lease::LEASE_TABLE).map_err(|e| fail("open table", e))?;
+        Ok(())
+    })?;
+    let c = converted.ok_or_else(|| fail("install", "nothing was loaded"))?;
+    log_converted("installed etcd's backend", bolt.display(), kv.backend().path().display(), &c);
+    Ok(c)
+}
+
+/// Drops every table of the backend: after an install nothing of the old state may remain,
+/// including tables of a kind this module does not know.
+fn clear_every_table(wtx: &WriteTransaction) -> Result<(), ServerError> {
+    let tables: Vec<_> = wtx.list_tables().map_err(|e| fail("list tables", e))?.collect();
+    for t in tables {
+        wtx.delete_table(t).map_err(|e| fail("clear table", e))?;
+    }
+    let multimaps: Vec<_> = wtx.list_multimap_tables().map_err(|e| fail("list tables", e))?.collect();
+    for t in multimaps {
+        wtx.delete_multimap_table(t).map_err(|e| fail("clear table", e))?;
+    }
+    Ok(())
 }
 
 /// Writes etcd's backend file at `bolt` from the etcd-rs backend at `redb` (which is only
@@ -265,14 +314,23 @@ pub fn export_etcd_db(redb: &Path, bolt: &Path) -> Result<Converted, ServerError
     if !redb.is_file() {
         return Err(fail("source", format!("{} is not a file", redb.display())));
     }
-    let c = convert_to(bolt, ".export.tmp", |tmp| export_into(redb, tmp))?;
-    log_converted("exported etcd's backend", redb, bolt, &c);
+    let db = redb::Database::builder().set_cache_size(EXPORT_CACHE_BYTES).open(redb).map_err(|e| fail("open", e))?;
+    let txn = db.begin_read().map_err(|e| fail("read", e))?;
+    let c = convert_to(bolt, ".export.tmp", |tmp| export_into(&txn, tmp))?;
+    log_converted("exported etcd's backend", redb.display(), bolt.display(), &c);
     Ok(c)
 }
 
-fn export_into(redb: &Path, tmp: &Path) -> Result<Converted, ServerError> {
-    let db = redb::Database::builder().set_cache_size(EXPORT_CACHE_BYTES).open(redb).map_err(|e| fail("open", e))?;
-    let txn = db.begin_read().map_err(|e| fail("read", e))?;
+/// [`export_etcd_db`] from a read transaction of a live backend: the file holds exactly what
+/// `read` sees (its keys, and its consistent index and term in meta), whatever is committed
+/// after it. Rows are streamed, so memory does not grow with the key table.
+pub fn export_etcd_db_from(read: &redb::ReadTransaction, bolt: &Path) -> Result<Converted, ServerError> {
+    let c = convert_to(bolt, ".export.tmp", |tmp| export_into(read, tmp))?;
+    log_converted("exported etcd's backend", "a read of the live backend", bolt.display(), &c);
+    Ok(c)
+}
+
+fn export_into(txn: &redb::ReadTransaction, tmp: &Path) -> Result<Converted, ServerError> {
     let mut members = Vec::new();
     match txn.open_table(MEMBERS) {
         Ok(t) => {
@@ -292,7 +350,7 @@ fn export_into(redb: &Path, tmp: &Path) -> Result<Converted, ServerError> {
     let conf_state = (!members.is_empty() && writes_conf_state(version.as_deref())).then(|| conf_state_json(&members));
     let extra = conf_state.iter().map(|cs| (ETCD_CONF_STATE.to_vec(), cs.as_bytes().to_vec())).collect();
     let file = File::create(tmp).map_err(|e| fail("create", e))?;
-    let (out, _size) = write_snapshot_with_meta(&txn, BufWriter::new(file), extra)?;
+    let (out, _size) = write_snapshot_with_meta(txn, BufWriter::new(file), extra)?;
     out.into_inner().map_err(|e| fail("write", e.error()))?;
     // what was written, counted from the file itself
     let r = BoltReader::open(tmp).map_err(bolt_err)?;
@@ -343,11 +401,132 @@ mod tests {
     fn conf_state_is_written_as_etcd_3_5_writes_it_and_only_for_3_5_clusters() {
         // as read from an etcd 3.5.1 db (meta bucket, key confState)
         let voter = crate::membership::new_member(4831587547414905416, "e0", vec![], false);
-        assert_eq!(conf_state_json(&[voter.clone()]), r#"{"voters":[4831587547414905416],"auto_leave":false}"#);
+        assert_eq!(conf_state_json(std::slice::from_ref(&voter)), r#"{"voters":[4831587547414905416],"auto_leave":false}"#);
         let learner = crate::membership::new_member(7, "l", vec![], true);
         assert_eq!(conf_state_json(&[voter, learner]), r#"{"voters":[4831587547414905416],"learners":[7],"auto_leave":false}"#);
         assert!(writes_conf_state(Some("3.5.0")) && writes_conf_state(Some("3.6.0")) && writes_conf_state(Some("4.0.0")));
         assert!(!writes_conf_state(Some("3.4.0")) && !writes_conf_state(None) && !writes_conf_state(Some("x")));
+    }
+
+    use etcd_mvcc::KvStore;
+    use etcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest};
+
+    /// Applies one batch: `keys` puts of `prefix<i>`, members `member_ids` (learners when
+    /// odd), the removed IDs, a cluster version, and the consistent index `(index, term)`.
+    fn apply(kv: &KvStore, prefix: &str, keys: usize, member_ids: &[u64], removed: &[u64], index: u64, term: u64) {
+        let mut txn = kv.begin_apply().unwrap();
+        for i in 0..keys {
+            let put = PutRequest { key: format!("{prefix}{i}").into_bytes(), value: vec![b'v'; 50], ..Default::default() };
+            txn.put(&put, &|_| false).unwrap();
+        }
+        {
+            let w = txn.write_txn();
+            let mut t = w.open_table(MEMBERS).unwrap();
+            for &id in member_ids {
+                let m = crate::membership::new_member(id, &format!("m{id}"), vec![format!("http://127.0.0.1:{id}")], id % 2 == 1);
+                t.insert(id, m.encode_to_vec().as_slice()).unwrap();
+            }
+            let mut t = w.open_table(MEMBERS_REMOVED).unwrap();
+            for &id in removed {
+                t.insert(id, ()).unwrap();
+            }
+            w.open_table(CLUSTER).unwrap().insert(CLUSTER_VERSION_KEY, b"3.5.0".as_slice()).unwrap();
+        }
+        txn.set_consistent_index(index, term);
+        txn.commit(true).unwrap();
+    }
+
+    /// etcd's `snapshot status` hash of the etcd file written from every table `read` sees:
+    /// equal hashes mean equal tables.
+    fn tables_hash(read: &redb::ReadTransaction, dir: &Path, name: &str) -> u32 {
+        let f = dir.join(name);
+        export_etcd_db_from(read, &f).unwrap();
+        crate::backup::snapshot_status(&f).unwrap().hash
+    }
+
+    #[test]
+    fn an_export_from_a_live_read_holds_the_reads_state_while_writes_continue_after_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&tmp.path().join("db")).unwrap();
+        apply(&kv, "a", 2_000, &[1, 2], &[9], 7, 2);
+        let at_read = kv.hash_kv(0).unwrap();
+        let read = kv.read_all().unwrap();
+        // the applier goes on after the read was taken
+        apply(&kv, "b", 500, &[3], &[], 12, 3);
+        let mut txn = kv.begin_apply().unwrap();
+        txn.delete_range(&DeleteRangeRequest { key: b"a1".to_vec(), ..Default::default() }).unwrap();
+        txn.commit(true).unwrap();
+
+        let bolt = tmp.path().join("out.db");
+        let c = export_etcd_db_from(&read, &bolt).unwrap();
+        drop(read);
+        assert_eq!((c.consistent_index, c.term, c.members, c.members_removed), (7, 2, 2, 1));
+        assert_eq!(c.loaded.revisions, 2_000);
+        assert_eq!(c.conf_state.as_deref(), Some(r#"{"voters":[2],"learners":[1],"auto_leave":false}"#));
+
+        let back = tmp.path().join("back.redb");
+        import_etcd_db(&bolt, &back).unwrap();
+        let imported = KvStore::open(&back).unwrap();
+        assert_eq!(imported.consistent_index(), (7, 2));
+        assert_eq!(imported.hash_kv(0).unwrap(), at_read);
+        assert_ne!(kv.hash_kv(0).unwrap(), at_read, "the live store moved on");
+        assert!(export_etcd_db_from(&kv.read_all().unwrap(), &bolt).unwrap_err().to_string().contains("exists"));
+    }
+
+    #[test]
+    fn an_installed_file_replaces_a_non_empty_store_with_exactly_what_an_import_gives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = KvStore::open(&tmp.path().join("source.redb")).unwrap();
+        apply(&source, "k", 3_000, &[10, 11], &[4, 5], 40, 6);
+        let bolt = tmp.path().join("snap.db");
+        export_etcd_db_from(&source.read_all().unwrap(), &bolt).unwrap();
+
+        // a member with other keys, members, alarms and a later revision
+        let target = KvStore::open(&tmp.path().join("target.redb")).unwrap();
+        apply(&target, "other", 5_000, &[1, 2, 3], &[], 8, 1);
+        {
+            let txn = target.begin_apply().unwrap();
+            txn.write_txn().open_table(crate::alarms::ALARMS).unwrap().insert((1, 1), ()).unwrap();
+            txn.commit(true).unwrap();
+        }
+        let c = install_etcd_db(&target, &bolt).unwrap();
+        assert_eq!((c.consistent_index, c.term, c.members, c.members_removed), (40, 6, 2, 2));
+        assert_eq!(target.consistent_index(), (40, 6));
+        assert_eq!(target.current_revision(), source.current_revision());
+        assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
+
+        let imported = tmp.path().join("imported.redb");
+        import_etcd_db(&bolt, &imported).unwrap();
+        let imported = KvStore::open(&imported).unwrap();
+        let want = tables_hash(&imported.read_all().unwrap(), tmp.path(), "imported.db");
+        assert_eq!(tables_hash(&target.read_all().unwrap(), tmp.path(), "installed.db"), want, "every table as imported");
+        // and it is what a restart finds
+        drop(target);
+        let reopened = KvStore::open(&tmp.path().join("target.redb")).unwrap();
+        assert_eq!(reopened.consistent_index(), (40, 6));
+        assert_eq!(tables_hash(&reopened.read_all().unwrap(), tmp.path(), "reopened.db"), want);
+    }
+
+    #[test]
+    fn a_damaged_file_is_not_installed_and_the_store_keeps_its_state() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kv = KvStore::open(&tmp.path().join("db")).unwrap();
+        apply(&kv, "k", 10, &[1], &[], 5, 1);
+        let before = kv.hash_kv(0).unwrap();
+        let mut bytes = fs::read(fixture()).unwrap();
+        bytes.truncate(bytes.len() - 32);
+        for page in [2, 3, 4] {
+            bytes[page * 4096 + 16 + 4] = 0xff;
+            bytes[page * 4096 + 16 + 7] = 0x7f;
+        }
+        let bad = tmp.path().join("bad.db");
+        fs::write(&bad, &bytes).unwrap();
+        assert!(install_etcd_db(&kv, &bad).is_err());
+        fs::write(&bad, b"garbage").unwrap();
+        assert!(install_etcd_db(&kv, &bad).is_err());
+        assert!(install_etcd_db(&kv, &tmp.path().join("missing.db")).is_err());
+        assert_eq!(kv.hash_kv(0).unwrap(), before);
+        assert_eq!(kv.consistent_index(), (5, 1));
     }
 
     fn fixture() -> PathBuf {

@@ -26,5 +26,6 @@ pub mod serve;
 pub mod snapshot;
 pub mod tls;
 pub mod wait;
+pub mod v2store;
 
 pub use etcd_server::EtcdServer;

@@ -24,7 +24,15 @@ use etcd_proto::etcdserverpb::{
     AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest,
 };
-use etcd_server::etcd_backend::{export_etcd_db, import_etcd_db};
+use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
+use etcd_proto::etcdserverpb::{MemberListRequest, Metadata};
+use etcd_proto::membershippb::Member;
+use etcd_proto::raftpb::{ConfState, HardState, Snapshot, SnapshotMetadata};
+use etcd_raft::etcd_snap::{read_snap, write_snap};
+use etcd_raft::etcd_wal::EtcdWalWriter;
+use etcd_server::etcd_backend::{export_etcd_db, export_etcd_db_from, import_etcd_db};
+use etcd_server::membership::new_member;
+use etcd_server::v2store::{parse, snapshot_json, V2State};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -47,6 +55,10 @@ impl Etcd {
     }
 
     fn start_on(bin: &str, data_dir: &Path, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd::start_with(bin, data_dir, client_port, peer_port, &[])
+    }
+
+    fn start_with(bin: &str, data_dir: &Path, client_port: u16, peer_port: u16, extra: &[&str]) -> Etcd {
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
@@ -56,6 +68,7 @@ impl Etcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("e0={peer}")])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -345,6 +358,136 @@ async fn a_store_written_with_the_mvcc_api_exports_to_a_file_etcd_restores_and_s
         assert_eq!(etcd_status(ETCDCTL_34, &bolt), status, "etcdctl 3.4 and etcdutl 3.5 agree");
     }
     restore_and_serve(ETCDUTL_35, ETCD_35, dir.path(), &bolt, expected, false).await;
+}
+
+/// The server's membership tables (crate-private there): the same names and types.
+const MEMBERS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("members");
+const MEMBERS_REMOVED: redb::TableDefinition<u64, ()> = redb::TableDefinition::new("members_removed");
+const CLUSTER: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("cluster");
+
+/// A raft snapshot etcd-rs would send, made into a data dir as `snapshot restore` lays one out
+/// (`member/snap/db` from [`export_etcd_db_from`], `member/snap/<term>-<index>.snap` holding
+/// [`snapshot_json`], a WAL whose snapshot record and hard state are at that index; without
+/// restore's conf-change entries at or below the index, which etcd never replays), then etcd
+/// `bin` starts on it as the one voter: it serves the keys the read saw (not the writes after
+/// it), lists the members (a learner among them), and its own next snapshot carries the
+/// members, the removed ID and the cluster version it recovered from ours.
+async fn etcd_starts_on_a_snapshot_made_by_etcd_rs(bin: &str, cluster_version: &str, version_log: &str) {
+    const INDEX: u64 = 40;
+    const TERM: u64 = 3;
+    const CLUSTER_ID: u64 = 0x5eed_c1a5_7e7d_0001;
+    let dir = tempfile::tempdir().unwrap();
+    let (client_port, peer_port) = (free_port(), free_port());
+    let mut voter = new_member(0x1d2c_3b4a_5f60_7182, "e0", vec![format!("http://127.0.0.1:{peer_port}")], false);
+    voter.member_attrs.as_mut().unwrap().client_urls = vec![format!("http://127.0.0.1:{client_port}")];
+    // added, never started: no name, no client URLs
+    let learner = new_member(0x0a2b_2c2d_2e2f_3031, "", vec!["http://127.0.0.1:9".into()], true);
+    let removed = 0x77u64;
+    let members = vec![voter.clone(), learner.clone()];
+
+    let kv = KvStore::open(&dir.path().join("rs.redb")).unwrap();
+    let put = |k: String| PutRequest { key: k.into_bytes(), value: b"v".to_vec(), ..Default::default() };
+    let mut t = kv.begin_apply().unwrap();
+    for i in 0..300 {
+        t.put(&put(format!("k{i:04}")), &|_| false).unwrap();
+    }
+    t.delete_range(&DeleteRangeRequest { key: b"k0010".to_vec(), range_end: b"k0020".to_vec(), ..Default::default() }).unwrap();
+    {
+        use prost::Message as _;
+        let w = t.write_txn();
+        let mut m = w.open_table(MEMBERS).unwrap();
+        for member in &members {
+            m.insert(member.id, member.encode_to_vec().as_slice()).unwrap();
+        }
+        w.open_table(MEMBERS_REMOVED).unwrap().insert(removed, ()).unwrap();
+        w.open_table(CLUSTER).unwrap().insert("clusterVersion", cluster_version.as_bytes()).unwrap();
+    }
+    t.set_consistent_index(INDEX, TERM);
+    t.commit(true).unwrap();
+    let expected = kv.hash_kv(0).unwrap();
+    let read = kv.read_all().unwrap();
+    // the applier goes on after the snapshot's read
+    let mut t = kv.begin_apply().unwrap();
+    t.put(&put("after-the-read".into()), &|_| false).unwrap();
+    t.set_consistent_index(INDEX + 1, TERM);
+    t.commit(true).unwrap();
+
+    let data_dir = dir.path().join("etcd");
+    let member = data_dir.join("member");
+    std::fs::create_dir_all(member.join("snap")).unwrap();
+    let c = export_etcd_db_from(&read, &member.join("snap/db")).unwrap();
+    drop(read);
+    assert_eq!((c.consistent_index, c.term, c.members, c.members_removed), (INDEX, TERM, 2, 1));
+    let conf_state = ConfState { voters: vec![voter.id], learners: vec![learner.id], ..Default::default() };
+    let snap = Snapshot {
+        data: Some(snapshot_json(&members, &[removed], Some(cluster_version))),
+        metadata: Some(SnapshotMetadata { conf_state: Some(conf_state.clone()), index: Some(INDEX), term: Some(TERM) }),
+    };
+    write_snap(&member.join("snap"), &snap).unwrap();
+    let md = Metadata { node_id: Some(voter.id), cluster_id: Some(CLUSTER_ID) };
+    let mut w = EtcdWalWriter::create(&member.join("wal"), &md).unwrap();
+    let v35 = cluster_version.starts_with("3.5");
+    w.save_snapshot(INDEX, TERM, v35.then_some(conf_state)).unwrap();
+    w.save(&HardState { term: Some(TERM), vote: Some(voter.id), commit: Some(INDEX) }, &[]).unwrap();
+    w.finish().unwrap();
+
+    let mut etcd = Etcd::start_with(bin, &data_dir, client_port, peer_port, &["--snapshot-count", "5"]);
+    let ch = etcd.channel().await;
+    assert_eq!(hash_kv(&ch, None).await, expected, "etcd's HashKV: the keys the read saw");
+    let list = ClusterClient::new(ch.clone()).member_list(MemberListRequest::default()).await.unwrap().into_inner();
+    let mut listed: Vec<_> = list.members.iter().map(|m| (m.id, m.name.clone(), m.peer_ur_ls.clone(), m.client_ur_ls.clone(), m.is_learner)).collect();
+    listed.sort();
+    let mut want: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (r, a) = (m.raft_attrs.clone().unwrap(), m.member_attrs.clone().unwrap());
+            (m.id, a.name, r.peer_urls, a.client_urls, r.is_learner)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(listed, want, "member list");
+    assert!(etcd.log().contains(version_log), "cluster version recovered from the snapshot; log:\n{}", etcd.log());
+
+    // enough entries for etcd's own snapshot: its v2 store is what it recovered from ours
+    let mut client = KvClient::new(ch.clone());
+    for i in 0..8 {
+        client.put(put(format!("later{i}"))).await.unwrap();
+    }
+    let snap_dir = member.join("snap");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let newest = loop {
+        let (s, _) = read_snap(&snap_dir, None).unwrap();
+        if s.metadata.as_ref().unwrap().index() > INDEX {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "etcd took no snapshot in 30s; log:\n{}", etcd.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    etcd.stop();
+    let recovered = parse(newest.data()).unwrap();
+    let mut want_members: Vec<Member> = members.clone();
+    want_members.sort_by_key(|m| m.id);
+    assert_eq!(
+        recovered,
+        V2State { members: want_members, removed: vec![removed], cluster_version: Some(cluster_version.into()) },
+        "what etcd's own snapshot holds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_5_1_starts_on_etcd_rs_snapshot_json_and_live_export_with_the_same_keys_and_members() {
+    if !present(&[ETCD_35]) {
+        return;
+    }
+    etcd_starts_on_a_snapshot_made_by_etcd_rs(ETCD_35, "3.5.0", "set cluster version from store").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_3_4_23_starts_on_etcd_rs_snapshot_json_and_live_export_with_the_same_keys_and_members() {
+    if !present(&[ETCD_34]) {
+        return;
+    }
+    etcd_starts_on_a_snapshot_made_by_etcd_rs(ETCD_34, "3.4.0", "set the cluster version to 3.4 from store").await;
 }
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
