@@ -11,7 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/leasepb/lease.proto",
         "proto/v3lockpb/v3lock.proto",
         "proto/v3electionpb/v3election.proto",
-        "proto/etcdrspb/snapshot.proto",
         "proto/grpc/health/v1/health.proto",
         "proto/raftpb/raft.proto",
         "proto/walpb/record.proto",

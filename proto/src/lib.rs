@@ -32,10 +32,6 @@ pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
-/// etcd-rs's own records (the table rows of a database snapshot sent to a peer).
-pub mod etcdrspb {
-    tonic::include_proto!("etcdrspb");
-}
 /// The gRPC health checking protocol (`grpc.health.v1.Health`), as etcd serves it.
 pub mod grpc_health_v1 {
     tonic::include_proto!("grpc.health.v1");

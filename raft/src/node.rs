@@ -293,9 +293,10 @@ impl RaftNode {
 
     /// Tells raft that backend state up to `index` is durable: a snapshot is
     /// recorded at `index` and the log before it is released (keeping the
-    /// catch-up tail in memory). Errors are logged by the loop.
-    pub fn compact(&self, index: u64) {
-        let _ = self.send(Command::Compact { index });
+    /// catch-up tail in memory); `data` is the snapshot's data (etcd's v2 store JSON).
+    /// Errors are logged by the loop.
+    pub fn compact(&self, index: u64, data: Vec<u8>) {
+        let _ = self.send(Command::Compact { index, data });
     }
 
     /// Delivers a message from a peer.
@@ -604,7 +605,7 @@ mod tests {
         }
         let ents = apply(&node, &mut rx, 4).await;
         assert_eq!(ents[3].index, 10);
-        node.compact(9);
+        node.compact(9, Vec::new());
         wait_for("the snapshot", || node.status().snapshot_index == 9).await;
         let snap = Snapshotter::new(&dir.join("snap"))
             .unwrap()
@@ -646,7 +647,7 @@ mod tests {
         let dir = tmp.path().join("member");
         run_first_life(&dir).await;
         let (node, _rx) = start(config(dir.clone(), 5));
-        node.compact(5);
+        node.compact(5, Vec::new());
         wait_for("the snapshot", || node.status().snapshot_index == 5).await;
         node.stop().await;
         match RaftNode::start(config(dir, 3), Arc::new(NoopTransport)) {

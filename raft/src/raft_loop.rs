@@ -62,6 +62,7 @@ pub(crate) enum Command {
     },
     Compact {
         index: u64,
+        data: Vec<u8>,
     },
     Step(Box<Message>),
     Campaign,
@@ -260,7 +261,7 @@ impl RaftLoop {
                 }
                 let _ = reply.send(result);
             }
-            Command::Compact { index } => self.compact(index)?,
+            Command::Compact { index, data } => self.compact(index, data)?,
             Command::Step(msg) => {
                 if let Err(e) = self.raw.step(*msg) {
                     tracing::debug!(error = %e, "raft refused a peer message");
@@ -377,7 +378,7 @@ impl RaftLoop {
     }
 
     /// Records a snapshot at `index` and releases the log before it.
-    fn compact(&mut self, index: u64) -> Result<(), RaftError> {
+    fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), RaftError> {
         let applied = self.raw.raft.raft_log.applied;
         let index = index.min(applied);
         if index <= self.snapshot_index {
@@ -396,6 +397,7 @@ impl RaftLoop {
         meta.index = index;
         meta.term = term;
         meta.set_conf_state(self.conf_state.clone());
+        snap.data = data.into();
         // The snapshot file first: a WAL marker never names a missing snapshot.
         self.snapshotter.save(&snap)?;
         self.wal.save_snapshot_marker(index, term)?;

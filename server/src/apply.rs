@@ -217,8 +217,10 @@ impl Applier {
             meta.index = index;
             meta.term = term;
             meta.set_conf_state(self.conf_state.clone());
+            msg.mut_snapshot().data = self.members.v2_snapshot_json().into();
             tracing::info!(to = %format!("{to:x}"), index, term, "sending a snapshot of the backend");
-            crate::snapshot::spawn_send(&self.runtime, self.transport.clone(), msg, read, self.snapshots_sending.clone());
+            let (transport, snap_dir) = (self.transport.clone(), self.snap_dir.clone());
+            crate::snapshot::spawn_send(&self.runtime, transport, snap_dir, msg, read, self.snapshots_sending.clone());
         }
     }
 
@@ -291,7 +293,7 @@ impl Applier {
             fatal(&format!("backend sync before snapshot failed: {e}"));
         }
         tracing::info!(applied_index = applied, "triggering snapshot");
-        self.raft.compact(applied);
+        self.raft.compact(applied, self.members.v2_snapshot_json());
         self.last_snapshot_index = applied;
     }
 

@@ -132,6 +132,17 @@ impl Membership {
         self.view.read().members.get(&id).cloned()
     }
 
+    /// IDs of the members removed from the cluster.
+    pub fn removed_ids(&self) -> Vec<u64> {
+        self.view.read().removed.iter().copied().collect()
+    }
+
+    /// etcd's v2 store JSON of this membership: the `data` of the raft snapshots this member
+    /// makes and sends, which etcd members recover their membership from.
+    pub fn v2_snapshot_json(&self) -> Vec<u8> {
+        crate::v2store::snapshot_json(&self.members(), &self.removed_ids(), self.cluster_version().as_deref())
+    }
+
     pub fn is_removed(&self, id: u64) -> bool {
         self.view.read().removed.contains(&id)
     }

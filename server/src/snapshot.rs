@@ -1,43 +1,34 @@
-//! Snapshot transfer: how a member behind the leader's compacted raft log catches up.
+//! Snapshot transfer: how a member behind the leader's compacted raft log catches up, in etcd's
+//! formats so etcd and etcd-rs members catch up from each other.
 //!
 //! raft-rs's MsgSnapshot carries only metadata. The transport hands it to the leader's applier,
 //! which rewrites its metadata to the applier's own position (applied index, its term, the
-//! configuration there) and opens a read transaction at that same point, so the rows sent are
-//! exactly the state the metadata names. A task POSTs the message and every backend table to
-//! the peer's `/raft/snapshot` (etcd's rafthttp: the MsgSnap frame, then the database); the
-//! receiver writes the body to `snap/<index>.snap.db` (tmp, fsync, rename: only a complete file
-//! has that name), then steps the message into raft. When raft accepts it, the receiver's
-//! applier installs the file: one durable write transaction replaces every table, then the
-//! index, lessor, membership and watchers are rebuilt from it.
-//!
-//! The database after the frame is, for now, etcd-rs's own: checksummed records of table rows
-//! ([`ReceivedFile`]'s format), which etcd members cannot read; etcd's bbolt file takes its
-//! place once the converter (etcd_backend.rs) is in.
+//! configuration there), sets its `data` to etcd's v2 store JSON of the membership there (what
+//! an etcd member recovers its membership from) and opens a read transaction at that same
+//! point, so the database sent is exactly the state the metadata names. A task exports that
+//! read as etcd's bbolt file (in the snap dir) and POSTs the message and the file to the peer's
+//! `/raft/snapshot` (etcd's rafthttp). The receiver writes the body to `snap/<index>.snap.db`
+//! (tmp, fsync, rename: only a complete file has that name), then steps the message into raft.
+//! When raft accepts it, the receiver's applier installs the file (`install_etcd_db`: one
+//! durable write transaction replaces every table), then the index, lessor, membership and
+//! watchers are rebuilt from it.
 //!
 //! Crash rule: raft records the snapshot (snap file, WAL marker) before the applier installs
 //! it, so a restart can find the backend behind the newest snapshot; bootstrap then installs
 //! the `.snap.db` file raft accepted before starting raft.
 
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use etcd_mvcc::backend::{KEY_TABLE, META_TABLE};
-use etcd_proto::etcdrspb::SnapshotRows;
 use etcd_raft::rafthttp::host::SnapshotBody;
 use etcd_raft::{HttpTransport, Snapshotter};
 use parking_lot::Mutex;
-use prost::Message as _;
 use raft::eraftpb::Message;
-use redb::{ReadTransaction, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
+use redb::ReadTransaction;
 
-use crate::alarms::ALARMS;
 use crate::errors::ServerError;
-use crate::membership::{CLUSTER, MEMBERS, MEMBERS_REMOVED};
-
-/// Bytes of keys and values per streamed chunk (one row may exceed it).
-const CHUNK_BYTES: usize = 1 << 20;
 
 fn err(what: &str, e: impl std::fmt::Display) -> ServerError {
     ServerError::Internal(format!("snapshot: {what}: {e}"))
@@ -67,109 +58,10 @@ pub fn purge_received(snap_dir: &Path, applied: u64) {
     }
 }
 
-// ---------------------------------------------------------------- tables
-
-/// Emits a table's rows in chunks; a table that does not exist emits nothing.
-fn dump_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &ReadTransaction,
-    def: TableDefinition<K, V>,
-    emit: &mut dyn FnMut(SnapshotRows) -> Result<(), ServerError>,
-) -> Result<(), ServerError> {
-    let table = match txn.open_table(def) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-        Err(e) => return Err(err("open table", e)),
-    };
-    let name = def.name().to_string();
-    let mut rows = SnapshotRows { table: name.clone(), ..Default::default() };
-    let mut bytes = 0;
-    for row in table.iter().map_err(|e| err("read", e))? {
-        let (k, v) = row.map_err(|e| err("read", e))?;
-        let key = K::as_bytes(&k.value()).as_ref().to_vec();
-        let value = V::as_bytes(&v.value()).as_ref().to_vec();
-        bytes += key.len() + value.len();
-        rows.keys.push(key);
-        rows.values.push(value);
-        if bytes >= CHUNK_BYTES {
-            emit(std::mem::replace(&mut rows, SnapshotRows { table: name.clone(), ..Default::default() }))?;
-            bytes = 0;
-        }
-    }
-    if !rows.keys.is_empty() {
-        emit(rows)?;
-    }
-    Ok(())
-}
-
-fn load_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
-    txn: &WriteTransaction,
-    def: TableDefinition<K, V>,
-    rows: &SnapshotRows,
-) -> Result<(), ServerError> {
-    if rows.keys.len() != rows.values.len() {
-        return Err(err("rows", "keys and values differ in number"));
-    }
-    let mut table = txn.open_table(def).map_err(|e| err("open table", e))?;
-    for (k, v) in rows.keys.iter().zip(&rows.values) {
-        table.insert(K::from_bytes(k), V::from_bytes(v)).map_err(|e| err("write", e))?;
-    }
-    Ok(())
-}
-
-/// Every table of the backend, in one place: what a snapshot carries.
-fn dump_all(
-    txn: &ReadTransaction,
-    emit: &mut dyn FnMut(SnapshotRows) -> Result<(), ServerError>,
-) -> Result<(), ServerError> {
-    dump_table(txn, META_TABLE, emit)?;
-    dump_table(txn, KEY_TABLE, emit)?;
-    dump_table(txn, etcd_lease::LEASE_TABLE, emit)?;
-    dump_table(txn, MEMBERS, emit)?;
-    dump_table(txn, MEMBERS_REMOVED, emit)?;
-    dump_table(txn, CLUSTER, emit)?;
-    dump_table(txn, ALARMS, emit)?;
-    dump_table(txn, etcd_auth::AUTH, emit)?;
-    dump_table(txn, etcd_auth::AUTH_USERS, emit)?;
-    dump_table(txn, etcd_auth::AUTH_ROLES, emit)
-}
-
-fn clear_all(txn: &WriteTransaction) -> Result<(), ServerError> {
-    let e = |e| err("clear table", e);
-    txn.delete_table(META_TABLE).map_err(e)?;
-    txn.delete_table(KEY_TABLE).map_err(e)?;
-    txn.delete_table(etcd_lease::LEASE_TABLE).map_err(e)?;
-    txn.delete_table(MEMBERS).map_err(e)?;
-    txn.delete_table(MEMBERS_REMOVED).map_err(e)?;
-    txn.delete_table(CLUSTER).map_err(e)?;
-    txn.delete_table(ALARMS).map_err(e)?;
-    txn.delete_table(etcd_auth::AUTH).map_err(e)?;
-    txn.delete_table(etcd_auth::AUTH_USERS).map_err(e)?;
-    txn.delete_table(etcd_auth::AUTH_ROLES).map_err(e)?;
-    // the lessor expects its table to exist
-    txn.open_table(etcd_lease::LEASE_TABLE).map_err(|e| err("open table", e))?;
-    Ok(())
-}
-
-fn load_any(txn: &WriteTransaction, rows: &SnapshotRows) -> Result<(), ServerError> {
-    match rows.table.as_str() {
-        t if t == META_TABLE.name() => load_rows(txn, META_TABLE, rows),
-        t if t == KEY_TABLE.name() => load_rows(txn, KEY_TABLE, rows),
-        t if t == etcd_lease::LEASE_TABLE.name() => load_rows(txn, etcd_lease::LEASE_TABLE, rows),
-        t if t == MEMBERS.name() => load_rows(txn, MEMBERS, rows),
-        t if t == MEMBERS_REMOVED.name() => load_rows(txn, MEMBERS_REMOVED, rows),
-        t if t == CLUSTER.name() => load_rows(txn, CLUSTER, rows),
-        t if t == ALARMS.name() => load_rows(txn, ALARMS, rows),
-        t if t == etcd_auth::AUTH.name() => load_rows(txn, etcd_auth::AUTH, rows),
-        t if t == etcd_auth::AUTH_USERS.name() => load_rows(txn, etcd_auth::AUTH_USERS, rows),
-        t if t == etcd_auth::AUTH_ROLES.name() => load_rows(txn, etcd_auth::AUTH_ROLES, rows),
-        other => Err(err("rows", format!("unknown table {other:?}"))),
-    }
-}
-
 // ---------------------------------------------------------------- the received file
 
-/// Writes a received snapshot: records of `[u32 LE length][u32 LE crc32c][SnapshotRows]`,
-/// in `<index>.snap.db.tmp`, renamed to `<index>.snap.db` by [`ReceivedFile::finish`].
+/// Writes a received snapshot's database in `<index>.snap.db.tmp`, renamed to `<index>.snap.db`
+/// by [`ReceivedFile::finish`].
 pub struct ReceivedFile {
     tmp: PathBuf,
     path: PathBuf,
@@ -186,11 +78,7 @@ impl ReceivedFile {
         Ok(ReceivedFile { tmp, path, out: BufWriter::new(file), started: std::time::Instant::now() })
     }
 
-    pub fn write(&mut self, rows: &SnapshotRows) -> Result<(), ServerError> {
-        self.write_bytes(&encode_record(rows)?)
-    }
-
-    /// Bytes of records as they arrive from a peer (checked when the file is installed).
+    /// Bytes of the database as they arrive from a peer (checked when the file is installed).
     pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
         self.out.write_all(bytes).map_err(|e| err("write", e))
     }
@@ -216,17 +104,6 @@ impl Drop for ReceivedFile {
     }
 }
 
-/// One record: `[u32 LE length][u32 LE crc32c][SnapshotRows]`.
-fn encode_record(rows: &SnapshotRows) -> Result<Vec<u8>, ServerError> {
-    let body = rows.encode_to_vec();
-    let len = u32::try_from(body.len()).map_err(|_| err("write", "chunk too large"))?;
-    let mut out = Vec::with_capacity(8 + body.len());
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
 /// Saves an incoming snapshot's database (the body after its MsgSnap frame) as
 /// `<index>.snap.db`, durable before it gets that name.
 pub async fn receive(snap_dir: &Path, index: u64, mut db: SnapshotBody) -> Result<PathBuf, ServerError> {
@@ -238,34 +115,11 @@ pub async fn receive(snap_dir: &Path, index: u64, mut db: SnapshotBody) -> Resul
     tokio::task::spawn_blocking(move || file.finish()).await.map_err(|e| err("receive", e))?
 }
 
-fn read_records(path: &Path, mut each: impl FnMut(SnapshotRows) -> Result<(), ServerError>) -> Result<(), ServerError> {
-    let file = File::open(path).map_err(|e| err(&format!("open {}", path.display()), e))?;
-    let mut r = BufReader::new(file);
-    let mut head = [0u8; 8];
-    loop {
-        match r.read_exact(&mut head) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(err("read", e)),
-        }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).map_err(|e| err("read", e))?;
-        if crc32c::crc32c(&body) != crc {
-            return Err(err("read", format!("{} is corrupt", path.display())));
-        }
-        each(SnapshotRows::decode(&body[..]).map_err(|e| err("decode", e))?)?;
-    }
-}
-
-/// Replaces the store's tables with the received snapshot at `path` (one durable commit) and
-/// rebuilds the store's index. The caller reloads the lessor, membership and watchers.
+/// Replaces the store's tables with the received snapshot (etcd's bbolt file) at `path` in one
+/// durable commit and rebuilds the store's index. The caller reloads the lessor, membership and
+/// watchers.
 pub fn install(kv: &etcd_mvcc::KvStore, path: &Path) -> Result<(), ServerError> {
-    kv.install(|txn| {
-        clear_all(txn)?;
-        read_records(path, |rows| load_any(txn, &rows))
-    })
+    crate::etcd_backend::install_etcd_db(kv, path).map(|_| ())
 }
 
 /// A crash between raft recording a received snapshot and the applier installing it leaves
@@ -296,11 +150,22 @@ pub fn install_pending(kv: &etcd_mvcc::KvStore, snap_dir: &Path) -> Result<(), S
 
 // ---------------------------------------------------------------- sending
 
-/// POSTs `msg` (metadata already at the state `read` sees) and every table to its target; the
-/// transport reports the outcome to raft. `inflight` holds the targets with a transfer running.
+/// Where the database for a snapshot to `to` is exported before it is sent (a `.tmp` name:
+/// [`purge_received`] removes one a crash left behind).
+fn export_path(snap_dir: &Path, to: u64, index: u64) -> PathBuf {
+    snap_dir.join(format!("{to:x}-{index:016x}.snap.db.tmp"))
+}
+
+/// Bytes of the exported database per request body chunk.
+const SEND_CHUNK: usize = 1 << 20;
+
+/// POSTs `msg` (metadata and data already at the state `read` sees) and `read` exported as
+/// etcd's bbolt file to its target; the transport reports the outcome to raft. `inflight` holds
+/// the targets with a transfer running.
 pub fn spawn_send(
     runtime: &tokio::runtime::Handle,
     transport: Arc<HttpTransport>,
+    snap_dir: PathBuf,
     msg: Message,
     read: ReadTransaction,
     inflight: Arc<Mutex<std::collections::HashSet<u64>>>,
@@ -310,38 +175,57 @@ pub fn spawn_send(
     runtime.spawn(async move {
         let started = std::time::Instant::now();
         let transfer = etcd_raft::metrics::snapshot_send(to);
-        // the table scan blocks; it feeds the request body through a bounded channel, and an
-        // error on the way ends the body with an error (the receiver never keeps a partial file)
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Bytes, String>>(4);
-        let producer = tokio::task::spawn_blocking(move || {
-            let mut rows_sent = 0u64;
-            let mut emit = |rows: SnapshotRows| {
-                rows_sent += rows.keys.len() as u64;
-                let record = encode_record(&rows)?;
-                tx.blocking_send(Ok(record.into())).map_err(|_| err("send", "the request closed"))
-            };
-            let dumped = dump_all(&read, &mut emit);
-            if let Err(e) = &dumped {
-                let _ = tx.blocking_send(Err(e.to_string()));
-            }
-            dumped.map(|_| rows_sent)
-        });
-        let frames = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| r.map(hyper::body::Frame::data));
-        let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
-        let sent = transport.send_snapshot(msg, body).await;
-        let rows = producer.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+        let path = export_path(&snap_dir, to, index);
+        let result = send(&transport, msg, read, &path).await;
+        let _ = fs::remove_file(&path);
         inflight.lock().remove(&to);
-        match (sent, rows) {
-            (Ok(()), Ok(rows)) => {
+        match result {
+            Ok(bytes) => {
                 transfer.succeeded();
-                tracing::info!(to = %format!("{to:x}"), index, rows, took = ?started.elapsed(), "sent a snapshot");
+                tracing::info!(to = %format!("{to:x}"), index, bytes, took = ?started.elapsed(), "sent a database snapshot");
             }
-            (sent, rows) => {
-                let error = sent.err().map(|e| e.to_string()).or(rows.err()).unwrap_or_default();
-                tracing::warn!(to = %format!("{to:x}"), index, error = %error, "sending a snapshot failed");
+            Err(e) => tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a database snapshot failed"),
+        }
+    });
+}
+
+/// Exports `read` to `path`, then streams it after `msg`; the bytes sent.
+async fn send(transport: &HttpTransport, msg: Message, read: ReadTransaction, path: &Path) -> Result<u64, String> {
+    let to = msg.to;
+    let export = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::etcd_backend::export_etcd_db_from(&read, &path)).await
+    };
+    if let Err(e) = export.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        transport.host().report_snapshot(to, false);
+        return Err(format!("cannot export the backend: {e}"));
+    }
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // the file is read off the async workers and fed to the request body through a bounded
+    // channel; a read error ends the body with an error (the receiver keeps no partial file)
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Bytes, String>>(4);
+    let reader = tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0u8; SEND_CHUNK];
+        match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf.into())).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.to_string()));
+                return;
             }
         }
     });
+    let frames = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |r| r.map(hyper::body::Frame::data));
+    let body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(frames));
+    let sent = transport.send_snapshot(msg, body).await;
+    reader.abort();
+    sent.map(|_| bytes).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -363,26 +247,31 @@ mod tests {
         kv
     }
 
-    fn dump_to_file(kv: &KvStore, snap_dir: &Path, index: u64) -> PathBuf {
-        let read = kv.read_all().unwrap();
-        let mut file = ReceivedFile::create(snap_dir, index).unwrap();
-        dump_all(&read, &mut |rows| file.write(&rows)).unwrap();
-        file.finish().unwrap()
+    /// `kv` exported as etcd's file and received, in chunks, as `<index>.snap.db` in `snap_dir`.
+    fn export_and_receive(kv: &KvStore, snap_dir: &Path, index: u64) -> PathBuf {
+        let exported = snap_dir.join("exported.tmp");
+        crate::etcd_backend::export_etcd_db_from(&kv.read_all().unwrap(), &exported).unwrap();
+        let bytes = fs::read(&exported).unwrap();
+        fs::remove_file(&exported).unwrap();
+        let chunks: Vec<Result<hyper::body::Bytes, String>> = bytes.chunks(4096).map(|c| Ok(c.to_vec().into())).collect();
+        let body: SnapshotBody = Box::pin(tokio_stream::iter(chunks));
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(receive(snap_dir, index, body)).unwrap()
     }
 
     #[test]
-    fn a_dumped_store_installs_into_another_with_the_same_state() {
+    fn a_received_etcd_database_installs_into_another_store_with_the_same_state() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        // enough rows for several chunks
-        let source = store_with(&a, 30_000);
-        let path = dump_to_file(&source, &a, 7);
-        assert_eq!(path, db_path(&a, 7));
-        assert!(!a.join("0000000000000007.snap.db.tmp").exists());
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        let source = store_with(&a, 3000);
+        let path = export_and_receive(&source, &b, 7);
+        assert_eq!(path, db_path(&b, 7));
+        assert!(!b.join("0000000000000007.snap.db.tmp").exists());
 
         let target = store_with(&b, 3);
         install(&target, &path).unwrap();
-        assert_eq!(target.consistent_index(), (7, 2));
+        assert_eq!(target.consistent_index().0, 7);
         assert_eq!(target.current_revision(), source.current_revision());
         assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
         // the installed state is what a reopen finds
@@ -392,17 +281,11 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_file_is_refused_and_leaves_the_store_as_it_was() {
+    fn a_body_that_is_not_etcds_database_is_refused_and_leaves_the_store_as_it_was() {
         let tmp = tempfile::tempdir().unwrap();
-        let source = store_with(tmp.path(), 10);
-        let path = dump_to_file(&source, tmp.path(), 9);
-        let mut bytes = fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        fs::write(&path, bytes).unwrap();
-
-        let other = tempfile::tempdir().unwrap();
-        let target = store_with(other.path(), 3);
+        let body: SnapshotBody = Box::pin(tokio_stream::iter(vec![Ok(hyper::body::Bytes::from_static(b"not a bbolt file"))]));
+        let path = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(receive(tmp.path(), 9, body)).unwrap();
+        let target = store_with(tmp.path(), 3);
         let before = target.hash_kv(0).unwrap();
         assert!(install(&target, &path).is_err());
         assert_eq!(target.hash_kv(0).unwrap(), before);
@@ -413,6 +296,8 @@ mod tests {
     fn a_snapshot_raft_recorded_but_not_installed_is_installed_at_start() {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
         let source = store_with(&a, 50);
         let target = store_with(&b, 3);
         // consistent index 7 on both: make the source's newer
@@ -420,7 +305,7 @@ mod tests {
         txn.put(&PutRequest { key: b"newer".to_vec(), ..Default::default() }, &|_| false).unwrap();
         txn.set_consistent_index(12, 3);
         txn.commit(true).unwrap();
-        dump_to_file(&source, &b, 12);
+        export_and_receive(&source, &b, 12);
         let mut snap = raft::eraftpb::Snapshot::default();
         snap.mut_metadata().index = 12;
         snap.mut_metadata().term = 3;
@@ -428,13 +313,13 @@ mod tests {
         snapshotter.save(&snap).unwrap();
 
         install_pending(&target, &b).unwrap();
-        assert_eq!(target.consistent_index(), (12, 3));
+        assert_eq!(target.consistent_index().0, 12);
         assert_eq!(target.hash_kv(0).unwrap(), source.hash_kv(0).unwrap());
         assert!(!db_path(&b, 12).exists(), "an installed file is removed");
         // nothing left to do on the next start
         install_pending(&target, &b).unwrap();
 
-        // raft recorded a newer snapshot whose rows are missing: refuse to start
+        // raft recorded a newer snapshot whose database is missing: refuse to start
         snap.mut_metadata().index = 20;
         snapshotter.save(&snap).unwrap();
         let e = install_pending(&target, &b).unwrap_err();
@@ -444,7 +329,7 @@ mod tests {
     #[test]
     fn purge_removes_installed_and_unfinished_files_only() {
         let tmp = tempfile::tempdir().unwrap();
-        for name in ["0000000000000005.snap.db", "0000000000000009.snap.db", "000000000000000a.snap.db.tmp", "db"] {
+        for name in ["0000000000000005.snap.db", "0000000000000009.snap.db", "000000000000000a.snap.db.tmp", "2a-000000000000000b.snap.db.tmp", "db"] {
             fs::write(tmp.path().join(name), b"x").unwrap();
         }
         purge_received(tmp.path(), 5);

@@ -234,7 +234,7 @@ async fn followers_forward_lease_keep_alives_and_time_to_live_to_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_refuses_raft_messages_from_another_cluster() {
+async fn a_member_refuses_raft_messages_from_another_cluster_and_answers_unknown_peer_paths_404() {
     use etcd_raft::rafthttp::client::{Connection, Identity, RequestError};
     use etcd_raft::rafthttp::peer_api;
 
@@ -253,6 +253,10 @@ async fn a_member_refuses_raft_messages_from_another_cluster() {
     (m.from, m.to) = (42, members[0].id);
     let err = conn.post_message(&m, &stranger).await.unwrap_err();
     assert_eq!(err, RequestError::ClusterIdMismatch);
+    // a path the peer listener does not serve: etcd's mux 404
+    let mut conn = Connection::open(&dialer, &peer, Duration::from_secs(2)).await.unwrap();
+    let nothing = conn.call("GET", "/v2/keys/x", None, Default::default(), &Identity::default()).await.unwrap();
+    assert_eq!((nothing.status.as_u16(), nothing.text().as_str()), (404, "404 page not found"));
     // The member keeps serving its own cluster.
     let mut kv = c.members[0].ready_client().await;
     put(&mut kv, "still", "here").await.unwrap();

@@ -1,6 +1,6 @@
 //! etcd-rs and etcd members in one cluster, speaking etcd's peer protocol to each other: an
 //! etcd-rs learner joins a running etcd cluster, is promoted, takes the lead and serves writes
-//! the etcd members see. Needs etcd's binary (`ETCD_BIN`, else /usr/bin/etcd, 3.4.23 in CI);
+//! the etcd members see, and sends an etcd member a snapshot. Needs etcd's binary (`ETCD_BIN`, else /usr/bin/etcd, 3.4.23 in CI);
 //! skipped, saying so, when it is missing.
 
 mod common;
@@ -30,45 +30,59 @@ fn etcd_binary() -> Option<PathBuf> {
 /// A real etcd member, killed on drop.
 struct EtcdMember {
     name: String,
+    bin: PathBuf,
+    dir: PathBuf,
     client_port: u16,
+    peer_port: u16,
+    initial_cluster: String,
     log: PathBuf,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl EtcdMember {
     fn start(bin: &Path, dir: &Path, name: &str, client_port: u16, peer_port: u16, initial_cluster: &str) -> EtcdMember {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .args(["--name", name, "--data-dir"])
-            .arg(dir.join(format!("{name}.etcd")))
+        let (bin, dir, name, initial_cluster) = (bin.to_path_buf(), dir.to_path_buf(), name.to_string(), initial_cluster.to_string());
+        let mut m = EtcdMember { name, bin, dir, client_port, peer_port, initial_cluster, log, child: None };
+        m.spawn();
+        m
+    }
+
+    /// Starts the process (again, on its data dir).
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(&self.bin)
+            .args(["--name", &self.name, "--data-dir"])
+            .arg(self.dir.join(format!("{}.etcd", self.name)))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", initial_cluster, "--initial-cluster-token", "mixed", "--initial-cluster-state", "new"])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", "mixed", "--initial-cluster-state", "new"])
             .args(TIMING)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("start etcd");
-        EtcdMember { name: name.into(), client_port, log, child }
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
 impl Drop for EtcdMember {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -107,7 +121,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_etcd_rs_learner_joins_an_etcd_cluster_is_promoted_and_leads_it() {
+async fn an_etcd_rs_learner_joins_an_etcd_cluster_is_promoted_leads_it_and_catches_an_etcd_member_up_by_snapshot() {
     let Some(bin) = etcd_binary() else {
         eprintln!("skipped: no etcd binary at /usr/bin/etcd (set ETCD_BIN)");
         return;
@@ -115,15 +129,17 @@ async fn an_etcd_rs_learner_joins_an_etcd_cluster_is_promoted_and_leads_it() {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports.iter().enumerate().map(|(i, (_, p))| format!("e{i}=http://127.0.0.1:{p}")).collect();
-    let etcd: Vec<EtcdMember> =
+    let mut etcd: Vec<EtcdMember> =
         (0..3).map(|i| EtcdMember::start(&bin, dir.path(), &format!("e{i}"), ports[i].0, ports[i].1, &initial.join(","))).collect();
-    let mut rs = Member::new(&dir.path().join("rs1.etcd"), &[&["--initial-cluster-state", "existing"][..], &TIMING[..]].concat());
+    // snapshots every 20 entries keeping 5: an etcd member down for 60 writes needs one
+    let rs_flags = ["--initial-cluster-state", "existing", "--snapshot-count", "20", "--experimental-snapshot-catchup-entries", "5"];
+    let mut rs = Member::new(&dir.path().join("rs1.etcd"), &[&rs_flags[..], &TIMING[..]].concat());
     rs.name = "rs1".into();
     let rs_log = rs.data_dir.with_extension("log");
+    let log_files: Vec<PathBuf> = etcd.iter().map(|e| e.log.clone()).chain([rs_log]).collect();
     let logs = || {
-        let mut out: String = etcd.iter().map(|e| format!("--- {} ---\n{}\n", e.name, e.log())).collect();
-        out.push_str(&format!("--- rs1 ---\n{}", std::fs::read_to_string(&rs_log).unwrap_or_default()));
-        out
+        let read = |p: &PathBuf| format!("--- {} ---\n{}\n", p.display(), std::fs::read_to_string(p).unwrap_or_default());
+        log_files.iter().map(read).collect::<String>()
     };
 
     // data written before the learner exists
@@ -209,6 +225,28 @@ async fn an_etcd_rs_learner_joins_an_etcd_cluster_is_promoted_and_leads_it() {
     }
     assert!(hashes.iter().all(|h| (h.1, h.2) == (hashes[0].1, hashes[0].2)), "HashKV at {rev} differs: {hashes:?}");
 
+    // an etcd member down while the etcd-rs leader compacts its log catches up from etcd-rs's
+    // snapshot (etcd's bbolt database and v2 store JSON)
+    etcd[1].kill();
+    for i in 0..60 {
+        rev = put(&mut rs_kv, &format!("while-down/{i}"), "etcd-rs").await.unwrap();
+    }
+    etcd[1].spawn();
+    let want = keys(&rs_end, false).await.unwrap();
+    let e1 = etcd[1].endpoint();
+    eventually("the etcd member catches up", Duration::from_secs(30), &logs, || async {
+        let got = keys(&e1, true).await.map_err(|e| e.to_string())?;
+        if got == want { Ok(()) } else { Err(format!("{} keys of {}", got.len(), want.len())) }
+    })
+    .await;
+    let hash = |end: String| async move {
+        let h = MaintenanceClient::new(channel(&end).await).hash_kv(HashKvRequest { revision: rev }).await.unwrap().into_inner();
+        (h.hash, h.compact_revision)
+    };
+    assert_eq!(hash(e1.clone()).await, hash(rs_end.clone()).await, "HashKV at {rev} after the snapshot");
+    let e1_log = std::fs::read_to_string(&etcd[1].log).unwrap();
+    assert!(e1_log.contains("received and saved database snapshot") && e1_log.contains("applied snapshot"), "{}", logs());
+
     // the etcd-rs leader removes an etcd member, which stops
     let e2_id = {
         let st = MaintenanceClient::new(channel(&etcd[2].endpoint()).await).status(StatusRequest {}).await.unwrap().into_inner();
@@ -218,5 +256,5 @@ async fn an_etcd_rs_learner_joins_an_etcd_cluster_is_promoted_and_leads_it() {
     let left = rs_cluster.member_remove(MemberRemoveRequest { id: e2_id }).await.unwrap().into_inner();
     assert_eq!(left.members.len(), 3);
     put(&mut rs_kv, "after/removal", "x").await.unwrap();
-    assert_eq!(keys(&etcd[0].endpoint(), false).await.unwrap().len(), 31);
+    assert_eq!(keys(&etcd[0].endpoint(), false).await.unwrap().len(), 91);
 }
