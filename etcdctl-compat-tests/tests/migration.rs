@@ -7,9 +7,6 @@
 //! 3.4.23 only). Harness self-check: point `ETCD_RS_BIN` at an etcd binary, e.g.
 //! `ETCD_RS_BIN=/opt/etcd-3.5/bin/etcd cargo test --release -p etcdctl-compat-tests --test migration`
 //! runs every sequence on etcd alone, which must pass. `MIGTEST_KEEP=1` keeps data dirs and logs.
-//!
-//! The fault cases are `#[ignore]`d (each says what it still needs) until etcd-rs sends and
-//! installs raft snapshots in etcd's format; run them with `--ignored`.
 
 use etcdctl_compat_tests::migration::checks::Checker;
 use etcdctl_compat_tests::migration::fleet::{Fleet, Kind, Tuning};
@@ -100,7 +97,6 @@ async fn faults(kinds: &[Kind], leader: Kind, follower: Kind) -> Result<(), Stri
 }
 
 #[test]
-#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table) and the cluster version of 3.4 members (etcd-rs leading the bootstrap sets 3.5, etcd 3.4.23 exits)"]
 fn two_etcd34_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_an_etcd_snapshot() {
     let (e, rs) = (Kind::Etcd34, Kind::EtcdRs);
     if installed("2 etcd 3.4.23 + 1 etcd-rs faults", &[e, rs]) {
@@ -109,7 +105,6 @@ fn two_etcd34_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_
 }
 
 #[test]
-#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table) and the cluster version of 3.4 members (etcd-rs leading the bootstrap sets 3.5, etcd 3.4.23 exits)"]
 fn one_etcd34_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_etcd_rs_snapshot() {
     let (e, rs) = (Kind::Etcd34, Kind::EtcdRs);
     if installed("1 etcd 3.4.23 + 2 etcd-rs faults", &[e, rs]) {
@@ -118,7 +113,6 @@ fn one_etcd34_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_
 }
 
 #[test]
-#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table)"]
 fn two_etcd35_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_an_etcd_snapshot() {
     let (e, rs) = (Kind::Etcd35, Kind::EtcdRs);
     if installed("2 etcd 3.5.1 + 1 etcd-rs faults", &[e, rs]) {
@@ -127,7 +121,6 @@ fn two_etcd35_and_one_etcd_rs_survive_a_killed_etcd_rs_leader_and_catch_up_from_
 }
 
 #[test]
-#[ignore = "needs raft snapshots in etcd's bbolt format on /raft/snapshot both ways (etcd: invalid database; etcd-rs: unknown table)"]
 fn one_etcd35_and_two_etcd_rs_survive_a_killed_etcd_leader_and_catch_up_from_an_etcd_rs_snapshot() {
     let (e, rs) = (Kind::Etcd35, Kind::EtcdRs);
     if installed("1 etcd 3.5.1 + 2 etcd-rs faults", &[e, rs]) {
