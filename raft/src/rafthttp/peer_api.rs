@@ -306,6 +306,15 @@ pub mod call {
         Ok((cid, members))
     }
 
+    /// `GET /version`: the member's server and cluster versions.
+    pub async fn version(conn: &mut Connection, me: &Identity) -> Result<VersionJson, String> {
+        let a = conn.call("GET", VERSION_PATH, None, Bytes::new(), me).await.map_err(|e| e.to_string())?;
+        if a.status != StatusCode::OK {
+            return Err(unexpected(&a));
+        }
+        serde_json::from_slice(&a.body).map_err(|e| format!("failed to unmarshal response: {e}"))
+    }
+
     /// `POST /members/promote/<id>`: the members after the promotion.
     pub async fn promote(conn: &mut Connection, me: &Identity, id: u64) -> Result<Vec<MemberJson>, PromoteError> {
         let path = format!("{MEMBER_PROMOTE_PREFIX}{id}");

@@ -15,13 +15,12 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use hyper::body::Bytes;
 use etcd_proto::etcdserverpb::{
     downgrade_request::DowngradeAction, AuthStatusResponse, DowngradeRequest, DowngradeResponse, InternalRaftRequest,
 };
 use etcd_proto::membershippb::{DowngradeInfoSetRequest, Member};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use etcd_raft::rafthttp::client::{Connection, Identity};
+use etcd_raft::rafthttp::peer_api;
 use prost::Message;
 
 use super::EtcdServer;
@@ -254,40 +253,18 @@ pub(crate) async fn fetch_versions(dialer: &etcd_raft::PeerDialer, m: &Member) -
     let client = m.member_attrs.as_ref().map(|a| a.client_urls.clone()).unwrap_or_default();
     let mut last = format!("member {:x} has no URL to ask", m.id);
     for url in peer.iter().chain(client.iter()) {
-        match http_get(dialer, url, "/version").await {
-            Ok(body) => match serde_json::from_slice::<etcd_raft::rafthttp::peer_api::VersionJson>(&body) {
-                Ok(v) => return Ok(MemberVersions { server: v.etcdserver, cluster: v.etcdcluster }),
-                Err(e) => last = format!("{url}/version: failed to unmarshal response: {e}"),
-            },
-            Err(e) => last = e,
+        // the peer client of joining, promote and lease forwarding, bounded as one request
+        let asked = async {
+            let mut conn = Connection::open(dialer, url, VERSION_REQUEST_TIMEOUT).await.map_err(|e| e.to_string())?;
+            peer_api::call::version(&mut conn, &Identity::default()).await
+        };
+        match tokio::time::timeout(VERSION_REQUEST_TIMEOUT, asked).await {
+            Ok(Ok(v)) => return Ok(MemberVersions { server: v.etcdserver, cluster: v.etcdcluster }),
+            Ok(Err(e)) => last = format!("{url}/version: {e}"),
+            Err(_) => last = format!("{url}/version: timed out"),
         }
     }
     Err(last)
-}
-
-/// One HTTP/1.1 GET, dialled as peer traffic is (TLS for https), bounded by
-/// [`VERSION_REQUEST_TIMEOUT`]; the body of a 200 answer.
-async fn http_get(dialer: &etcd_raft::PeerDialer, url: &str, path: &str) -> Result<Bytes, String> {
-    let target = format!("{}{path}", url.trim_end_matches('/'));
-    let get = async {
-        let io = dialer.connect_io(url, VERSION_REQUEST_TIMEOUT).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| format!("{target}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let authority = url.parse::<http::Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string())).unwrap_or_default();
-        let req = http::Request::get(path)
-            .header(http::header::HOST, authority)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("{target}: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("{target}: {e}"))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(format!("{target}: status {}", resp.status()));
-        }
-        resp.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| format!("{target}: {e}"))
-    };
-    tokio::time::timeout(VERSION_REQUEST_TIMEOUT, get).await.map_err(|_| format!("{target}: timed out"))?
 }
 
 #[cfg(test)]
