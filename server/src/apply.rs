@@ -170,6 +170,12 @@ impl Applier {
             let durable_due = last_durable.elapsed() >= self.batch_interval;
             let mut outcome = match self.apply_entries(&entries, durable_due || undurable_ops >= self.batch_limit) {
                 Ok(o) => o,
+                // The raft node stopped under a conf change (this member's own removal stops it
+                // at once): the batch is not committed and stays in the WAL for a restart.
+                Err(ServerError::Stopped) => {
+                    tracing::info!("raft stopped while applying a batch; leaving it to the WAL");
+                    break;
+                }
                 Err(e) => fatal(&format!("applying entries failed: {e}")),
             };
             if durable_due || undurable_ops + outcome.ops >= self.batch_limit {
