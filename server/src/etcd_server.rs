@@ -132,25 +132,14 @@ impl EtcdServer {
         } else {
             // Joining: the running cluster tells us its ID and our member ID (from `member add`).
             let (cid, members) = fetch_cluster(&cfg).await?;
-            let mut mine = cfg.advertise_peer_urls.clone();
-            mine.sort();
-            let me = members.iter().find(|m| {
-                let mut urls = m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default();
-                urls.sort();
-                urls == mine
-            });
-            let Some(me) = me else {
-                return Err(ServerError::Internal(format!(
-                    "member with peer URLs {} is not in the cluster: add it with `member add` first",
-                    mine.join(",")
-                )));
-            };
-            versions::check_join_compatible(&cfg, &members, me.id).await?;
+            let my_id = crate::membership::match_initial_cluster(&cfg.initial_cluster, &cfg.name, &members)
+                .map_err(|e| ServerError::Internal(format!("error validating peerURLs {}: {e}", member_list_text(cid, &members))))?;
+            versions::check_join_compatible(&cfg, &members, my_id).await?;
             join_existing = true;
             for m in &members {
                 known_peers.push((m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default()));
             }
-            (me.id, cid, Vec::new())
+            (my_id, cid, Vec::new())
         };
         let mut raft_cfg = RaftNodeConfig::new(my_id, cid, member_dir.clone());
         raft_cfg.wal_dir = cfg.wal_dir.clone();
@@ -989,6 +978,15 @@ impl EtcdServer {
 /// is 3.0.0 in 3.4 and 3.5).
 fn peer_versions(cfg: &ServerConfig) -> Versions {
     Versions { server: cfg.etcd_api_version.clone(), min_cluster: "3.0.0".into() }
+}
+
+/// The running cluster as a joining member's refusal names it.
+fn member_list_text(cid: u64, members: &[Member]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| format!("{:x}={}", m.id, m.raft_attrs.as_ref().map(|r| r.peer_urls.join(",")).unwrap_or_default()))
+        .collect();
+    format!("cluster {cid:x} [{}]", list.join(" "))
 }
 
 /// Asks the members of `--initial-cluster` (other than us) for the cluster ID and members

@@ -241,6 +241,31 @@ pub fn to_pb(m: &Member) -> etcdserverpb::Member {
     }
 }
 
+/// A joining member's `--initial-cluster` against the running cluster's members, as etcd's
+/// ValidateClusterAndAssignIDs: as many members, each running member's peer URLs (in any
+/// order) equal to one entry's; this member's ID is the one matched to its own name's entry.
+pub fn match_initial_cluster(initial: &[crate::config::InitialMember], name: &str, existing: &[Member]) -> Result<u64, String> {
+    if initial.len() != existing.len() {
+        return Err("member count is unequal".into());
+    }
+    let sorted = |urls: &[String]| {
+        let mut u = urls.to_vec();
+        u.sort();
+        u
+    };
+    let mut mine = None;
+    for m in existing {
+        let urls = sorted(m.raft_attrs.as_ref().map(|r| r.peer_urls.as_slice()).unwrap_or_default());
+        let Some(entry) = initial.iter().find(|e| sorted(&e.peer_urls) == urls) else {
+            return Err(format!("PeerURLs: no match found for existing member ({:x}, [{}])", m.id, urls.join(" ")));
+        };
+        if entry.name == name {
+            mine = Some(m.id);
+        }
+    }
+    mine.ok_or_else(|| format!("member {name} is not in --initial-cluster"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +289,23 @@ mod tests {
         assert_eq!(to_pb(&members[0]).client_ur_ls, vec!["http://a:2379".to_string()]);
         assert!(again.is_removed(2));
         assert_eq!(again.cluster_version().as_deref(), Some("3.5.0"));
+    }
+
+    #[test]
+    fn a_joining_member_takes_the_id_its_initial_cluster_entry_matches() {
+        let entry = |name: &str, urls: &[&str]| crate::config::InitialMember {
+            name: name.into(),
+            peer_urls: urls.iter().map(|u| u.to_string()).collect(),
+        };
+        let running = [new_member(0xa, "a", vec!["http://h:1".into()], false), new_member(0xb, "", vec!["http://h:3".into(), "http://h:2".into()], true)];
+        let initial = [entry("a", &["http://h:1"]), entry("new", &["http://h:2", "http://h:3"])];
+        assert_eq!(match_initial_cluster(&initial, "new", &running), Ok(0xb));
+        assert_eq!(match_initial_cluster(&initial[..1], "new", &running), Err("member count is unequal".into()));
+        let moved = [entry("a", &["http://h:9"]), entry("new", &["http://h:2", "http://h:3"])];
+        assert_eq!(
+            match_initial_cluster(&moved, "new", &running),
+            Err("PeerURLs: no match found for existing member (a, [http://h:1])".into())
+        );
+        assert_eq!(match_initial_cluster(&initial, "other", &running), Err("member other is not in --initial-cluster".into()));
     }
 }

@@ -8,9 +8,7 @@
 //! - The downgrade monitor, also on the leader, cancels an enabled downgrade once every member
 //!   reports the target as its cluster version (etcd's monitorDowngrade, every 5 s).
 //!
-//! A member's `/version` is asked on its peer URLs, as etcd does. A peer listener that does not
-//! answer HTTP/1.1 there (etcd-rs's gRPC peer service) is then asked on the client URLs the
-//! member published: the same JSON.
+//! A member's `/version` is asked on its peer URLs, as etcd does.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -225,9 +223,7 @@ pub(super) async fn run_downgrade_monitor(server: Weak<EtcdServer>) {
 
 /// etcd's isCompatibleWithCluster for a member joining a running cluster: refused ("incompatible
 /// with current running cluster") when a member runs a cluster version this server cannot
-/// serve. When no member answered `/version` at all etcd refuses too; etcd-rs goes on (saying
-/// so), because members behind etcd-rs's gRPC peer service answer it only on client URLs they
-/// may not have published yet.
+/// serve, or when no member told a cluster version at all.
 pub(super) async fn check_join_compatible(cfg: &crate::config::ServerConfig, members: &[Member], local: u64) -> Result<(), ServerError> {
     let Some(max) = Version::parse(&cfg.etcd_api_version).map(Version::major_minor) else { return Ok(()) };
     let min = Version::parse(cv::MIN_CLUSTER_VERSION).unwrap_or(Version { major: 3, minor: 0, patch: 0 });
@@ -239,20 +235,14 @@ pub(super) async fn check_join_compatible(cfg: &crate::config::ServerConfig, mem
     if cv::compatible_with_cluster(&vers, local, min, max) {
         return Ok(());
     }
-    let answered = vers.values().flatten().any(|v| Version::parse(&v.cluster).is_some());
-    if !answered {
-        tracing::warn!("no member of the running cluster told its cluster version; joining without checking it");
-        return Ok(());
-    }
     Err(ServerError::Internal("incompatible with current running cluster".into()))
 }
 
-/// `m`'s answer to `GET /version`: on its peer URLs, then on its client URLs.
+/// `m`'s answer to `GET /version` on its peer URLs.
 pub(crate) async fn fetch_versions(dialer: &etcd_raft::PeerDialer, m: &Member) -> Result<MemberVersions, String> {
     let peer = m.raft_attrs.as_ref().map(|r| r.peer_urls.clone()).unwrap_or_default();
-    let client = m.member_attrs.as_ref().map(|a| a.client_urls.clone()).unwrap_or_default();
-    let mut last = format!("member {:x} has no URL to ask", m.id);
-    for url in peer.iter().chain(client.iter()) {
+    let mut last = format!("member {:x} has no peer URL to ask", m.id);
+    for url in &peer {
         // the peer client of joining, promote and lease forwarding, bounded as one request
         let asked = async {
             let mut conn = Connection::open(dialer, url, VERSION_REQUEST_TIMEOUT).await.map_err(|e| e.to_string())?;
