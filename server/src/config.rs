@@ -442,6 +442,9 @@ pub struct ServerConfig {
     pub force_new_cluster: bool,
     pub listen_client_urls: Vec<url::Url>,
     pub advertise_client_urls: Vec<String>,
+    /// `--cors` and `--host-whitelist`, as given (grpc/access.rs reads them).
+    pub cors: String,
+    pub host_whitelist: String,
     pub listen_peer_urls: Vec<url::Url>,
     /// Extra listeners serving only `/metrics` and the health endpoints (`--listen-metrics-urls`).
     pub listen_metrics_urls: Vec<url::Url>,
@@ -550,7 +553,7 @@ pub fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
         if !matches!(u.scheme(), "http" | "https" | "unix" | "unixs") {
             return err(format!("--{flag}: URL scheme must be http, https, unix, or unixs: {part}"));
         }
-        if u.port().is_none() || u.host_str().is_none() {
+        if !has_explicit_port(part) || u.host_str().is_none() {
             return err(format!("--{flag}: URL address does not have the form \"host:port\": {part}"));
         }
         if u.path() != "/" && !u.path().is_empty() {
@@ -562,6 +565,15 @@ pub fn parse_urls(flag: &str, s: &str) -> Result<Vec<url::Url>, ConfigError> {
         return err(format!("--{flag}: no valid URLs given"));
     }
     Ok(out)
+}
+
+/// Whether a URL's authority ends with `:port` (url::Url forgets a scheme's default port, Go's
+/// SplitHostPort sees it).
+fn has_explicit_port(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let after_host = authority.rsplit_once(']').map_or(authority, |(_, r)| r);
+    after_host.rsplit_once(':').is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Peer URLs of a membership request, validated as etcd's types.NewURLs and printed as etcd does.
@@ -676,6 +688,10 @@ impl Flags {
             other => return err(format!("--initial-cluster-state: invalid value {other:?} (new or existing)")),
         };
         let listen_client_urls = parse_urls("listen-client-urls", &self.listen_client_urls)?;
+        // etcd's --cors holds origin URLs, or exactly "*"
+        if !matches!(self.cors.trim(), "*" | "") {
+            parse_urls("cors", &self.cors)?;
+        }
         let listen_peer_urls = parse_urls("listen-peer-urls", &self.listen_peer_urls)?;
         let advertise_client_urls =
             parse_urls("advertise-client-urls", &self.advertise_client_urls)?.iter().map(url_string).collect();
@@ -801,6 +817,8 @@ impl Flags {
             force_new_cluster: self.force_new_cluster,
             listen_client_urls,
             advertise_client_urls,
+            cors: self.cors.clone(),
+            host_whitelist: self.host_whitelist.clone(),
             listen_peer_urls,
             listen_metrics_urls,
             extensive_metrics,
@@ -1027,6 +1045,11 @@ mod tests {
         assert!(parse(&["--compact-hash-check-time=0s"]).unwrap_err().contains("--compact-hash-check-time must be >0"));
         assert!(parse(&["--peer-skip-client-san-verification"]).unwrap().peer_skip_client_san_verification);
         assert!(parse(&["--experimental-peer-skip-client-san-verification=true"]).unwrap().peer_skip_client_san_verification);
+        assert_eq!(parse(&["--cors", "https://ui.example:443,http://b:80"]).unwrap().cors, "https://ui.example:443,http://b:80");
+        let e = parse(&["--cors", "https://ui.example"]).unwrap_err().to_string();
+        assert_eq!(e, "--cors: URL address does not have the form \"host:port\": https://ui.example");
+        assert!(parse_urls("x", "https://127.0.0.1:443,http://[::1]:80").is_ok(), "a scheme's default port written out is a port");
+        assert!(parse_urls("x", "http://[::1]").is_err());
     }
 
     #[test]

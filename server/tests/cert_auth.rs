@@ -154,9 +154,13 @@ async fn a_client_certificates_common_name_acts_as_that_user_when_no_token_is_se
     assert_eq!(e.code(), Code::PermissionDenied);
     root_cluster.member_remove(MemberRemoveRequest { id }).await.expect("CN=root removes a member");
 
-    // The JSON gateway never acts as the connection's certificate (etcd ignores the CN of
-    // gateway-relayed requests): without a token it is the empty user.
+    // The JSON gateway never acts as the connection's certificate: a certificate with a CN is
+    // refused with 400 as etcd's access controller refuses it; without a CN and without a token
+    // the gateway call is the empty user's.
     let resp = https_post(&m, &pki, "root", "/v3/kv/put", r#"{"key":"L290aGVy","value":"dg=="}"#).await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\nCommonName of client sending a request against gateway will be ignored and not used as expected\n"), "{resp}");
+    let resp = https_post(&m, &pki, "nocn", "/v3/kv/put", r#"{"key":"L290aGVy","value":"dg=="}"#).await;
     assert!(resp.contains("etcdserver: user name is empty"), "{resp}");
 }
 

@@ -52,6 +52,10 @@ const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 const GATEWAY_KEY: &str = "grpcgateway-accept";
 
 impl EtcdServer {
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.is_enabled()
+    }
+
     /// Who sent a request: the user its `token` metadata names, else (with
     /// `--client-cert-auth`) the common name of the client certificate its TLS connection was
     /// verified with (etcd's AuthInfoFromCtx, then AuthInfoFromTLS). Neither: the empty

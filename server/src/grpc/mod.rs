@@ -3,6 +3,7 @@
 //! `/health`, `/livez`, `/readyz`). A gRPC method etcd-rs has not built yet answers
 //! `Unimplemented` naming it.
 
+mod access;
 mod auth;
 mod cluster;
 mod dispatch;
@@ -57,11 +58,13 @@ pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
     let dispatch_server = server.clone();
     let gateway = gateway::router(server.clone());
     let version_server = server.clone();
+    let access = access::AccessControl::new(server.clone());
     let router = axum::Router::new()
         .merge(crate::health::router(server))
         .route("/version", axum::routing::get(move || version(version_server.clone())))
         .merge(gateway)
         .fallback(unimplemented_method)
+        .layer(axum::middleware::from_fn_with_state(access, access::control))
         .layer(crate::metrics::GrpcMetricsLayer);
     GrpcDispatch::new(services, tonic::service::Routes::from(router), dispatch_server)
 }
