@@ -11,7 +11,7 @@
 #   ETCD_RS_BIN, BENCH_BIN, ETCDCTL_BIN   as in compare.sh
 #   PROFILE_SECONDS  seconds recorded per member (default 10)
 #   TOP              entries printed per member (default 10)
-#   FREQ             samples per second (default 199)
+#   FREQ             samples per second (default 499)
 #   CALLGRAPH        perf --call-graph mode: dwarf (default), fp, or none
 #   LOAD             the load generator's arguments (default: 256 clients / 16 conns put, 256 B)
 #   OUT              where data dirs, logs and profiles go (default: a new dir under /var/tmp)
@@ -22,7 +22,7 @@ BENCH_BIN="${BENCH_BIN:-$here/target/release/etcd-rs-bench}"
 ETCDCTL_BIN="${ETCDCTL_BIN:-$(command -v etcdctl || echo /usr/bin/etcdctl)}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
 TOP="${TOP:-10}"
-FREQ="${FREQ:-199}"
+FREQ="${FREQ:-499}"
 CALLGRAPH="${CALLGRAPH:-dwarf}"
 LOAD="${LOAD:---conns 16 --clients 256 put --key-size 8 --val-size 256 --key-space-size 100000}"
 OUT="${OUT:-$(mktemp -d /var/tmp/etcd-rs-profile.XXXXXX)}"
@@ -103,12 +103,12 @@ if [ -n "$USE_PERF" ]; then
   done
   wait "${rec[@]}"
   wait "$load"
-  log "load: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"{d[\"throughput\"]:.0f} req/s, p99 {d[\"latency_ms\"][\"p99\"]:.1f} ms, {d[\"errors\"]} errors")' "$OUT/load.json")"
+  log "load: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f req/s, p99 %.1f ms, %d errors" % (d["throughput"], d["latency_ms"]["p99"], d["errors"]))' "$OUT/load.json")"
   for i in "${order[@]}"; do
     role=follower; [ "$i" = "${order[0]}" ] && role=leader
     echo "== m$i ($role): top $TOP by self time (perf report --no-children, cpu-clock) =="
     perf report -i "$OUT/m$i.perf" --no-children --stdio -g none --sort dso,sym 2>/dev/null |
-      grep -v '^#' | grep -v '^$' | head -n "$TOP"
+      awk -v top="$TOP" '!/^#/ && NF && n++ < top' # reads all: no SIGPIPE under pipefail
   done
 else
   log "perf cannot sample here: callgrind on m1 with a smaller load"
@@ -117,5 +117,5 @@ else
   kill -TERM "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
   role=follower; [ "${order[0]}" = 1 ] && role=leader
   echo "== m1 ($role): top $TOP by self instructions (callgrind_annotate) =="
-  callgrind_annotate "$OUT/m1.callgrind" 2>/dev/null | sed -n '/Ir/,$p' | grep -v '^-' | head -n "$((TOP + 2))"
+  callgrind_annotate "$OUT/m1.callgrind" 2>/dev/null | sed -n '/Ir/,$p' | awk -v top="$TOP" '!/^-/ && n++ < top + 2'
 fi

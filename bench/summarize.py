@@ -122,6 +122,8 @@ if has("cluster5-put-256c"):
     row(L, "cluster5-put-256c", "server_cpu_us_per_req", "server CPU µs per request (sum of 5)")
 if has("cluster-big"):
     row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "throughput", "req/s")
+    row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "server_cpu_us_per_req",
+        "server CPU µs per request (sum of 3)")
     row(f"3 members after {KL} keys", "cluster-big", "rss_mb", "peak RSS MiB (sum of 3)", ("<=", 0.3))
     row(f"3 members after {KL} keys", "cluster-big", "dir_mb", "data dirs MiB (sum of 3)")
 errs = {(r["side"], r["name"]): r.get("errors", 0) for r in rows if r.get("errors")}

@@ -10,6 +10,7 @@ use etcd_proto::etcdserverpb::{
     watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest,
 };
+use etcd_proto::mvccpb::{event::EventType, Event};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
@@ -796,6 +797,13 @@ struct InformerSeen {
     latency: std::sync::Mutex<crate::histogram::Histogram>,
 }
 
+/// Whether an event of a prev_kv watch lacks the value it replaced: an update (version > 1) or a
+/// delete must carry it, a create has none.
+fn lacks_prev_kv(ev: &Event) -> bool {
+    let replaced = ev.r#type == EventType::Delete as i32 || ev.kv.as_ref().is_some_and(|kv| kv.version > 1);
+    replaced && ev.prev_kv.is_none()
+}
+
 fn informer_task(mut ws: WatchStream, seen: Arc<InformerSeen>, base: Instant) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok(Some(r)) = ws.rx.message().await {
@@ -805,9 +813,8 @@ fn informer_task(mut ws: WatchStream, seen: Arc<InformerSeen>, base: Instant) ->
             for ev in &r.events {
                 let Some(kv) = ev.kv.as_ref() else { continue };
                 seen.last_rev.fetch_max(kv.mod_revision, Ordering::Relaxed);
-                let is_delete = ev.r#type == etcd_proto::mvccpb::event::EventType::Delete as i32;
-                // An update (version > 1) or a delete must carry the value it replaced.
-                if (is_delete || kv.version > 1) && ev.prev_kv.is_none() {
+                let is_delete = ev.r#type == EventType::Delete as i32;
+                if lacks_prev_kv(ev) {
                     seen.missing_prev_kv.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(t) = value_stamp(&kv.value).filter(|_| !is_delete) {
@@ -921,6 +928,20 @@ mod tests {
         assert!(t >= 5_000_000 && t <= base.elapsed().as_nanos() as u64, "{t}");
         assert_eq!(value_stamp(&keygen::value(64)), None, "an unstamped value has no send time");
         assert_eq!(value_stamp(b"12"), None, "a short value has no send time");
+    }
+
+    #[test]
+    fn updates_and_deletes_without_prev_kv_are_flagged_creates_are_not() {
+        use etcd_proto::mvccpb::KeyValue;
+        let kv = |version| Some(KeyValue { key: b"k".to_vec(), version, ..Default::default() });
+        let put = EventType::Put as i32;
+        let del = EventType::Delete as i32;
+        let ev = |t, kv, prev_kv| Event { r#type: t, kv, prev_kv };
+        assert!(!lacks_prev_kv(&ev(put, kv(1), None)), "a create has no previous value");
+        assert!(lacks_prev_kv(&ev(put, kv(2), None)), "an update without prev_kv");
+        assert!(!lacks_prev_kv(&ev(put, kv(2), kv(1))));
+        assert!(lacks_prev_kv(&ev(del, kv(0), None)), "a delete without prev_kv");
+        assert!(!lacks_prev_kv(&ev(del, kv(0), kv(3))));
     }
 
     #[test]
