@@ -60,10 +60,11 @@ for b in "$ETCD_BIN" "$ETCD_RS_BIN" "$BENCH_BIN"; do [ -x "$b" ] || { echo "miss
 calc() { awk "BEGIN{printf \"%.3f\", $*}"; }
 log() { echo "[compare] $*" >&2; }
 
-# A port no socket uses (listening or connected), below the kernel's ephemeral range: the members'
-# and clients' outgoing connections take local ports from that range, and one of them holding a
-# port between our check and a member's bind made the member fail with "address already in use".
-port_free() { ! ss -Htan | awk '{print $4}' | grep -q ":$1\$"; }
+# A port no socket uses (listening or connected; TIME-WAIT does not stop a bind), below the
+# kernel's ephemeral range: the members' and clients' outgoing connections take local ports from
+# that range, and one of them holding a port between our check and a member's bind made the member
+# fail with "address already in use".
+port_free() { ! ss -Htan exclude time-wait | awk '{print $4}' | grep -q ":$1\$"; }
 EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 TAKEN=" "
 free_port() { # free_port VAR: sets VAR to a free loopback port not handed out before in this run

@@ -54,7 +54,7 @@ free_port() { # free_port VAR: sets VAR to a port not handed out before in this 
   local p
   while :; do
     p=$((10000 + RANDOM % (low > 12000 ? low - 10000 : 20000)))
-    [[ "$TAKEN" == *" $p "* ]] || ss -Htan | awk '{print $4}' | grep -q ":$p\$" || { TAKEN="$TAKEN$p "; printf -v "$1" %s "$p"; return; }
+    [[ "$TAKEN" == *" $p "* ]] || ss -Htan exclude time-wait | awk '{print $4}' | grep -q ":$p\$" || { TAKEN="$TAKEN$p "; printf -v "$1" %s "$p"; return; }
   done
 }
 cp=() pp=() eps="" initial=""
