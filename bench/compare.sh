@@ -9,14 +9,19 @@
 #   ETCDCTL_BIN   etcdctl for seeding a key (default: etcdctl on PATH)
 #   ETCD_RS_BIN   etcd-rs (default: target/release/etcd-rs)
 #   BENCH_BIN     etcd-rs-bench (default: target/release/etcd-rs-bench)
-#   SECTIONS      which sections to run, space separated (default "kv big watch lease cluster"):
+#   SECTIONS      which sections to run, space separated
+#                 (default "kv big watch lease cluster cluster5 cluster-big"):
 #                   kv      put / range / txn-put series on one member (ROUNDS per side)
 #                   big     BIG_KEYS keys: peak RSS, data dir, restart (once per side)
 #                   watch   idle-watcher memory, put-to-event latency with 100 and 10,000 watchers
 #                   lease   lease keep-alive throughput
-#                   cluster put / range on a 3-member loopback cluster of each
-#   ROUNDS        rounds per side for the kv, watch, lease and cluster sections (default 3)
-#   BIG_KEYS      keys written for the RSS / data-dir / restart rows (default 1000000; 0 skips)
+#                   cluster put (256 clients; 1 client to the leader and to a follower), range,
+#                           the kube mix, on a 3-member loopback cluster of each
+#                   cluster5 put (256 clients) on a 5-member loopback cluster of each
+#                   cluster-big  BIG_KEYS keys on a 3-member cluster: summed peak RSS (once per side)
+#   ROUNDS        rounds per side for the kv, watch, lease, cluster and cluster5 sections (default 3)
+#   BIG_KEYS      keys written for the RSS / data-dir / restart rows of big and cluster-big
+#                 (default 1000000; 0 skips both)
 #   SCALE         multiplies the request totals (puts, ranges, keep-alives) of the short workloads
 #                 (default 1); watcher counts do not scale
 #   IDLE_WATCHERS idle watchers opened for the memory-per-watcher row (default 10000)
@@ -39,11 +44,12 @@ BENCH_BIN="${BENCH_BIN:-$here/target/release/etcd-rs-bench}"
 ROUNDS="${ROUNDS:-3}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
 SCALE="${SCALE:-1}"
-SECTIONS="${SECTIONS:-kv big watch lease cluster}"
+SECTIONS="${SECTIONS:-kv big watch lease cluster cluster5 cluster-big}"
 IDLE_WATCHERS="${IDLE_WATCHERS:-10000}"
 BENCH_THREADS="${BENCH_THREADS:-1}"
 for s in $SECTIONS; do
-  case "$s" in kv|big|watch|lease|cluster) ;; *) echo "unknown section $s in SECTIONS (kv big watch lease cluster)" >&2; exit 1;; esac
+  case "$s" in kv|big|watch|lease|cluster|cluster5|cluster-big) ;;
+    *) echo "unknown section $s in SECTIONS (kv big watch lease cluster cluster5 cluster-big)" >&2; exit 1;; esac
 done
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT="${OUT:-$(mktemp -d /var/tmp/etcd-compare.XXXXXX)}"
@@ -54,12 +60,17 @@ for b in "$ETCD_BIN" "$ETCD_RS_BIN" "$BENCH_BIN"; do [ -x "$b" ] || { echo "miss
 calc() { awk "BEGIN{printf \"%.3f\", $*}"; }
 log() { echo "[compare] $*" >&2; }
 
-port_free() { ! ss -ltn | awk '{print $4}' | grep -q ":$1\$"; }
+# A port no socket uses (listening or connected; TIME-WAIT does not stop a bind), below the
+# kernel's ephemeral range: the members' and clients' outgoing connections take local ports from
+# that range, and one of them holding a port between our check and a member's bind made the member
+# fail with "address already in use".
+port_free() { ! ss -Htan exclude time-wait | awk '{print $4}' | grep -q ":$1\$"; }
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 TAKEN=" "
 free_port() { # free_port VAR: sets VAR to a free loopback port not handed out before in this run
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (EPHEMERAL_LOW > 12000 ? EPHEMERAL_LOW - 10000 : 20000)))
     [[ "$TAKEN" != *" $p "* ]] && port_free "$p" && { TAKEN="$TAKEN$p "; printf -v "$1" %s "$p"; return; }
   done
 }
@@ -67,6 +78,7 @@ free_port CPORT; free_port PPORT
 EP="127.0.0.1:$CPORT"
 PID=""      # the single member (kv, big, watch, lease)
 PIDS=""     # every server process started and not yet stopped
+CPU_PIDS="" # the servers whose CPU time bench() charges to the requests (every member)
 HOLD_PID="" # a watch-hold client
 
 # launch SIDE NAME DIR CPORT PPORT INITIAL_CLUSTER [FLAGS...]: starts one member with etcd's flags
@@ -101,6 +113,7 @@ start() {
   local t0; t0=$(date +%s.%N)
   launch "$side" bench "$dir" "$CPORT" "$PPORT" "bench=http://127.0.0.1:$PPORT"
   PID=$LAUNCHED
+  CPU_PIDS=$PID
   wait_ready "$side" "$dir.log" "$PID" "$EP"
   READY_S=$(calc "$(date +%s.%N) - $t0")
 }
@@ -115,7 +128,7 @@ stop() { # stops every server started (and a watch-hold client)
   local p
   for p in $PIDS; do kill -TERM "$p" 2>/dev/null || true; done
   for p in $PIDS; do stop_pid "$p"; done
-  PIDS=""; PID=""
+  PIDS=""; PID=""; CPU_PIDS=""
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
@@ -125,17 +138,21 @@ dir_kb() { du -sk "$1" | awk '{print $1}'; }
 record() { # record SIDE ROUND NAME JSON
   python3 -c 'import json,sys; d=json.loads(sys.argv[4]); d.update(side=sys.argv[1], round=int(sys.argv[2]), name=sys.argv[3]); print(json.dumps(d))' "$@" >> "$RESULTS"
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime + stime, in clock ticks
+cpu_ticks() { # utime + stime of the given pids, summed, in clock ticks
+  local p t=0
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
 CLK_TCK="$(getconf CLK_TCK)"
 bench() { # bench SIDE ROUND NAME ARGS...  (against $BENCH_EP, default the single member)
   local side=$1 round=$2 name=$3; shift 3
   log "$side round $round: $name"
-  # the single member's CPU time over the run: its cost per request, whatever the load
-  # generator (on the same cores) costs
-  local t0=""; [ -n "$PID" ] && [ -z "${BENCH_EP:-}" ] && t0=$(cpu_ticks "$PID")
+  # the servers' CPU time over the run (every member of a cluster, summed): their cost per
+  # request, whatever the load generator (on the same cores) costs
+  local t0=""; [ -n "$CPU_PIDS" ] && t0=$(cpu_ticks $CPU_PIDS)
   local j; j=$("$BENCH_BIN" --endpoints "${BENCH_EP:-$EP}" --threads "$BENCH_THREADS" --json "$@")
   if [ -n "$t0" ]; then
-    j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=max(d["requests"],1); d["server_cpu_us_per_req"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/n; print(json.dumps(d))' "$j" "$t0" "$(cpu_ticks "$PID")" "$CLK_TCK")
+    j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=max(d["requests"],1); d["server_cpu_us_per_req"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/n; print(json.dumps(d))' "$j" "$t0" "$(cpu_ticks $CPU_PIDS)" "$CLK_TCK")
   fi
   record "$side" "$round" "$name" "$j"
 }
@@ -217,33 +234,85 @@ lease_series() {
   [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir"
 }
 
-cluster_series() { # a 3-member loopback cluster; the load is spread over the three endpoints
-  local side=$1 round=$2 dir="$OUT/$1-cluster-$2"
-  rm -rf "$dir".m? "$dir".m?.log
-  local i cp=() pp=() initial="" eps=""
-  for i in 1 2 3; do
+# start_cluster SIDE TAG SIZE: SIZE members m1..mSIZE on loopback, started together, each ready
+# when a linearizable read through it succeeds. Sets M_PIDS[i], M_EPS[i], CLUSTER_EPS (all client
+# endpoints, comma separated), CLUSTER_DIR (data dirs are $CLUSTER_DIR.m<i>) and CPU_PIDS.
+start_cluster() {
+  local side=$1 tag=$2 size=$3 i initial=""
+  CLUSTER_DIR="$OUT/$side-$tag"
+  rm -rf "$CLUSTER_DIR".m* "$CLUSTER_DIR".m*.log
+  local cp=() pp=()
+  M_PIDS=(); M_EPS=(); CLUSTER_EPS=""
+  for i in $(seq 1 "$size"); do
     free_port "cp[$i]"; free_port "pp[$i]"
     initial="${initial:+$initial,}m$i=http://127.0.0.1:${pp[i]}"
-    eps="${eps:+$eps,}127.0.0.1:${cp[i]}"
+    M_EPS[i]="127.0.0.1:${cp[i]}"
+    CLUSTER_EPS="${CLUSTER_EPS:+$CLUSTER_EPS,}${M_EPS[i]}"
   done
-  local pids=()
-  for i in 1 2 3; do
-    launch "$side" "m$i" "$dir.m$i" "${cp[i]}" "${pp[i]}" "$initial" \
-      --initial-cluster-state new --initial-cluster-token "bench-$side-$round"
-    pids[i]=$LAUNCHED
+  for i in $(seq 1 "$size"); do
+    launch "$side" "m$i" "$CLUSTER_DIR.m$i" "${cp[i]}" "${pp[i]}" "$initial" \
+      --initial-cluster-state new --initial-cluster-token "bench-$side-$tag"
+    M_PIDS[i]=$LAUNCHED
   done
-  for i in 1 2 3; do wait_ready "$side m$i" "$dir.m$i.log" "${pids[i]}" "127.0.0.1:${cp[i]}"; done
-  BENCH_EP=$eps
+  for i in $(seq 1 "$size"); do wait_ready "$side m$i" "$CLUSTER_DIR.m$i.log" "${M_PIDS[i]}" "${M_EPS[i]}"; done
+  CPU_PIDS="${M_PIDS[*]}"
+}
+stop_cluster() {
+  stop
+  [ -n "${KEEP_DATA:-}" ] || rm -rf "$CLUSTER_DIR".m?
+}
+# leader_ep: the client endpoint of the member that is leader now (etcdctl endpoint status).
+leader_ep() {
+  "$ETCDCTL_BIN" --endpoints "$CLUSTER_EPS" endpoint status -w json | python3 -c '
+import json, sys
+for s in json.load(sys.stdin):
+    if s["Status"]["header"]["member_id"] == s["Status"]["leader"]:
+        print(s["Endpoint"]); break
+else:
+    sys.exit("no member says it is the leader")'
+}
+cluster_rss_mb() { # the members' VmHWM, summed, in MiB
+  local p kb=0
+  for p in "${M_PIDS[@]}"; do kb=$((kb + $(hwm_kb "$p"))); done
+  calc "$kb / 1024"
+}
+
+cluster_series() { # a 3-member loopback cluster; the 256-client loads are spread over the three endpoints
+  local side=$1 round=$2
+  start_cluster "$side" "cluster-$round" 3
+  BENCH_EP=$CLUSTER_EPS
   bench "$side" "$round" cluster-put-256c --conns 16 --clients 256 --total "$(n 100000)" put --key-size 8 --val-size 256 --key-space-size 100000
-  "$ETCDCTL_BIN" --endpoints "$eps" put foo "$(head -c 256 /dev/zero | tr '\0' x)" >/dev/null
+  # One client, its connection to the leader, then to a follower (forwarded to the leader).
+  local leader follower e
+  leader=$(leader_ep)
+  for e in "${M_EPS[@]}"; do [ "$e" = "$leader" ] || { follower=$e; break; }; done
+  BENCH_EP=$leader bench "$side" "$round" cluster-put-1c --conns 1 --clients 1 --total "$(n 1000)" put --key-size 8 --val-size 256 --key-space-size 100000
+  BENCH_EP=$follower bench "$side" "$round" cluster-put-1c-follower --conns 1 --clients 1 --total "$(n 1000)" put --key-size 8 --val-size 256 --key-space-size 100000
+  "$ETCDCTL_BIN" --endpoints "$CLUSTER_EPS" put foo "$(head -c 256 /dev/zero | tr '\0' x)" >/dev/null
   bench "$side" "$round" cluster-range-l-256c --conns 16 --clients 256 --total "$(n 100000)" range foo --consistency l
   bench "$side" "$round" cluster-range-s-256c --conns 16 --clients 256 --total "$(n 100000)" range foo --consistency s
+  # The Kubernetes-like mix; its 2 informers watch (prev_kv) through the first two members.
+  bench "$side" "$round" cluster-kube --conns 16 --clients 64 --total "$(n 20000)" kube --objects 10000 --informers 2
   unset BENCH_EP
-  local hwm=0
-  for i in 1 2 3; do hwm=$((hwm + $(hwm_kb "${pids[i]}"))); done
-  record "$side" "$round" cluster-rss "{\"rss_mb\": $(calc "$hwm / 1024")}"
-  stop
-  [ -n "${KEEP_DATA:-}" ] || rm -rf "$dir".m?
+  record "$side" "$round" cluster-rss "{\"rss_mb\": $(cluster_rss_mb)}"
+  stop_cluster
+}
+
+cluster5_series() { # put, 256 clients / 16 conns spread over a 5-member loopback cluster
+  local side=$1 round=$2
+  start_cluster "$side" "cluster5-$round" 5
+  BENCH_EP=$CLUSTER_EPS bench "$side" "$round" cluster5-put-256c --conns 16 --clients 256 --total "$(n 100000)" put --key-size 8 --val-size 256 --key-space-size 100000
+  stop_cluster
+}
+
+cluster_big() { # BIG_KEYS keys of 256 bytes on a 3-member cluster, then the members' peak RSS summed
+  local side=$1
+  start_cluster "$side" cluster-big 3
+  BENCH_EP=$CLUSTER_EPS bench "$side" 0 cluster-put-big --conns 16 --clients 256 --total "$BIG_KEYS" put --key-size 8 --val-size 256 --key-space-size "$BIG_KEYS" --sequential-keys
+  local disk=0 i
+  for i in "${!M_PIDS[@]}"; do disk=$((disk + $(dir_kb "$CLUSTER_DIR.m$i"))); done
+  record "$side" 0 cluster-big "{\"rss_mb\": $(cluster_rss_mb), \"dir_mb\": $(calc "$disk / 1024")}"
+  stop_cluster
 }
 
 log "etcd: $ETCD_BIN ($("$ETCD_BIN" --version | head -1)); etcd-rs: $ETCD_RS_BIN; results: $RESULTS"
@@ -268,6 +337,13 @@ fi
 want watch && run_section watch_series
 want lease && run_section lease_series
 want cluster && run_section cluster_series
+want cluster5 && run_section cluster5_series
+if want cluster-big && [ "$BIG_KEYS" -gt 0 ]; then
+  t0=$SECONDS
+  cluster_big etcd
+  cluster_big etcd-rs
+  log "cluster-big: $((SECONDS - t0)) s"
+fi
 
 ETCD_VERSION="$("$ETCD_BIN" --version | head -1)" MACHINE="$(nproc) vCPU $(lscpu | sed -n 's/^Model name: *//p'), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(df -T "$OUT" | awk 'NR==2{print $2}') on $(df "$OUT" | awk 'NR==2{print $1}'), Linux $(uname -r)" \
 BIG_KEYS="$BIG_KEYS" SCALE="$SCALE" IDLE_WATCHERS="$IDLE_WATCHERS" python3 "$here/bench/summarize.py" "$RESULTS"

@@ -43,6 +43,9 @@ def row(label, name, path, unit, target=None):
     print(f"| {label}{runs} | {unit} | {fmt(a, unit)} | {fmt(b, unit)} | "
           f"{'-' if ratio is None else f'{ratio:.2f}'} | {t} | {met} |")
 
+K = int(os.environ.get("BIG_KEYS", "1000000"))  # keys of the big and cluster-big rows
+KL = f"{K // 1000000}M" if K % 1000000 == 0 else f"{K:,}"
+
 def has(*names):
     return any(r["name"] in names for r in rows)
 
@@ -68,10 +71,8 @@ if has("put-1c"):
         row(label, name, "latency_ms.p99", "p99 ms")
     row("server after the series above", "series-rss", "rss_mb", "peak RSS MiB")
 if has("big"):
-    K = int(os.environ.get("BIG_KEYS", "1000000"))
-    KL = f"{K // 1000000}M" if K % 1000000 == 0 else f"{K:,}"
     row(f"put {KL} keys (256 B), 256 clients", "put-big", "throughput", "req/s")
-    row(f"after {KL} keys", "big", "rss_mb", "peak RSS MiB", ("<=", 0.5))
+    row(f"after {KL} keys", "big", "rss_mb", "peak RSS MiB", ("<=", 0.3))
     row(f"after {KL} keys", "big", "dir_mb", "data dir MiB")
     row(f"restart with {KL} keys", "big", "restart_s", "s to first read")
     row(f"restart with {KL} keys", "big", "restart_rss_mb", "peak RSS MiB")
@@ -87,15 +88,50 @@ if has("watch-idle", "watch-100", "watch-10k"):
 if has("lease-keepalive-256c"):
     row("lease keep-alive, 256 clients / 16 conns", "lease-keepalive-256c", "throughput", "req/s")
     row("lease keep-alive, 256 clients / 16 conns", "lease-keepalive-256c", "latency_ms.p99", "p99 ms")
-if has("cluster-put-256c", "cluster-range-l-256c", "cluster-range-s-256c"):
-    for label, name in [("3 members: put, 256 clients / 16 conns over all 3", "cluster-put-256c"),
-                        ("3 members: range linearizable, 256 clients over all 3", "cluster-range-l-256c"),
-                        ("3 members: range serializable, 256 clients over all 3", "cluster-range-s-256c")]:
+# Issue 15's targets for 3- and 5-member clusters (ratio etcd-rs / etcd); CPU is summed over
+# the members.
+if has("cluster-put-256c", "cluster-range-l-256c", "cluster-range-s-256c", "cluster-kube"):
+    L = "3 members: put, 256 clients / 16 conns over all 3"
+    row(L, "cluster-put-256c", "throughput", "req/s", (">=", 1.5))
+    row(L, "cluster-put-256c", "latency_ms.p50", "p50 ms")
+    row(L, "cluster-put-256c", "latency_ms.p99", "p99 ms", ("<=", 0.7))
+    row(L, "cluster-put-256c", "server_cpu_us_per_req", "server CPU µs per request (sum of 3)", ("<=", 0.35))
+    row(L, "cluster-put-256c", "client_cpu_us_per_req", "load generator CPU µs per request")
+    for label, name in [("3 members: put, 1 client to the leader", "cluster-put-1c"),
+                        ("3 members: put, 1 client to a follower", "cluster-put-1c-follower")]:
         row(label, name, "throughput", "req/s")
+        row(label, name, "latency_ms.p50", "p50 ms", ("<=", 0.8))
         row(label, name, "latency_ms.p99", "p99 ms")
+        row(label, name, "server_cpu_us_per_req", "server CPU µs per request (sum of 3)")
+    for label, name in [("3 members: range linearizable, 256 clients over all 3", "cluster-range-l-256c"),
+                        ("3 members: range serializable, 256 clients over all 3", "cluster-range-s-256c")]:
+        row(label, name, "throughput", "req/s", (">=", 2.0))
+        row(label, name, "latency_ms.p99", "p99 ms")
+        row(label, name, "server_cpu_us_per_req", "server CPU µs per request (sum of 3)")
+    L = "3 members: kube mix, 64 clients / 16 conns, 2 informers (prev_kv)"
+    row(L, "cluster-kube", "throughput", "req/s", (">=", 1.5))
+    row(L, "cluster-kube", "latency_ms.p99", "p99 ms (all operations)")
+    row(L, "cluster-kube", "watch_latency_ms.p50", "put-to-event p50 ms")
+    row(L, "cluster-kube", "watch_latency_ms.p99", "put-to-event p99 ms", ("<=", 1.0))
+    row(L, "cluster-kube", "server_cpu_us_per_req", "server CPU µs per request (sum of 3)")
     row("3 members after the series above", "cluster-rss", "rss_mb", "peak RSS MiB (sum of 3)")
+if has("cluster5-put-256c"):
+    L = "5 members: put, 256 clients / 16 conns over all 5"
+    row(L, "cluster5-put-256c", "throughput", "req/s", (">=", 1.5))
+    row(L, "cluster5-put-256c", "latency_ms.p99", "p99 ms")
+    row(L, "cluster5-put-256c", "server_cpu_us_per_req", "server CPU µs per request (sum of 5)")
+if has("cluster-big"):
+    row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "throughput", "req/s")
+    row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "server_cpu_us_per_req",
+        "server CPU µs per request (sum of 3)")
+    row(f"3 members after {KL} keys", "cluster-big", "rss_mb", "peak RSS MiB (sum of 3)", ("<=", 0.3))
+    row(f"3 members after {KL} keys", "cluster-big", "dir_mb", "data dirs MiB (sum of 3)")
 errs = {(r["side"], r["name"]): r.get("errors", 0) for r in rows if r.get("errors")}
 for r in rows:  # a watcher that missed, repeated or reordered events is an error too
+    if r.get("events_missing_prev_kv") or r.get("informers_caught_up") is False:
+        k = (r["side"], f'{r["name"]} round {r["round"]} ({r.get("events_missing_prev_kv", 0)} events without '
+                        f'prev_kv, informers caught up: {r.get("informers_caught_up")})')
+        errs[k] = errs.get(k, 0) + 1
     missing = r.get("events_expected", 0) - r.get("events_received", 0)
     if missing or r.get("events_out_of_order"):
         k = (r["side"], f'{r["name"]} round {r["round"]} ({missing} events missing, '

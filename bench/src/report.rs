@@ -10,7 +10,7 @@ fn ms(ns: f64) -> f64 {
     ns / 1e6
 }
 
-fn latency_json(h: &Histogram) -> Value {
+pub fn latency_json(h: &Histogram) -> Value {
     let mut m = Map::new();
     m.insert("count".into(), json!(h.count()));
     m.insert("avg".into(), json!(ms(h.mean())));

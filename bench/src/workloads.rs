@@ -6,10 +6,11 @@ use crate::runner::{self, ClientOp, Outcome, RunResult};
 use crate::Global;
 use clap::Args;
 use etcd_proto::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient,
+    compare, kv_client::KvClient, DeleteRangeRequest, lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient,
     watch_request, Compare, LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest,
 };
+use etcd_proto::mvccpb::{event::EventType, Event};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
@@ -186,8 +187,9 @@ pub struct TxnPutArgs {
 }
 
 /// A compare-and-swap on `mod_revision`, as Kubernetes' GuaranteedUpdate: compare the cached
-/// mod_revision (0 = must not exist), put on success, read the current value on failure.
-fn cas_txn(key: Vec<u8>, value: Vec<u8>, expected_mod: i64) -> TxnRequest {
+/// mod_revision (0 = must not exist), run `then` (a put or a delete of the key) on success, read
+/// the current value on failure.
+fn cas_txn(key: Vec<u8>, expected_mod: i64, then: request_op::Request) -> TxnRequest {
     TxnRequest {
         compare: vec![Compare {
             result: compare::CompareResult::Equal as i32,
@@ -196,18 +198,17 @@ fn cas_txn(key: Vec<u8>, value: Vec<u8>, expected_mod: i64) -> TxnRequest {
             target_union: Some(compare::TargetUnion::ModRevision(expected_mod)),
             ..Default::default()
         }],
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest { key: key.clone(), value, ..Default::default() })),
-        }],
+        success: vec![RequestOp { request: Some(then) }],
         failure: vec![RequestOp {
             request: Some(request_op::Request::RequestRange(RangeRequest { key, ..Default::default() })),
         }],
     }
 }
 
-/// Runs a CAS and returns (applied, the key's mod_revision now: 0 when absent).
-async fn cas(kv: &mut KvClient<Channel>, key: Vec<u8>, value: Vec<u8>, expected_mod: i64) -> Result<(bool, i64), Status> {
-    let r = kv.txn(cas_txn(key, value, expected_mod)).await?.into_inner();
+/// Runs a CAS and returns (applied, the key's mod_revision now: 0 when absent; after an applied
+/// delete, the delete's revision).
+async fn cas(kv: &mut KvClient<Channel>, key: Vec<u8>, expected_mod: i64, then: request_op::Request) -> Result<(bool, i64), Status> {
+    let r = kv.txn(cas_txn(key, expected_mod, then)).await?.into_inner();
     if r.succeeded {
         return Ok((true, r.header.map(|h| h.revision).unwrap_or(0)));
     }
@@ -216,6 +217,12 @@ async fn cas(kv: &mut KvClient<Channel>, key: Vec<u8>, value: Vec<u8>, expected_
         _ => 0,
     };
     Ok((false, now))
+}
+
+/// A CAS put of `value` (with `lease`, 0 = none).
+async fn cas_put(kv: &mut KvClient<Channel>, key: Vec<u8>, value: Vec<u8>, lease: i64, expected_mod: i64) -> Result<(bool, i64), Status> {
+    let put = PutRequest { key: key.clone(), value, lease, ..Default::default() };
+    cas(kv, key, expected_mod, request_op::Request::RequestPut(put)).await
 }
 
 struct TxnPutOp {
@@ -236,7 +243,7 @@ impl ClientOp for TxnPutOp {
         let expected = self.cache.get(&idx).copied().unwrap_or(0);
         let value = self.value.clone();
         async move {
-            let (applied, now) = cas(&mut self.kv, key, value, expected).await?;
+            let (applied, now) = cas_put(&mut self.kv, key, value, 0, expected).await?;
             self.cache.insert(idx, now);
             Ok(Outcome { kind: "txn-put", conflict: !applied })
         }
@@ -351,16 +358,17 @@ struct WatchStream {
 /// Opens a stream and creates `watchers` watchers on [key, end) from `start_rev` (0 = now),
 /// waiting for each creation to be confirmed.
 async fn open_watch(ch: Channel, key: &[u8], end: &[u8], start_rev: i64, watchers: usize) -> Result<WatchStream, BenchError> {
-    open_watch_keys(ch, (0..watchers).map(|_| key.to_vec()).collect(), end, start_rev).await
+    open_watch_keys(ch, (0..watchers).map(|_| key.to_vec()).collect(), end, start_rev, false).await
 }
 
 /// Opens a stream with one watcher per key in `keys` (each on [key, end) from `start_rev`),
+/// with the previous key-value in each event when `prev_kv` (as Kubernetes' watch cache asks),
 /// waiting for each creation to be confirmed.
-async fn open_watch_keys(ch: Channel, keys: Vec<Vec<u8>>, end: &[u8], start_rev: i64) -> Result<WatchStream, BenchError> {
+async fn open_watch_keys(ch: Channel, keys: Vec<Vec<u8>>, end: &[u8], start_rev: i64, prev_kv: bool) -> Result<WatchStream, BenchError> {
     let watchers = keys.len();
     let (tx, rx) = mpsc::channel(watchers.max(1) + 1);
     for key in keys {
-        let create = WatchCreateRequest { key, range_end: end.to_vec(), start_revision: start_rev, ..Default::default() };
+        let create = WatchCreateRequest { key, range_end: end.to_vec(), start_revision: start_rev, prev_kv, ..Default::default() };
         let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
         tx.send(req).await.map_err(|_| BenchError::Setup("watch request channel closed".into()))?;
     }
@@ -516,7 +524,7 @@ pub async fn watch_hold(g: &Global, a: WatchHoldArgs) -> Result<(), BenchError> 
     let t = Instant::now();
     let opens = (0..a.streams).map(|s| {
         let keys = (0..a.watchers_per_stream).map(|w| format!("/etcd-rs-bench/idle/{s:05}/{w:06}").into_bytes()).collect();
-        open_watch_keys(g.channel(s), keys, &[], 0)
+        open_watch_keys(g.channel(s), keys, &[], 0, false)
     });
     // Open a few streams at a time: fast, without a burst of thousands of creates at once.
     let held: Vec<WatchStream> = futures::stream::iter(opens).buffer_unordered(8).try_collect().await?;
@@ -605,21 +613,41 @@ pub struct KubeArgs {
     /// Maximum number of objects (the key space under /registry/pods/).
     #[arg(long, default_value_t = 10_000)]
     pub objects: u64,
-    /// Object (value) size.
+    /// Object (value) size (at least 20: a write's value carries its send time).
     #[arg(long, default_value_t = 1024)]
     pub val_size: usize,
     /// Page size of list requests (Kubernetes' --limit / continue).
     #[arg(long, default_value_t = 500)]
     pub page_size: i64,
-    /// Informers: each lists /registry/pods/ in pages, then watches from the list revision.
+    /// Informers: each lists /registry/pods/ in pages, then watches it (with prev_kv) from the
+    /// list revision + 1.
     #[arg(long, default_value_t = 2)]
     pub informers: usize,
-    /// Percentages of creates, updates, gets and namespace lists (they must add up to 100).
-    #[arg(long, default_value = "10,60,25,5", value_delimiter = ',')]
+    /// Percentages of creates, updates, deletes, gets, namespace lists, count-only ranges and
+    /// event writes (seven numbers adding up to 100).
+    #[arg(long, default_value = "10,45,5,25,4,1,10", value_delimiter = ',')]
     pub mix: Vec<u32>,
+    /// TTL of the one lease every event is attached to (kube-apiserver's --event-ttl, one lease
+    /// shared by many events as its lease manager does).
+    #[arg(long, default_value_t = 3600)]
+    pub event_ttl: i64,
 }
 
 const KUBE_RESOURCE: &str = "pods";
+/// The operations of the mix, in `--mix` order.
+const KUBE_KINDS: [&str; 7] = ["create", "update", "delete", "get", "list", "count", "event"];
+
+/// The operation for a roll in 0..100, by the cumulative `--mix` percentages.
+fn kube_pick(mix: &[u32], roll: u32) -> &'static str {
+    let mut acc = 0;
+    for (kind, pct) in KUBE_KINDS.iter().zip(mix) {
+        acc += pct;
+        if roll < acc {
+            return kind;
+        }
+    }
+    "get"
+}
 
 /// A Kubernetes paged list: the first page at the current revision, the next pages at that
 /// revision from the key after the last one returned. Returns (revision, keys listed).
@@ -645,15 +673,32 @@ async fn paged_list(kv: &mut KvClient<Channel>, prefix: &[u8], page: i64) -> Res
     }
 }
 
+/// An object value whose first 20 bytes are the time it was built (ns since `base`, plus 1):
+/// a watcher that receives it knows its put-to-event latency.
+fn stamped_value(base: Instant, size: usize) -> Vec<u8> {
+    let mut v = format!("{:020}", base.elapsed().as_nanos() as u64 + 1).into_bytes();
+    v.resize(size.max(20), b'x');
+    v
+}
+
+/// The send time stamped in a value by `stamped_value` (None if it carries none).
+fn value_stamp(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v.get(..20)?).ok()?.parse::<u64>().ok().filter(|&t| t > 0).map(|t| t - 1)
+}
+
 struct KubeOp {
     kv: KvClient<Channel>,
     a: Arc<KubeArgs>,
     rng: fastrand::Rng,
     client: u64,
     clients: u64,
+    base: Instant,
+    lease: i64,
+    events_written: u64,
     /// Objects this client created or saw, with their mod_revision.
     cache: HashMap<u64, i64>,
     known: Vec<u64>,
+    /// The revision of the last applied write under /registry/pods/ (what the informers watch).
     last_write: Arc<AtomicI64>,
 }
 
@@ -661,77 +706,159 @@ impl KubeOp {
     fn key(&self, name: u64) -> Vec<u8> {
         keygen::kube_key(KUBE_RESOURCE, name % self.a.namespaces.max(1), name)
     }
+
+    async fn op(&mut self, kind: &'static str) -> Result<Outcome, Status> {
+        let ns = self.rng.u64(0..self.a.namespaces.max(1));
+        match kind {
+            "get" => {
+                let name = self.rng.u64(0..self.a.objects.max(1));
+                let key = self.key(name);
+                self.kv.range(RangeRequest { key, ..Default::default() }).await?;
+                Ok(Outcome::ok("get"))
+            }
+            "list" => {
+                let prefix = format!("/registry/{KUBE_RESOURCE}/ns-{ns:04}/").into_bytes();
+                paged_list(&mut self.kv, &prefix, self.a.page_size).await?;
+                Ok(Outcome::ok("list"))
+            }
+            "count" => {
+                // kube-apiserver's periodic object count of a resource.
+                let prefix = format!("/registry/{KUBE_RESOURCE}/").into_bytes();
+                let range_end = keygen::prefix_end(&prefix);
+                self.kv.range(RangeRequest { key: prefix, range_end, count_only: true, ..Default::default() }).await?;
+                Ok(Outcome::ok("count"))
+            }
+            "event" => {
+                // A new Event object, created (mod_revision 0) with the shared lease attached.
+                self.events_written += 1;
+                let key = format!("/registry/events/ns-{ns:04}/evt-{:05}-{:08}", self.client, self.events_written).into_bytes();
+                let value = stamped_value(self.base, self.a.val_size);
+                let (applied, _) = cas_put(&mut self.kv, key, value, self.lease, 0).await?;
+                Ok(Outcome { kind: "event", conflict: !applied })
+            }
+            "delete" if !self.known.is_empty() => {
+                let at = self.rng.usize(0..self.known.len());
+                let name = self.known[at];
+                let expected = self.cache.get(&name).copied().unwrap_or(0);
+                let key = self.key(name);
+                let del = request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: key.clone(), ..Default::default() });
+                let (applied, now) = cas(&mut self.kv, key, expected, del).await?;
+                if applied || now == 0 {
+                    self.known.swap_remove(at);
+                    self.cache.remove(&name);
+                } else {
+                    self.cache.insert(name, now);
+                }
+                if applied {
+                    self.last_write.fetch_max(now, Ordering::Relaxed);
+                }
+                Ok(Outcome { kind: "delete", conflict: !applied })
+            }
+            // Create, or update one of this client's objects (a create when it knows none yet).
+            _ => {
+                let update = kind != "create" && !self.known.is_empty();
+                let name = if update {
+                    self.known[self.rng.usize(0..self.known.len())]
+                } else {
+                    let owned = (self.a.objects / self.clients).max(1);
+                    (self.rng.u64(0..owned) * self.clients + self.client) % self.a.objects.max(1)
+                };
+                let expected = self.cache.get(&name).copied().unwrap_or(0);
+                let key = self.key(name);
+                let value = stamped_value(self.base, self.a.val_size);
+                let (applied, now) = cas_put(&mut self.kv, key, value, 0, expected).await?;
+                if !self.cache.contains_key(&name) {
+                    self.known.push(name);
+                }
+                self.cache.insert(name, now);
+                if applied {
+                    self.last_write.fetch_max(now, Ordering::Relaxed);
+                }
+                Ok(Outcome { kind: if expected == 0 { "create" } else { "update" }, conflict: !applied })
+            }
+        }
+    }
 }
 
 impl ClientOp for KubeOp {
     fn call(&mut self, _i: u64) -> BoxFuture<'_, Result<Outcome, Status>> {
-        let roll = self.rng.u32(0..100);
-        let m = &self.a.mix;
-        let (c, u, gt) = (m[0], m[0] + m[1], m[0] + m[1] + m[2]);
-        async move {
-            if roll < gt && roll >= u {
-                let name = self.rng.u64(0..self.a.objects.max(1));
-                let key = self.key(name);
-                self.kv.range(RangeRequest { key, ..Default::default() }).await?;
-                return Ok(Outcome::ok("get"));
-            }
-            if roll >= gt {
-                let ns = self.rng.u64(0..self.a.namespaces.max(1));
-                let prefix = format!("/registry/{KUBE_RESOURCE}/ns-{ns:04}/").into_bytes();
-                paged_list(&mut self.kv, &prefix, self.a.page_size).await?;
-                return Ok(Outcome::ok("list"));
-            }
-            // Create (or update when the name is taken) on one of this client's own objects.
-            let update = roll >= c && !self.known.is_empty();
-            let name = if update {
-                self.known[self.rng.usize(0..self.known.len())]
-            } else {
-                let owned = (self.a.objects / self.clients).max(1);
-                (self.rng.u64(0..owned) * self.clients + self.client) % self.a.objects.max(1)
-            };
-            let expected = self.cache.get(&name).copied().unwrap_or(0);
-            let key = self.key(name);
-            let (applied, now) = cas(&mut self.kv, key, keygen::value(self.a.val_size), expected).await?;
-            if !self.cache.contains_key(&name) {
-                self.known.push(name);
-            }
-            self.cache.insert(name, now);
-            if applied {
-                self.last_write.fetch_max(now, Ordering::Relaxed);
-            }
-            Ok(Outcome { kind: if expected == 0 { "create" } else { "update" }, conflict: !applied })
-        }
-        .boxed()
+        let kind = kube_pick(&self.a.mix, self.rng.u32(0..100));
+        self.op(kind).boxed()
     }
 }
 
+/// What one informer's watch saw: the highest mod_revision, event count, put-to-event latency
+/// of the stamped puts, and updates or deletes that came without their prev_kv.
+#[derive(Default)]
+struct InformerSeen {
+    last_rev: AtomicI64,
+    events: AtomicU64,
+    missing_prev_kv: AtomicU64,
+    latency: std::sync::Mutex<crate::histogram::Histogram>,
+}
+
+/// Whether an event of a prev_kv watch lacks the value it replaced: an update (version > 1) or a
+/// delete must carry it, a create has none.
+fn lacks_prev_kv(ev: &Event) -> bool {
+    let replaced = ev.r#type == EventType::Delete as i32 || ev.kv.as_ref().is_some_and(|kv| kv.version > 1);
+    replaced && ev.prev_kv.is_none()
+}
+
+fn informer_task(mut ws: WatchStream, seen: Arc<InformerSeen>, base: Instant) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(Some(r)) = ws.rx.message().await {
+            let now = base.elapsed().as_nanos() as u64;
+            seen.events.fetch_add(r.events.len() as u64, Ordering::Relaxed);
+            let mut lat = seen.latency.lock().unwrap_or_else(|e| e.into_inner());
+            for ev in &r.events {
+                let Some(kv) = ev.kv.as_ref() else { continue };
+                seen.last_rev.fetch_max(kv.mod_revision, Ordering::Relaxed);
+                let is_delete = ev.r#type == EventType::Delete as i32;
+                if lacks_prev_kv(ev) {
+                    seen.missing_prev_kv.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(t) = value_stamp(&kv.value).filter(|_| !is_delete) {
+                    lat.record(now.saturating_sub(t));
+                }
+            }
+        }
+    })
+}
+
 pub async fn kube(g: &Global, a: KubeArgs) -> Result<(), BenchError> {
-    if a.mix.len() != 4 || a.mix.iter().sum::<u32>() != 100 {
-        return Err(BenchError::Setup("--mix needs four percentages (create,update,get,list) adding up to 100".into()));
+    if a.mix.len() != KUBE_KINDS.len() || a.mix.iter().sum::<u32>() != 100 {
+        return Err(BenchError::Setup(format!("--mix needs {} percentages ({}) adding up to 100", KUBE_KINDS.len(), KUBE_KINDS.join(","))));
     }
     let a = Arc::new(a);
+    let base = Instant::now();
     let prefix = format!("/registry/{KUBE_RESOURCE}/").into_bytes();
     let mut extra = Map::new();
-    // Informers: list, then watch from the list revision + 1; count events and the last revision.
+    // The lease events are attached to.
+    let lease = if a.mix[6] > 0 {
+        let grant = LeaseClient::new(g.channel(0))
+            .lease_grant(LeaseGrantRequest { ttl: a.event_ttl, id: 0 })
+            .await
+            .map_err(|s| setup_err("kube event lease", s))?
+            .into_inner();
+        if !grant.error.is_empty() {
+            return Err(BenchError::Setup(format!("kube event lease grant: {}", grant.error)));
+        }
+        grant.id
+    } else {
+        0
+    };
+    // Informers: list, then watch with prev_kv from the list revision + 1.
     let mut informers = Vec::new();
     let mut watch_note = None;
     for i in 0..a.informers {
         let mut kv = KvClient::new(g.channel(i));
         let (rev, listed) = paged_list(&mut kv, &prefix, a.page_size).await.map_err(|s| setup_err("kube list", s))?;
-        match open_watch(g.channel(i), &prefix, &keygen::prefix_end(&prefix), rev + 1, 1).await {
-            Ok(mut ws) => {
-                let seen = Arc::new(AtomicI64::new(rev));
-                let events = Arc::new(AtomicU64::new(0));
-                let (s2, e2) = (seen.clone(), events.clone());
-                let task = tokio::spawn(async move {
-                    while let Ok(Some(r)) = ws.rx.message().await {
-                        e2.fetch_add(r.events.len() as u64, Ordering::Relaxed);
-                        if let Some(kv) = r.events.last().and_then(|e| e.kv.as_ref()) {
-                            s2.fetch_max(kv.mod_revision, Ordering::Relaxed);
-                        }
-                    }
-                });
-                informers.push((seen, events, task, listed));
+        let watch = open_watch_keys(g.channel(i), vec![prefix.clone()], &keygen::prefix_end(&prefix), rev + 1, true).await;
+        match watch {
+            Ok(ws) => {
+                let seen = Arc::new(InformerSeen::default());
+                seen.last_rev.store(rev, Ordering::Relaxed);
+                informers.push((seen.clone(), informer_task(ws, seen, base), listed));
             }
             Err(BenchError::NotSupported(_, s)) => {
                 watch_note = Some(format!("watch not supported by the server yet ({}); informers skipped", s.message()));
@@ -748,6 +875,9 @@ pub async fn kube(g: &Global, a: KubeArgs) -> Result<(), BenchError> {
             rng: fastrand::Rng::with_seed(c as u64 + 1),
             client: c as u64,
             clients: g.clients as u64,
+            base,
+            lease,
+            events_written: 0,
             cache: HashMap::new(),
             known: Vec::new(),
             last_write: last_write.clone(),
@@ -761,19 +891,68 @@ pub async fn kube(g: &Global, a: KubeArgs) -> Result<(), BenchError> {
         let target = last_write.load(Ordering::Relaxed);
         let t = Instant::now();
         let deadline = t + Duration::from_secs(30);
-        while informers.iter().any(|(seen, ..)| seen.load(Ordering::Relaxed) < target) && Instant::now() < deadline {
+        let behind = || informers.iter().any(|(seen, ..)| seen.last_rev.load(Ordering::Relaxed) < target);
+        while behind() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let caught_up = informers.iter().all(|(seen, ..)| seen.load(Ordering::Relaxed) >= target);
         extra.insert("informers".into(), json!(informers.len()));
-        extra.insert("informers_caught_up".into(), json!(caught_up));
+        extra.insert("informers_caught_up".into(), json!(!behind()));
         extra.insert("informer_lag_ms".into(), json!(t.elapsed().as_secs_f64() * 1e3));
-        extra.insert("informer_listed".into(), json!(informers.iter().map(|i| i.3).sum::<u64>()));
-        extra.insert("informer_events".into(), json!(informers.iter().map(|i| i.1.load(Ordering::Relaxed)).sum::<u64>()));
-        for (_, _, task, _) in informers {
+        extra.insert("informer_listed".into(), json!(informers.iter().map(|i| i.2).sum::<u64>()));
+        let sum = |f: fn(&InformerSeen) -> u64| informers.iter().map(|i| f(&i.0)).sum::<u64>();
+        extra.insert("informer_events".into(), json!(sum(|s| s.events.load(Ordering::Relaxed))));
+        extra.insert("events_missing_prev_kv".into(), json!(sum(|s| s.missing_prev_kv.load(Ordering::Relaxed))));
+        let mut lat = crate::histogram::Histogram::new();
+        for (seen, task, _) in informers {
             task.abort();
+            lat.merge(&seen.latency.lock().unwrap_or_else(|e| e.into_inner()));
         }
+        // Put-to-event latency of the informers' watches (creates and updates; a delete event
+        // carries no value to stamp), per event and informer.
+        extra.insert("watch_latency_ms".into(), report::latency_json(&lat));
     }
     print(g, "kube", &r, extra);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamped_values_carry_their_send_time() {
+        let base = Instant::now() - Duration::from_millis(5);
+        let v = stamped_value(base, 64);
+        assert_eq!(v.len(), 64);
+        let t = value_stamp(&v).expect("stamp");
+        assert!(t >= 5_000_000 && t <= base.elapsed().as_nanos() as u64, "{t}");
+        assert_eq!(value_stamp(&keygen::value(64)), None, "an unstamped value has no send time");
+        assert_eq!(value_stamp(b"12"), None, "a short value has no send time");
+    }
+
+    #[test]
+    fn updates_and_deletes_without_prev_kv_are_flagged_creates_are_not() {
+        use etcd_proto::mvccpb::KeyValue;
+        let kv = |version| Some(KeyValue { key: b"k".to_vec(), version, ..Default::default() });
+        let put = EventType::Put as i32;
+        let del = EventType::Delete as i32;
+        let ev = |t, kv, prev_kv| Event { r#type: t, kv, prev_kv };
+        assert!(!lacks_prev_kv(&ev(put, kv(1), None)), "a create has no previous value");
+        assert!(lacks_prev_kv(&ev(put, kv(2), None)), "an update without prev_kv");
+        assert!(!lacks_prev_kv(&ev(put, kv(2), kv(1))));
+        assert!(lacks_prev_kv(&ev(del, kv(0), None)), "a delete without prev_kv");
+        assert!(!lacks_prev_kv(&ev(del, kv(0), kv(3))));
+    }
+
+    #[test]
+    fn kube_mix_picks_each_kind_by_its_percentage() {
+        let mix = [10, 45, 5, 25, 4, 1, 10];
+        let mut counts: HashMap<&str, u32> = HashMap::new();
+        for roll in 0..100 {
+            *counts.entry(kube_pick(&mix, roll)).or_default() += 1;
+        }
+        for (k, n) in KUBE_KINDS.iter().zip(mix) {
+            assert_eq!(counts.get(k).copied().unwrap_or(0), n, "{k}");
+        }
+    }
 }
