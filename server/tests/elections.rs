@@ -210,3 +210,36 @@ async fn writes_sent_to_the_leader_while_it_hands_over_leadership_all_succeed() 
     }
     assert_eq!(status(&c.members[leader]).await.unwrap().0, target_id);
 }
+
+/// etcd's monitorLeader: a stream opened with the require-leader metadata ends with
+/// `etcdserver: no leader` once its member has known no leader for three election timeouts,
+/// so that clientv3 moves it to a member with a leader; a stream without it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keep_alive_stream_requiring_a_leader_ends_when_its_member_stays_leaderless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _leader, f, mut lease, id) = lease_through_a_follower(dir.path()).await;
+    let open = |lease: &mut LeaseClient<Channel>, require: bool| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let req = if require { requiring_leader(stream) } else { Request::new(stream) };
+        let mut lease = lease.clone();
+        async move { (tx, lease.lease_keep_alive(req).await.unwrap().into_inner()) }
+    };
+    let (tx, mut required) = open(&mut lease, true).await;
+    let (tx_plain, mut plain) = open(&mut lease, false).await;
+    tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+    assert_eq!(required.message().await.unwrap().unwrap().ttl, 10);
+
+    c.partition(&[f]);
+    wait_no_leader(&c, f).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), required.message())
+        .await
+        .expect("the stream ends within a few election timeouts")
+        .unwrap_err();
+    assert_eq!((ended.code(), ended.message()), (Code::Unavailable, "etcdserver: no leader"));
+    // the stream without the metadata is still open: its keep-alive waits for a leader
+    tx_plain.send(LeaseKeepAliveRequest { id }).await.unwrap();
+    c.heal(&[f]);
+    let renewed = tokio::time::timeout(Duration::from_secs(20), plain.message()).await.expect("answered after the heal");
+    assert_eq!(renewed.unwrap().unwrap().ttl, 10);
+}

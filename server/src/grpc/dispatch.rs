@@ -5,7 +5,8 @@
 //!
 //! A call carrying clientv3's require-leader metadata (`hasleader: true`, WithRequireLeader)
 //! is refused here with `etcdserver: no leader` while this member knows no leader, unary and
-//! streaming alike, as etcd's interceptors do; every other call waits out an election.
+//! streaming alike, as etcd's interceptors do (such streams also end once the member stays
+//! leaderless: grpc/leader_bound.rs); every other call waits out an election.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tonic::codegen::{BoxFuture, Bytes, StdError};
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
+use super::leader_bound::{self, LeaderBound};
 use super::{auth, cluster, election, health, kv, lease, lock, maintenance, watch};
 use crate::errors::ServerError;
 use crate::etcd_server::EtcdServer;
@@ -148,12 +150,16 @@ fn refuse_no_leader<B>(req: axum::http::Request<B>) -> GrpcMetricsFuture<BoxFutu
 impl<S, B> Service<axum::http::Request<B>> for GrpcDispatch<S>
 where
     S: Service<axum::http::Request<B>, Response = Response>,
+    S::Error: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<futures::future::MapErr<GrpcMetricsFuture<BoxFuture<Response, Infallible>>, fn(Infallible) -> S::Error>, S::Future>;
+    type Future = Either<
+        Either<futures::future::MapErr<GrpcMetricsFuture<BoxFuture<Response, Infallible>>, fn(Infallible) -> S::Error>, BoxFuture<Response, S::Error>>,
+        S::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         // The generated servers are always ready; readiness is the rest's.
@@ -162,11 +168,15 @@ where
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         use futures::TryFutureExt;
+        let unfailing = unreachable as fn(Infallible) -> S::Error;
         match service_name(req.uri().path()).and_then(|name| GrpcService::named(name, &self.services)) {
-            Some(_) if requires_leader(&req) && !self.server.has_leader() => {
-                Either::Left(refuse_no_leader(req).map_err(unreachable as fn(Infallible) -> S::Error))
+            Some(_) if requires_leader(&req) && !self.server.has_leader() => Either::Left(Either::Left(refuse_no_leader(req).map_err(unfailing))),
+            Some(s) if requires_leader(&req) && leader_bound::is_bounded_stream(req.uri().path()) => {
+                let server = self.server.clone();
+                let bound = s.call(req).map_ok(move |resp| resp.map(|body| tonic::body::Body::new(LeaderBound::new(body, server))));
+                Either::Left(Either::Right(Box::pin(bound.map_err(unfailing))))
             }
-            Some(s) => Either::Left(s.call(req).map_err(unreachable as fn(Infallible) -> S::Error)),
+            Some(s) => Either::Left(Either::Left(s.call(req).map_err(unfailing))),
             None => Either::Right(self.rest.call(req)),
         }
     }

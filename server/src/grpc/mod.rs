@@ -11,6 +11,7 @@ mod election;
 mod gateway;
 mod health;
 mod kv;
+mod leader_bound;
 mod lease;
 mod lock;
 mod maintenance;
