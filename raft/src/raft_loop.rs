@@ -2,7 +2,10 @@
 //! `Snapshotter`.
 //!
 //! Each iteration waits for a command until the next tick is due, drains every
-//! queued command (so concurrent proposals share one Ready and one fsync),
+//! queued command (so concurrent proposals share one Ready and one fsync; the
+//! proposals drained together are stepped as ONE MsgPropose, so a leader appends
+//! them with one broadcast, one MsgApp per follower, and a follower forwards them
+//! to the leader as one message),
 //! ticks if due, then handles Ready in the order raft-rs requires:
 //! send `messages()` (a leader may send before its own fsync); apply a
 //! snapshot; hand `committed_entries` to the apply channel; append `entries()`
@@ -38,6 +41,9 @@ use crate::recovery::Recovered;
 use crate::snapshotter::Snapshotter;
 use crate::transport::Transport;
 use crate::wal::Wal;
+
+/// Proposal bytes that make the loop step its batch at once (raft-rs's max_size_per_msg).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 pub(crate) enum Command {
     Propose {
@@ -114,6 +120,10 @@ pub(crate) struct RaftLoop {
     held: VecDeque<(usize, Vec<u8>, ProposeReply)>,
     /// How long (ticks) a proposal is held for a leader: two election timeouts.
     hold_ticks: usize,
+    /// Proposals drained in this iteration, stepped together by [`RaftLoop::flush_proposals`].
+    batch: Vec<(Vec<u8>, ProposeReply)>,
+    /// Data bytes in `batch`.
+    batch_bytes: usize,
     stop_replies: Vec<oneshot::Sender<()>>,
 }
 
@@ -143,6 +153,8 @@ impl RaftLoop {
             campaign_ticks_left: cfg.election_tick.max(1),
             held: VecDeque::new(),
             hold_ticks: 2 * cfg.election_tick.max(1),
+            batch: Vec::new(),
+            batch_bytes: 0,
             stop_replies: Vec::new(),
         }
     }
@@ -152,7 +164,9 @@ impl RaftLoop {
             tracing::error!(error = %e, "the raft loop stopped on an error");
         }
         self.reads.fail_all();
-        for (_, _, reply) in std::mem::take(&mut self.held) {
+        let batched = std::mem::take(&mut self.batch).into_iter().map(|(_, r)| r);
+        let held = std::mem::take(&mut self.held).into_iter().map(|(_, _, r)| r);
+        for reply in batched.chain(held) {
             self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
             reply.send(Err(RaftError::Stopped));
         }
@@ -184,6 +198,7 @@ impl RaftLoop {
             while let Ok(cmd) = self.commands.try_recv() {
                 self.handle(cmd)?;
             }
+            self.flush_proposals();
             let now = Instant::now();
             if now >= self.next_tick {
                 self.next_tick += self.tick_interval;
@@ -206,26 +221,68 @@ impl RaftLoop {
         r.leader_id != INVALID_ID && !(r.state == StateRole::Leader && r.lead_transferee.is_some())
     }
 
-    /// Hands `data` to raft-rs, or holds it (behind any held before) until a leader can take it.
+    /// Batches `data` for raft-rs, or holds it (behind any held before) until a leader can take it.
     fn propose(&mut self, data: Vec<u8>, reply: ProposeReply) {
         if self.can_propose() && self.held.is_empty() {
-            self.propose_now(data, reply);
+            self.batch_proposal(data, reply);
         } else {
             self.held.push_back((self.hold_ticks, data, reply));
         }
     }
 
-    fn propose_now(&mut self, data: Vec<u8>, reply: ProposeReply) {
-        self.shared.pending_proposals.fetch_sub(1, Ordering::AcqRel);
-        reply.send(self.raw.propose(Vec::new(), data).map_err(RaftError::from));
+    fn batch_proposal(&mut self, data: Vec<u8>, reply: ProposeReply) {
+        self.batch_bytes += data.len();
+        self.batch.push((data, reply));
+        if self.batch_bytes >= MAX_BATCH_BYTES {
+            self.flush_proposals();
+        }
+    }
+
+    /// Steps the batched proposals as one MsgPropose, as `RawNode::propose` steps one: the
+    /// leader appends them with one broadcast; a follower forwards them in one message. raft-rs
+    /// takes or drops the message whole, so every proposer gets the same answer.
+    fn flush_proposals(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if !self.can_propose() {
+            // a message stepped since they were batched took the leader away: hold them, ahead
+            // of those held after them
+            for (data, reply) in batch.into_iter().rev() {
+                self.held.push_front((self.hold_ticks, data, reply));
+            }
+            return;
+        }
+        self.shared.pending_proposals.fetch_sub(batch.len(), Ordering::AcqRel);
+        let mut m = Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        let mut replies = Vec::with_capacity(batch.len());
+        let entries: Vec<raft::eraftpb::Entry> = batch
+            .into_iter()
+            .map(|(data, reply)| {
+                replies.push(reply);
+                let mut e = raft::eraftpb::Entry::default();
+                e.data = data.into();
+                e
+            })
+            .collect();
+        m.set_entries(entries.into());
+        let result = self.raw.raft.step(m);
+        for reply in replies {
+            reply.send(result.as_ref().map(|_| ()).map_err(refusal));
+        }
     }
 
     /// Proposes the held proposals, oldest first, once a leader can take them.
     fn propose_held(&mut self) {
         while self.can_propose() {
-            let Some((_, data, reply)) = self.held.pop_front() else { return };
-            self.propose_now(data, reply);
+            let Some((_, data, reply)) = self.held.pop_front() else { break };
+            self.batch_proposal(data, reply);
         }
+        self.flush_proposals();
     }
 
     /// Counts a tick for the held proposals; refuses those that waited too long.
@@ -242,6 +299,10 @@ impl RaftLoop {
     }
 
     fn handle(&mut self, cmd: Command) -> Result<(), RaftError> {
+        if !matches!(cmd, Command::Propose { .. } | Command::Step(_) | Command::ReadIndex { .. }) {
+            // keep the batched proposals ahead of what this command proposes or changes
+            self.flush_proposals();
+        }
         match cmd {
             Command::Propose { data, reply } => self.propose(data, reply),
             Command::ProposeConfChange { data, reply } => {
@@ -451,6 +512,14 @@ impl RaftLoop {
             },
         };
         *self.shared.status.write() = status;
+    }
+}
+
+/// What a proposer is told when raft-rs refused the batch its proposal was in.
+fn refusal(e: &raft::Error) -> RaftError {
+    match e {
+        raft::Error::ProposalDropped => RaftError::ProposalDropped,
+        other => RaftError::Raft(other.to_string()),
     }
 }
 

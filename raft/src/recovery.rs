@@ -294,6 +294,9 @@ pub(crate) fn recover(cfg: &RaftNodeConfig, logger: &slog::Logger) -> Result<Rec
         max_inflight_msgs: cfg.max_inflight_msgs,
         check_quorum: true,
         pre_vote: true,
+        // MsgApps to one follower made within one Ready (one per stepped proposal message)
+        // travel as one: one frame to encode and decode, one append and one MsgAppResp there
+        batch_append: true,
         ..Default::default()
     };
     config.validate()?;

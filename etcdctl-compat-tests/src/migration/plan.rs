@@ -16,6 +16,12 @@ use super::load::Load;
 /// 3.5.1, whose `--experimental-snapshot-catchup-entries` came later; etcd-rs's default).
 pub const SNAPSHOT_CATCHUP_ENTRIES: u64 = 5000;
 
+/// The leader's in-flight MsgApps per follower (`--max-inflight-msgs`' default is 4096/8 in
+/// etcd-rs and etcd's MaxInflightMsgs is 512).
+const MAX_INFLIGHT_MSGS: usize = 512;
+/// Concurrent writers of [`snapshot_catch_up`]'s burst.
+const WRITERS: usize = 16;
+
 /// Tells the clients which members serve now.
 fn serving_changed(fleet: &Fleet, load: &Load) {
     load.endpoints.set(fleet.voter_urls());
@@ -148,8 +154,11 @@ pub async fn snapshot_catch_up(
     let sent_before = snapshots_sent(fleet, &others).await?;
     fleet.pause(follower);
     serving_changed(fleet, load);
-    let entries = (snapshot_count + SNAPSHOT_CATCHUP_ENTRIES) as usize + 1500;
-    let acked = load.burst(entries, 16).await;
+    // A leader batching appends can keep up to max-inflight MsgApps (512, etcd's and
+    // etcd-rs's) queued to the stopped member, each with up to one entry per writer: write
+    // past that too, so only a snapshot can catch it up.
+    let entries = (snapshot_count + SNAPSHOT_CATCHUP_ENTRIES) as usize + MAX_INFLIGHT_MSGS * WRITERS + 1500;
+    let acked = load.burst(entries, WRITERS).await;
     checker
         .step(
             &format!("{acked} puts while {f_name} is SIGSTOPped"),
