@@ -1093,7 +1093,11 @@ mod tests {
         assert_eq!(v3.endpoints, ["127.0.0.1:2379", "http://127.0.0.1:2479"]);
         assert_eq!((v3.token.as_str(), v3.dial_timeout, v3.request_timeout), ("tok", Duration::from_secs(2), Duration::from_secs(5)));
         assert_eq!(v3.auth, Some(("u".into(), "p".into())));
-        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/ca.pem"]).unwrap_err().contains("not supported by etcd-rs yet"));
+        assert!(v3.tls.is_none(), "plain endpoints without TLS flags are dialled in plain text");
+        // a CA file that cannot be read stops the start; skip-verify alone turns TLS on
+        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/nonexistent/ca.pem"]).unwrap_err().contains("/nonexistent/ca.pem"));
+        let c = parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-insecure-skip-tls-verify"]).unwrap();
+        assert!(matches!(c.discovery, Some(crate::discovery::Discovery::V3(ref v3)) if v3.tls.is_some()));
     }
 
     #[test]
