@@ -29,6 +29,7 @@ use crate::backend::{
     META_SCHEDULED_COMPACT, META_TERM,
 };
 use crate::db_size::{DbSize, Measurer};
+use crate::hash::{HashStorage, KeyValueHash, KvHasher, KEY_BUCKET_NAME};
 use crate::index::Index;
 use crate::kv_view::{decode_kv, missing_row, Rows, View};
 use crate::pending_rows::PendingRows;
@@ -37,9 +38,6 @@ use crate::MvccError;
 
 /// Rows deleted per write transaction by physical compaction.
 pub const COMPACTION_BATCH: usize = 10_000;
-
-/// The name etcd hashes first, before the rows of its key bucket.
-const KEY_BUCKET_NAME: &[u8] = b"key";
 
 /// The store: backend, index, and the published revision readers read at.
 pub struct KvStore {
@@ -67,6 +65,8 @@ pub struct KvStore {
     measurer: Measurer,
     /// The physical compaction whose rows are still being deleted, step by step.
     physical: Mutex<Option<PhysicalCompaction>>,
+    /// The hashes taken at the last compactions (for the compaction hash check).
+    hashes: HashStorage,
     /// Test hook: leave physical compaction undone, as if the process died after the commit.
     #[cfg(test)]
     pub(crate) skip_physical_compaction: std::sync::atomic::AtomicBool,
@@ -78,6 +78,10 @@ pub(crate) struct PhysicalCompaction {
     keep: HashSet<Revision>,
     start: Vec<u8>,
     deleted: usize,
+    /// The hash of the rows up to `rev` as the compaction found them (etcd 3.5.6+ hashes in
+    /// its compaction's scan); None when it cannot be taken whole (a compaction resumed after a
+    /// crash may have lost rows already, or a step failed midway).
+    hasher: Option<KvHasher>,
     /// For etcd_debugging_mvcc_db_compaction_total_duration_milliseconds.
     started: std::time::Instant,
 }
@@ -213,6 +217,7 @@ impl KvStore {
             size,
             measurer,
             physical: Mutex::new(None),
+            hashes: HashStorage::default(),
             #[cfg(test)]
             skip_physical_compaction: Default::default(),
         };
@@ -230,7 +235,8 @@ impl KvStore {
         if scheduled > finished {
             tracing::info!(scheduled, finished, "resuming an interrupted compaction");
             let keep = self.index.compact(scheduled);
-            self.schedule_physical_compaction(scheduled, keep);
+            // some rows may be gone already: no hash is stored for this compaction
+            self.schedule_physical_compaction(scheduled, None, keep);
             self.finish_compaction()?;
         }
         Ok(())
@@ -403,17 +409,31 @@ impl KvStore {
         let current = self.current_revision();
         let (rows, _txn) = self.read_rows()?;
         let (rev, compact, keep) = self.index.keep_for_hash(rev, current)?;
-        let mut h = crc32c::crc32c(KEY_BUCKET_NAME);
+        let mut h = KvHasher::new(compact);
         let upper = main_rev_bound(rev + 1);
         rows.scan(&[], &upper, |k, v| {
             let (r, _) = Revision::from_key_bytes(k)?;
-            if !(r.main <= compact && !keep.is_empty() && !keep.contains(&r)) {
-                h = crc32c::crc32c_append(h, k);
-                h = crc32c::crc32c_append(h, v);
-            }
+            h.write(r, k, v, &keep);
             Ok(ControlFlow::Continue(()))
         })?;
-        Ok((h, if compact == 0 { -1 } else { compact }, rev))
+        let h = h.finish(rev);
+        Ok((h.hash, h.compact_revision, h.revision))
+    }
+
+    /// etcd 3.5.6+'s HashStorage.HashByRev: the hash stored at a compaction to `rev` when there
+    /// is one (it starts from the compact revision before that compaction), else
+    /// [`KvStore::hash_kv`] now.
+    pub fn hash_by_rev(&self, rev: i64) -> Result<KeyValueHash, MvccError> {
+        if let Some(h) = self.hashes.at(rev) {
+            return Ok(h);
+        }
+        let (hash, compact_revision, revision) = self.hash_kv(rev)?;
+        Ok(KeyValueHash { hash, compact_revision, revision })
+    }
+
+    /// The hashes taken at the last compactions, oldest first.
+    pub fn compaction_hashes(&self) -> Vec<KeyValueHash> {
+        self.hashes.hashes()
     }
 
     /// crc32c of the whole key table (etcd's Hash, restricted to the key table).
@@ -493,13 +513,14 @@ impl KvStore {
 
     /// Schedules the physical deletion of the rows a compaction to `rev` left behind (the index
     /// is compacted already). A newer compaction replaces an unfinished older one: its deletions
-    /// cover the older one's.
-    pub(crate) fn schedule_physical_compaction(&self, rev: i64, keep: HashSet<Revision>) {
+    /// cover the older one's (and the older one's hash is not stored). `prev_compact` (the compact
+    /// revision before this one) starts the compaction's hash; None takes none.
+    pub(crate) fn schedule_physical_compaction(&self, rev: i64, prev_compact: Option<i64>, keep: HashSet<Revision>) {
         #[cfg(test)]
         if self.skip_physical_compaction.load(Ordering::Relaxed) {
             return;
         }
-        *self.physical.lock() = Some(PhysicalCompaction { rev, keep, start: Vec::new(), deleted: 0, started: std::time::Instant::now() });
+        *self.physical.lock() = Some(PhysicalCompaction { rev, keep, start: Vec::new(), deleted: 0, hasher: prev_compact.map(KvHasher::new), started: std::time::Instant::now() });
     }
 
     /// Whether a compaction's rows are still being deleted.
@@ -523,6 +544,8 @@ impl KvStore {
         let done = match done {
             Ok(d) => d,
             Err(e) => {
+                // the step's rows may be hashed in part: this compaction stores no hash
+                job.hasher = None;
                 // keep the job (unless a newer one came): the next step retries it
                 self.physical.lock().get_or_insert(job);
                 return Err(e);
@@ -531,6 +554,9 @@ impl KvStore {
         if done {
             crate::metrics::compaction_finished(job.started);
             tracing::info!(rev = job.rev, deleted = job.deleted, "finished compaction");
+            if let Some(h) = &job.hasher {
+                self.hashes.store(h.finish(job.rev));
+            }
             return Ok(CompactionStep::Finished(job.rev));
         }
         // a newer compaction scheduled meanwhile supersedes this one
@@ -564,8 +590,11 @@ impl KvStore {
             let mut doomed = Vec::new();
             let mut scanned = 0;
             for row in table.range::<&[u8]>(job.start.as_slice()..end.as_slice())? {
-                let (k, _) = row?;
+                let (k, v) = row?;
                 let (r, _) = Revision::from_key_bytes(k.value())?;
+                if let Some(h) = &mut job.hasher {
+                    h.write(r, k.value(), v.value(), &job.keep);
+                }
                 if !job.keep.contains(&r) {
                     doomed.push(k.value().to_vec());
                 }

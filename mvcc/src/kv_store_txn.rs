@@ -638,9 +638,10 @@ impl<'s> ApplyTxn<'s> {
         if let Some(rev) = self.pending_compact.take() {
             // readers below `rev` fail from now on; the rows go in steps between batches
             let pause = std::time::Instant::now();
+            let prev = self.store.index.compact_rev();
             let keep = self.store.index.compact(rev);
             crate::metrics::INDEX_COMPACTION_PAUSE_MS.observe(crate::metrics::ms_since(pause));
-            self.store.schedule_physical_compaction(rev, keep);
+            self.store.schedule_physical_compaction(rev, Some(prev), keep);
         }
         Ok(std::mem::take(&mut self.events))
     }

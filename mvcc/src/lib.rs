@@ -11,6 +11,7 @@
 //! - [`bolt`]: etcd's backend file format (bbolt), written and read, for snapshot files;
 //! - [`key_index`]: one key's generations; [`index`]: all keys;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
+//! - [`hash`]: the HashKV rule and the hashes stored at compactions;
 //! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch;
 //! - [`range_stream`]: [`RangeStream`], one Range answered in chunks at a pinned revision;
 //! - [`watch_hub`]: [`WatchHub`], the member's watchers; [`watch_queue`]: a stream's bounded
@@ -23,6 +24,7 @@ pub mod backend;
 pub mod bolt;
 mod db_size;
 mod errors;
+pub mod hash;
 pub mod index;
 pub mod key_index;
 pub mod kv_store;
@@ -38,6 +40,7 @@ mod watcher_group;
 
 pub use backend::Backend;
 pub use errors::MvccError;
+pub use hash::KeyValueHash;
 pub use kv_store::{CompactionStep, KvStore};
 pub use kv_store_txn::ApplyTxn;
 pub use range_stream::RangeStream;

@@ -17,7 +17,7 @@ use etcd_proto::mvccpb::{Event, KeyValue};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
 use crate::backend::KEY_TABLE;
-use crate::{ApplyTxn, CompactionStep, KvStore, MvccError};
+use crate::{ApplyTxn, CompactionStep, KeyValueHash, KvStore, MvccError};
 
 mod range_stream;
 
@@ -1534,6 +1534,44 @@ fn hash_kv_matches_etcd_3_4() {
     assert_eq!(f.store.hash_kv(0).unwrap(), (992607186, 5, 9));
     assert_eq!(f.store.hash_kv(6).unwrap(), (1893615920, 5, 6));
     assert_eq!(f.store.hash_kv(5), Err(MvccError::Compacted));
+}
+
+#[test]
+fn a_compaction_stores_the_hash_kv_its_revision_had_before_it() {
+    // etcd 3.5.6+: the hash taken in the compaction's scan is HashKV(rev) as it was just
+    // before the compaction (from the previous compact revision), whatever the step size
+    let f = range_fixture();
+    let before = f.store.hash_kv(5).unwrap();
+    f.apply(|t| t.compact(5).unwrap());
+    let stored = KeyValueHash { hash: before.0, compact_revision: -1, revision: 5 };
+    assert_eq!(f.store.compaction_hashes(), [stored]);
+    assert_eq!(f.store.hash_by_rev(5).unwrap(), stored, "a compacted revision answers with its stored hash");
+    for i in 0..6 {
+        f.put(&format!("k{}", i % 2), &format!("{i}"));
+    }
+    let before = f.store.hash_kv(12).unwrap();
+    assert_eq!(before.1, 5);
+    // one row per step: the hash is carried across the steps
+    let mut t = f.store.begin_apply().unwrap();
+    t.compact(12).unwrap();
+    t.commit(false).unwrap();
+    while f.store.compaction_step(1).unwrap() != CompactionStep::Idle {}
+    let second = KeyValueHash { hash: before.0, compact_revision: 5, revision: 12 };
+    assert_eq!(f.store.compaction_hashes(), [stored, second]);
+    // a revision without a stored hash is hashed now
+    assert_eq!(f.store.hash_by_rev(0).unwrap().compact_revision, 12);
+    assert_eq!(f.store.hash_by_rev(11), Err(MvccError::Compacted));
+}
+
+#[test]
+fn a_compaction_resumed_after_a_crash_stores_no_hash() {
+    let mut f = range_fixture();
+    f.store.skip_physical_compaction.store(true, Ordering::Relaxed);
+    f.apply(|t| t.compact(5).unwrap());
+    f.reopen();
+    assert!(f.store.compaction_hashes().is_empty());
+    f.apply(|t| t.compact(6).unwrap());
+    assert_eq!(f.store.compaction_hashes().len(), 1);
 }
 
 #[test]

@@ -250,7 +250,7 @@ struct MirrorApi {
     cluster_id: u64,
     members: Vec<etcd_raft::rafthttp::peer_api::MemberJson>,
     versions: (String, Option<String>),
-    hash: (u32, i64, i64),
+    hash: etcd_raft::rafthttp::peer_api::HashKvResponseJson,
 }
 
 impl etcd_raft::rafthttp::peer_api::PeerApi for MirrorApi {
@@ -272,7 +272,7 @@ impl etcd_raft::rafthttp::peer_api::PeerApi for MirrorApi {
     fn lease_time_to_live(&self, _id: i64, _keys: bool) -> BoxFuture<'_, Result<etcd_proto::etcdserverpb::LeaseTimeToLiveResponse, etcd_raft::rafthttp::peer_api::LeaseError>> {
         Box::pin(async { Err(etcd_raft::rafthttp::peer_api::LeaseError::NotFound) })
     }
-    fn hash_kv(&self, _revision: i64) -> BoxFuture<'_, Result<(u32, i64, i64), String>> {
+    fn hash_kv(&self, _revision: i64) -> BoxFuture<'_, Result<etcd_raft::rafthttp::peer_api::HashKvResponseJson, String>> {
         let h = self.hash;
         Box::pin(async move { Ok(h) })
     }
@@ -325,7 +325,7 @@ async fn peer_endpoints_answer_as_etcd_3_5() {
         cluster_id: s.cluster_id,
         members: serde_json::from_slice(&members.body).expect("members parse into MemberJson"),
         versions: (version_json["etcdserver"].as_str().unwrap().into(), version_json["etcdcluster"].as_str().map(str::to_string).filter(|v| v != "not_decided")),
-        hash: (hash_json["hash"].as_u64().unwrap_or(0) as u32, hash_json["header"]["revision"].as_i64().unwrap_or(0), hash_json["compact_revision"].as_i64().unwrap_or(0)),
+        hash: serde_json::from_value(hash_json).expect("etcd's hashkv JSON"),
     });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let api_addr = listener.local_addr().unwrap();

@@ -305,7 +305,7 @@ pub struct Flags {
     #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_UNARY_REQUEST_DURATION", hide = true)]
     pub experimental_warning_unary_request_duration: Option<String>,
     /// Period of the leader's follower compaction-hash checks (default 1m; the check needs
-    /// `--feature-gates=CompactHashCheck=true`, not built).
+    /// `--feature-gates=CompactHashCheck=true`).
     #[arg(long, env = "ETCD_COMPACT_HASH_CHECK_TIME")]
     pub compact_hash_check_time: Option<String>,
     #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME", hide = true)]
@@ -368,7 +368,7 @@ pub struct Flags {
     /// Gate LeaseCheckpointPersist (always on in etcd-rs).
     #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub experimental_enable_lease_checkpoint_persist: Option<bool>,
-    /// Gate CompactHashCheck (not built).
+    /// Gate CompactHashCheck: the leader compares the hashes members take at compactions.
     #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub experimental_compact_hash_check_enabled: Option<bool>,
     /// Gate TxnModeWriteWithSharedBuffer (no-op in etcd-rs).
@@ -454,6 +454,11 @@ pub struct ServerConfig {
     pub initial_corrupt_check: bool,
     /// `--corrupt-check-time` (`--experimental-...`): the leader's periodic HashKV comparison (0: off).
     pub corrupt_check_time: Duration,
+    /// Gate CompactHashCheck (`--experimental-compact-hash-check-enabled`): the leader compares
+    /// the hashes members took at compactions, every `compact_hash_check_time`.
+    pub compact_hash_check: bool,
+    /// `--compact-hash-check-time` (`--experimental-...`, default 1m, > 0).
+    pub compact_hash_check_time: Duration,
     pub advertise_peer_urls: Vec<String>,
     pub initial_cluster: Vec<InitialMember>,
     pub initial_cluster_new: bool,
@@ -744,12 +749,16 @@ impl Flags {
                 parse_go_duration(v, None).map_err(|e| ConfigError(format!("--{flag}: {}", e.0)))?;
             }
         }
-        if let Some(v) = &renamed.compact_hash_check_time {
-            let d = parse_go_duration(v, None).map_err(|e| ConfigError(format!("--compact-hash-check-time: {}", e.0)))?;
-            if d.is_zero() {
-                return err(format!("--compact-hash-check-time must be >0 (set to {v})"));
+        let compact_hash_check_time = match &renamed.compact_hash_check_time {
+            None => Duration::from_secs(60),
+            Some(v) => {
+                let d = parse_go_duration(v, None).map_err(|e| ConfigError(format!("--compact-hash-check-time: {}", e.0)))?;
+                if d.is_zero() {
+                    return err(format!("--compact-hash-check-time must be >0 (set to {v})"));
+                }
+                d
             }
-        }
+        };
         let lease_checkpoint_interval = parse_go_duration(&self.lease_checkpoint_interval, None)
             .map_err(|e| ConfigError(format!("--experimental-lease-checkpoint-interval: {}", e.0)))?;
         if lease_checkpoint_interval.is_zero() {
@@ -824,6 +833,8 @@ impl Flags {
             extensive_metrics,
             initial_corrupt_check: gates.enabled("InitialCorruptCheck"),
             corrupt_check_time,
+            compact_hash_check: gates.enabled("CompactHashCheck"),
+            compact_hash_check_time,
             advertise_peer_urls,
             initial_cluster,
             initial_cluster_new,
@@ -1065,6 +1076,12 @@ mod tests {
     fn feature_gates_drive_etcd_rs_settings() {
         assert!(parse(&["--feature-gates=InitialCorruptCheck=true"]).unwrap().initial_corrupt_check);
         assert!(parse(&["--experimental-initial-corrupt-check"]).unwrap().initial_corrupt_check);
+        let off = parse(&[]).unwrap();
+        assert_eq!((off.compact_hash_check, off.compact_hash_check_time), (false, Duration::from_secs(60)));
+        for args in [&["--feature-gates=CompactHashCheck=true", "--compact-hash-check-time=2s"][..], &["--experimental-compact-hash-check-enabled", "--experimental-compact-hash-check-time", "2s"][..]] {
+            let c = parse(args).unwrap();
+            assert_eq!((c.compact_hash_check, c.compact_hash_check_time), (true, Duration::from_secs(2)), "{args:?}");
+        }
         // lease checkpoints stay on by default in etcd-rs; either way of turning them off works
         assert!(parse(&[]).unwrap().enable_lease_checkpoint);
         assert!(!parse(&["--feature-gates", "LeaseCheckpoint=false"]).unwrap().enable_lease_checkpoint);
@@ -1099,7 +1116,11 @@ mod tests {
         assert_eq!(v3.endpoints, ["127.0.0.1:2379", "http://127.0.0.1:2479"]);
         assert_eq!((v3.token.as_str(), v3.dial_timeout, v3.request_timeout), ("tok", Duration::from_secs(2), Duration::from_secs(5)));
         assert_eq!(v3.auth, Some(("u".into(), "p".into())));
-        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/ca.pem"]).unwrap_err().contains("not supported by etcd-rs yet"));
+        assert!(v3.tls.is_none(), "plain endpoints without TLS flags are dialled in plain text");
+        // a CA file that cannot be read stops the start; skip-verify alone turns TLS on
+        assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/nonexistent/ca.pem"]).unwrap_err().contains("/nonexistent/ca.pem"));
+        let c = parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-insecure-skip-tls-verify"]).unwrap();
+        assert!(matches!(c.discovery, Some(crate::discovery::Discovery::V3(ref v3)) if v3.tls.is_some()));
     }
 
     #[test]

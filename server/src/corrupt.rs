@@ -13,6 +13,8 @@
 //!   compact revision with another hash, raises the CORRUPT alarm through raft with member ID 0
 //!   (etcd 3.4.22+/3.5.7+: which member is corrupt is not known).
 //!
+//! The compaction hash check (3.5.6+) is in `compact_hash_check.rs`.
+//!
 //! While CORRUPT is raised the applier refuses writes, compactions and lease grants/revokes with
 //! "etcdserver: corrupt cluster" (apply.rs), as etcd's corrupt applier does.
 
@@ -27,14 +29,14 @@ use etcd_raft::rafthttp::peer_api;
 use crate::etcd_server::EtcdServer;
 
 /// One peer's answer: its HashKV, or why there is none.
-struct PeerHash {
-    id: u64,
+pub(crate) struct PeerHash {
+    pub(crate) id: u64,
     urls: Vec<String>,
-    result: Result<HashKvResponse, PeerHashError>,
+    pub(crate) result: Result<HashKvResponse, PeerHashError>,
 }
 
 #[derive(Debug)]
-enum PeerHashError {
+pub(crate) enum PeerHashError {
     /// The peer has not reached the revision yet.
     FutureRev,
     /// The peer compacted past the revision.
@@ -52,7 +54,7 @@ impl std::fmt::Display for PeerHashError {
     }
 }
 
-fn hex(id: u64) -> String {
+pub(crate) fn hex(id: u64) -> String {
     format!("{id:x}")
 }
 
@@ -88,12 +90,12 @@ async fn peer_hash_kv(server: &EtcdServer, url: &str, rev: i64) -> Result<HashKv
         header: Some(ResponseHeader { cluster_id: cluster, revision: resp.header.revision, ..Default::default() }),
         hash: resp.hash,
         compact_revision: resp.compact_revision,
-        ..Default::default()
+        hash_revision: resp.hash_revision,
     })
 }
 
 /// Every other member's HashKV at `rev`, trying each of its peer URLs in turn.
-async fn peer_hash_kvs(server: &EtcdServer, rev: i64) -> Vec<PeerHash> {
+pub(crate) async fn peer_hash_kvs(server: &EtcdServer, rev: i64) -> Vec<PeerHash> {
     let mut out = Vec::new();
     for m in server.members().members().into_iter().filter(|m| m.id != server.member_id()) {
         let urls = m.raft_attrs.map(|r| r.peer_urls).unwrap_or_default();

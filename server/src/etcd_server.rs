@@ -914,6 +914,18 @@ impl EtcdServer {
         Ok((hash, compact, hash_rev, current))
     }
 
+    /// etcd 3.5.6+'s HashByRev, as the peer `/members/hashkv` answers: the hash stored at a
+    /// compaction to `revision` when there is one, else HashKV now; with the current revision.
+    pub fn hash_by_rev(&self, revision: i64) -> Result<(etcd_mvcc::KeyValueHash, i64), ServerError> {
+        let current = self.kv.current_revision();
+        Ok((self.kv.hash_by_rev(revision)?, current))
+    }
+
+    /// The hashes this member took at its last compactions, oldest first.
+    pub fn compaction_hashes(&self) -> Vec<etcd_mvcc::KeyValueHash> {
+        self.kv.compaction_hashes()
+    }
+
     /// A learner serves only Status and serializable reads, as in etcd.
     pub fn refuse_if_learner(&self) -> Result<(), ServerError> {
         if self.raft.with_status(|st| st.is_learner) {

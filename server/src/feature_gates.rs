@@ -58,7 +58,7 @@ pub const GATES: &[Gate] = &[
         default: false,
         maturity: Maturity::Alpha,
         experimental_flag: Some("experimental-compact-hash-check-enabled"),
-        effect: Effect::Unbuilt { etcd_rs_behaves_as: false },
+        effect: Effect::Drives,
     },
     Gate {
         name: "TxnModeWriteWithSharedBuffer",
@@ -311,13 +311,13 @@ mod tests {
 
     #[test]
     fn unbuilt_gates_are_refused_only_away_from_what_etcd_rs_does() {
-        for gate in ["CompactHashCheck", "StopGRPCServiceOnDefrag", "SetMemberLocalAddr", "PriorityRequest"] {
+        for gate in ["StopGRPCServiceOnDefrag", "SetMemberLocalAddr", "PriorityRequest"] {
             assert!(resolve(&[&format!("{gate}=false")], &[]).is_ok(), "{gate}");
             let e = resolve(&[&format!("{gate}=true")], &[]).unwrap_err();
             assert_eq!(e.message, format!("feature gate {gate}=true is not supported by etcd-rs yet"));
         }
-        let e = resolve(&[], &[("experimental-compact-hash-check-enabled", true)]).unwrap_err();
-        assert!(e.message.contains("CompactHashCheck=true"), "{}", e.message);
+        let e = resolve(&[], &[("experimental-stop-grpc-service-on-defrag", true)]).unwrap_err();
+        assert!(e.message.contains("StopGRPCServiceOnDefrag=true"), "{}", e.message);
         // AllAlpha=true turns on unbuilt alpha gates; a gate set before it keeps its value
         assert!(resolve(&["AllAlpha=true"], &[]).is_err());
         assert!(resolve(&["AllAlpha=false"], &[]).is_ok());

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod cluster_version;
 mod apply_auth;
 mod apply_lease;
+pub mod compact_hash_check;
 pub mod compactor;
 pub mod config;
 pub mod config_file;

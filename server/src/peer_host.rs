@@ -20,7 +20,7 @@ use etcd_proto::etcdserverpb::{LeaseTimeToLiveRequest, LeaseTimeToLiveResponse};
 use etcd_proto::membershippb::{Attributes, Member, RaftAttributes};
 use etcd_raft::rafthttp::handler::{http_error, ResponseBody};
 use etcd_raft::rafthttp::host::{BoxFuture, SnapshotBody};
-use etcd_raft::rafthttp::peer_api::{self, LeaseError, MemberJson, PeerApi, PromoteError};
+use etcd_raft::rafthttp::peer_api::{self, HashKvHeaderJson, HashKvResponseJson, LeaseError, MemberJson, PeerApi, PromoteError};
 use etcd_raft::rafthttp::{ProcessError, RaftHost, RaftHttpHandler};
 use etcd_raft::RaftNode;
 use axum::http::{Request, Response, StatusCode};
@@ -190,11 +190,17 @@ impl PeerApi for EtcdServer {
         })
     }
 
-    fn hash_kv(&self, revision: i64) -> BoxFuture<'_, Result<(u32, i64, i64), String>> {
+    fn hash_kv(&self, revision: i64) -> BoxFuture<'_, Result<HashKvResponseJson, String>> {
         Box::pin(async move {
             // a scan of the whole key table: let the runtime move other tasks off this worker
-            let r = tokio::task::block_in_place(|| EtcdServer::hash_kv(self, revision));
-            r.map(|(hash, compact, _hash_rev, current)| (hash, current, compact)).map_err(|e| e.to_string())
+            let r = tokio::task::block_in_place(|| self.hash_by_rev(revision));
+            let (h, current) = r.map_err(|e| e.to_string())?;
+            Ok(HashKvResponseJson {
+                header: HashKvHeaderJson { revision: current, ..Default::default() },
+                hash: h.hash,
+                compact_revision: h.compact_revision,
+                hash_revision: h.revision,
+            })
         })
     }
 

@@ -68,7 +68,9 @@ use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
 
+mod discovery_client;
 mod reload;
+pub use discovery_client::{discovery_client_config, DiscoveryTlsFlags};
 use reload::{ReloadingCert, Role};
 
 /// A TLS handshake that takes longer than this is dropped (a stuck client never blocks others:

@@ -248,3 +248,72 @@ async fn three_members_bootstrap_through_v3_discovery_keys_and_a_fourth_finds_th
     let (_, log) = wait_exit(&mut p, &lost);
     assert!(log.contains("failed to join discovery cluster (discovery: size key not found)"), "{log}");
 }
+
+/// A gRPC channel to the https registry presenting `name`'s certificate (at most 20 s).
+async fn tls_channel(m: &Member, pki: &common::pki::Pki, name: &str) -> Channel {
+    let (cert, key) = pki.files(name);
+    let dialer = etcd_raft::PeerDialer::new(None, Some(pki.client_config(Some((&cert, &key)), b"h2")));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ch) = dialer.connect(&m.endpoint(), Duration::from_secs(1)).await {
+            let probe = RangeRequest { key: b"probe".to_vec(), serializable: true, ..Default::default() };
+            if etcd_proto::etcdserverpb::kv_client::KvClient::new(ch.clone()).range(probe).await.is_ok() {
+                return ch;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "the registry did not answer over TLS; log:\n{}", m.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_discovery_dials_an_https_registry_with_the_discovery_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = common::pki::Pki::new(tmp.path());
+    let (server_cert, server_key) = pki.issue("registry", "registry", &["127.0.0.1"], true);
+    let (client_cert, client_key) = pki.issue("joiner", "joiner", &[], false);
+    let ca = pki.ca_file();
+    // the discovery service serves https only and wants a client certificate from our CA
+    let tls_flags = ["--cert-file", &server_cert, "--key-file", &server_key, "--trusted-ca-file", &ca, "--client-cert-auth"];
+    let mut registry = Member::new(&tmp.path().join("registry.etcd"), &tls_flags);
+    registry.name = "registry".into();
+    registry.client_scheme = "https";
+    registry.start();
+    let ch = tls_channel(&registry, &pki, "joiner").await;
+    let mut reg_kv = etcd_proto::etcdserverpb::kv_client::KvClient::new(ch);
+    put(&mut reg_kv, "/_etcd/registry/tok-tls/_config/size", "1").await.unwrap();
+
+    // an endpoint without a scheme is dialled with TLS once TLS flags are given
+    let endpoint = format!("127.0.0.1:{}", registry.client_port);
+    let args: Vec<String> = [
+        "--discovery-endpoints", &endpoint, "--discovery-token", "tok-tls",
+        "--discovery-cert", &client_cert, "--discovery-key", &client_key, "--discovery-cacert", &ca,
+    ]
+    .map(String::from)
+    .into();
+    let m = members_named(tmp.path(), &["t0"]).remove(0);
+    let _p = spawn(&m, &args, &[]);
+    let mut kv = tokio::time::timeout(Duration::from_secs(40), m.ready_client()).await.expect("ready");
+    put(&mut kv, "via", "tls discovery").await.unwrap();
+    let list = published(&m, &["t0"]).await;
+    let key = format!("/_etcd/registry/tok-tls/members/{:x}", list[0].id);
+    let got = reg_kv.range(RangeRequest { key: key.into_bytes(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(got.kvs.len(), 1, "t0 did not register in the https registry");
+
+    // without its client certificate the registry refuses the member, which keeps retrying
+    let refused = members_named(tmp.path(), &["t1"]).remove(0);
+    let https = format!("https://127.0.0.1:{}", registry.client_port);
+    let no_cert: Vec<String> =
+        ["--discovery-endpoints", &https, "--discovery-token", "tok-tls", "--discovery-cacert", &ca].map(String::from).into();
+    let _p1 = spawn(&refused, &no_cert, &[]);
+    assert!(refused.log_shows("retry connecting to discovery service"), "{}", refused.log());
+
+    // a certificate without its key: etcd's error at start
+    let half = members_named(tmp.path(), &["t2"]).remove(0);
+    let bad: Vec<String> =
+        ["--discovery-endpoints", &endpoint, "--discovery-token", "tok-tls", "--discovery-cert", &client_cert].map(String::from).into();
+    let mut p2 = spawn(&half, &bad, &[]);
+    let (code, log) = wait_exit(&mut p2, &half);
+    assert_ne!(code, Some(0));
+    assert!(log.contains("KeyFile and CertFile must both be present[key: , cert: "), "{log}");
+}

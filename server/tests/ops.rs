@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::TestCluster;
-use common::{free_port, http_get, put, single_member, Member};
+use common::tamper::tamper_value;
+use common::{free_port, http_get, put, single_member, wait_revision, Member};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -124,57 +125,10 @@ async fn a_grpc_service_not_built_answers_unimplemented_naming_it() {
     put(&mut kv, "k", "v").await.unwrap();
 }
 
-/// Rewrites the stored value of `key` (every revision of it) in a stopped member's backend.
-fn tamper_value(data_dir: &std::path::Path, key: &[u8], value: &[u8]) {
-    use prost::Message;
-    use redb::{ReadableDatabase, ReadableTable};
-    const KEYS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("key");
-    let db = redb::Database::open(data_dir.join("member/snap/db")).unwrap();
-    let mut rows = Vec::new();
-    {
-        let rtx = db.begin_read().unwrap();
-        let t = rtx.open_table(KEYS).unwrap();
-        for row in t.iter().unwrap() {
-            let (k, v) = row.unwrap();
-            let mut kv = etcd_proto::mvccpb::KeyValue::decode(v.value()).unwrap();
-            if kv.key == key {
-                kv.value = value.to_vec();
-                rows.push((k.value().to_vec(), kv.encode_to_vec()));
-            }
-        }
-    }
-    assert!(!rows.is_empty(), "no stored revision of {key:?}");
-    let wtx = db.begin_write().unwrap();
-    {
-        let mut t = wtx.open_table(KEYS).unwrap();
-        for (k, v) in &rows {
-            t.insert(k.as_slice(), v.as_slice()).unwrap();
-        }
-    }
-    wtx.commit().unwrap();
-}
-
 async fn alarms(m: &Member) -> Vec<AlarmMember> {
     let mut mt = MaintenanceClient::new(channel(m).await);
     let get = AlarmRequest { action: AlarmAction::Get as i32, ..Default::default() };
     mt.alarm(get).await.unwrap().into_inner().alarms
-}
-
-/// Waits (at most 20 s) until the member serves a serializable read at `rev` or later.
-async fn wait_revision(m: &Member, rev: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(ch) = Channel::from_shared(m.endpoint()).unwrap().connect().await {
-            let probe = RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() };
-            if let Ok(r) = KvClient::new(ch).range(probe).await {
-                if r.into_inner().header.map(|h| h.revision).unwrap_or(0) >= rev {
-                    return;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "member did not reach revision {rev}; log:\n{}", m.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -76,6 +76,9 @@ pub struct HashKvResponseJson {
     pub hash: u32,
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub compact_revision: i64,
+    /// The revision hashed (etcd 3.5.6+; 3.5.1 and 3.4 leave it out, and ignore it).
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub hash_revision: i64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,9 +144,9 @@ pub trait PeerApi: Send + Sync + 'static {
     fn renew_lease(&self, id: i64) -> super::host::BoxFuture<'_, Result<i64, LeaseError>>;
     /// The lease's remaining and granted TTL and, when `keys`, its keys.
     fn lease_time_to_live(&self, id: i64, keys: bool) -> super::host::BoxFuture<'_, Result<LeaseTimeToLiveResponse, LeaseError>>;
-    /// KV hash at `revision` (0: current): (hash, revision hashed, compact revision) or the
+    /// KV hash at `revision` (0: current), with the current revision in its header, or the
     /// error text (e.g. "mvcc: required revision has been compacted").
-    fn hash_kv(&self, revision: i64) -> super::host::BoxFuture<'_, Result<(u32, i64, i64), String>>;
+    fn hash_kv(&self, revision: i64) -> super::host::BoxFuture<'_, Result<HashKvResponseJson, String>>;
     /// Whether a downgrade is in progress, read linearizably (3.5).
     fn downgrade_enabled(&self) -> super::host::BoxFuture<'_, Result<bool, String>>;
 }
@@ -222,8 +225,7 @@ where
                 return http_error(StatusCode::BAD_REQUEST, "error unmarshalling request");
             };
             match api.hash_kv(r.revision).await {
-                Ok((hash, rev, compact)) => {
-                    let resp = HashKvResponseJson { header: HashKvHeaderJson { revision: rev, ..Default::default() }, hash, compact_revision: compact };
+                Ok(resp) => {
                     with_cluster_id(with_body(StatusCode::OK, "application/json", serde_json::to_string(&resp).unwrap_or_default()), api)
                 }
                 Err(e) => http_error(StatusCode::BAD_REQUEST, &e),
@@ -395,7 +397,7 @@ mod tests {
 
     #[test]
     fn hashkv_json_leaves_zero_fields_out_as_go_does() {
-        let r = HashKvResponseJson { header: HashKvHeaderJson { revision: 5, ..Default::default() }, hash: 123, compact_revision: 0 };
+        let r = HashKvResponseJson { header: HashKvHeaderJson { revision: 5, ..Default::default() }, hash: 123, compact_revision: 0, hash_revision: 0 };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"header":{"revision":5},"hash":123}"#);
         let q: HashKvRequestJson = serde_json::from_str(r#"{"revision":4}"#).unwrap();
         assert_eq!(q.revision, 4);

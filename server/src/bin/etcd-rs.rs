@@ -8,7 +8,7 @@ use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
 use etcd_server::serve::{GatewayStreamLimit, Listener};
 use etcd_server::peer_host::PeerRoutes;
 use etcd_server::tls::{self, TlsSetup};
-use etcd_server::{compactor, config_file, corrupt, grpc, health, logging, metrics, serve, EtcdServer};
+use etcd_server::{compact_hash_check, compactor, config_file, corrupt, grpc, health, logging, metrics, serve, EtcdServer};
 use tokio::sync::watch;
 
 /// mimalloc instead of glibc malloc: see server/Cargo.toml and README "Benchmarks".
@@ -142,7 +142,10 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
             return Err(e);
         }
     }
-    let corrupt_check = tokio::spawn(corrupt::run_periodic(server.clone(), cfg.corrupt_check_time));
+    let mut corrupt_checks = vec![tokio::spawn(corrupt::run_periodic(server.clone(), cfg.corrupt_check_time))];
+    if cfg.compact_hash_check {
+        corrupt_checks.push(tokio::spawn(compact_hash_check::run(server.clone(), cfg.compact_hash_check_time)));
+    }
 
     // Peers first: electing a leader (and so publishing) needs them. Peers stop last (see
     // `stop_gracefully`), so they have their own stop signal.
@@ -165,7 +168,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
         _ = server.publish() => {}
         signal = wait_for_signal() => {
             tracing::info!(signal = signal.name, "received signal before ready; shutting down");
-            corrupt_check.abort();
+            corrupt_checks.iter().for_each(|t| t.abort());
             stopping.stop_gracefully(true).await;
             return Ok(Some(signal));
         }
@@ -193,7 +196,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     };
     let still_member = signal.is_some();
     compaction.abort();
-    corrupt_check.abort();
+    corrupt_checks.iter().for_each(|t| t.abort());
     stopping.stop_gracefully(still_member).await;
     tracing::info!("stopped serving; data synced");
     Ok(signal)

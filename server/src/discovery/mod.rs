@@ -1,6 +1,7 @@
 //! Bootstrap discovery: how a new member learns its initial cluster when `--initial-cluster` is
 //! not given — DNS SRV records (`--discovery-srv`, srv.rs) or etcd 3.6's v3 discovery through
-//! another etcd cluster (`--discovery-endpoints` + `--discovery-token`, v3.rs).
+//! another etcd cluster (`--discovery-endpoints` + `--discovery-token`, v3.rs), in plain text
+//! or over TLS (`--discovery-cert/key/cacert`, see `tls/discovery_client.rs`).
 //!
 //! Invariant: discovery runs once, for a member without a WAL, before its server starts, and
 //! only replaces the configuration's initial cluster (and, for v3 discovery, the cluster token:
@@ -82,25 +83,24 @@ impl Discovery {
         } else {
             Some((f.discovery_user.clone(), f.discovery_password.clone()))
         };
-        let secure = !f.discovery_cert.is_empty()
-            || !f.discovery_key.is_empty()
-            || !f.discovery_cacert.is_empty()
-            || !f.discovery_insecure_transport
-            || endpoints.iter().any(|e| e.starts_with("https://"));
-        if secure {
-            return Err(ConfigError(
-                "v3 discovery over TLS (--discovery-cert, --discovery-key, --discovery-cacert, --discovery-insecure-transport=false, https endpoints) is not supported by etcd-rs yet".into(),
-            ));
-        }
+        let endpoints: Vec<String> = endpoints.iter().map(|e| e.trim().to_string()).collect();
+        let tls_flags = crate::tls::DiscoveryTlsFlags {
+            cert: f.discovery_cert.clone(),
+            key: f.discovery_key.clone(),
+            cacert: f.discovery_cacert.clone(),
+            insecure_transport: f.discovery_insecure_transport,
+            insecure_skip_verify: f.discovery_insecure_skip_tls_verify,
+        };
+        let tls = crate::tls::discovery_client_config(&tls_flags, &endpoints).map_err(|e| ConfigError(e.0))?;
         Ok(Some(Discovery::V3(v3::V3Config {
-            endpoints: endpoints.iter().map(|e| e.trim().to_string()).collect(),
+            endpoints,
             token: f.discovery_token.clone(),
             dial_timeout: duration_flag("discovery-dial-timeout", &f.discovery_dial_timeout)?,
             request_timeout: duration_flag("discovery-request-timeout", &f.discovery_request_timeout)?,
             keepalive_time: duration_flag("discovery-keepalive-time", &f.discovery_keepalive_time)?,
             keepalive_timeout: duration_flag("discovery-keepalive-timeout", &f.discovery_keepalive_timeout)?,
             auth,
-            tls: None,
+            tls,
         })))
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod pki;
+pub mod tamper;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -285,4 +286,21 @@ pub async fn peer_members(dialer: &etcd_raft::PeerDialer, url: &str) -> Result<V
     let asked = etcd_raft::rafthttp::peer_api::call::members(&mut conn, &me);
     let (_cluster, members) = tokio::time::timeout(Duration::from_secs(5), asked).await.map_err(|_| "timed out".to_string())??;
     Ok(members)
+}
+
+/// Waits (at most 20 s) until the member serves a serializable read at `rev` or later.
+pub async fn wait_revision(m: &Member, rev: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ch) = Channel::from_shared(m.endpoint()).unwrap().connect().await {
+            let probe = RangeRequest { key: b"k".to_vec(), serializable: true, ..Default::default() };
+            if let Ok(r) = KvClient::new(ch).range(probe).await {
+                if r.into_inner().header.map(|h| h.revision).unwrap_or(0) >= rev {
+                    return;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "member did not reach revision {rev}; log:\n{}", m.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
