@@ -530,7 +530,7 @@ impl KvStore {
         };
         if done {
             crate::metrics::compaction_finished(job.started);
-            tracing::info!(rev = job.rev, deleted = job.deleted, "finished compaction");
+            tracing::info!("compact-revision" = job.rev, took = ?job.started.elapsed(), deleted = job.deleted, "finished scheduled compaction");
             return Ok(CompactionStep::Finished(job.rev));
         }
         // a newer compaction scheduled meanwhile supersedes this one
