@@ -242,7 +242,8 @@ impl ApplyTimer {
         if took > expected {
             // etcd writes the whole request in its text form; etcd-rs its ID and operation
             let request = format!("header:<ID:{} > {}", self.id, snake_case(APPLY_OPS[self.op]));
-            tracing::warn!(took = ?took, "expected-duration" = ?expected, prefix = "", request, response = "", "apply request took too long");
+            let (took, expected) = (crate::logging::go_duration(took), crate::logging::go_duration(expected));
+            tracing::warn!(took, "expected-duration" = expected, prefix = "", request, response = "", "apply request took too long");
             SLOW_APPLY.inc();
         }
     }

@@ -97,7 +97,7 @@ impl RaftHost for PeerHost {
             tracing::info!(
                 "local-member-id" = %format!("{:x}", m.to), "remote-snapshot-sender-id" = %format!("{:x}", m.from),
                 "incoming-snapshot-index" = index, "incoming-snapshot-size-bytes" = bytes,
-                "incoming-snapshot-size" = %crate::logging::human_bytes(bytes), "download-took" = ?started.elapsed(),
+                "incoming-snapshot-size" = %crate::logging::human_bytes(bytes), "download-took" = %crate::logging::go_duration(started.elapsed()),
                 path = %path.display(), "received and saved database snapshot"
             );
             raft.step(m);

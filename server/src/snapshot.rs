@@ -183,7 +183,7 @@ pub fn spawn_send(
             Ok(bytes) => {
                 transfer.succeeded();
                 let size = crate::logging::human_bytes(bytes);
-                tracing::info!("snapshot-index" = index, "remote-peer-id" = %format!("{to:x}"), bytes, size, took = ?started.elapsed(), "sent database snapshot");
+                tracing::info!("snapshot-index" = index, "remote-peer-id" = %format!("{to:x}"), bytes, size, took = %crate::logging::go_duration(started.elapsed()), "sent database snapshot");
             }
             Err(e) => tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a database snapshot failed"),
         }
