@@ -553,7 +553,7 @@ impl KvStore {
         };
         if done {
             crate::metrics::compaction_finished(job.started);
-            tracing::info!(rev = job.rev, deleted = job.deleted, "finished compaction");
+            tracing::info!("compact-revision" = job.rev, took = ?job.started.elapsed(), deleted = job.deleted, "finished scheduled compaction");
             if let Some(h) = &job.hasher {
                 self.hashes.store(h.finish(job.rev));
             }

@@ -482,6 +482,7 @@ impl RaftLoop {
         let id = r.id;
         let previous_leader = self.shared.status.read().leader_id;
         if r.leader_id != previous_leader {
+            log_leader_change(id, previous_leader, r.leader_id, r.term);
             if r.leader_id != INVALID_ID {
                 crate::metrics::LEADER_CHANGES.inc();
                 crate::metrics::reset_heartbeats();
@@ -533,4 +534,13 @@ fn conf_change_proposal(data: Vec<u8>) -> Message {
     m.set_msg_type(raft::eraftpb::MessageType::MsgPropose);
     m.set_entries(vec![e].into());
     m
+}
+
+/// etcd's raft.node lines (dashboards count elections by them), logger "raft" as etcd's.
+fn log_leader_change(id: u64, old: u64, new: u64, term: u64) {
+    match (old, new) {
+        (INVALID_ID, new) => tracing::info!(logger = "raft", "raft.node: {id:x} elected leader {new:x} at term {term}"),
+        (old, INVALID_ID) => tracing::info!(logger = "raft", "raft.node: {id:x} lost leader {old:x} at term {term}"),
+        (old, new) => tracing::info!(logger = "raft", "raft.node: {id:x} changed leader from {old:x} to {new:x} at term {term}"),
+    }
 }

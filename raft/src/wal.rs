@@ -478,6 +478,7 @@ impl Wal {
         let path = &self.segments[self.segments.len() - 1].path;
         let sync = !self.no_fsync;
         let timer = crate::metrics::WAL_FSYNC_SECONDS.start_timer();
+        let started = std::time::Instant::now();
         match &self.filler {
             Some(filler) => filler.write_at(buf, self.file_len, sync),
             None => self.file.write_all_at(buf, self.file_len).and_then(|_| {
@@ -491,6 +492,7 @@ impl Wal {
         .map_err(io_err(path))?;
         if sync {
             timer.observe_duration();
+            warn_if_slow_sync(started.elapsed());
         } else {
             // as etcd: no fsync, no fsync duration
             timer.stop_and_discard();
@@ -1002,5 +1004,14 @@ mod tests {
         let (_, c) = Wal::open(&dir, (0, 0)).unwrap();
         assert_eq!(indexes(&c.entries), (1..=20).map(|i| (i, 1)).collect::<Vec<_>>());
         assert_eq!(c.hard_state, hs(1, 20));
+    }
+}
+
+/// etcd's warnSyncDuration: an fdatasync slower than this is logged as etcd logs it.
+const WARN_SYNC_DURATION: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn warn_if_slow_sync(took: std::time::Duration) {
+    if took > WARN_SYNC_DURATION {
+        tracing::warn!(took = ?took, "expected-duration" = ?WARN_SYNC_DURATION, "slow fdatasync");
     }
 }

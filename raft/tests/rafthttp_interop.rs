@@ -152,7 +152,7 @@ async fn setup_serving(bin: &str, extra: &[&str], streams: bool) -> Setup {
     let (etcd_id, our_id, cluster_id) = learn_ids(etcd_peer, &our_url).await;
     let host = Arc::new(FakeFollower::default());
     let identity = Identity { id: our_id, cluster_id, peer_urls: vec![our_url], versions: Versions::default() };
-    let transport = HttpTransport::new(tokio::runtime::Handle::current(), TransportConfig { identity, dialer: PeerDialer::default() }, host.clone());
+    let transport = HttpTransport::new(tokio::runtime::Handle::current(), TransportConfig { identity, dialer: PeerDialer::default(), timeouts: Default::default() }, host.clone());
     let _ = host.transport.set(Arc::downgrade(&transport));
     transport.add_peer(etcd_id, vec![etcd_url]);
     let handler = RaftHttpHandler::new(transport.clone());

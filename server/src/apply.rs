@@ -365,6 +365,7 @@ impl Applier {
                     // a refused change is not handed to raft (the log entry becomes a no-op).
                     let result = match self.validate_member_change(&change, cc.id) {
                         Ok(()) => {
+                            self.members.log_change(&change);
                             self.apply_member_change(&txn, change)?;
                             if let Some(raft_cc) = cc.to_raft() {
                                 self.conf_state = self.runtime.block_on(self.raft.apply_conf_change(raft_cc))?;
@@ -481,9 +482,6 @@ impl Applier {
 
     fn apply_member_attributes(&self, txn: &ApplyTxn<'_>, id: u64, attrs: Attributes) -> Result<ApplyResult, ServerError> {
         self.members.apply_attributes(txn.write_txn(), id, attrs)?;
-        if id == self.members.local_id() {
-            tracing::info!(member_id = %format!("{id:x}"), "published local member to cluster through raft");
-        }
         Ok(ApplyResult::Empty)
     }
 

@@ -55,6 +55,10 @@ pub struct Flags {
     /// List of URLs to listen on for client traffic.
     #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
     pub listen_client_urls: String,
+    /// List of URLs to listen on for HTTP traffic (`/health`, `/metrics`, `/version`, the gateway):
+    /// with it, the `--listen-client-urls` listeners serve gRPC only (etcd 3.5+).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_HTTP_URLS", default_value = "")]
+    pub listen_client_http_urls: String,
     /// List of URLs to listen on for the metrics and health endpoints.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
@@ -200,6 +204,12 @@ pub struct Flags {
     pub cert_file: String,
     #[arg(long, env = "ETCD_KEY_FILE", default_value = "")]
     pub key_file: String,
+    /// The certificate this member shows when it is itself a client of its client URLs
+    /// (default: --cert-file); with --client-key-file (etcd 3.5+).
+    #[arg(long, env = "ETCD_CLIENT_CERT_FILE", default_value = "")]
+    pub client_cert_file: String,
+    #[arg(long, env = "ETCD_CLIENT_KEY_FILE", default_value = "")]
+    pub client_key_file: String,
     #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub client_cert_auth: bool,
     #[arg(long, env = "ETCD_CLIENT_CRL_FILE", default_value = "")]
@@ -214,6 +224,12 @@ pub struct Flags {
     pub peer_cert_file: String,
     #[arg(long, env = "ETCD_PEER_KEY_FILE", default_value = "")]
     pub peer_key_file: String,
+    /// The certificate this member shows when it dials peers (default: --peer-cert-file); with
+    /// --peer-client-key-file (etcd 3.5+).
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE", default_value = "")]
+    pub peer_client_cert_file: String,
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE", default_value = "")]
+    pub peer_client_key_file: String,
     #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub peer_client_cert_auth: bool,
     #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", default_value = "")]
@@ -264,8 +280,25 @@ pub struct Flags {
     /// Configures log level. Only supports debug, info, warn, error, panic, or fatal.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Configures log format. Only supports json, console (etcd 3.6).
+    #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Enable log rotation of a single log-outputs file target.
     #[arg(long, env = "ETCD_ENABLE_LOG_ROTATION", default_value = "false", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     pub enable_log_rotation: bool,
+    /// Configures log rotation if enabled with a JSON logger config (lumberjack's maxsize in MB,
+    /// maxage in days, maxbackups).
+    #[arg(long, env = "ETCD_LOG_ROTATION_CONFIG_JSON", default_value = crate::logging::DEFAULT_LOG_ROTATION_CONFIG)]
+    pub log_rotation_config_json: String,
+    /// Enable GRPC gateway (the `/v3/...` JSON API on the HTTP listeners).
+    #[arg(long, env = "ETCD_ENABLE_GRPC_GATEWAY", default_value = "true", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub enable_grpc_gateway: bool,
+    /// Read timeout set on each rafthttp connection (a peer stream silent this long is redialled).
+    #[arg(long, env = "ETCD_RAFT_READ_TIMEOUT", default_value = "5s")]
+    pub raft_read_timeout: String,
+    /// Write timeout set on each rafthttp connection.
+    #[arg(long, env = "ETCD_RAFT_WRITE_TIMEOUT", default_value = "5s")]
+    pub raft_write_timeout: String,
 
     // ---- settings etcd 3.6 renamed from --experimental-* (see `renamed`): each name is a flag
     // with its ETCD_* variable; None = not given, so both given can be refused as etcd does ----
@@ -294,7 +327,7 @@ pub struct Flags {
     pub compaction_sleep_interval: Option<String>,
     #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACTION_SLEEP_INTERVAL", hide = true)]
     pub experimental_compaction_sleep_interval: Option<String>,
-    /// Time after which a warning is logged for a slow apply (default 100ms; no effect in etcd-rs).
+    /// Time after which a warning is logged for a slow apply (default 100ms).
     #[arg(long, env = "ETCD_WARNING_APPLY_DURATION")]
     pub warning_apply_duration: Option<String>,
     #[arg(long, env = "ETCD_EXPERIMENTAL_WARNING_APPLY_DURATION", hide = true)]
@@ -415,6 +448,38 @@ pub fn normalize_args<I: IntoIterator<Item = String>>(args: I) -> Vec<String> {
         .collect()
 }
 
+/// Flags of etcd's v2 days that etcd still accepts and ignores (etcdmain's `ignored` list, as
+/// boolean-style flags: `--force` or `--force=x`).
+pub const IGNORED_FLAGS: &[&str] = &[
+    "cluster-active-size",
+    "cluster-remove-delay",
+    "cluster-sync-interval",
+    "config",
+    "force",
+    "max-result-buffer",
+    "max-retry-attempts",
+    "peer-heartbeat-interval",
+    "peer-election-timeout",
+    "retry-interval",
+    "snapshot",
+    "v",
+    "vv",
+];
+
+/// Takes etcd's ignored flags out of normalized arguments: (the rest, the names taken out).
+pub fn split_ignored_flags(args: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut rest = Vec::with_capacity(args.len());
+    let mut ignored = Vec::new();
+    for (i, a) in args.into_iter().enumerate() {
+        let name = a.strip_prefix("--").or_else(|| a.strip_prefix('-')).map(|n| n.split_once('=').map_or(n, |(n, _)| n));
+        match name {
+            Some(n) if i > 0 && IGNORED_FLAGS.contains(&n) => ignored.push(n.to_string()),
+            _ => rest.push(a),
+        }
+    }
+    (rest, ignored)
+}
+
 /// A member of `--initial-cluster`: name and its peer URLs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitialMember {
@@ -446,6 +511,16 @@ pub struct ServerConfig {
     pub cors: String,
     pub host_whitelist: String,
     pub listen_peer_urls: Vec<url::Url>,
+    /// `--listen-client-http-urls`: listeners for the HTTP side of the client API; when any is
+    /// given the `listen_client_urls` serve gRPC only.
+    pub listen_client_http_urls: Vec<url::Url>,
+    /// `--enable-grpc-gateway`: the `/v3/...` JSON gateway on the HTTP listeners.
+    pub enable_grpc_gateway: bool,
+    /// `--warning-apply-duration`: an apply slower than this logs "apply request took too long".
+    pub warning_apply_duration: Duration,
+    /// `--raft-read-timeout` / `--raft-write-timeout`: rafthttp stream timeouts.
+    pub raft_read_timeout: Duration,
+    pub raft_write_timeout: Duration,
     /// Extra listeners serving only `/metrics` and the health endpoints (`--listen-metrics-urls`).
     pub listen_metrics_urls: Vec<url::Url>,
     /// `--metrics extensive`: gRPC handling-time histograms too.
@@ -740,7 +815,6 @@ impl Flags {
                 .map_err(|e| ConfigError(format!("--watch-progress-notify-interval: {}", e.0)))?;
         for (flag, value) in [
             ("compaction-sleep-interval", &renamed.compaction_sleep_interval),
-            ("warning-apply-duration", &renamed.warning_apply_duration),
             ("downgrade-check-time", &renamed.downgrade_check_time),
             ("warning-unary-request-duration", &self.warning_unary_request_duration),
             ("experimental-warning-unary-request-duration", &self.experimental_warning_unary_request_duration),
@@ -749,6 +823,8 @@ impl Flags {
                 parse_go_duration(v, None).map_err(|e| ConfigError(format!("--{flag}: {}", e.0)))?;
             }
         }
+        let warning_apply_duration = parse_go_duration(renamed.warning_apply_duration.as_deref().unwrap_or("100ms"), None)
+            .map_err(|e| ConfigError(format!("--warning-apply-duration: {}", e.0)))?;
         let compact_hash_check_time = match &renamed.compact_hash_check_time {
             None => Duration::from_secs(60),
             Some(v) => {
@@ -769,6 +845,28 @@ impl Flags {
         } else {
             parse_urls("listen-metrics-urls", &self.listen_metrics_urls)?
         };
+        let listen_client_http_urls = if self.listen_client_http_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_urls("listen-client-http-urls", &self.listen_client_http_urls)?
+        };
+        let mut raft_timeouts = [Duration::ZERO; 2];
+        for (slot, (flag, value)) in raft_timeouts
+            .iter_mut()
+            .zip([("raft-read-timeout", &self.raft_read_timeout), ("raft-write-timeout", &self.raft_write_timeout)])
+        {
+            *slot = parse_go_duration(value, None).map_err(|e| ConfigError(format!("--{flag}: {}", e.0)))?;
+            // etcd panics on 0 (its stream heartbeat ticker runs every read timeout / 3)
+            if slot.is_zero() {
+                return err(format!("--{flag} must be > 0"));
+            }
+        }
+        let [raft_read_timeout, raft_write_timeout] = raft_timeouts;
+        for (cert, key) in [(&self.client_cert_file, &self.client_key_file), (&self.peer_client_cert_file, &self.peer_client_key_file)] {
+            if cert.is_empty() != key.is_empty() {
+                return err(format!("ClientKeyFile and ClientCertFile must both be present or both absent: key: {key}, cert: {cert}]"));
+            }
+        }
         let extensive_metrics = match self.metrics.as_str() {
             "basic" => false,
             "extensive" => true,
@@ -790,6 +888,8 @@ impl Flags {
             trusted_ca_file: self.trusted_ca_file.clone(),
             client_cert_auth: self.client_cert_auth,
             auto_tls: self.auto_tls,
+            client_cert_file: self.client_cert_file.clone(),
+            client_key_file: self.client_key_file.clone(),
             allowed_cn: String::new(),
             allowed_hostname: self.client_cert_allowed_hostname.clone(),
             crl_file: self.client_crl_file.clone(),
@@ -802,6 +902,8 @@ impl Flags {
             trusted_ca_file: self.peer_trusted_ca_file.clone(),
             client_cert_auth: self.peer_client_cert_auth,
             auto_tls: self.peer_auto_tls,
+            client_cert_file: self.peer_client_cert_file.clone(),
+            client_key_file: self.peer_client_key_file.clone(),
             allowed_cn: self.peer_cert_allowed_cn.clone(),
             allowed_hostname: self.peer_cert_allowed_hostname.clone(),
             crl_file: self.peer_crl_file.clone(),
@@ -810,7 +912,7 @@ impl Flags {
         };
         // https metrics URLs serve with the client certificate, as etcd's
         let client_and_metrics_urls: Vec<url::Url> =
-            listen_client_urls.iter().chain(&listen_metrics_urls).cloned().collect();
+            listen_client_urls.iter().chain(&listen_client_http_urls).chain(&listen_metrics_urls).cloned().collect();
         crate::tls::check_flags(&client_tls, &peer_tls, &client_and_metrics_urls, &listen_peer_urls)
             .map_err(|e| ConfigError(e.0))?;
         let data_dir = self.data_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)));
@@ -829,6 +931,11 @@ impl Flags {
             cors: self.cors.clone(),
             host_whitelist: self.host_whitelist.clone(),
             listen_peer_urls,
+            listen_client_http_urls,
+            enable_grpc_gateway: self.enable_grpc_gateway,
+            raft_read_timeout,
+            raft_write_timeout,
+            warning_apply_duration,
             listen_metrics_urls,
             extensive_metrics,
             initial_corrupt_check: gates.enabled("InitialCorruptCheck"),
@@ -1121,6 +1228,40 @@ mod tests {
         assert!(parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-cacert", "/nonexistent/ca.pem"]).unwrap_err().contains("/nonexistent/ca.pem"));
         let c = parse(&["--discovery-token", "t", "--discovery-endpoints", "a:1", "--discovery-insecure-skip-tls-verify"]).unwrap();
         assert!(matches!(c.discovery, Some(crate::discovery::Discovery::V3(ref v3)) if v3.tls.is_some()));
+    }
+
+    #[test]
+    fn etcds_ignored_flags_are_taken_out_before_parsing() {
+        let args = ["etcd-rs", "--force", "--name", "x", "--snapshot=1", "-v", "--vv", "--max-retry-attempts"].map(String::from).to_vec();
+        let (rest, ignored) = split_ignored_flags(args);
+        assert_eq!(rest, ["etcd-rs", "--name", "x"]);
+        assert_eq!(ignored, ["force", "snapshot", "v", "vv", "max-retry-attempts"]);
+        // a value after an ignored flag is not its value (a bool-style flag, as in Go): refused
+        let (rest, _) = split_ignored_flags(["etcd-rs", "--force", "yes"].map(String::from).to_vec());
+        assert!(Flags::try_parse_from(rest).is_err());
+    }
+
+    #[test]
+    fn flags_of_3_5_and_3_6_reach_the_config() {
+        let c = parse(&[]).unwrap();
+        assert!(c.listen_client_http_urls.is_empty() && c.enable_grpc_gateway);
+        assert_eq!((c.raft_read_timeout, c.raft_write_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
+        assert_eq!(c.warning_apply_duration, Duration::from_millis(100));
+        let c = parse(&[
+            "--listen-client-http-urls", "http://127.0.0.1:1", "--enable-grpc-gateway=false", "--raft-read-timeout", "2s",
+            "--raft-write-timeout=300ms", "--warning-apply-duration=1ns", "--peer-client-cert-file", "/c.pem",
+            "--peer-client-key-file", "/k.pem",
+        ])
+        .unwrap();
+        assert_eq!(c.listen_client_http_urls.len(), 1);
+        assert!(!c.enable_grpc_gateway);
+        assert_eq!((c.raft_read_timeout, c.raft_write_timeout), (Duration::from_secs(2), Duration::from_millis(300)));
+        assert_eq!(c.warning_apply_duration, Duration::from_nanos(1));
+        assert_eq!((c.peer_tls.client_cert_file.as_str(), c.peer_tls.client_key_file.as_str()), ("/c.pem", "/k.pem"));
+        let e = parse(&["--client-cert-file", "/c.pem"]).unwrap_err();
+        assert_eq!(e, "ClientKeyFile and ClientCertFile must both be present or both absent: key: , cert: /c.pem]");
+        assert_eq!(parse(&["--raft-write-timeout", "0"]).unwrap_err(), "--raft-write-timeout must be > 0");
+        assert!(parse(&["--listen-client-http-urls", "https://127.0.0.1:1"]).unwrap_err().contains("--cert-file"));
     }
 
     #[test]

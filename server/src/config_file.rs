@@ -29,7 +29,7 @@ struct SecurityYaml {
     client_cert_auth: Option<bool>,
     trusted_ca_file: Option<String>,
     auto_tls: Option<bool>,
-    // 3.5: the certificate etcd uses when it is itself a client (not built in etcd-rs)
+    // 3.5: the pair etcd shows when it is itself a client (dialling peers)
     client_cert_file: Option<String>,
     client_key_file: Option<String>,
     /// 3.6: `peer-transport-security.skip-client-san-verification`.
@@ -98,6 +98,10 @@ struct ConfigYaml {
     initial_advertise_peer_urls: Option<String>,
     advertise_client_urls: Option<String>,
     listen_metrics_urls: Option<String>,
+    listen_client_http_urls: Option<String>,
+    enable_grpc_gateway: Option<bool>,
+    log_format: Option<String>,
+    log_rotation_config_json: Option<String>,
     cipher_suites: Option<Vec<String>>,
     tls_min_version: Option<String>,
     tls_max_version: Option<String>,
@@ -256,6 +260,10 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         initial_advertise_peer_urls => initial_advertise_peer_urls,
         advertise_client_urls => advertise_client_urls,
         listen_metrics_urls => listen_metrics_urls,
+        listen_client_http_urls => listen_client_http_urls,
+        enable_grpc_gateway => enable_grpc_gateway,
+        log_format => log_format,
+        log_rotation_config_json => log_rotation_config_json,
         tls_min_version => tls_min_version,
         tls_max_version => tls_max_version,
         initial_cluster_state => initial_cluster_state,
@@ -389,14 +397,6 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
     if let Some(v) = y.cipher_suites {
         f.cipher_suites = v.join(",");
     }
-    for (key, sec) in [("client-transport-security", &y.client_transport_security), ("peer-transport-security", &y.peer_transport_security)] {
-        let Some(sec) = sec else { continue };
-        for (sub, v) in [("client-cert-file", &sec.client_cert_file), ("client-key-file", &sec.client_key_file)] {
-            if v.as_deref().is_some_and(|v| !v.is_empty()) {
-                return Err(ConfigError(format!("{key}.{sub} is not supported by etcd-rs yet")));
-            }
-        }
-    }
     // etcd copies the whole security map: a missing field is empty/false, not the flag default
     if let Some(s) = y.client_transport_security {
         f.cert_file = s.cert_file.unwrap_or_default();
@@ -404,6 +404,8 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         f.client_cert_auth = s.client_cert_auth.unwrap_or_default();
         f.trusted_ca_file = s.trusted_ca_file.unwrap_or_default();
         f.auto_tls = s.auto_tls.unwrap_or_default();
+        f.client_cert_file = s.client_cert_file.unwrap_or_default();
+        f.client_key_file = s.client_key_file.unwrap_or_default();
     }
     if let Some(s) = y.peer_transport_security {
         f.peer_cert_file = s.cert_file.unwrap_or_default();
@@ -411,6 +413,8 @@ pub fn flags_from_yaml(text: &str) -> Result<Flags, ConfigError> {
         f.peer_client_cert_auth = s.client_cert_auth.unwrap_or_default();
         f.peer_trusted_ca_file = s.trusted_ca_file.unwrap_or_default();
         f.peer_auto_tls = s.auto_tls.unwrap_or_default();
+        f.peer_client_cert_file = s.client_cert_file.unwrap_or_default();
+        f.peer_client_key_file = s.client_key_file.unwrap_or_default();
         // etcd marks `peer-<key>` given for each key of the map
         f.peer_skip_client_san_verification = s.skip_client_san_verification;
     }
@@ -524,8 +528,10 @@ mod tests {
         assert_eq!((f.cert_file.as_str(), f.key_file.as_str(), f.trusted_ca_file.as_str()), ("/c.pem", "/k.pem", "/ca.pem"));
         assert!(f.client_cert_auth && !f.auto_tls);
         assert!(f.peer_auto_tls && f.peer_cert_file.is_empty() && !f.peer_client_cert_auth);
-        let e = flags_from_yaml("peer-transport-security:\n  client-cert-file: /x.pem\n").unwrap_err().0;
-        assert!(e.contains("peer-transport-security.client-cert-file"), "{e}");
+        let f = flags_from_yaml("peer-transport-security:\n  client-cert-file: /x.pem\n  client-key-file: /x-key.pem\n").unwrap();
+        assert_eq!((f.peer_client_cert_file.as_str(), f.peer_client_key_file.as_str()), ("/x.pem", "/x-key.pem"));
+        let f = flags_from_yaml("listen-client-http-urls: http://127.0.0.1:1\nenable-grpc-gateway: false\nlog-format: console\n").unwrap();
+        assert_eq!((f.listen_client_http_urls.as_str(), f.enable_grpc_gateway, f.log_format.as_str()), ("http://127.0.0.1:1", false, "console"));
     }
 
     /// The keys and values of etcd's `etcd.conf.yml.sample` (3.4/3.5), comments left out.

@@ -162,7 +162,7 @@ impl EtcdServer {
         let dialer = etcd_raft::PeerDialer::new(local_ip, cfg.peer_dial_tls.clone());
         let host = PeerHost::new(snap_dir.clone());
         let identity = |id, cluster_id| Identity { id, cluster_id, peer_urls: cfg.advertise_peer_urls.clone(), versions: peer_versions(&cfg) };
-        let config = TransportConfig { identity: identity(my_id, cid), dialer };
+        let config = TransportConfig { identity: identity(my_id, cid), dialer, timeouts: etcd_raft::rafthttp::StreamTimeouts { read: cfg.raft_read_timeout, write: cfg.raft_write_timeout } };
         let transport = HttpTransport::new(tokio::runtime::Handle::current(), config, host.clone());
         let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
         let meta = raft.wal_metadata();
@@ -276,7 +276,10 @@ impl EtcdServer {
             let id = self.ids.next();
             let req = member_attributes_request(id, self.member_id, &attrs);
             match self.propose_encoded(id, req.encode_to_vec()).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    self.log_published(&attrs);
+                    break;
+                }
                 Err(ServerError::Stopped) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "failed to publish local member to cluster through raft; retrying");
@@ -290,6 +293,19 @@ impl EtcdServer {
             self.monitor_versions_once().await;
         }
         tracing::info!("ready to serve client requests");
+    }
+
+    /// etcd's line once its attributes are committed (fields as etcd 3.5 writes them).
+    fn log_published(&self, attrs: &Attributes) {
+        let me = format!("{:x}", self.member_id);
+        tracing::info!(
+            "local-member-id" = %me,
+            "local-member-attributes" = %format!("{{Name:{} ClientURLs:[{}]}}", attrs.name, attrs.client_urls.join(" ")),
+            "request-path" = %format!("/0/members/{me}/attributes"),
+            "cluster-id" = %format!("{:x}", self.members.cluster_id()),
+            "publish-timeout" = %crate::logging::go_duration(self.request_timeout()),
+            "published local member to cluster through raft"
+        );
     }
 
     /// `<data-dir>/member/snap`: raft snapshots, the backend, received snapshot files.

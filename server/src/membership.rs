@@ -163,6 +163,31 @@ impl Membership {
         Ok(())
     }
 
+    /// etcd's membership lines ("added member", "removed member", "promote member", "updated
+    /// member" with its field names), written as a committed change is applied.
+    pub(crate) fn log_change(&self, change: &crate::entry_format::MemberChange) {
+        use crate::entry_format::MemberChange;
+        use crate::logging::json;
+        let cluster = format!("{:x}", self.cluster_id());
+        let local = format!("{:x}", self.local_id());
+        let urls_of = |m: Option<&Member>| m.and_then(|m| m.raft_attrs.as_ref()).map(|r| r.peer_urls.clone()).unwrap_or_default();
+        match change {
+            MemberChange::Add(m) => tracing::info!(
+                "cluster-id" = %cluster, "local-member-id" = %local, "added-peer-id" = %format!("{:x}", m.id),
+                "added-peer-peer-urls" = ?json(&urls_of(Some(m))), "added member"
+            ),
+            MemberChange::Promote(_) => tracing::info!("cluster-id" = %cluster, "local-member-id" = %local, "promote member"),
+            MemberChange::Update { id, peer_urls } => tracing::info!(
+                "cluster-id" = %cluster, "local-member-id" = %local, "updated-remote-peer-id" = %format!("{id:x}"),
+                "updated-remote-peer-urls" = ?json(peer_urls), "updated member"
+            ),
+            MemberChange::Remove(id) => tracing::info!(
+                "cluster-id" = %cluster, "local-member-id" = %local, "removed-remote-peer-id" = %format!("{id:x}"),
+                "removed-remote-peer-urls" = ?json(&urls_of(self.member(*id).as_ref())), "removed member"
+            ),
+        }
+    }
+
     /// Applies an added member (voter or learner) from a committed conf change.
     pub fn apply_add(&self, wtx: &redb::WriteTransaction, m: Member) -> Result<(), ServerError> {
         Self::save(wtx, &m)?;

@@ -151,9 +151,18 @@ static SCRAPES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// the server), so a dashboard grouping members by it still groups them correctly.
 const TOOLCHAIN_VERSION: &str = concat!("rust", env!("ETCD_RS_RUSTC_VERSION"));
 
-/// etcd's apply time limit (`--experimental-warning-apply-duration`, default 100 ms): an
+/// etcd's apply time limit (`--warning-apply-duration`, default 100 ms), in nanoseconds: an
 /// apply taking longer is logged and counted in etcd_server_slow_apply_total.
-const WARNING_APPLY_DURATION: std::time::Duration = std::time::Duration::from_millis(100);
+static WARNING_APPLY_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(100_000_000);
+
+/// Sets the apply time limit (at start, from `--warning-apply-duration`).
+pub fn set_warning_apply_duration(d: std::time::Duration) {
+    WARNING_APPLY_NANOS.store(d.as_nanos().min(u128::from(u64::MAX)) as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn warning_apply_duration() -> std::time::Duration {
+    std::time::Duration::from_nanos(WARNING_APPLY_NANOS.load(std::sync::atomic::Ordering::Relaxed))
+}
 
 /// etcd's names for the operations of an InternalRaftRequest (the `op` label of
 /// etcd_server_apply_duration_seconds), in the order [`apply_op`] checks them.
@@ -164,6 +173,18 @@ const APPLY_OPS: [&str; 30] = [
     "RoleRevokePermission", "RoleDelete", "RoleList", "ClusterVersionSet", "ClusterMemberAttrSet", "DowngradeInfoSet",
     "Unknown",
 ];
+
+/// An operation's field name in etcd's request text (`DeleteRange` -> `delete_range`).
+fn snake_case(op: &str) -> String {
+    let mut out = String::with_capacity(op.len() + 4);
+    for (i, c) in op.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
 
 fn apply_op(r: &InternalRaftRequest) -> usize {
     let present = [
@@ -200,11 +221,14 @@ static APPLY_HANDLES: [[OnceLock<Histogram>; 2]; APPLY_OPS.len()] =
 pub(crate) struct ApplyTimer {
     op: usize,
     started: Instant,
+    /// The request's ID, for the slow-apply warning (its contents are gone by then).
+    id: u64,
 }
 
 impl ApplyTimer {
     pub fn start(req: &InternalRaftRequest) -> ApplyTimer {
-        ApplyTimer { op: apply_op(req), started: Instant::now() }
+        let id = req.header.as_ref().map(|h| h.id).filter(|id| *id != 0).unwrap_or(req.id);
+        ApplyTimer { op: apply_op(req), started: Instant::now(), id }
     }
 
     /// `ok`: etcd counts a compacted-revision error as a success, as here the caller decides.
@@ -214,8 +238,12 @@ impl ApplyTimer {
         APPLY_HANDLES[self.op][usize::from(ok)]
             .get_or_init(|| APPLY_SECONDS.with_label_values(&["v3", APPLY_OPS[self.op], success]))
             .observe(took.as_secs_f64());
-        if took > WARNING_APPLY_DURATION {
-            tracing::warn!(?took, expected_duration = ?WARNING_APPLY_DURATION, op = APPLY_OPS[self.op], "apply request took too long");
+        let expected = warning_apply_duration();
+        if took > expected {
+            // etcd writes the whole request in its text form; etcd-rs its ID and operation
+            let request = format!("header:<ID:{} > {}", self.id, snake_case(APPLY_OPS[self.op]));
+            let (took, expected) = (crate::logging::go_duration(took), crate::logging::go_duration(expected));
+            tracing::warn!(took, "expected-duration" = expected, prefix = "", request, response = "", "apply request took too long");
             SLOW_APPLY.inc();
         }
     }

@@ -91,8 +91,15 @@ impl RaftHost for PeerHost {
             let raft = self.raft()?.clone();
             let transfer = etcd_raft::metrics::snapshot_receive(m.from);
             let index = m.get_snapshot().get_metadata().index;
+            let started = std::time::Instant::now();
             let path = crate::snapshot::receive(&self.snap_dir, index, db).await.map_err(|e| ProcessError::Other(e.to_string()))?;
-            tracing::info!(from = %format!("{:x}", m.from), index, path = %path.display(), "received a database snapshot; handing it to raft");
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            tracing::info!(
+                "local-member-id" = %format!("{:x}", m.to), "remote-snapshot-sender-id" = %format!("{:x}", m.from),
+                "incoming-snapshot-index" = index, "incoming-snapshot-size-bytes" = bytes,
+                "incoming-snapshot-size" = %crate::logging::human_bytes(bytes), "download-took" = %crate::logging::go_duration(started.elapsed()),
+                path = %path.display(), "received and saved database snapshot"
+            );
             raft.step(m);
             transfer.succeeded();
             Ok(())

@@ -56,17 +56,28 @@ const UNAVAILABLE: &str = "14";
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The HTTP versions a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersions {
+    /// HTTP/1.1 and HTTP/2: client listeners without `--listen-client-http-urls` (gRPC and the
+    /// HTTP endpoints on one port), metrics and peer listeners.
+    Both,
+    /// HTTP/2 only: a client listener that serves gRPC only (etcd's grpc server owns it).
+    Http2Only,
+    /// HTTP/1.1 only: a `--listen-client-http-urls` listener (etcd matches HTTP/1 there alone).
+    Http1Only,
+}
+
 /// Serves `service` on every connection `incoming` yields until `stop` turns true, then asks
 /// open connections to finish (HTTP/2 GOAWAY), ends the responses still waiting for data (see
 /// the module docs) and returns once every connection has closed. Dropping the returned future
 /// closes the connections still open (the hard stop after a graceful one took too long).
-/// `http1` also accepts HTTP/1.1 (client and metrics listeners: probes, `/version`, the
-/// gateway); peers speak gRPC only. `max_streams`: the HTTP/2 streams a connection may open at
+/// `versions`: what the listener speaks (see [`HttpVersions`]). `max_streams`: the HTTP/2 streams a connection may open at
 /// once (None: hyper's default).
 pub async fn serve<I, IO, S, B>(
     incoming: I,
     service: S,
-    http1: bool,
+    versions: HttpVersions,
     max_streams: Option<u32>,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -79,8 +90,10 @@ pub async fn serve<I, IO, S, B>(
     B::Error: Into<BoxError>,
 {
     let mut builder = Builder::new(TokioExecutor::new());
-    if !http1 {
-        builder = builder.http2_only();
+    match versions {
+        HttpVersions::Both => {}
+        HttpVersions::Http2Only => builder = builder.http2_only(),
+        HttpVersions::Http1Only => builder = builder.http1_only(),
     }
     builder
         .http2()
@@ -288,6 +301,16 @@ mod tests {
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixIncoming),
+}
+
+impl Listener {
+    /// The address it listens on, as etcd logs it (`127.0.0.1:2379`, or the socket file).
+    pub fn address(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(u) => u.path().display().to_string(),
+        }
+    }
 }
 
 /// Binds `u`: an http(s) URL on its IP ("localhost" binds the IPv4 loopback, as etcd clients

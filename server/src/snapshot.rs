@@ -182,7 +182,8 @@ pub fn spawn_send(
         match result {
             Ok(bytes) => {
                 transfer.succeeded();
-                tracing::info!(to = %format!("{to:x}"), index, bytes, took = ?started.elapsed(), "sent a database snapshot");
+                let size = crate::logging::human_bytes(bytes);
+                tracing::info!("snapshot-index" = index, "remote-peer-id" = %format!("{to:x}"), bytes, size, took = %crate::logging::go_duration(started.elapsed()), "sent database snapshot");
             }
             Err(e) => tracing::warn!(to = %format!("{to:x}"), index, error = %e, "sending a database snapshot failed"),
         }
@@ -202,6 +203,8 @@ async fn send(transport: &HttpTransport, msg: Message, read: ReadTransaction, pa
     }
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (index, size) = (msg.get_snapshot().get_metadata().index, crate::logging::human_bytes(bytes));
+    tracing::info!("snapshot-index" = index, "remote-peer-id" = %format!("{to:x}"), bytes, size, "sending database snapshot");
     // the file is read off the async workers and fed to the request body through a bounded
     // channel; a read error ends the body with an error (the receiver keeps no partial file)
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Bytes, String>>(4);

@@ -85,6 +85,10 @@ pub struct TlsFlags {
     pub trusted_ca_file: String,
     pub client_cert_auth: bool,
     pub auto_tls: bool,
+    /// `--client-cert-file`/`--client-key-file` (`--peer-client-...`): the pair shown when this
+    /// member is the client (dialling peers); empty: the serving pair.
+    pub client_cert_file: String,
+    pub client_key_file: String,
     /// `--peer-cert-allowed-cn` (peer side only).
     pub allowed_cn: String,
     /// `--client-cert-allowed-hostname` / `--peer-cert-allowed-hostname`.
@@ -353,9 +357,47 @@ impl TlsSetup {
                 // etcd's peer protocol is HTTP/1.1 (etcd members offer no ALPN when they dial)
                 setup.peer = Some(server_config(c, &cfg.peer_tls, &[b"http/1.1", b"h2"], "peer-trusted-ca-file")?);
             }
-            setup.peer_dial = Some(peer_client_config(c, &cfg.peer_tls)?);
+            setup.peer_dial = Some(peer_client_config(&c.as_client(&cfg.peer_tls), &cfg.peer_tls)?);
+        }
+        // etcd-rs dials its own client URLs nowhere (its gateway is in-process), so the client
+        // side's client pair is only checked, as etcd checks it before serving
+        if let (true, Some(c)) = (client_https, &client_cert) {
+            let pair = c.as_client(&cfg.client_tls);
+            if pair.cert_file != c.cert_file {
+                let provider = provider(&cfg.client_tls.cipher_suites)?;
+                ReloadingCert::load(&pair.cert_file, &pair.key_file, Role::Client, provider)?;
+            }
         }
         Ok(setup)
+    }
+}
+
+/// The client listener's configuration offering in ALPN only the HTTP versions the listener
+/// speaks (a gRPC-only listener "h2", an HTTP-only one "http/1.1").
+pub fn with_alpn(config: &Arc<rustls::ServerConfig>, versions: crate::serve::HttpVersions) -> Arc<rustls::ServerConfig> {
+    use crate::serve::HttpVersions;
+    let alpn: &[&[u8]] = match versions {
+        HttpVersions::Both => return config.clone(),
+        HttpVersions::Http2Only => &[b"h2"],
+        HttpVersions::Http1Only => &[b"http/1.1"],
+    };
+    let mut c = (**config).clone();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+impl CertInfo {
+    /// The pair to show as a client: `--peer-client-cert-file`/`--peer-client-key-file` (or the
+    /// client side's) when given, else the serving pair, as etcd's TLSInfo.ClientConfig.
+    fn as_client(&self, flags: &TlsFlags) -> CertInfo {
+        if flags.client_cert_file.is_empty() {
+            return CertInfo { cert_file: self.cert_file.clone(), key_file: self.key_file.clone(), self_signed: self.self_signed };
+        }
+        CertInfo {
+            cert_file: PathBuf::from(&flags.client_cert_file),
+            key_file: PathBuf::from(&flags.client_key_file),
+            self_signed: self.self_signed,
+        }
     }
 }
 

@@ -174,7 +174,7 @@ impl RaftHttpHandler {
         if m.get_msg_type() != MessageType::MsgSnapshot {
             return http_error(StatusCode::BAD_REQUEST, "wrong raft message type");
         }
-        tracing::info!(from = %format_id(m.from), index = m.get_snapshot().get_metadata().index, "receiving database snapshot");
+        tracing::info!("local-member-id" = %format_id(m.to), "remote-snapshot-sender-id" = %format_id(m.from), "incoming-snapshot-index" = m.get_snapshot().get_metadata().index, "receiving database snapshot");
         let rest = Bytes::from(buf.split_off(used));
         let db: SnapshotBody = Box::pin(tokio_stream::StreamExt::filter_map(
             tokio_stream::StreamExt::chain(

@@ -33,7 +33,7 @@ pub mod transport;
 
 pub use handler::RaftHttpHandler;
 pub use host::{ProcessError, RaftHost};
-pub use transport::{HttpTransport, TransportConfig};
+pub use transport::{HttpTransport, StreamTimeouts, TransportConfig};
 
 /// `POST /raft`: one message (the pipeline).
 pub const RAFT_PATH: &str = "/raft";

@@ -48,6 +48,22 @@ const MAX_CHUNK_BYTES: usize = 1 << 20;
 pub struct TransportConfig {
     pub identity: Identity,
     pub dialer: PeerDialer,
+    pub timeouts: StreamTimeouts,
+}
+
+/// etcd's `--raft-read-timeout` / `--raft-write-timeout` (ConnReadTimeout / ConnWriteTimeout) for
+/// the streams: a stream silent for `read` is redialled (writers send a link heartbeat every
+/// third of it); a chunk its connection has not taken within `write` ends the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamTimeouts {
+    pub read: Duration,
+    pub write: Duration,
+}
+
+impl Default for StreamTimeouts {
+    fn default() -> Self {
+        StreamTimeouts { read: CONN_READ_TIMEOUT, write: CONN_READ_TIMEOUT }
+    }
 }
 
 /// A writer attached to a peer's GET of one of our streams.
@@ -106,6 +122,7 @@ pub struct HttpTransport {
     snapshot_sink: Mutex<Option<std::sync::mpsc::SyncSender<Message>>>,
     generation: AtomicU64,
     runtime: tokio::runtime::Handle,
+    timeouts: StreamTimeouts,
 }
 
 impl HttpTransport {
@@ -119,6 +136,7 @@ impl HttpTransport {
             snapshot_sink: Mutex::new(None),
             generation: AtomicU64::new(0),
             runtime,
+            timeouts: config.timeouts,
         })
     }
 
@@ -248,7 +266,7 @@ impl HttpTransport {
         // a newer GET replaces the older connection, as in etcd
         peer.writers.lock()[writer_slot(typ)] = Some(Writer { tx, generation });
         tracing::info!(peer = %format_id(from), stream = typ.name(), "peer opened a stream to read from us");
-        self.runtime.spawn(stream_writer(peer, typ, generation, rx, chunks_tx));
+        self.runtime.spawn(stream_writer(peer, typ, generation, rx, chunks_tx, self.timeouts));
         Some(chunks_rx)
     }
 
@@ -327,10 +345,17 @@ fn queue(peer: &Peer, m: Message) -> bool {
 }
 
 /// Encodes queued messages (and a link heartbeat when idle) into chunks of a stream response.
-async fn stream_writer(peer: Arc<Peer>, typ: StreamType, generation: u64, mut rx: mpsc::Receiver<Message>, chunks: mpsc::Sender<Bytes>) {
+async fn stream_writer(
+    peer: Arc<Peer>,
+    typ: StreamType,
+    generation: u64,
+    mut rx: mpsc::Receiver<Message>,
+    chunks: mpsc::Sender<Bytes>,
+    timeouts: StreamTimeouts,
+) {
     let active = peer.metrics.activate();
     let mut msgapp = MsgAppV2Encoder::default();
-    let mut tick = tokio::time::interval(CONN_READ_TIMEOUT / 3);
+    let mut tick = tokio::time::interval(timeouts.read / 3);
     tick.tick().await;
     loop {
         let first = tokio::select! {
@@ -351,7 +376,7 @@ async fn stream_writer(peer: Arc<Peer>, typ: StreamType, generation: u64, mut rx
             }
         }
         let len = buf.len();
-        if chunks.send(Bytes::from(buf)).await.is_err() {
+        if !matches!(tokio::time::timeout(timeouts.write, chunks.send(Bytes::from(buf))).await, Ok(Ok(()))) {
             peer.metrics.failed();
             break;
         }
@@ -412,21 +437,28 @@ async fn stream_reader(t: std::sync::Weak<HttpTransport>, cell: Arc<std::sync::O
         let host = tr.host.clone();
         let received = crate::metrics::peer_received(peer.id);
         let reading = peer.reading[writer_slot(typ)].clone();
+        let read_timeout = tr.timeouts.read;
         // a removed peer must be droppable (aborting this task) while its stream is read
         drop((tr, peer));
         reading.store(true, Ordering::Relaxed);
-        let end = read_stream(body, decoder, &*host, &received).await;
+        let end = read_stream(body, decoder, &*host, &received, read_timeout).await;
         reading.store(false, Ordering::Relaxed);
         tracing::info!(stream = typ.name(), reason = %end, "stream from peer ended");
     }
 }
 
-/// Reads a stream body to its end (or until it is silent for [`CONN_READ_TIMEOUT`]).
-async fn read_stream(mut body: hyper::body::Incoming, mut dec: StreamDecoder, host: &dyn RaftHost, received: &prometheus::IntCounter) -> String {
+/// Reads a stream body to its end (or until it is silent for `read_timeout`).
+async fn read_stream(
+    mut body: hyper::body::Incoming,
+    mut dec: StreamDecoder,
+    host: &dyn RaftHost,
+    received: &prometheus::IntCounter,
+    read_timeout: Duration,
+) -> String {
     let mut buf = Vec::new();
     loop {
-        let frame = match tokio::time::timeout(CONN_READ_TIMEOUT, body.frame()).await {
-            Err(_) => return "no data (not even a link heartbeat) for 5s".into(),
+        let frame = match tokio::time::timeout(read_timeout, body.frame()).await {
+            Err(_) => return format!("no data (not even a link heartbeat) for {read_timeout:?}"),
             Ok(None) => return "closed by the peer".into(),
             Ok(Some(Err(e))) => return e.to_string(),
             Ok(Some(Ok(f))) => f,

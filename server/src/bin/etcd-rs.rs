@@ -4,7 +4,8 @@
 use std::io::Write;
 
 use clap::Parser;
-use etcd_server::config::{normalize_args, url_string, Flags, ETCD_RS_VERSION};
+use etcd_server::config::{normalize_args, split_ignored_flags, url_string, Flags, ETCD_RS_VERSION};
+use etcd_server::grpc::ClientTraffic;
 use etcd_server::serve::{GatewayStreamLimit, Listener};
 use etcd_server::peer_host::PeerRoutes;
 use etcd_server::tls::{self, TlsSetup};
@@ -16,7 +17,8 @@ use tokio::sync::watch;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let flags = match Flags::try_parse_from(normalize_args(std::env::args())) {
+    let (args, ignored_flags) = split_ignored_flags(normalize_args(std::env::args()));
+    let flags = match Flags::try_parse_from(args) {
         Ok(f) => f,
         Err(e) => {
             let _ = e.print();
@@ -46,9 +48,21 @@ fn main() {
         let _ = std::io::stdout().lock().write_all(version.as_bytes());
         return;
     }
-    if let Err(e) = logging::init(&flags.logger, &flags.log_outputs, &flags.log_level) {
+    let log_config = logging::LogConfig::from_flags(
+        &flags.logger,
+        &flags.log_outputs,
+        &flags.log_level,
+        &flags.log_format,
+        flags.enable_log_rotation,
+        &flags.log_rotation_config_json,
+    );
+    // as etcd: a logging setting it cannot use fails its config validation (exit 1)
+    if let Err(e) = log_config.and_then(|c| logging::init(&c)) {
         eprintln!("etcd-rs: {e}");
-        std::process::exit(2);
+        std::process::exit(1);
+    }
+    for name in ignored_flags {
+        tracing::warn!("flag-name" = %name, "flag is no longer supported - ignoring");
     }
     if !flags.config_file.is_empty() {
         tracing::info!(
@@ -123,6 +137,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     );
     // Bind first, so a busy port fails fast before any data dir is touched.
     let client_listeners = bind_all("listen-client-urls", &cfg.listen_client_urls, "client requests").await?;
+    let http_listeners = bind_all("listen-client-http-urls", &cfg.listen_client_http_urls, "client HTTP requests").await?;
     let peer_listeners = bind_all("listen-peer-urls", &cfg.listen_peer_urls, "peers").await?;
     let metrics_listeners = bind_all("listen-metrics-urls", &cfg.listen_metrics_urls, "metrics").await?;
     let tls = TlsSetup::load(&cfg).map_err(|e| e.to_string())?;
@@ -130,6 +145,7 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     if cfg.extensive_metrics {
         metrics::enable_extensive();
     }
+    metrics::set_warning_apply_duration(cfg.warning_apply_duration);
     // as etcd: only a member that has run before checks its data against its peers'
     let member_initialized = etcd_raft::Wal::exists(&cfg.wal_dir);
     if !member_initialized {
@@ -156,10 +172,11 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     // Metrics and health from the start, as etcd: a probe sees "no leader" rather than nothing.
     for (l, https) in metrics_listeners {
         let routes = health::metrics_listener_routes(server.clone());
-        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None, false)?);
+        client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "metrics", None, false, serve::HttpVersions::Both)?);
     }
     for (l, https) in peer_listeners {
-        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None, !cfg.peer_skip_client_san_verification)?);
+        let check_san = !cfg.peer_skip_client_san_verification;
+        peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None, check_san, serve::HttpVersions::Both)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
 
@@ -175,10 +192,20 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     }
 
     let mut stopping = stopping;
-    for (l, https) in client_listeners {
-        let routes = GatewayStreamLimit::new(grpc::routes(server.clone()), cfg.max_concurrent_streams);
+    // as etcd's splitHTTP: with HTTP URLs of their own, the client URLs serve gRPC alone
+    let client_traffic = if http_listeners.is_empty() { ClientTraffic::GrpcAndHttp } else { ClientTraffic::Grpc };
+    let listeners = client_listeners.into_iter().map(|l| (l, client_traffic));
+    for ((l, https), traffic) in listeners.chain(http_listeners.into_iter().map(|l| (l, ClientTraffic::Http))) {
+        let routes = GatewayStreamLimit::new(grpc::routes(server.clone(), traffic), cfg.max_concurrent_streams);
         let max_streams = Some(cfg.max_concurrent_streams);
-        stopping.client_serving.push(serve_url(l, https.then(|| tls.client.clone()), routes, &client_stop, "client", max_streams, false)?);
+        let address = l.address();
+        let tls_config = https.then(|| tls.client.as_ref().map(|c| tls::with_alpn(c, traffic.versions())));
+        stopping.client_serving.push(serve_url(l, tls_config, routes, &client_stop, "client", max_streams, false, traffic.versions())?);
+        if https {
+            tracing::info!(traffic = traffic.name(), address = %address, "serving client traffic securely");
+        } else {
+            tracing::info!(traffic = traffic.name(), address = %address, "serving client traffic insecurely; this is strongly discouraged!");
+        }
     }
     let compaction = tokio::spawn(compactor::run(server.clone(), cfg.auto_compaction));
 
@@ -258,7 +285,8 @@ impl Stopping {
 /// `/metrics`...; peer listeners etcd's peer protocol (HTTP/1.1), their TLS handshakes with the
 /// peer certificate checks. `max_streams`: HTTP/2 streams per connection
 /// (`--max-concurrent-streams`). `check_san`: the peer listener's client-certificate SAN check
-/// (off with `--peer-skip-client-san-verification`).
+/// (off with `--peer-skip-client-san-verification`). `versions`: the HTTP versions it speaks.
+#[allow(clippy::too_many_arguments)]
 fn serve_url<S, B>(
     listener: Listener,
     tls: Option<Option<std::sync::Arc<rustls::ServerConfig>>>,
@@ -267,6 +295,7 @@ fn serve_url<S, B>(
     what: &'static str,
     max_streams: Option<u32>,
     check_san: bool,
+    versions: serve::HttpVersions,
 ) -> Result<tokio::task::JoinHandle<()>, String>
 where
     S: tower::Service<
@@ -286,13 +315,13 @@ where
             // TCP_NODELAY on accepted sockets, as Go sets by default (without it Nagle and delayed
             // ACKs held answers for ~40 ms: txn-put at 64 clients had p50 44 ms).
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
         }
         (Listener::Tcp(listener), Some(Some(config))) => {
             let incoming = tls::incoming(listener, config, check_san);
-            Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone())))
+            Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
         }
-        (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, true, max_streams, stop.clone()))),
+        (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone()))),
         (Listener::Unix(incoming), Some(_)) => {
             Err(format!("{}: TLS over a unix socket is not supported by etcd-rs yet", incoming.path().display()))
         }

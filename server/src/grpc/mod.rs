@@ -1,7 +1,9 @@
 //! The client listener: etcd's gRPC services (with `grpc.health.v1.Health`), plus over HTTP/1.1
 //! on the same port `/version`, the gateway and the probes of crate::health (`/metrics`,
 //! `/health`, `/livez`, `/readyz`). A gRPC method etcd-rs has not built yet answers
-//! `Unimplemented` naming it.
+//! `Unimplemented` naming it. With `--listen-client-http-urls` the two halves are split as
+//! etcd splits them: the client URLs serve gRPC only, the HTTP URLs everything else
+//! ([`ClientTraffic`]); `--enable-grpc-gateway=false` leaves the `/v3/...` gateway out.
 
 mod access;
 mod auth;
@@ -38,9 +40,40 @@ pub use dispatch::GrpcDispatch;
 /// gRPC framing and headers on top of `--max-request-bytes`, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
+/// What one client listener serves (etcd's `traffic` field of "serving client traffic").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTraffic {
+    /// gRPC and the HTTP endpoints on one port (no `--listen-client-http-urls`).
+    GrpcAndHttp,
+    /// A `--listen-client-urls` listener when `--listen-client-http-urls` is given.
+    Grpc,
+    /// A `--listen-client-http-urls` listener.
+    Http,
+}
+
+impl ClientTraffic {
+    /// etcd's name in its log line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientTraffic::GrpcAndHttp => "grpc+http",
+            ClientTraffic::Grpc => "grpc",
+            ClientTraffic::Http => "http",
+        }
+    }
+
+    /// The HTTP versions such a listener speaks.
+    pub fn versions(self) -> crate::serve::HttpVersions {
+        match self {
+            ClientTraffic::GrpcAndHttp => crate::serve::HttpVersions::Both,
+            ClientTraffic::Grpc => crate::serve::HttpVersions::Http2Only,
+            ClientTraffic::Http => crate::serve::HttpVersions::Http1Only,
+        }
+    }
+}
+
 /// The client listener: its gRPC services, dispatched by [`GrpcDispatch`], and the routes of
-/// everything else on the port.
-pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
+/// everything else on the port (none but the fallback on a gRPC-only listener).
+pub fn routes(server: Arc<EtcdServer>, traffic: ClientTraffic) -> GrpcDispatch<tonic::service::Routes> {
     let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let services = dispatch::Services::new(
         KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv),
@@ -57,13 +90,18 @@ pub fn routes(server: Arc<EtcdServer>) -> GrpcDispatch<tonic::service::Routes> {
         HealthServer::new(health::HealthService),
     );
     let dispatch_server = server.clone();
-    let gateway = gateway::router(server.clone());
-    let version_server = server.clone();
     let access = access::AccessControl::new(server.clone());
-    let router = axum::Router::new()
-        .merge(crate::health::router(server))
-        .route("/version", axum::routing::get(move || version(version_server.clone())))
-        .merge(gateway)
+    let mut router = axum::Router::new();
+    if traffic != ClientTraffic::Grpc {
+        let version_server = server.clone();
+        router = router
+            .merge(crate::health::router(server.clone()))
+            .route("/version", axum::routing::get(move || version(version_server.clone())));
+        if server.config().enable_grpc_gateway {
+            router = router.merge(gateway::router(server));
+        }
+    }
+    let router = router
         .fallback(unimplemented_method)
         .layer(axum::middleware::from_fn_with_state(access, access::control))
         .layer(crate::metrics::GrpcMetricsLayer);
