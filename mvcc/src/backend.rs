@@ -43,6 +43,11 @@ pub const META_FINISHED_COMPACT: &str = "finished_compact_rev";
 /// kernel's page cache, which is shared and reclaimable and not part of the process's RSS.
 pub const CACHE_SIZE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The page cache of the database opened only to scan the key table once at start (the index
+/// rebuild and the size walk). Each page is read once there, so a larger cache would only keep
+/// the last pages scanned resident (see KvStore::open).
+pub const SCAN_CACHE_BYTES: usize = 1024 * 1024;
+
 /// The redb database file and its well-known tables.
 pub struct Backend {
     /// Transactions begin under the read lock; defragmentation alone takes the write lock
@@ -57,12 +62,17 @@ impl Backend {
     /// Opens the database at `path`, creating it (and its parent directories) if needed, and
     /// makes sure the key and meta tables exist.
     pub fn open(path: &Path) -> Result<Backend, MvccError> {
+        Backend::open_with_cache(path, CACHE_SIZE_BYTES)
+    }
+
+    /// Like [`Backend::open`], with a page cache of `cache_bytes` (see [`SCAN_CACHE_BYTES`]).
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Backend, MvccError> {
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent)?;
             }
         }
-        let db = Database::builder().set_cache_size(CACHE_SIZE_BYTES).create(path)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
         let b = Backend {
             db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
