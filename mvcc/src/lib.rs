@@ -9,7 +9,7 @@
 //! - [`backend`]: the redb file, its key and meta tables; [`db_size`]: the size figures etcd
 //!   reports and the quota reads;
 //! - [`bolt`]: etcd's backend file format (bbolt), written and read, for snapshot files;
-//! - [`key_index`]: one key's generations; [`index`]: all keys;
+//! - [`key_index`]: one key's generations; [`index`]: all keys, stored in `key_blocks`;
 //! - [`kv_store`]: [`KvStore`], the readers' side, open/rebuild, hash, compaction's deletion;
 //! - [`hash`]: the HashKV rule and the hashes stored at compactions;
 //! - [`kv_store_txn`]: [`ApplyTxn`], the applier's batch;
@@ -26,6 +26,7 @@ mod db_size;
 mod errors;
 pub mod hash;
 pub mod index;
+mod key_blocks;
 pub mod key_index;
 pub mod kv_store;
 pub mod kv_store_txn;
