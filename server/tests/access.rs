@@ -63,9 +63,9 @@ async fn cors_headers_name_any_origin_by_default_and_only_listed_origins_otherwi
     assert!(preflight.starts_with("HTTP/1.1 200"), "{preflight}");
     assert_eq!(header(&preflight, "access-control-allow-origin"), ["*"]);
 
-    let (_dir2, listed, _) = single_member(&["--cors", "https://ui.example"]).await;
-    let resp = request(&listed, "GET", "/health", &[("Host", "localhost"), ("Origin", "https://ui.example")]);
-    assert_eq!(header(&resp, "access-control-allow-origin"), ["https://ui.example"]);
+    let (_dir2, listed, _) = single_member(&["--cors", "https://ui.example:443"]).await;
+    let resp = request(&listed, "GET", "/health", &[("Host", "localhost"), ("Origin", "https://ui.example:443")]);
+    assert_eq!(header(&resp, "access-control-allow-origin"), ["https://ui.example:443"]);
     let resp = request(&listed, "GET", "/health", &[("Host", "localhost"), ("Origin", "https://other.example")]);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(header(&resp, "access-control-allow-origin").is_empty(), "{resp}");
