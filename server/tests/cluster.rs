@@ -318,9 +318,11 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let leases = follower_lease.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
     assert!(leases.leases.iter().any(|l| l.id == granted.id), "lease missing on the follower: {leases:?}");
     let now = put(&mut kv, "sync", "1").await.unwrap();
-    let _ = dump(&mut lagging).await;
     let mut hashes = Vec::new();
     for m in &c.members {
+        // a linearizable read first: the put is answered once the leader applied it, a follower
+        // may not have heard of its commit yet (HashKV at a revision it lacks is refused)
+        let _ = dump(&mut m.ready_client().await).await;
         let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
         let r = MaintenanceClient::new(ch).hash_kv(HashKvRequest { revision: now }).await.unwrap().into_inner();
         hashes.push((r.hash, r.compact_revision));
