@@ -10,6 +10,9 @@
 # Environment (all optional):
 #   ETCD_RS_BIN, BENCH_BIN, ETCDCTL_BIN   as in compare.sh
 #   PROFILE_SECONDS  seconds recorded per member (default 10)
+#   WARMUP_SECONDS   seconds of load before the recording (default 15: a fresh member's first
+#                    seconds are spent growing its heap, page faults and zeroing that a
+#                    long-running member does not pay)
 #   TOP              entries printed per member (default 10)
 #   FREQ             samples per second (default 499)
 #   CALLGRAPH        perf --call-graph mode: dwarf (default), fp, or none
@@ -21,6 +24,7 @@ ETCD_RS_BIN="${ETCD_RS_BIN:-$here/target/release/etcd-rs}"
 BENCH_BIN="${BENCH_BIN:-$here/target/release/etcd-rs-bench}"
 ETCDCTL_BIN="${ETCDCTL_BIN:-$(command -v etcdctl || echo /usr/bin/etcdctl)}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
+WARMUP_SECONDS="${WARMUP_SECONDS:-15}"
 TOP="${TOP:-10}"
 FREQ="${FREQ:-499}"
 CALLGRAPH="${CALLGRAPH:-dwarf}"
@@ -91,11 +95,11 @@ log "cluster up (leader m${order[0]} at $leader); output in $OUT"
 
 if [ -n "$USE_PERF" ]; then
   cg=(); [ "$CALLGRAPH" = none ] || cg=(--call-graph "$([ "$CALLGRAPH" = dwarf ] && echo dwarf,16384 || echo "$CALLGRAPH")")
-  # The load runs 2 s before and after the recording window.
+  # The load runs WARMUP_SECONDS before and 2 s after the recording window.
   # shellcheck disable=SC2086
-  "$BENCH_BIN" --endpoints "$eps" --threads 1 --duration "$((PROFILE_SECONDS + 4))s" --json $LOAD > "$OUT/load.json" &
+  "$BENCH_BIN" --endpoints "$eps" --threads 1 --duration "$((WARMUP_SECONDS + PROFILE_SECONDS + 2))s" --json $LOAD > "$OUT/load.json" &
   load=$!
-  sleep 2
+  sleep "$WARMUP_SECONDS"
   rec=()
   for i in 1 2 3; do
     perf record -q -e cpu-clock -F "$FREQ" "${cg[@]}" -p "${PIDS[i]}" -o "$OUT/m$i.perf" -- sleep "$PROFILE_SECONDS" 2>> "$OUT/perf.log" &
