@@ -403,6 +403,7 @@ impl<'s> ApplyTxn<'s> {
         let mut resp = PutResponse::default();
         let (mut value, mut lease) = (None, req.lease);
         if req.ignore_value || req.ignore_lease || req.prev_kv {
+            self.tally.ranges += 1;
             let prev = self.with_view(|v| v.kv(&req.key))?;
             match prev {
                 None if req.ignore_value || req.ignore_lease => return Err(MvccError::KeyNotFound),
@@ -441,6 +442,7 @@ impl<'s> ApplyTxn<'s> {
         let mut resp = DeleteRangeResponse::default();
         self.tally.deletes += 1;
         let keys: Vec<Vec<u8>> = if req.prev_kv {
+            self.tally.ranges += 1;
             resp.prev_kvs = self.with_view(|v| v.kvs(&req.key, &req.range_end))?;
             resp.prev_kvs.iter().map(|kv| kv.key.clone()).collect()
         } else {
@@ -477,8 +479,17 @@ impl<'s> ApplyTxn<'s> {
     ) -> Result<TxnResponse, MvccError> {
         self.request(|t| {
             let path = t.with_view(|v| compare_path(v, req))?;
-            t.tally.ranges += path.compared;
-            t.with_view(|v| check_puts(v, req, &path, lease_exists))?;
+            // etcd evaluates a writing Txn's compares and put checks in a read transaction of
+            // their own, counted apart (etcd_mvcc_*_total) from the write transaction after it
+            let writes = !txn_is_read_only(req);
+            let mut checks = crate::metrics::TxnTally { ranges: path.compared, ..Default::default() };
+            let checked = t.with_view(|v| check_puts(v, req, &path, lease_exists, &mut checks.ranges));
+            if writes {
+                checks.end();
+            } else {
+                t.tally.ranges += checks.ranges;
+            }
+            checked?;
             t.check_ranges(req, &path)?;
             let mut resp = t.apply_txn_ops(req, &path)?;
             resp.header = header(t.read_rev());
@@ -555,6 +566,7 @@ impl<'s> ApplyTxn<'s> {
         // etcd starts "never compacted" below revision 0, so compacting to 0 first is a no-op
         // success. (etcd would refuse a second compaction to 0; here it stays a no-op.)
         if rev == 0 && self.compact_floor == 0 {
+            crate::metrics::range_read();
             return Ok(());
         }
         if rev <= self.compact_floor {
@@ -566,6 +578,8 @@ impl<'s> ApplyTxn<'s> {
         // recorded in the backend at commit
         self.pending_compact = Some(rev);
         self.compact_floor = rev;
+        // etcd's applier reads a key after compacting, for the response's revision: a range
+        crate::metrics::range_read();
         Ok(())
     }
 
@@ -705,12 +719,23 @@ fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath
     Ok(path)
 }
 
-/// Puts of the chosen branches: ignore_value / ignore_lease need the key, a lease must exist.
+/// etcd's isTxnReadonly: every operation of both branches (nested Txns too) is a range.
+pub fn txn_is_read_only(r: &TxnRequest) -> bool {
+    r.success.iter().chain(&r.failure).all(|op| match &op.request {
+        Some(Request::RequestRange(_)) | None => true,
+        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
+        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+    })
+}
+
+/// Puts of the chosen branches: ignore_value / ignore_lease need the key (a range each, added
+/// to `ranges`), a lease must exist.
 fn check_puts<R: Rows>(
     view: &View<'_, R>,
     req: &TxnRequest,
     path: &TxnPath,
     lease_exists: &dyn Fn(i64) -> bool,
+    ranges: &mut u64,
 ) -> Result<(), MvccError> {
     let mut nested = path.nested.iter();
     for op in branch(req, path) {
@@ -720,10 +745,14 @@ fn check_puts<R: Rows>(
                 t,
                 nested.next().expect("one path per nested txn"),
                 lease_exists,
+                ranges,
             )?,
             Some(Request::RequestPut(p)) => {
-                if (p.ignore_value || p.ignore_lease) && view.kv(&p.key)?.is_none() {
-                    return Err(MvccError::KeyNotFound);
+                if p.ignore_value || p.ignore_lease {
+                    *ranges += 1;
+                    if view.kv(&p.key)?.is_none() {
+                        return Err(MvccError::KeyNotFound);
+                    }
                 }
                 if p.lease != 0 && !lease_exists(p.lease) {
                     return Err(MvccError::LeaseNotFound);
@@ -733,4 +762,29 @@ fn check_puts<R: Rows>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_proto::etcdserverpb::RequestOp;
+
+    fn op(r: Request) -> RequestOp {
+        RequestOp { request: Some(r) }
+    }
+
+    #[test]
+    fn read_only_txns_are_told_apart_from_writing_ones() {
+        let range = || op(Request::RequestRange(RangeRequest::default()));
+        assert!(txn_is_read_only(&TxnRequest::default()));
+        assert!(txn_is_read_only(&TxnRequest { success: vec![range()], failure: vec![range()], ..Default::default() }));
+        let put = TxnRequest { failure: vec![range(), op(Request::RequestPut(PutRequest::default()))], ..Default::default() };
+        assert!(!txn_is_read_only(&put));
+        let del = TxnRequest { success: vec![op(Request::RequestDeleteRange(DeleteRangeRequest::default()))], ..Default::default() };
+        assert!(!txn_is_read_only(&del));
+        let nested = TxnRequest { success: vec![op(Request::RequestTxn(put))], ..Default::default() };
+        assert!(!txn_is_read_only(&nested));
+        let nested_ro = TxnRequest { success: vec![op(Request::RequestTxn(TxnRequest { success: vec![range()], ..Default::default() }))], ..Default::default() };
+        assert!(txn_is_read_only(&nested_ro));
+    }
 }

@@ -257,39 +257,5 @@ async fn check_hash_kv(server: &Arc<EtcdServer>) -> Result<(), String> {
     Ok(())
 }
 
-/// etcd's isTxnReadonly: every operation in both branches (nested txns too) is a range. etcd
-/// serves such a txn without its applier, so the corrupt applier never refuses it.
-pub(crate) fn txn_is_read_only(r: &etcd_proto::etcdserverpb::TxnRequest) -> bool {
-    use etcd_proto::etcdserverpb::request_op::Request;
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) | None => true,
-        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use etcd_proto::etcdserverpb::request_op::Request;
-    use etcd_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
-
-    fn op(r: Request) -> RequestOp {
-        RequestOp { request: Some(r) }
-    }
-
-    #[test]
-    fn read_only_txns_are_told_apart_from_writing_ones() {
-        let range = || op(Request::RequestRange(RangeRequest::default()));
-        assert!(txn_is_read_only(&TxnRequest::default()));
-        assert!(txn_is_read_only(&TxnRequest { success: vec![range()], failure: vec![range()], ..Default::default() }));
-        let put = TxnRequest { failure: vec![range(), op(Request::RequestPut(PutRequest::default()))], ..Default::default() };
-        assert!(!txn_is_read_only(&put));
-        let del = TxnRequest { success: vec![op(Request::RequestDeleteRange(DeleteRangeRequest::default()))], ..Default::default() };
-        assert!(!txn_is_read_only(&del));
-        let nested = TxnRequest { success: vec![op(Request::RequestTxn(put))], ..Default::default() };
-        assert!(!txn_is_read_only(&nested));
-        let nested_ro = TxnRequest { success: vec![op(Request::RequestTxn(TxnRequest { success: vec![range()], ..Default::default() }))], ..Default::default() };
-        assert!(txn_is_read_only(&nested_ro));
-    }
-}
+/// etcd serves a read-only txn without its applier, so the corrupt applier never refuses it.
+pub(crate) use etcd_mvcc::kv_store_txn::txn_is_read_only;

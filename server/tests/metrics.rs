@@ -12,7 +12,7 @@ use etcd_proto::etcdserverpb::request_op::Request as Op;
 use etcd_proto::etcdserverpb::watch_client::WatchClient;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -210,24 +210,30 @@ async fn mvcc_and_grpc_counters_count_what_clients_did() {
         ..Default::default()
     };
     kv.txn(txn).await.unwrap();
+    // a put reading the previous value: a range and a put in one write, so a txn
+    kv.put(PutRequest { key: b"k1".to_vec(), value: b"value".to_vec(), prev_kv: true, ..Default::default() }).await.unwrap();
+    // etcd's applier reads a key after compacting (for the revision it answers): a range
+    kv.compact(CompactionRequest { revision: 2, ..Default::default() }).await.unwrap();
     let after = scrape(&m);
     let grew = |family: &str| sum(&after, family, &[]) - sum(&before, family, &[]);
-    assert_eq!(grew("etcd_mvcc_put_total"), 6.0, "5 puts and the txn's put");
+    assert_eq!(grew("etcd_mvcc_put_total"), 7.0, "6 puts and the txn's put");
     assert_eq!(grew("etcd_mvcc_delete_total"), 1.0);
-    assert_eq!(grew("etcd_mvcc_range_total"), 2.0, "the range and the txn's compare");
+    assert_eq!(grew("etcd_mvcc_range_total"), 4.0, "the range, the txn's compare, the prev_kv read, the compaction's read");
+    // etcd evaluates a writing txn's compares in a read of their own: neither that read (one
+    // range) nor the write after it (one put) is more than one op; the prev_kv put is
     assert_eq!(grew("etcd_mvcc_txn_total"), 1.0);
-    assert_eq!(grew("etcd_debugging_mvcc_total_put_size_in_bytes"), 5.0 * 7.0 + 2.0);
-    // revision 1, then 5 puts, the delete and the txn
-    assert_eq!(value(&after, "etcd_debugging_mvcc_current_revision"), Some(8.0));
+    assert_eq!(grew("etcd_debugging_mvcc_total_put_size_in_bytes"), 6.0 * 7.0 + 2.0);
+    // revision 1, then 5 puts, the delete, the txn and the prev_kv put
+    assert_eq!(value(&after, "etcd_debugging_mvcc_current_revision"), Some(9.0));
     assert!(grew("etcd_network_client_grpc_received_bytes_total") > 5.0 * 7.0);
     assert!(grew("etcd_network_client_grpc_sent_bytes_total") > 0.0);
     let grew_with = |family: &str, labels: &[&str]| sum(&after, family, labels) - sum(&before, family, labels);
     let put_labels = [r#"grpc_method="Put""#];
-    assert_eq!(grew_with("grpc_server_msg_received_total", &put_labels), 5.0);
-    assert_eq!(grew_with("grpc_server_msg_sent_total", &put_labels), 5.0);
-    assert_eq!(grew_with("etcd_server_client_requests_total", &[r#"type="unary""#]), 8.0);
+    assert_eq!(grew_with("grpc_server_msg_received_total", &put_labels), 6.0);
+    assert_eq!(grew_with("grpc_server_msg_sent_total", &put_labels), 6.0);
+    assert_eq!(grew_with("etcd_server_client_requests_total", &[r#"type="unary""#]), 10.0);
     let applies = grew_with("etcd_server_apply_duration_seconds_count", &[r#"op="Put""#, r#"success="true""#]);
-    assert_eq!(applies, 5.0);
+    assert_eq!(applies, 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
