@@ -111,20 +111,26 @@ impl Index {
     }
 
     /// Records a put of `key` at `rev`.
-    pub fn put(&self, key: &[u8], rev: Revision) {
+    ///
+    /// Returns the key's state at `rev.main` before this put (what [`Index::get`] answered), so
+    /// a writer learns the creation revision and version with the same lookup.
+    pub fn put(&self, key: &[u8], rev: Revision) -> Option<KeyAt> {
         let mut guard = self.inner.write();
         let inner = &mut *guard;
         match inner.keys.get_mut(key) {
             Some(ki) => {
+                let before = ki.get(rev.main);
                 let was = live(ki);
                 ki.put(rev);
                 inner.live += live(ki) - was;
+                before
             }
             None => {
                 let mut ki = KeyIndex::new();
                 ki.put(rev);
                 inner.live += live(&ki);
                 inner.keys.insert(key, ki);
+                None
             }
         }
     }
@@ -319,6 +325,17 @@ mod tests {
 
     fn r(main: i64) -> Revision {
         Revision::new(main, 0)
+    }
+
+    #[test]
+    fn put_answers_the_state_get_gave_before_it() {
+        let idx = Index::new();
+        assert_eq!(idx.put(b"k", r(2)), None, "a new key");
+        let second = idx.put(b"k", r(3)).expect("live");
+        assert_eq!((second.created, second.modified, second.version), (r(2), r(2), 1));
+        assert!(idx.tombstone(b"k", r(4)));
+        assert_eq!(idx.put(b"k", r(5)), None, "a deleted key starts a new generation");
+        assert_eq!(idx.get(b"k", 5).map(|s| (s.created, s.version)), Some((r(5), 1)));
     }
 
     /// a@2, b@3, c@4, b@5, del a@6, d@7

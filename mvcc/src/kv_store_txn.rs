@@ -309,15 +309,16 @@ impl<'s> ApplyTxn<'s> {
     fn write_put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<i64, MvccError> {
         let main = self.rev + 1;
         let rev = Revision::new(main, self.req_changes);
-        let (create_revision, version) = match self.store.index.get(key, main) {
-            Some(s) => (s.created.main, s.version + 1),
-            None => (main, 1),
-        };
         let prev_kv = if self.read_prev {
             self.kv_at(key, self.rev)?
         } else {
             self.prev_complete = false;
             None
+        };
+        // nothing can fail from here to the undo record
+        let (create_revision, version) = match self.store.index.put(key, rev) {
+            Some(s) => (s.created.main, s.version + 1),
+            None => (main, 1),
         };
         let kv = KeyValue {
             key: key.to_vec(),
@@ -328,7 +329,6 @@ impl<'s> ApplyTxn<'s> {
             lease,
         };
         self.insert_row(rev, false, &kv);
-        self.store.index.put(key, rev);
         self.undo.push(Change {
             key: key.to_vec(),
             rev,
