@@ -44,7 +44,8 @@
 //! | backed-up, switched | as above; then `takeover-wal-dir` is removed | nothing left to do |
 //!
 //! The WAL side switches first, so `member.etcd-rs` outlives every `W.etcd-rs`: a `W.etcd-rs`
-//! without the marker is always an incomplete build. A W inside the member dir (other than
+//! without the marker is always an incomplete build (and only exists while `member` is etcd's,
+//! so a start on an etcd-rs member never removes a dir of that name). A W inside the member dir (other than
 //! `member/wal` itself), or holding it, is refused: one side's renames would carry the other.
 //!
 //! Test hook: `ETCD_RS_TAKEOVER_CRASH_AT=<step>` kills the process with SIGKILL at a named step
@@ -273,10 +274,15 @@ pub struct TakenOver {
 /// Brings `data_dir` to an etcd-rs member dir when it holds an etcd one (or a takeover that a
 /// crash interrupted), before anything else opens it. `Ok(None)` when there was nothing to do.
 pub fn take_over_etcd_data_dir(data_dir: &Path, wal_dir: &Path) -> Result<Option<TakenOver>, TakeoverError> {
-    let wal_side = WalSide::of(data_dir, wal_dir)?;
-    finish_pending(data_dir, wal_side.as_ref())?;
     let member = data_dir.join("member");
     let db = member.join("snap").join("db");
+    let wal_side = match WalSide::of(data_dir, wal_dir) {
+        Ok(w) => w,
+        // etcd-rs's own members may keep their WAL anywhere: only etcd's files need W apart
+        Err(_) if !is_bolt_file(&db) && !is_etcd_wal(wal_dir) && !data_dir.join(READY_DIR).exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    finish_pending(data_dir, wal_side.as_ref())?;
     // etcd reads its WAL from --wal-dir alone when given one (ServerConfig.WALDir())
     let etcd_wal_dir = wal_side.as_ref().map_or_else(|| member.join("wal"), WalSide::dir);
     let etcd_db = is_bolt_file(&db);
@@ -369,8 +375,9 @@ fn finish_pending(data_dir: &Path, wal_side: Option<&WalSide>) -> Result<(), Tak
     let ready = data_dir.join(READY_DIR);
     remove_dir_durably(&data_dir.join(BUILD_DIR))?;
     if !ready.exists() {
-        // no marker: a WAL side built beside W is incomplete whatever its name
-        if let Some(w) = wal_side {
+        // no marker: a WAL side built beside W is incomplete whatever its name (and there is
+        // one only while `member` is still etcd's)
+        if let Some(w) = wal_side.filter(|_| is_bolt_file(&data_dir.join("member/snap/db"))) {
             remove_dir_durably(&w.path(WAL_BUILD_SUFFIX))?;
             remove_dir_durably(&w.path(WAL_READY_SUFFIX))?;
         }
@@ -705,12 +712,14 @@ mod tests {
         fs::rename(&elsewhere, member.join("wal")).unwrap();
         fs::create_dir_all(&elsewhere).unwrap();
         assert!(take_over_etcd_data_dir(d, &elsewhere).unwrap().is_none(), "an etcd WAL in member/wal is ignored beside W");
-        // a W overlapping the member dir is refused, nothing renamed
+        // a W overlapping the member dir: etcd-rs's own member starts, etcd's WAL there is refused
         for w in [member.join("wal2"), d.to_path_buf()] {
-            let e = take_over_etcd_data_dir(d, &w).unwrap_err();
-            assert!(matches!(e, TakeoverError::WalDirOverlapsMember(_)), "{e}");
+            assert!(take_over_etcd_data_dir(d, &w).unwrap().is_none(), "{w:?}");
         }
-        assert!(member.join("wal").exists() && !d.join(BUILD_DIR).exists());
+        etcd_raft::etcd_wal::EtcdWalWriter::create(&member.join("wal2"), &md).unwrap().finish().unwrap();
+        let e = take_over_etcd_data_dir(d, &member.join("wal2")).unwrap_err();
+        assert!(matches!(e, TakeoverError::WalDirOverlapsMember(_)), "{e}");
+        assert!(member.join("wal").exists() && member.join("wal2").exists() && !d.join(BUILD_DIR).exists());
     }
 
     #[test]
@@ -736,8 +745,10 @@ mod tests {
     /// A data dir `d/data` and a dedicated W `d/wal-disk/w`, with etcd's files named by content.
     fn wal_side_fixture(d: &Path) -> (PathBuf, PathBuf, WalSide) {
         let (data, w) = (d.join("data"), d.join("wal-disk/w"));
-        fs::create_dir_all(data.join("member")).unwrap();
+        fs::create_dir_all(data.join("member/snap")).unwrap();
         fs::write(data.join("member/etcd"), b"etcd's").unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db");
+        fs::copy(fixture, data.join("member/snap/db")).unwrap();
         fs::create_dir_all(&w).unwrap();
         fs::write(w.join("etcd.wal"), b"etcd's").unwrap();
         let side = WalSide::of(&data, &w).unwrap().unwrap();
@@ -777,5 +788,9 @@ mod tests {
         assert!(!data.join("member").join(WAL_DIR_MARKER).exists() && !data.join(READY_DIR).exists());
         finish_pending(&data, Some(&side)).unwrap();
         assert!(w.join("rs.wal").exists());
+        // with etcd-rs's member in place, a dir of that name is not a takeover's: left alone
+        fs::create_dir_all(side.path(WAL_READY_SUFFIX)).unwrap();
+        finish_pending(&data, Some(&side)).unwrap();
+        assert!(side.path(WAL_READY_SUFFIX).exists());
     }
 }
