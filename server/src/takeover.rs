@@ -26,11 +26,34 @@
 //! member has not run with its cluster since (etcd-rs's raft log moves on without it). A new
 //! takeover refuses to start while an old backup is there.
 //!
+//! With a dedicated `--wal-dir W` (etcd then keeps its WAL only in W and ignores `member/wal`,
+//! its `WALDir()`), the WAL side is converted beside W, in W's parent, since W may be on another
+//! filesystem than the data dir and a rename only stays atomic within one directory: etcd-rs's
+//! WAL is built as `W.etcd-rs.tmp` (the member dir, without `wal`, as above), and the data dir's
+//! `member.etcd-rs` stays the one marker that the whole conversion is complete. It holds
+//! `takeover-wal-dir` (W's absolute path), so a start with another `--wal-dir` than the one the
+//! pending renames are for is refused instead of finishing them wrongly. The order:
+//!
+//! | step | on disk after it | a start after a crash there |
+//! | --- | --- | --- |
+//! | build | `member`, W (etcd), `member.etcd-rs.tmp`, `W.etcd-rs.tmp` partial | removes both temps, converts again |
+//! | wal-ready: rename `W.etcd-rs.tmp` -> `W.etcd-rs` | W (etcd), `W.etcd-rs` complete, no marker | no marker: removes `W.etcd-rs` and the temp, converts again |
+//! | ready: rename temp -> `member.etcd-rs` | the marker: everything complete | does the four renames below |
+//! | wal-backed-up: rename W -> `W.etcd-backup` | `W.etcd-rs`, `W.etcd-backup` | does the renames below |
+//! | wal-switched: rename `W.etcd-rs` -> W | W (etcd-rs), `W.etcd-backup` | does the member renames below |
+//! | backed-up, switched | as above; then `takeover-wal-dir` is removed | nothing left to do |
+//!
+//! The WAL side switches first, so `member.etcd-rs` outlives every `W.etcd-rs`: a `W.etcd-rs`
+//! without the marker is always an incomplete build (and only exists while `member` is etcd's,
+//! so a start on an etcd-rs member never removes a dir of that name). A W inside the member dir (other than
+//! `member/wal` itself), or holding it, is refused: one side's renames would carry the other.
+//!
 //! Test hook: `ETCD_RS_TAKEOVER_CRASH_AT=<step>` kills the process with SIGKILL at a named step
 //! ([`CRASH_STEPS`]); it exists for the crash tests and is not an operator setting.
 
 use std::fs::{self, File};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -53,10 +76,19 @@ pub const BUILD_DIR: &str = "member.etcd-rs.tmp";
 pub const READY_DIR: &str = "member.etcd-rs";
 /// Where etcd's original member dir is kept.
 pub const BACKUP_DIR: &str = "member.etcd-backup";
+/// Suffixes of the WAL side's names beside a dedicated `--wal-dir` W (build, ready, backup).
+pub const WAL_BUILD_SUFFIX: &str = ".etcd-rs.tmp";
+pub const WAL_READY_SUFFIX: &str = ".etcd-rs";
+pub const WAL_BACKUP_SUFFIX: &str = ".etcd-backup";
+/// In the ready member dir: the dedicated `--wal-dir` the pending renames are for.
+pub const WAL_DIR_MARKER: &str = "takeover-wal-dir";
 /// The test hook's variable (see the module doc).
 pub const CRASH_ENV: &str = "ETCD_RS_TAKEOVER_CRASH_AT";
 /// The steps the test hook can kill at, in order.
-pub const CRASH_STEPS: &[&str] = &["db-imported", "wal-written", "built", "ready", "backed-up", "switched"];
+pub const CRASH_STEPS: &[&str] =
+    &["db-imported", "wal-written", "built", "wal-ready", "ready", "wal-backed-up", "wal-switched", "backed-up", "switched"];
+/// The steps of [`CRASH_STEPS`] only a takeover with a dedicated `--wal-dir` passes.
+pub const WAL_DIR_CRASH_STEPS: &[&str] = &["wal-ready", "wal-backed-up", "wal-switched"];
 
 /// bbolt's meta page magic (little-endian u32 after the 16-byte page header of page 0).
 const BOLT_MAGIC: u32 = 0xED0C_DAED;
@@ -74,10 +106,14 @@ pub enum TakeoverError {
     },
     #[error("cannot take over etcd data dir: {0} holds etcd's WAL but no backend file member/snap/db")]
     MissingDb(PathBuf),
-    #[error("cannot take over etcd data dir: {0} is etcd's bbolt backend but member/wal holds no etcd WAL")]
-    MissingWal(PathBuf),
-    #[error("cannot take over etcd data dir {0} with a dedicated --wal-dir; start etcd-rs with etcd's WAL in member/wal")]
-    DedicatedWalDir(PathBuf),
+    #[error("cannot take over etcd data dir: {db} is etcd's bbolt backend but {wal} holds no etcd WAL")]
+    MissingWal { db: PathBuf, wal: PathBuf },
+    #[error("cannot take over etcd data dir: --wal-dir {0} overlaps the member dir; give etcd's own --wal-dir")]
+    WalDirOverlapsMember(PathBuf),
+    #[error("cannot take over etcd data dir: --wal-dir {0} names no directory")]
+    WalDirPath(PathBuf),
+    #[error("cannot take over etcd data dir: a takeover with {recorded} is pending; start etcd-rs again with it (--wal-dir {given} was given)")]
+    PendingForOtherWalDir { recorded: String, given: String },
     #[error("cannot take over etcd data dir: {0} exists from an earlier takeover; move it away first")]
     BackupExists(PathBuf),
     #[error("cannot take over etcd data dir: {0}")]
@@ -114,8 +150,14 @@ fn raft_err(e: impl std::fmt::Display) -> TakeoverError {
 
 /// The test hook: SIGKILL (as `kill -9`, nothing flushed or cleaned up) at `step`.
 fn crash_point(step: &str) {
-    if std::env::var(CRASH_ENV).is_ok_and(|s| s == step) {
-        tracing::warn!(step, "{CRASH_ENV}: killing the process here (test hook)");
+    crash_point_of(CRASH_ENV, step);
+}
+
+/// SIGKILL at `step` when the variable `env` names it (the crash tests' hook, also the export's).
+pub(crate) fn crash_point_of(env: &str, step: &str) {
+    if std::env::var(env).is_ok_and(|s| s == step) {
+        tracing::warn!(step, "{env}: killing the process here (test hook)");
+        eprintln!("{env}={step}: killing the process here (test hook)");
         // SAFETY: getpid and kill have no memory-safety preconditions.
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
@@ -128,10 +170,74 @@ fn fsync_dir(dir: &Path) -> Result<(), TakeoverError> {
 }
 
 /// Renames `from` to `to` and makes it durable (fsync of their directory).
-fn rename_durably(dir: &Path, from: &str, to: &str) -> Result<(), TakeoverError> {
+fn rename_durably(dir: &Path, from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<(), TakeoverError> {
     let (from, to) = (dir.join(from), dir.join(to));
     fs::rename(&from, &to).map_err(io_err(&to))?;
     fsync_dir(dir)
+}
+
+/// Removes `path` (a dir) when it is there, durably.
+fn remove_dir_durably(path: &Path) -> Result<(), TakeoverError> {
+    if path.exists() {
+        tracing::warn!(dir = %path.display(), "removing an etcd takeover that did not complete; converting again");
+        fs::remove_dir_all(path).map_err(io_err(path))?;
+        fsync_dir(parent_of(path))?;
+    }
+    Ok(())
+}
+
+/// The directory `p` is in (`.` for a bare name).
+pub(crate) fn parent_of(p: &Path) -> &Path {
+    p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// `p` with its parent made absolute (the parent must exist for that; else `p` as given).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
+    match (fs::canonicalize(parent_of(p)), p.file_name()) {
+        (Ok(parent), Some(name)) => parent.join(name),
+        _ => p.to_path_buf(),
+    }
+}
+
+/// The WAL side of a takeover with a dedicated `--wal-dir` W: its names beside W.
+#[derive(Debug, Clone)]
+struct WalSide {
+    /// W's parent, absolute: where every rename of the WAL side happens.
+    parent: PathBuf,
+    /// W's own name in it.
+    name: std::ffi::OsString,
+}
+
+impl WalSide {
+    /// W itself (absolute).
+    fn dir(&self) -> PathBuf {
+        self.parent.join(&self.name)
+    }
+
+    /// The name `W<suffix>` in W's parent.
+    fn named(&self, suffix: &str) -> std::ffi::OsString {
+        let mut n = self.name.clone();
+        n.push(suffix);
+        n
+    }
+
+    fn path(&self, suffix: &str) -> PathBuf {
+        self.parent.join(self.named(suffix))
+    }
+
+    /// `None` when `wal_dir` is the member's own `member/wal`.
+    fn of(data_dir: &Path, wal_dir: &Path) -> Result<Option<WalSide>, TakeoverError> {
+        let member = absolute(&data_dir.join("member"));
+        let w = absolute(wal_dir);
+        if wal_dir == data_dir.join("member").join("wal") || w == member.join("wal") {
+            return Ok(None);
+        }
+        if w.starts_with(&member) || member.starts_with(&w) {
+            return Err(TakeoverError::WalDirOverlapsMember(wal_dir.to_path_buf()));
+        }
+        let name = w.file_name().ok_or_else(|| TakeoverError::WalDirPath(wal_dir.to_path_buf()))?.to_owned();
+        Ok(Some(WalSide { parent: parent_of(&w).to_path_buf(), name }))
+    }
 }
 
 /// True when `db` starts with bbolt's meta page (etcd's backend), false for anything else
@@ -168,42 +274,62 @@ pub struct TakenOver {
 /// Brings `data_dir` to an etcd-rs member dir when it holds an etcd one (or a takeover that a
 /// crash interrupted), before anything else opens it. `Ok(None)` when there was nothing to do.
 pub fn take_over_etcd_data_dir(data_dir: &Path, wal_dir: &Path) -> Result<Option<TakenOver>, TakeoverError> {
-    finish_pending(data_dir)?;
     let member = data_dir.join("member");
     let db = member.join("snap").join("db");
-    let dedicated_wal = wal_dir != member.join("wal");
+    let wal_side = match WalSide::of(data_dir, wal_dir) {
+        Ok(w) => w,
+        // etcd-rs's own members may keep their WAL anywhere: only etcd's files need W apart
+        Err(_) if !is_bolt_file(&db) && !is_etcd_wal(wal_dir) && !data_dir.join(READY_DIR).exists() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    finish_pending(data_dir, wal_side.as_ref())?;
+    // etcd reads its WAL from --wal-dir alone when given one (ServerConfig.WALDir())
+    let etcd_wal_dir = wal_side.as_ref().map_or_else(|| member.join("wal"), WalSide::dir);
     let etcd_db = is_bolt_file(&db);
-    let etcd_wal = is_etcd_wal(&member.join("wal")) || (dedicated_wal && is_etcd_wal(wal_dir));
+    let etcd_wal = is_etcd_wal(&etcd_wal_dir);
     if !etcd_db && !etcd_wal {
         return Ok(None);
-    }
-    if dedicated_wal {
-        return Err(TakeoverError::DedicatedWalDir(data_dir.to_path_buf()));
     }
     if !etcd_db {
         return Err(TakeoverError::MissingDb(member));
     }
     if !etcd_wal {
-        return Err(TakeoverError::MissingWal(db));
+        return Err(TakeoverError::MissingWal { db, wal: etcd_wal_dir });
     }
     let backup = data_dir.join(BACKUP_DIR);
-    if backup.exists() {
-        return Err(TakeoverError::BackupExists(backup));
+    for b in std::iter::once(backup.clone()).chain(wal_side.as_ref().map(|w| w.path(WAL_BACKUP_SUFFIX))) {
+        if b.exists() {
+            return Err(TakeoverError::BackupExists(b));
+        }
     }
-    tracing::info!(data_dir = %data_dir.display(), "found a data dir written by etcd; taking it over");
+    tracing::info!(data_dir = %data_dir.display(), wal_dir = %etcd_wal_dir.display(), "found a data dir written by etcd; taking it over");
     let started = Instant::now();
     let build = data_dir.join(BUILD_DIR);
-    let done = match build_member_dir(&member, &build) {
+    let new_wal = wal_side.as_ref().map_or_else(|| build.join("wal"), |w| w.path(WAL_BUILD_SUFFIX));
+    let built = build_member_dir(&member, &etcd_wal_dir, &build, &new_wal).and_then(|t| {
+        if let Some(w) = &wal_side {
+            write_wal_dir_marker(&build, &w.dir())?;
+        }
+        Ok(t)
+    });
+    let done = match built {
         Ok(t) => t,
         Err(e) => {
             let _ = fs::remove_dir_all(&build);
+            if wal_side.is_some() {
+                let _ = fs::remove_dir_all(&new_wal);
+            }
             return Err(e);
         }
     };
     crash_point("built");
+    if let Some(w) = &wal_side {
+        rename_durably(&w.parent, w.named(WAL_BUILD_SUFFIX), w.named(WAL_READY_SUFFIX))?;
+        crash_point("wal-ready");
+    }
     rename_durably(data_dir, BUILD_DIR, READY_DIR)?;
     crash_point("ready");
-    finish_pending(data_dir)?;
+    finish_pending(data_dir, wal_side.as_ref())?;
     tracing::info!(
         member_id = %format!("{:x}", done.member_id),
         cluster_id = %format!("{:x}", done.cluster_id),
@@ -225,16 +351,47 @@ pub fn take_over_etcd_data_dir(data_dir: &Path, wal_dir: &Path) -> Result<Option
     Ok(Some(done))
 }
 
-/// Completes what a crash interrupted (see the table in the module doc).
-fn finish_pending(data_dir: &Path) -> Result<(), TakeoverError> {
-    let build = data_dir.join(BUILD_DIR);
-    if build.exists() {
-        tracing::warn!(dir = %build.display(), "removing an etcd takeover that did not complete; converting again");
-        fs::remove_dir_all(&build).map_err(io_err(&build))?;
-        fsync_dir(data_dir)?;
+/// Records in the build which dedicated `--wal-dir` its WAL side is for, fsynced.
+fn write_wal_dir_marker(build: &Path, wal_dir: &Path) -> Result<(), TakeoverError> {
+    let path = build.join(WAL_DIR_MARKER);
+    let mut f = File::create(&path).map_err(io_err(&path))?;
+    std::io::Write::write_all(&mut f, wal_dir.as_os_str().as_bytes()).map_err(io_err(&path))?;
+    f.sync_all().map_err(io_err(&path))?;
+    fsync_dir(build)
+}
+
+/// The dedicated `--wal-dir` a ready conversion was built for (None: `member/wal`).
+fn read_wal_dir_marker(ready: &Path) -> Result<Option<PathBuf>, TakeoverError> {
+    let path = ready.join(WAL_DIR_MARKER);
+    match fs::read(&path) {
+        Ok(b) => Ok(Some(PathBuf::from(std::ffi::OsStr::from_bytes(&b)))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(TakeoverError::Io { path, source: e }),
     }
-    if !data_dir.join(READY_DIR).exists() {
-        return Ok(());
+}
+
+/// Completes what a crash interrupted (see the tables in the module doc).
+fn finish_pending(data_dir: &Path, wal_side: Option<&WalSide>) -> Result<(), TakeoverError> {
+    let ready = data_dir.join(READY_DIR);
+    remove_dir_durably(&data_dir.join(BUILD_DIR))?;
+    if !ready.exists() {
+        // no marker: a WAL side built beside W is incomplete whatever its name (and there is
+        // one only while `member` is still etcd's)
+        if let Some(w) = wal_side.filter(|_| is_bolt_file(&data_dir.join("member/snap/db"))) {
+            remove_dir_durably(&w.path(WAL_BUILD_SUFFIX))?;
+            remove_dir_durably(&w.path(WAL_READY_SUFFIX))?;
+        }
+        return remove_wal_dir_marker(&data_dir.join("member"));
+    }
+    match (read_wal_dir_marker(&ready)?, wal_side) {
+        (None, None) => {}
+        (Some(recorded), Some(w)) if recorded == w.dir() => finish_wal_side(w)?,
+        (recorded, w) => {
+            return Err(TakeoverError::PendingForOtherWalDir {
+                recorded: recorded.map_or("member/wal".into(), |r| format!("--wal-dir {}", r.display())),
+                given: w.map_or("member/wal".into(), |w| w.dir().display().to_string()),
+            })
+        }
     }
     if data_dir.join("member").exists() {
         let backup = data_dir.join(BACKUP_DIR);
@@ -246,14 +403,44 @@ fn finish_pending(data_dir: &Path) -> Result<(), TakeoverError> {
     }
     rename_durably(data_dir, READY_DIR, "member")?;
     crash_point("switched");
+    remove_wal_dir_marker(&data_dir.join("member"))
+}
+
+/// The WAL side's renames once the conversion is complete: etcd's W to `W.etcd-backup`, then
+/// `W.etcd-rs` to W. No `W.etcd-rs` left means both were done.
+fn finish_wal_side(w: &WalSide) -> Result<(), TakeoverError> {
+    if !w.path(WAL_READY_SUFFIX).exists() {
+        return Ok(());
+    }
+    if w.dir().exists() {
+        let backup = w.path(WAL_BACKUP_SUFFIX);
+        if backup.exists() {
+            return Err(TakeoverError::BackupExists(backup));
+        }
+        rename_durably(&w.parent, &w.name, w.named(WAL_BACKUP_SUFFIX))?;
+        crash_point("wal-backed-up");
+    }
+    rename_durably(&w.parent, w.named(WAL_READY_SUFFIX), &w.name)?;
+    crash_point("wal-switched");
     Ok(())
 }
 
-/// Writes the complete etcd-rs member dir for etcd's `member` into `build`, fsynced.
-fn build_member_dir(member: &Path, build: &Path) -> Result<TakenOver, TakeoverError> {
-    let (etcd_wal_dir, etcd_snap_dir) = (member.join("wal"), member.join("snap"));
+/// The marker has done its work once the member dir is switched in (a crash may leave it there).
+fn remove_wal_dir_marker(member: &Path) -> Result<(), TakeoverError> {
+    let path = member.join(WAL_DIR_MARKER);
+    if path.exists() {
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        fsync_dir(member)?;
+    }
+    Ok(())
+}
+
+/// Writes the complete etcd-rs member dir for etcd's `member` (its WAL in `etcd_wal_dir`) into
+/// `build`, its WAL into `new_wal`, fsynced.
+fn build_member_dir(member: &Path, etcd_wal_dir: &Path, build: &Path, new_wal: &Path) -> Result<TakenOver, TakeoverError> {
+    let etcd_snap_dir = member.join("snap");
     // etcd's choice of snapshot: the newest readable snap file the WAL's committed log names
-    let wal_snaps = EtcdWal::valid_snapshot_entries(&etcd_wal_dir)?;
+    let wal_snaps = EtcdWal::valid_snapshot_entries(etcd_wal_dir)?;
     let snap = match etcd_snap::read_snap(&etcd_snap_dir, Some(&wal_snaps)) {
         Ok((s, path)) => {
             tracing::info!(path = %path.display(), "etcd snapshot file chosen");
@@ -264,7 +451,7 @@ fn build_member_dir(member: &Path, build: &Path) -> Result<TakenOver, TakeoverEr
     };
     let meta = snap.as_ref().and_then(|s| s.metadata.clone()).unwrap_or_default();
     let (snap_index, snap_term) = (meta.index(), meta.term());
-    let wal = EtcdWal::read_all(&etcd_wal_dir, (snap_index, snap_term))?;
+    let wal = EtcdWal::read_all(etcd_wal_dir, (snap_index, snap_term))?;
     if let Some((file, offset)) = &wal.torn_tail {
         tracing::warn!(file = %file.display(), offset, "etcd's WAL ends in a torn record (a crash while writing); the log ends before it, as etcd's repair makes it");
     }
@@ -295,9 +482,9 @@ fn build_member_dir(member: &Path, build: &Path) -> Result<TakenOver, TakeoverEr
     }
     let hard_state = eraftpb_conv::hard_state_to_eraftpb(&wal.hard_state);
     let metadata = WalMetadata { node_id: wal.metadata.node_id(), cluster_id: wal.metadata.cluster_id() };
-    write_wal(&build.join("wal"), metadata, (snap_index, snap_term), &hard_state, &wal.entries)?;
+    write_wal(new_wal, metadata, (snap_index, snap_term), &hard_state, &wal.entries)?;
     crash_point("wal-written");
-    for d in [&new_snap, &build.join("wal"), build] {
+    for d in [new_snap.as_path(), new_wal, parent_of(new_wal), build] {
         fsync_dir(d)?;
     }
     Ok(TakenOver {
@@ -515,12 +702,24 @@ mod tests {
         let e = take_over_etcd_data_dir(d, &member.join("wal")).unwrap_err();
         assert!(matches!(e, TakeoverError::MissingDb(_)), "{e}");
         assert!(member.join("wal").exists() && !d.join(BACKUP_DIR).exists());
-        // etcd's WAL in a dedicated --wal-dir: refused (not converted), named as such
+        // with a dedicated --wal-dir etcd ignores member/wal (its WALDir()): so does the takeover
         let elsewhere = d.join("wal-elsewhere");
+        etcd_mvcc::Backend::open(&member.join("snap/db")).unwrap();
         fs::rename(member.join("wal"), &elsewhere).unwrap();
         let e = take_over_etcd_data_dir(d, &elsewhere).unwrap_err();
-        assert!(matches!(e, TakeoverError::DedicatedWalDir(_)), "{e}");
+        assert!(matches!(e, TakeoverError::MissingDb(_)), "an etcd WAL in W without etcd's db: {e}");
         assert!(elsewhere.exists() && !d.join(BUILD_DIR).exists());
+        fs::rename(&elsewhere, member.join("wal")).unwrap();
+        fs::create_dir_all(&elsewhere).unwrap();
+        assert!(take_over_etcd_data_dir(d, &elsewhere).unwrap().is_none(), "an etcd WAL in member/wal is ignored beside W");
+        // a W overlapping the member dir: etcd-rs's own member starts, etcd's WAL there is refused
+        for w in [member.join("wal2"), d.to_path_buf()] {
+            assert!(take_over_etcd_data_dir(d, &w).unwrap().is_none(), "{w:?}");
+        }
+        etcd_raft::etcd_wal::EtcdWalWriter::create(&member.join("wal2"), &md).unwrap().finish().unwrap();
+        let e = take_over_etcd_data_dir(d, &member.join("wal2")).unwrap_err();
+        assert!(matches!(e, TakeoverError::WalDirOverlapsMember(_)), "{e}");
+        assert!(member.join("wal").exists() && member.join("wal2").exists() && !d.join(BUILD_DIR).exists());
     }
 
     #[test]
@@ -532,14 +731,66 @@ mod tests {
         fs::create_dir_all(d.join(READY_DIR)).unwrap();
         fs::write(d.join(READY_DIR).join("rs"), b"etcd-rs's").unwrap();
         fs::create_dir_all(d.join(BUILD_DIR)).unwrap();
-        finish_pending(d).unwrap();
+        finish_pending(d, None).unwrap();
         assert!(d.join("member/rs").exists() && d.join(BACKUP_DIR).join("etcd").exists());
         assert!(!d.join(READY_DIR).exists() && !d.join(BUILD_DIR).exists());
         // crashed after the backup rename: only the switch is left
         fs::rename(d.join("member"), d.join(READY_DIR)).unwrap();
-        finish_pending(d).unwrap();
+        finish_pending(d, None).unwrap();
         assert!(d.join("member/rs").exists());
-        finish_pending(d).unwrap();
+        finish_pending(d, None).unwrap();
         assert!(d.join("member/rs").exists());
+    }
+
+    /// A data dir `d/data` and a dedicated W `d/wal-disk/w`, with etcd's files named by content.
+    fn wal_side_fixture(d: &Path) -> (PathBuf, PathBuf, WalSide) {
+        let (data, w) = (d.join("data"), d.join("wal-disk/w"));
+        fs::create_dir_all(data.join("member/snap")).unwrap();
+        fs::write(data.join("member/etcd"), b"etcd's").unwrap();
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mvcc/tests/fixtures/etcd-3.4.23-snapshot.db");
+        fs::copy(fixture, data.join("member/snap/db")).unwrap();
+        fs::create_dir_all(&w).unwrap();
+        fs::write(w.join("etcd.wal"), b"etcd's").unwrap();
+        let side = WalSide::of(&data, &w).unwrap().unwrap();
+        (data, w, side)
+    }
+
+    #[test]
+    fn a_wal_side_without_the_marker_is_removed_and_with_it_is_switched_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, w, side) = wal_side_fixture(tmp.path());
+        assert_eq!(side.path(WAL_READY_SUFFIX), absolute(&tmp.path().join("wal-disk/w.etcd-rs")));
+        // crashed after wal-ready: a complete W.etcd-rs but no member.etcd-rs: converted again
+        fs::create_dir_all(side.path(WAL_READY_SUFFIX)).unwrap();
+        fs::create_dir_all(side.path(WAL_BUILD_SUFFIX)).unwrap();
+        fs::create_dir_all(data.join(BUILD_DIR)).unwrap();
+        finish_pending(&data, Some(&side)).unwrap();
+        for p in [side.path(WAL_READY_SUFFIX), side.path(WAL_BUILD_SUFFIX), data.join(BUILD_DIR)] {
+            assert!(!p.exists(), "{p:?}");
+        }
+        assert!(w.join("etcd.wal").exists() && data.join("member/etcd").exists());
+
+        // crashed after ready: the four renames, the WAL side first; the marker then goes
+        fs::create_dir_all(side.path(WAL_READY_SUFFIX)).unwrap();
+        fs::write(side.path(WAL_READY_SUFFIX).join("rs.wal"), b"etcd-rs's").unwrap();
+        fs::create_dir_all(data.join(READY_DIR)).unwrap();
+        write_wal_dir_marker(&data.join(READY_DIR), &side.dir()).unwrap();
+        // started with another --wal-dir, or none: refused, nothing renamed
+        let other = WalSide::of(&data, &tmp.path().join("other")).unwrap();
+        for s in [other.as_ref(), None] {
+            let e = finish_pending(&data, s).unwrap_err();
+            assert!(matches!(e, TakeoverError::PendingForOtherWalDir { .. }), "{e}");
+        }
+        assert!(side.path(WAL_READY_SUFFIX).exists() && w.join("etcd.wal").exists());
+        finish_pending(&data, Some(&side)).unwrap();
+        assert!(w.join("rs.wal").exists() && side.path(WAL_BACKUP_SUFFIX).join("etcd.wal").exists());
+        assert!(data.join(BACKUP_DIR).join("etcd").exists() && data.join("member").exists());
+        assert!(!data.join("member").join(WAL_DIR_MARKER).exists() && !data.join(READY_DIR).exists());
+        finish_pending(&data, Some(&side)).unwrap();
+        assert!(w.join("rs.wal").exists());
+        // with etcd-rs's member in place, a dir of that name is not a takeover's: left alone
+        fs::create_dir_all(side.path(WAL_READY_SUFFIX)).unwrap();
+        finish_pending(&data, Some(&side)).unwrap();
+        assert!(side.path(WAL_READY_SUFFIX).exists());
     }
 }

@@ -176,18 +176,24 @@ impl Drop for Etcd {
 }
 
 fn export(data_dir: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_etcdutl-rs"))
-        .args(["export-etcd-data-dir", "--data-dir", s(data_dir), "--output-data-dir", s(out)])
-        .args(extra)
-        .output()
-        .unwrap();
+    export_env(data_dir, out, extra, None)
+}
+
+/// As [`export`], with an environment variable set (the crash hook).
+fn export_env(data_dir: &Path, out: &Path, extra: &[&str], env: Option<(&str, &str)>) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdutl-rs"));
+    cmd.args(["export-etcd-data-dir", "--data-dir", s(data_dir), "--output-data-dir", s(out)]).args(extra);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
-#[tokio::test]
-async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_same_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut m = Member::new(&tmp.path().join("rs.etcd"), &["--snapshot-count", "50"]);
+/// A running etcd-rs member in `dir` with the filled history (raft snapshots and entries after
+/// them), and what it serves.
+async fn filled_member(dir: &Path) -> (Member, Served) {
+    let mut m = Member::new(&dir.join("rs.etcd"), &["--snapshot-count", "50"]);
     m.start();
     m.ready_client().await;
     let ch = Channel::from_shared(m.endpoint()).unwrap().connect().await.unwrap();
@@ -197,6 +203,13 @@ async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_sa
         std::fs::read_dir(m.data_dir.join("member/snap")).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".snap")),
         "etcd-rs took a raft snapshot, and wrote entries after it"
     );
+    (m, before)
+}
+
+#[tokio::test]
+async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_same_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut m, before) = filled_member(tmp.path()).await;
 
     // refused while the member runs, and nothing is written
     let out35 = tmp.path().join("e35.etcd");
@@ -204,7 +217,6 @@ async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_sa
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("Error: timeout"), "{err}");
     assert!(!out35.exists() && !tmp.path().join("e35.etcd.tmp").exists());
-    drop(ch); // a graceful stop waits for open client connections
     m.stop();
 
     let (code, err) = export(&m.data_dir, &out35, &[]);
@@ -264,4 +276,55 @@ async fn an_exported_etcd_rs_data_dir_starts_etcd_as_the_same_member_with_the_sa
     } else {
         println!("skipping etcd 3.4.23 on the export: {ETCD_34} is absent");
     }
+}
+
+fn beside(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[tokio::test]
+async fn an_export_with_a_separate_wal_dir_killed_at_any_step_is_completed_by_running_it_again() {
+    use etcd_server::etcdutl::export::{EXPORT_CRASH_ENV, EXPORT_CRASH_STEPS, PENDING_SUFFIX};
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut m, before) = filled_member(tmp.path()).await;
+    m.stop();
+
+    let (out, wal) = (tmp.path().join("out.etcd"), tmp.path().join("wal-disk/out"));
+    std::fs::create_dir_all(wal.parent().unwrap()).unwrap();
+    let args = ["--output-wal-dir", s(&wal)];
+    let position = |step: &str| EXPORT_CRASH_STEPS.iter().position(|s| *s == step).unwrap();
+    for step in EXPORT_CRASH_STEPS {
+        let (code, err) = export_env(&m.data_dir, &out, &args, Some((EXPORT_CRASH_ENV, step)));
+        assert!(code != 0 && err.contains(step), "{step}: killed: {code} {err}");
+        // the output data dir appears last: before it, a published WAL dir is the only trace
+        assert_eq!(out.exists(), *step == "published", "{step}");
+        assert_eq!(wal.exists(), position(step) >= position("wal-published"), "{step}");
+        let (code, err) = export(&m.data_dir, &out, &args);
+        if *step == "published" {
+            assert!(code == 1 && err.contains("exists"), "{step}: a complete export is kept: {err}");
+        } else {
+            assert_eq!(code, 0, "{step}: {err}");
+            assert_eq!(err.contains("exporting again"), *step == "wal-published", "{step}: {err}");
+        }
+        for left in [beside(&out, ".tmp"), beside(&wal, ".tmp"), beside(&out, PENDING_SUFFIX)] {
+            assert!(!left.exists(), "{step}: {left:?} left over");
+        }
+        assert!(out.join("member/snap/db").is_file() && !out.join("member/wal").exists(), "{step}");
+        assert!(wal.join("0000000000000000-0000000000000000.wal").is_file(), "{step}");
+        if *step != "published" {
+            std::fs::remove_dir_all(&out).unwrap();
+            std::fs::remove_dir_all(&wal).unwrap();
+        }
+    }
+
+    // the last output is whole: etcd-rs takes it over with the same --wal-dir as the same member
+    m.data_dir = out.clone();
+    m.extra.extend(["--wal-dir".to_string(), s(&wal).to_string()]);
+    m.start();
+    let ch = serving(&m.endpoint(), || false).await.unwrap();
+    assert_eq!(served(&ch, before.revision).await, before);
+    drop(ch);
+    m.stop();
 }

@@ -1,7 +1,8 @@
 //! etcd-rs started on a data dir etcd wrote takes it over: etcd 3.4.23 and 3.5.1 members (keys,
 //! a lease with keys, users and roles with auth on, a compaction, raft snapshots with entries
 //! after them), a member killed with SIGKILL whose WAL ends in a torn record, and a kill at
-//! every step of the conversion. Each test compares what etcd served with what etcd-rs serves
+//! every step of the conversion, and members run with a dedicated `--wal-dir` (killed at every
+//! step too). Each test compares what etcd served with what etcd-rs serves
 //! on the same dir (member and cluster IDs, revision, keys, HashKV, lease, users). The 3.5.1
 //! test prints a reason and returns when /opt/etcd-3.5 is missing.
 
@@ -20,7 +21,10 @@ use etcd_proto::etcdserverpb::{
     AuthEnableRequest, AuthenticateRequest, CompactionRequest, DeleteRangeRequest, HashKvRequest, LeaseGrantRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest,
 };
-use etcd_server::takeover::{is_bolt_file, BACKUP_DIR, BUILD_DIR, CRASH_ENV, CRASH_STEPS, READY_DIR};
+use etcd_server::takeover::{
+    is_bolt_file, is_etcd_wal, BACKUP_DIR, BUILD_DIR, CRASH_ENV, CRASH_STEPS, READY_DIR, WAL_BACKUP_SUFFIX, WAL_BUILD_SUFFIX,
+    WAL_DIR_CRASH_STEPS, WAL_DIR_MARKER, WAL_READY_SUFFIX,
+};
 use tonic::transport::Channel;
 use tonic::Request;
 
@@ -39,6 +43,11 @@ struct Server {
 
 impl Server {
     fn start(bin: &str, data_dir: &Path, ports: (u16, u16), env: Option<(&str, &str)>) -> Server {
+        Server::start_in(bin, data_dir, None, ports, env)
+    }
+
+    /// As [`Server::start`], with `--wal-dir wal_dir` when given.
+    fn start_in(bin: &str, data_dir: &Path, wal_dir: Option<&Path>, ports: (u16, u16), env: Option<(&str, &str)>) -> Server {
         let client = format!("http://127.0.0.1:{}", ports.0);
         let peer = format!("http://127.0.0.1:{}", ports.1);
         let log = data_dir.with_extension("log");
@@ -54,6 +63,9 @@ impl Server {
             .stderr(f);
         if let Some((k, v)) = env {
             cmd.env(k, v);
+        }
+        if let Some(w) = wal_dir {
+            cmd.arg("--wal-dir").arg(w);
         }
         Server { child: Some(cmd.spawn().expect("start server")), log, client_port: ports.0 }
     }
@@ -181,6 +193,8 @@ fn etcdctl_json(endpoint: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(ETCDCTL_34)
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", endpoint, "--user", "root:rootpw", "-w", "json"])
+        // generous: six tests run members at once on a loaded 2-core machine
+        .args(["--dial-timeout", "20s", "--command-timeout", "30s"])
         .args(args)
         .output()
         .unwrap();
@@ -233,7 +247,12 @@ async fn served(s: &mut Server) -> Served {
 /// An etcd `bin` member with the filled history in `data`, stopped (SIGTERM, or SIGKILL with
 /// `kill9`); returns what it served just before.
 async fn etcd_member(bin: &str, data: &Path, ports: (u16, u16), kill9: bool) -> Served {
-    let mut etcd = Server::start(bin, data, ports, None);
+    etcd_member_in(bin, data, None, ports, kill9).await
+}
+
+/// As [`etcd_member`], etcd started with `--wal-dir wal` when given.
+async fn etcd_member_in(bin: &str, data: &Path, wal: Option<&Path>, ports: (u16, u16), kill9: bool) -> Served {
+    let mut etcd = Server::start_in(bin, data, wal, ports, None);
     let ch = etcd.channel().await;
     fill(&ch).await;
     let before = served(&mut etcd).await;
@@ -361,7 +380,8 @@ async fn a_kill_at_any_step_of_the_takeover_loses_nothing_and_a_damaged_wal_is_r
     let ports = (free_port(), free_port());
     let etcd_served = etcd_member(ETCD_34, &pristine, ports, false).await;
     let original = contents(&pristine.join("member"));
-    for (i, step) in CRASH_STEPS.iter().enumerate() {
+    let steps = CRASH_STEPS.iter().filter(|s| !WAL_DIR_CRASH_STEPS.contains(s));
+    for (i, step) in steps.enumerate() {
         let data = dir.path().join(format!("{step}.etcd"));
         copy_dir(&pristine, &data);
         let mut rs = Server::start(env!("CARGO_BIN_EXE_etcd-rs"), &data, ports, Some((CRASH_ENV, step)));
@@ -369,7 +389,11 @@ async fn a_kill_at_any_step_of_the_takeover_loses_nothing_and_a_damaged_wal_is_r
         assert!(!st.success(), "{step}: killed, not exited: {st}");
         assert!(rs.log().contains(step), "{step}: {}", rs.log());
         // etcd's files are where they were, or in the backup, byte for byte
-        let etcd_at = if i < CRASH_STEPS.iter().position(|s| *s == "backed-up").unwrap() { "member" } else { BACKUP_DIR };
+        let etcd_at = if i < CRASH_STEPS.iter().filter(|s| !WAL_DIR_CRASH_STEPS.contains(s)).position(|s| *s == "backed-up").unwrap() {
+            "member"
+        } else {
+            BACKUP_DIR
+        };
         assert_eq!(contents(&data.join(etcd_at)), original, "{step}: etcd's files untouched in {etcd_at}");
         let on_disk: Vec<bool> = ["member", BUILD_DIR, READY_DIR, BACKUP_DIR].iter().map(|d| data.join(d).exists()).collect();
         println!("{step}: member, build, ready, backup present: {on_disk:?}");
@@ -402,4 +426,88 @@ async fn a_kill_at_any_step_of_the_takeover_loses_nothing_and_a_damaged_wal_is_r
     for d in [BUILD_DIR, READY_DIR, BACKUP_DIR] {
         assert!(!data.join(d).exists(), "{d}");
     }
+}
+
+/// `<path><suffix>`: the WAL side's names beside a dedicated --wal-dir.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// After a takeover with --wal-dir `wal`: etcd-rs's WAL in `wal`, none in member/wal, etcd's
+/// member dir and WAL kept untouched as the backups, nothing of the conversion left over.
+fn converted_with_wal_dir(data: &Path, wal: &Path, etcd_member: &[(PathBuf, Vec<u8>)], etcd_wal: &[(PathBuf, Vec<u8>)], what: &str) {
+    assert!(etcd_raft::Wal::exists(wal) && !is_etcd_wal(wal), "{what}: etcd-rs's WAL is in --wal-dir");
+    assert!(!data.join("member/wal").exists(), "{what}: no WAL in member/wal");
+    assert!(!is_bolt_file(&data.join("member/snap/db")), "{what}");
+    assert_eq!(contents(&data.join(BACKUP_DIR)), etcd_member, "{what}: etcd's member dir kept untouched");
+    assert_eq!(contents(&beside(wal, WAL_BACKUP_SUFFIX)), etcd_wal, "{what}: etcd's WAL kept untouched");
+    for left in [data.join(BUILD_DIR), data.join(READY_DIR), data.join("member").join(WAL_DIR_MARKER)] {
+        assert!(!left.exists(), "{what}: {left:?} left over");
+    }
+    for suffix in [WAL_BUILD_SUFFIX, WAL_READY_SUFFIX] {
+        assert!(!beside(wal, suffix).exists(), "{what}: {suffix} left over");
+    }
+}
+
+/// An etcd `bin` member run with a dedicated --wal-dir (on its own "disk" dir), taken over by
+/// etcd-rs with the same flags, then restarted with them; with `crash_steps`, a kill at each of
+/// those steps of a fresh copy first, then a clean start.
+async fn takes_over_with_a_wal_dir(bin: &str, crash_steps: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, wal) = (dir.path().join("e0.etcd"), dir.path().join("wal-disk/e0"));
+    std::fs::create_dir_all(wal.parent().unwrap()).unwrap();
+    let ports = (free_port(), free_port());
+    let etcd_served = etcd_member_in(bin, &data, Some(&wal), ports, false).await;
+    assert!(is_etcd_wal(&wal) && !data.join("member/wal").exists(), "etcd kept its WAL in --wal-dir only");
+    let (etcd_member, etcd_wal) = (contents(&data.join("member")), contents(&wal));
+    let rs_bin = env!("CARGO_BIN_EXE_etcd-rs");
+    let position = |step: &str| CRASH_STEPS.iter().position(|s| *s == step).unwrap();
+    for step in crash_steps {
+        let (d, w) = (dir.path().join(format!("{step}.etcd")), dir.path().join(format!("wal-disk/{step}")));
+        copy_dir(&data, &d);
+        copy_dir(&wal, &w);
+        let mut rs = Server::start_in(rs_bin, &d, Some(&w), ports, Some((CRASH_ENV, step)));
+        assert!(!rs.wait_exit().success(), "{step}: killed");
+        assert!(rs.log().contains(step), "{step}: {}", rs.log());
+        let member_at = if position(step) < position("backed-up") { d.join("member") } else { d.join(BACKUP_DIR) };
+        let wal_at = if position(step) < position("wal-backed-up") { w.clone() } else { beside(&w, WAL_BACKUP_SUFFIX) };
+        assert_eq!(contents(&member_at), etcd_member, "{step}: etcd's member dir untouched at {member_at:?}");
+        assert_eq!(contents(&wal_at), etcd_wal, "{step}: etcd's WAL untouched at {wal_at:?}");
+        drop(rs);
+        let mut rs = Server::start_in(rs_bin, &d, Some(&w), ports, None);
+        assert_eq!(served(&mut rs).await, etcd_served, "{step}: the restart ends complete");
+        rs.stop();
+        converted_with_wal_dir(&d, &w, &etcd_member, &etcd_wal, step);
+        drop(rs);
+        std::fs::remove_dir_all(&d).unwrap();
+        std::fs::remove_dir_all(&w).unwrap();
+        std::fs::remove_dir_all(beside(&w, WAL_BACKUP_SUFFIX)).unwrap();
+    }
+    let mut rs = Server::start_in(rs_bin, &data, Some(&wal), ports, None);
+    assert_eq!(served(&mut rs).await, etcd_served, "etcd-rs serves what etcd served");
+    assert!(rs.log().contains("took over etcd's data dir"), "{}", rs.log());
+    rs.stop();
+    converted_with_wal_dir(&data, &wal, &etcd_member, &etcd_wal, "takeover");
+    let logged = rs.log().len();
+    let mut rs = Server::start_in(rs_bin, &data, Some(&wal), ports, None);
+    assert_eq!(served(&mut rs).await, etcd_served, "a restart with the same --wal-dir");
+    assert!(!rs.log()[logged..].contains("took over"), "a second start converts nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_3_4_23_member_with_a_dedicated_wal_dir_is_taken_over_in_place_and_a_kill_at_any_step_loses_nothing() {
+    if !present(ETCD_34) {
+        return;
+    }
+    takes_over_with_a_wal_dir(ETCD_34, CRASH_STEPS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_3_5_1_member_with_a_dedicated_wal_dir_is_taken_over_in_place() {
+    if !present(ETCD_35) || !present(ETCD_34) {
+        return;
+    }
+    takes_over_with_a_wal_dir(ETCD_35, &[]).await;
 }

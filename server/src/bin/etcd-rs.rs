@@ -146,6 +146,9 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
         metrics::enable_extensive();
     }
     metrics::set_warning_apply_duration(cfg.warning_apply_duration);
+    // a takeover of etcd's files (or one a crash interrupted, whose WAL may be mid-rename)
+    // completes first, so the WAL found below is the member's
+    etcd_server::takeover::take_over_etcd_data_dir(&cfg.data_dir, &cfg.wal_dir).map_err(|e| e.to_string())?;
     // as etcd: only a member that has run before checks its data against its peers'
     let member_initialized = etcd_raft::Wal::exists(&cfg.wal_dir);
     if !member_initialized {

@@ -14,8 +14,16 @@
 //! up to it are carried by the snapshot state. The source is only read, under its db lock (a
 //! running member is refused). The output appears whole or not at all: everything is written
 //! under `<output>.tmp` (and `<wal>.tmp`), fsynced, then renamed; an existing output is refused.
+//!
+//! With `--output-wal-dir W2` (maybe on another filesystem, so no single rename can publish
+//! both) the data dir's rename is the commit: `<output>.export-pending` (W2's path) is written
+//! first, then `W2.tmp` is renamed to W2, then `<output>.tmp` to the output, then the marker is
+//! removed. A W2 that the marker names while the output does not exist is an interrupted
+//! export's: the next run removes it (saying so) and exports again. Test hook:
+//! `ETCDUTL_RS_EXPORT_CRASH_AT=<step>` ([`EXPORT_CRASH_STEPS`]) kills the process at a step.
 
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +38,7 @@ use redb::ReadableDatabase;
 use super::{backend_path, lock, stat, EtcdutlError};
 use crate::etcd_backend::{export_etcd_db_from, writes_conf_state, Converted};
 use crate::membership::Membership;
+use crate::takeover::{absolute, parent_of};
 
 /// What to export and where.
 #[derive(Debug, Clone)]
@@ -56,6 +65,14 @@ pub struct Exported {
     pub entries_after: usize,
     pub backend: Converted,
 }
+
+/// The test hook's variable (see the module doc).
+pub const EXPORT_CRASH_ENV: &str = "ETCDUTL_RS_EXPORT_CRASH_AT";
+/// The steps the hook can kill at, in order (`marked` and `wal-published` only with
+/// `--output-wal-dir`).
+pub const EXPORT_CRASH_STEPS: &[&str] = &["written", "marked", "wal-published", "published"];
+/// Suffix of the marker beside the output data dir while a separate WAL dir is published.
+pub const PENDING_SUFFIX: &str = ".export-pending";
 
 fn other(what: &str, e: impl std::fmt::Display) -> EtcdutlError {
     EtcdutlError::Other(format!("export-etcd-data-dir: {what}: {e}"))
@@ -103,11 +120,63 @@ fn conf_state(members: &[Member]) -> ConfState {
     ConfState { voters, learners, auto_leave: Some(false), ..Default::default() }
 }
 
+/// `<path><suffix>`, beside `path`.
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// `<path>.tmp`: where an output is built before its rename.
 fn tmp_of(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+    sibling(path, ".tmp")
+}
+
+fn remove_dir_if_there(dir: &Path) -> Result<(), EtcdutlError> {
+    if dir.exists() {
+        fs::remove_dir_all(dir).map_err(|e| other(&format!("remove {}", dir.display()), e))?;
+        fsync_dir(parent_of(dir))?;
+    }
+    Ok(())
+}
+
+/// Undoes what an export killed while publishing a separate WAL dir left (see the module doc):
+/// the WAL dir its marker names, unless the output data dir made that export complete.
+fn recover_interrupted(output_data_dir: &Path) -> Result<(), EtcdutlError> {
+    let marker = sibling(output_data_dir, PENDING_SUFFIX);
+    let wal = match fs::read(&marker) {
+        Ok(b) => PathBuf::from(std::ffi::OsStr::from_bytes(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(other(&format!("read {}", marker.display()), e)),
+    };
+    if !output_data_dir.exists() {
+        if wal.exists() {
+            eprintln!(
+                "removing {}: an earlier export was interrupted after publishing it and before {} (marker {}); exporting again",
+                wal.display(),
+                output_data_dir.display(),
+                marker.display()
+            );
+        }
+        remove_dir_if_there(&wal)?;
+        remove_dir_if_there(&tmp_of(&wal))?;
+    }
+    fs::remove_file(&marker).map_err(|e| other(&format!("remove {}", marker.display()), e))?;
+    fsync_dir(parent_of(&marker))
+}
+
+/// Writes the marker naming the separate WAL dir about to be published, durably.
+fn write_marker(output_data_dir: &Path, wal: &Path) -> Result<PathBuf, EtcdutlError> {
+    let marker = sibling(output_data_dir, PENDING_SUFFIX);
+    let abs = absolute(wal);
+    (|| {
+        let mut f = fs::File::create(&marker)?;
+        std::io::Write::write_all(&mut f, abs.as_os_str().as_bytes())?;
+        f.sync_all()
+    })()
+    .map_err(|e| other(&format!("write {}", marker.display()), e))?;
+    fsync_dir(parent_of(&marker))?;
+    Ok(marker)
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), EtcdutlError> {
@@ -118,8 +187,11 @@ fn fsync_dir(dir: &Path) -> Result<(), EtcdutlError> {
 fn publish(tmp: &Path, dest: &Path) -> Result<(), EtcdutlError> {
     fsync_dir(tmp)?;
     fs::rename(tmp, dest).map_err(|e| other(&format!("rename {} to {}", tmp.display(), dest.display()), e))?;
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fsync_dir(parent)
+    fsync_dir(parent_of(dest))
+}
+
+fn crash_point(step: &str) {
+    crate::takeover::crash_point_of(EXPORT_CRASH_ENV, step);
 }
 
 /// Writes the etcd data dir (see the module docs).
@@ -128,6 +200,7 @@ pub fn export_etcd_data_dir(cfg: &ExportConfig) -> Result<Exported, EtcdutlError
     let src_db = backend_path(&cfg.data_dir);
     stat(&src_db)?;
     let src_wal = cfg.wal_dir.clone().unwrap_or_else(|| member.join("wal"));
+    recover_interrupted(&cfg.output_data_dir)?;
     for out in std::iter::once(&cfg.output_data_dir).chain(cfg.output_wal_dir.as_ref()) {
         if out.exists() {
             return Err(other("output", format!("{:?} exists", out.display().to_string())));
@@ -164,8 +237,9 @@ pub fn export_etcd_data_dir(cfg: &ExportConfig) -> Result<Exported, EtcdutlError
     let cs = conf_state(&state.members);
 
     let out_tmp = tmp_of(&cfg.output_data_dir);
-    if out_tmp.exists() {
-        fs::remove_dir_all(&out_tmp).map_err(|e| other("remove a stale temp dir", e))?;
+    let wal_tmp = cfg.output_wal_dir.as_deref().map(tmp_of);
+    for stale in std::iter::once(&out_tmp).chain(wal_tmp.as_ref()) {
+        remove_dir_if_there(stale)?;
     }
     let result = (|| {
         let snap_dir = out_tmp.join("member").join("snap");
@@ -182,7 +256,7 @@ pub fn export_etcd_data_dir(cfg: &ExportConfig) -> Result<Exported, EtcdutlError
         };
         etcd_raft::etcd_snap::write_snap(&snap_dir, &snapshot).map_err(|e| other("snap file", e))?;
 
-        let out_wal = cfg.output_wal_dir.clone().unwrap_or_else(|| out_tmp.join("member").join("wal"));
+        let out_wal = wal_tmp.clone().unwrap_or_else(|| out_tmp.join("member").join("wal"));
         let md = Metadata { node_id: Some(wal.metadata.node_id), cluster_id: Some(wal.metadata.cluster_id) };
         let mut w = EtcdWalWriter::create(&out_wal, &md).map_err(|e| other("etcd WAL", e))?;
         // etcd 3.5 writes the conf state into WAL snapshot records, 3.4 does not
@@ -198,7 +272,23 @@ pub fn export_etcd_data_dir(cfg: &ExportConfig) -> Result<Exported, EtcdutlError
         w.finish().map_err(|e| other("etcd WAL", e))?;
         fsync_dir(&snap_dir)?;
         fsync_dir(&out_tmp.join("member"))?;
+        crash_point("written");
+        let marker = match (&wal_tmp, &cfg.output_wal_dir) {
+            (Some(tmp), Some(wal)) => {
+                let marker = write_marker(&cfg.output_data_dir, wal)?;
+                crash_point("marked");
+                publish(tmp, wal)?;
+                crash_point("wal-published");
+                Some(marker)
+            }
+            _ => None,
+        };
         publish(&out_tmp, &cfg.output_data_dir)?;
+        crash_point("published");
+        if let Some(m) = marker {
+            fs::remove_file(&m).map_err(|e| other(&format!("remove {}", m.display()), e))?;
+            fsync_dir(parent_of(&m))?;
+        }
         Ok(Exported {
             member_id: wal.metadata.node_id,
             cluster_id: wal.metadata.cluster_id,
@@ -210,6 +300,9 @@ pub fn export_etcd_data_dir(cfg: &ExportConfig) -> Result<Exported, EtcdutlError
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&out_tmp);
+        if let Some(t) = &wal_tmp {
+            let _ = fs::remove_dir_all(t);
+        }
     }
     result
 }
