@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage, INVALID_ID};

@@ -7,7 +7,11 @@
 //! with a Metadata record and the HardState current when it was cut. A new
 //! segment is written as `<name>.tmp`, fsynced, renamed into place, and the
 //! directory fsynced, so a segment file either exists with its header or not at
-//! all. Every [`Wal::save`] writes its records and calls fdatasync once.
+//! all. Every [`Wal::save`] writes its records and calls fdatasync once, unless, as etcd's
+//! `raft.MustSync`, it holds no entry and the HardState's term and vote are unchanged (only
+//! the commit index moved: commit is not needed for safety, a restart learns it again from
+//! the leader or the backend's applied index). Such records reach the disk with the next
+//! fdatasync, at the latest before the segment is cut.
 //!
 //! Pre-zeroed space: a segment file is longer than its records. It is born with its
 //! header followed by zeros (up to 64 KiB), and a background thread
@@ -80,6 +84,8 @@ pub struct Wal {
     no_fsync: bool,
     /// The logical end of the last segment: the end of its last record.
     file_len: u64,
+    /// Records were written to the last segment since its last fdatasync (commit-only HardStates).
+    unsynced: bool,
     metadata: WalMetadata,
     hard_state: HardState,
     last_index: u64,
@@ -339,6 +345,7 @@ impl Wal {
             file,
             filler: Some(filler),
             no_fsync: false,
+            unsynced: false,
             file_len: header.len() as u64,
             metadata,
             hard_state: HardState::default(),
@@ -396,6 +403,7 @@ impl Wal {
             file,
             filler: Some(filler),
             no_fsync: false,
+            unsynced: false,
             file_len: last_len,
             metadata,
             hard_state: hard_state.clone(),
@@ -454,7 +462,13 @@ impl Wal {
         if buf.is_empty() {
             return Ok(());
         }
-        self.write_and_sync(buf)?;
+        let must_sync = !entries.is_empty()
+            || hs.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
+        if must_sync {
+            self.write_and_sync(buf)?;
+        } else {
+            self.write_unsynced(buf)?;
+        }
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
         }
@@ -474,6 +488,20 @@ impl Wal {
     }
 
     /// Writes `buf` at the logical end and fdatasyncs (unless `--unsafe-no-fsync`).
+    /// Writes `buf` at the logical end without fdatasync (the next sync makes it durable).
+    fn write_unsynced(&mut self, buf: &[u8]) -> Result<(), WalError> {
+        let path = &self.segments[self.segments.len() - 1].path;
+        match &self.filler {
+            Some(filler) => filler.write_at(buf, self.file_len, false),
+            None => self.file.write_all_at(buf, self.file_len),
+        }
+        .map_err(io_err(path))?;
+        self.file_len += buf.len() as u64;
+        self.unsynced = !self.no_fsync;
+        crate::metrics::WAL_WRITE_BYTES.add(buf.len() as i64);
+        Ok(())
+    }
+
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let path = &self.segments[self.segments.len() - 1].path;
         let sync = !self.no_fsync;
@@ -498,6 +526,7 @@ impl Wal {
             timer.stop_and_discard();
         }
         self.file_len += buf.len() as u64;
+        self.unsynced = false;
         crate::metrics::WAL_WRITE_BYTES.add(buf.len() as i64);
         Ok(())
     }
@@ -505,6 +534,12 @@ impl Wal {
     fn cut_if_full(&mut self) -> Result<(), WalError> {
         if self.file_len < self.segment_size {
             return Ok(());
+        }
+        if self.unsynced {
+            // an earlier segment holds only fsynced records (the crash rule above)
+            let path = &self.segments[self.segments.len() - 1].path;
+            self.file.sync_data().map_err(io_err(path))?;
+            self.unsynced = false;
         }
         let seq = self.segments[self.segments.len() - 1].seq + 1;
         let mut header = Vec::new();
@@ -654,6 +689,45 @@ mod tests {
             wal.save(Some(&hs(1, i)), &[entry(i, 1)]).unwrap();
         }
         wal
+    }
+
+    #[test]
+    fn commit_only_hard_state_is_written_unsynced_and_the_next_entry_syncs_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = write_log(&dir, 3, 1 << 20);
+        assert!(!wal.unsynced, "an entry's save fdatasyncs");
+        wal.save(Some(&hs(1, 3)), &[]).unwrap();
+        assert!(wal.unsynced, "a commit-only HardState is not fdatasynced (etcd's MustSync)");
+        let mut vote_changed = hs(2, 3);
+        vote_changed.vote = 2;
+        wal.save(Some(&vote_changed), &[]).unwrap();
+        assert!(!wal.unsynced, "a new term or vote is fdatasynced");
+        let commit_moved = HardState { commit: 4, ..vote_changed };
+        wal.save(Some(&commit_moved), &[]).unwrap();
+        assert!(wal.unsynced);
+        wal.save(None, &[entry(4, 2)]).unwrap();
+        assert!(!wal.unsynced);
+        drop(wal);
+        let (_, contents) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(contents.hard_state.commit, 4, "the unsynced HardState was written");
+        assert_eq!(indexes(&contents.entries).last(), Some(&(4, 2)));
+    }
+
+    #[test]
+    fn segment_cut_after_a_commit_only_hard_state_syncs_it_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("wal");
+        let mut wal = write_log(&dir, 1, 200);
+        let mut commit = 1;
+        while wal.segment_paths().len() == 1 {
+            commit += 1;
+            wal.save(Some(&hs(1, commit)), &[]).unwrap();
+        }
+        assert!(!wal.unsynced, "the cut fdatasynced the old segment's tail");
+        drop(wal);
+        let (_, contents) = Wal::open(&dir, (0, 0)).unwrap();
+        assert_eq!(contents.hard_state.commit, commit);
     }
 
     #[test]
