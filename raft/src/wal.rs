@@ -487,7 +487,6 @@ impl Wal {
         self.cut_if_full()
     }
 
-    /// Writes `buf` at the logical end and fdatasyncs (unless `--unsafe-no-fsync`).
     /// Writes `buf` at the logical end without fdatasync (the next sync makes it durable).
     fn write_unsynced(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let path = &self.segments[self.segments.len() - 1].path;
@@ -502,6 +501,7 @@ impl Wal {
         Ok(())
     }
 
+    /// Writes `buf` at the logical end and fdatasyncs (unless `--unsafe-no-fsync`).
     fn write_and_sync(&mut self, buf: &[u8]) -> Result<(), WalError> {
         let path = &self.segments[self.segments.len() - 1].path;
         let sync = !self.no_fsync;
