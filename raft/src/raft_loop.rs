@@ -35,7 +35,7 @@ use raft::{RawNode, StateRole, Storage, INVALID_ID};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::RaftError;
-use crate::node::{ApplyBatch, PeerProgress, RaftNodeConfig, RaftStatus, Shared};
+use crate::node::{ApplyBatch, PeerProgress, RaftNodeConfig, Shared};
 use crate::read_index::ReadIndexQueue;
 use crate::recovery::Recovered;
 use crate::snapshotter::Snapshotter;
@@ -490,29 +490,26 @@ impl RaftLoop {
             let since = Instant::now();
             self.shared.leader.send_modify(|l| (l.id, l.since) = (r.leader_id, since));
         }
-        let status = RaftStatus {
-            id,
-            cluster_id: self.wal.metadata().cluster_id,
-            leader_id: r.leader_id,
-            term: r.term,
-            commit_index: r.raft_log.committed,
-            applied_index: r.raft_log.applied,
-            last_index: r.raft_log.last_index(),
-            snapshot_index: self.snapshot_index,
-            role: r.state,
-            is_learner: self.conf_state.learners.contains(&id),
-            voters: self.conf_state.voters.clone(),
-            learners: self.conf_state.learners.clone(),
-            progress: if r.state == raft::StateRole::Leader {
-                r.prs()
-                    .iter()
-                    .map(|(id, p)| PeerProgress { id: *id, matched: p.matched, recent_active: p.recent_active })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-        };
-        *self.shared.status.write() = status;
+        // updated in place, reusing the vectors' room: this runs on every turn of the loop
+        let mut s = self.shared.status.write();
+        s.id = id;
+        s.cluster_id = self.wal.metadata().cluster_id;
+        s.leader_id = r.leader_id;
+        s.term = r.term;
+        s.commit_index = r.raft_log.committed;
+        s.applied_index = r.raft_log.applied;
+        s.last_index = r.raft_log.last_index();
+        s.snapshot_index = self.snapshot_index;
+        s.role = r.state;
+        s.is_learner = self.conf_state.learners.contains(&id);
+        s.voters.clone_from(&self.conf_state.voters);
+        s.learners.clone_from(&self.conf_state.learners);
+        s.progress.clear();
+        if r.state == raft::StateRole::Leader {
+            s.progress.extend(
+                r.prs().iter().map(|(id, p)| PeerProgress { id: *id, matched: p.matched, recent_active: p.recent_active }),
+            );
+        }
     }
 }
 
