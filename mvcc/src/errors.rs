@@ -16,6 +16,9 @@ pub enum MvccError {
     /// A put named a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A write reached a read-only evaluation (a caller's bug, refused rather than ignored).
+    #[error("mvcc: a write in a read-only txn")]
+    NotReadOnly,
     /// The backend (redb) failed: I/O, a full disk, a broken file.
     #[error("mvcc: backend error: {0}")]
     Backend(String),

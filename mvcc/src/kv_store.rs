@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use etcd_proto::etcdserverpb::{RangeRequest, RangeResponse};
+use etcd_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use etcd_proto::mvccpb::KeyValue;
 use parking_lot::{Condvar, Mutex};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, WriteTransaction};
@@ -332,6 +332,21 @@ impl KvStore {
             compact_floor: 0,
         }
         .range(req)
+    }
+
+    /// A Txn of ranges only at the published revision, as etcd serves one outside raft: its
+    /// compares and range ops count as the ranges of one read txn (etcd_mvcc_range_total,
+    /// etcd_mvcc_txn_total when more than one). The header carries only the revision read at.
+    pub fn read_only_txn(&self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let compact_floor = self.compact_revision();
+        let current = self.current_revision();
+        let mut tally = crate::metrics::TxnTally::default();
+        let out = self.read_rows().and_then(|(rows, _txn)| {
+            View { index: &self.index, rows: &rows, current, compact_floor }
+                .read_only_txn(req, &mut tally.ranges)
+        });
+        tally.end();
+        out
     }
 
     /// The revisions changed in the key range (`range_end` as in a request) at or after `rev`,

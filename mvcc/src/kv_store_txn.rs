@@ -32,7 +32,9 @@ use crate::backend::{
     set_durability, write_meta, KEY_TABLE, META_CONSISTENT_INDEX, META_SCHEDULED_COMPACT, META_TERM,
 };
 use crate::index::range_end;
-use crate::kv_view::{decode_kv, header, missing_row, Rows, View};
+use crate::kv_view::{
+    branch, check_range_revisions, compare_path, decode_kv, header, missing_row, Rows, TxnPath, View,
+};
 use crate::pending_rows::Row;
 use crate::revision::Revision;
 use crate::{KvStore, MvccError};
@@ -42,14 +44,6 @@ struct Change {
     key: Vec<u8>,
     rev: Revision,
     tombstone: bool,
-}
-
-/// Which branch each Txn took: the outer one, then one entry per nested Txn of that branch.
-struct TxnPath {
-    succeeded: bool,
-    nested: Vec<TxnPath>,
-    /// Compares evaluated here and in the nested Txns (each a range, as etcd counts them).
-    compared: u64,
 }
 
 struct WriteRows<'t>(Table<'t, &'static [u8], &'static [u8]>);
@@ -490,38 +484,11 @@ impl<'s> ApplyTxn<'s> {
                 t.tally.ranges += checks.ranges;
             }
             checked?;
-            t.check_ranges(req, &path)?;
+            check_range_revisions(req, &path, t.rev, t.compact_floor)?;
             let mut resp = t.apply_txn_ops(req, &path)?;
             resp.header = header(t.read_rev());
             Ok(resp)
         })
-    }
-
-    /// Range ops of the chosen branches must read at an available revision.
-    fn check_ranges(&self, req: &TxnRequest, path: &TxnPath) -> Result<(), MvccError> {
-        // etcd's never-compacted store has compact revision -1, so negative revisions pass
-        let first_rev = if self.compact_floor == 0 {
-            -1
-        } else {
-            self.compact_floor
-        };
-        let mut nested = path.nested.iter();
-        for op in branch(req, path) {
-            match &op.request {
-                Some(Request::RequestTxn(t)) => {
-                    self.check_ranges(t, nested.next().expect("one path per nested txn"))?
-                }
-                Some(Request::RequestRange(r)) if r.revision == 0 => {}
-                Some(Request::RequestRange(r)) if r.revision > self.rev => {
-                    return Err(MvccError::FutureRev)
-                }
-                Some(Request::RequestRange(r)) if r.revision < first_rev => {
-                    return Err(MvccError::Compacted)
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     fn apply_txn_ops(
@@ -685,47 +652,14 @@ impl Drop for ApplyTxn<'_> {
     }
 }
 
-fn branch<'r>(req: &'r TxnRequest, path: &TxnPath) -> &'r [etcd_proto::etcdserverpb::RequestOp] {
-    if path.succeeded {
-        &req.success
-    } else {
-        &req.failure
-    }
-}
-
-/// Evaluates the compares of `req` and, recursively, of the nested Txns of the chosen branch.
-fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath, MvccError> {
-    let mut succeeded = true;
-    let mut compared = 0;
-    for c in &req.compare {
-        compared += 1;
-        if !view.compare(c)? {
-            succeeded = false;
-            break;
-        }
-    }
-    let mut path = TxnPath {
-        succeeded,
-        nested: Vec::new(),
-        compared,
-    };
-    for op in branch(req, &path) {
-        if let Some(Request::RequestTxn(t)) = &op.request {
-            let nested = compare_path(view, t)?;
-            path.compared += nested.compared;
-            path.nested.push(nested);
-        }
-    }
-    Ok(path)
-}
-
-/// etcd's isTxnReadonly: every operation of both branches (nested Txns too) is a range.
+/// etcd's isTxnReadonly: every operation of both branches is a range. A nested Txn counts as
+/// a write even when it only reads (etcd 3.4 to 3.6 look one level deep): etcd proposes it
+/// through raft and applies it as a writing Txn.
 pub fn txn_is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) | None => true,
-        Some(Request::RequestTxn(t)) => txn_is_read_only(t),
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
 
 /// Puts of the chosen branches: ignore_value / ignore_lease need the key (a range each, added
@@ -785,6 +719,7 @@ mod tests {
         let nested = TxnRequest { success: vec![op(Request::RequestTxn(put))], ..Default::default() };
         assert!(!txn_is_read_only(&nested));
         let nested_ro = TxnRequest { success: vec![op(Request::RequestTxn(TxnRequest { success: vec![range()], ..Default::default() }))], ..Default::default() };
-        assert!(txn_is_read_only(&nested_ro));
+        // etcd's isTxnReadonly looks one level deep: a nested Txn is a write
+        assert!(!txn_is_read_only(&nested_ro));
     }
 }

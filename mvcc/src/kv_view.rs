@@ -1,5 +1,6 @@
 //! Reads at a revision, shared by readers and the applier: the Range options of etcd's
-//! `applierV3backend.Range` and the compares of a Txn.
+//! `applierV3backend.Range`, the compares of a Txn and the branches they choose, and a
+//! read-only Txn as a whole (etcd serves those without its applier).
 //!
 //! Invariant: a read never looks at index revisions newer than the revision it reads at, so
 //! the applier's unpublished changes are invisible to readers at the published revision.
@@ -8,7 +9,12 @@ use std::cmp::Ordering;
 
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use etcd_proto::etcdserverpb::{Compare, RangeRequest, RangeResponse, ResponseHeader};
+use etcd_proto::etcdserverpb::request_op::Request;
+use etcd_proto::etcdserverpb::response_op::Response;
+use etcd_proto::etcdserverpb::{
+    Compare, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
+};
 use etcd_proto::mvccpb::KeyValue;
 use prost::Message;
 
@@ -175,6 +181,91 @@ impl<R: Rows> View<'_, R> {
             return Ok(compare_kv(c, &KeyValue::default()));
         }
         Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+}
+
+/// Which branch each Txn took: the outer one, then one entry per nested Txn of that branch.
+pub(crate) struct TxnPath {
+    pub succeeded: bool,
+    pub nested: Vec<TxnPath>,
+    /// Compares evaluated here and in the nested Txns (each a range, as etcd counts them).
+    pub compared: u64,
+}
+
+/// The ops of the branch `path` chose.
+pub(crate) fn branch<'r>(req: &'r TxnRequest, path: &TxnPath) -> &'r [RequestOp] {
+    if path.succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+/// Evaluates the compares of `req` and, recursively, of the nested Txns of the chosen branch.
+pub(crate) fn compare_path<R: Rows>(view: &View<'_, R>, req: &TxnRequest) -> Result<TxnPath, MvccError> {
+    let mut succeeded = true;
+    let mut compared = 0;
+    for c in &req.compare {
+        compared += 1;
+        if !view.compare(c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let mut path = TxnPath { succeeded, nested: Vec::new(), compared };
+    for op in branch(req, &path) {
+        if let Some(Request::RequestTxn(t)) = &op.request {
+            let nested = compare_path(view, t)?;
+            path.compared += nested.compared;
+            path.nested.push(nested);
+        }
+    }
+    Ok(path)
+}
+
+/// Range ops of the chosen branches must read at an available revision: at most `current`,
+/// not below `compact_floor` (etcd's checkRange, before any op runs).
+pub(crate) fn check_range_revisions(
+    req: &TxnRequest,
+    path: &TxnPath,
+    current: i64,
+    compact_floor: i64,
+) -> Result<(), MvccError> {
+    // etcd's never-compacted store has compact revision -1, so negative revisions pass
+    let first_rev = if compact_floor == 0 { -1 } else { compact_floor };
+    let mut nested = path.nested.iter();
+    for op in branch(req, path) {
+        match &op.request {
+            Some(Request::RequestTxn(t)) => {
+                let p = nested.next().expect("one path per nested txn");
+                check_range_revisions(t, p, current, compact_floor)?
+            }
+            Some(Request::RequestRange(r)) if r.revision == 0 => {}
+            Some(Request::RequestRange(r)) if r.revision > current => return Err(MvccError::FutureRev),
+            Some(Request::RequestRange(r)) if r.revision < first_rev => return Err(MvccError::Compacted),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl<R: Rows> View<'_, R> {
+    /// A Txn of ranges only ([`txn_is_read_only`](crate::kv_store_txn::txn_is_read_only)),
+    /// answered at this view as etcd answers it outside raft; the header carries the revision
+    /// read at. Each compare and range op evaluated is added to `ranges` (also on an error).
+    pub(crate) fn read_only_txn(&self, req: &TxnRequest, ranges: &mut u64) -> Result<TxnResponse, MvccError> {
+        let path = compare_path(self, req)?;
+        *ranges += path.compared;
+        check_range_revisions(req, &path, self.current, self.compact_floor)?;
+        let mut responses = Vec::new();
+        for op in branch(req, &path) {
+            let Some(Request::RequestRange(r)) = &op.request else {
+                return Err(MvccError::NotReadOnly);
+            };
+            *ranges += 1;
+            responses.push(ResponseOp { response: Some(Response::ResponseRange(self.range(r)?)) });
+        }
+        Ok(TxnResponse { header: header(self.current), succeeded: path.succeeded, responses })
     }
 }
 

@@ -1894,3 +1894,56 @@ fn put_events_applied_without_prev_kv_get_it_from_the_hub() {
     drop(stream); // cancels its watchers
     assert!(!hub.wants_prev_kv());
 }
+
+#[test]
+fn a_read_only_txn_read_outside_the_applier_answers_as_applied() {
+    // revisions 2..8: a a1, b zz, c y, a x, d w, b v, e u
+    let f = range_fixture();
+    let ranges = |ops: &[(&str, i64)]| -> Vec<RequestOp> {
+        ops.iter()
+            .map(|(k, rev)| RequestOp {
+                request: Some(Request::RequestRange(RangeRequest {
+                    key: k.as_bytes().to_vec(),
+                    revision: *rev,
+                    ..Default::default()
+                })),
+            })
+            .collect()
+    };
+    let value_is = |k: &str, v: &str| Compare {
+        key: k.as_bytes().to_vec(),
+        target: CompareTarget::Value as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::Value(v.as_bytes().to_vec())),
+        ..Default::default()
+    };
+    let txns = || {
+        vec![
+            TxnRequest { compare: vec![value_is("a", "x")], success: ranges(&[("a", 0), ("a", 2)]), failure: ranges(&[("b", 0)]) },
+            TxnRequest { compare: vec![value_is("a", "a1")], success: ranges(&[("a", 0)]), failure: ranges(&[("b", 0), ("b", 3)]) },
+            TxnRequest { success: ranges(&[("a", -1)]), ..Default::default() },
+            TxnRequest { success: ranges(&[("a", 99)]), ..Default::default() },
+            TxnRequest { compare: vec![value_is("a", "?")], success: vec![], failure: ranges(&[("c", 3)]) },
+        ]
+    };
+    let compare_both = |f: &Fixture| {
+        for req in txns() {
+            let read = f.store.read_only_txn(&req);
+            assert_eq!(read, f.txn(req.clone()), "{req:?}");
+        }
+    };
+    compare_both(&f);
+    assert_eq!(f.store.read_only_txn(&txns()[0]).unwrap().header.unwrap().revision, 8);
+    f.apply(|t| t.compact(3).unwrap());
+    // now -1 and 2 are compacted, 3 is still readable
+    compare_both(&f);
+    assert_eq!(f.store.read_only_txn(&txns()[2]), Err(MvccError::Compacted));
+    // a write is refused, never applied
+    let put = TxnRequest {
+        success: vec![RequestOp { request: Some(Request::RequestPut(PutRequest { key: b"z".to_vec(), ..Default::default() })) }],
+        ..Default::default()
+    };
+    assert_eq!(f.store.read_only_txn(&put), Err(MvccError::NotReadOnly));
+    assert_eq!(f.store.current_revision(), 8);
+    assert!(f.get("z").is_none());
+}

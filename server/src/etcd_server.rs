@@ -818,11 +818,36 @@ impl EtcdServer {
         self.propose_for(req).await
     }
 
-    /// Nested responses keep the per-op headers mvcc gave them, as etcd answers.
+    /// Nested responses keep the per-op headers mvcc gave them, as etcd answers. A Txn of
+    /// ranges only is served locally (see [`EtcdServer::read_only_txn`]).
     pub async fn txn(&self, req: TxnRequest, auth: Option<&AuthInfo>) -> Result<TxnResponse, ServerError> {
+        if etcd_mvcc::kv_store_txn::txn_is_read_only(&req) {
+            return self.read_only_txn(&req, auth).await;
+        }
         self.check_quota(txn_cost(&req)).await?;
         let req = self.sent_by(InternalRaftRequest { txn: Some(req), ..Default::default() }, auth);
         self.propose_for(req).await
+    }
+
+    /// etcd's read-only Txn: no raft entry, no quota check, no applier; after the read index
+    /// unless every op is a serializable range, with read permission on every compare and
+    /// range, and the auth-revision recheck after reading (as [`EtcdServer::range`]). The
+    /// header carries the revision read at.
+    async fn read_only_txn(&self, req: &TxnRequest, auth: Option<&AuthInfo>) -> Result<TxnResponse, ServerError> {
+        let serializable = req.success.iter().chain(&req.failure).all(|op| {
+            matches!(&op.request, Some(request_op::Request::RequestRange(r)) if r.serializable)
+        });
+        if !serializable {
+            self.linearizable_barrier().await?;
+        }
+        if let Some(ai) = auth {
+            crate::apply_auth::txn_permitted(&self.auth, ai, req)?;
+        }
+        let mut resp = self.kv.read_only_txn(req)?;
+        self.check_auth_unchanged(auth)?;
+        let read_at = resp.header.as_ref().map_or_else(|| self.kv.current_revision(), |h| h.revision);
+        resp.header = Some(self.header(read_at));
+        Ok(resp)
     }
 
     pub async fn compact(&self, req: CompactionRequest, auth: Option<&AuthInfo>) -> Result<CompactionResponse, ServerError> {
