@@ -4,16 +4,19 @@
 # Loads KEYS keys (8-byte keys, VAL_SIZE-byte values, as `put --sequential-keys`) into a fresh
 # etcd-rs, then, on a freshly restarted server each time (clean baseline), lists them all once
 # with RangeStream and once with Range (`etcd-rs-bench list-rss`) and prints one JSON line per
-# list: the server's RSS before, its peak during the list, and the growth.
+# list: the server's RSS before, its peak during the list, and the growth. LISTS > 1 lists that
+# many times in each server process (the later lists show what the first one left behind).
 #
 #   cargo build --release --bin etcd-rs -p etcd-bench
 #   bench/list_rss.sh                  # KEYS=1000000 VAL_SIZE=256
 #   KEYS=100000 CHUNK_DELAY=5ms bench/list_rss.sh
+#   DATA_DIR=/tmp/data1m LISTS=3 MODES=stream bench/list_rss.sh   # 3 RangeStream lists, same process
 #
 # Environment: ETCD_RS_BIN (default target/release/etcd-rs), BENCH_BIN (default
 # target/release/etcd-rs-bench), KEYS, VAL_SIZE, CHUNK_DELAY (a pause after each RangeStream
 # chunk, a slow client), OUT (JSON lines appended there too; default: none), DATA_DIR (a data dir
-# to keep: loaded when it does not exist yet, reused as it is when it does).
+# to keep: loaded when it does not exist yet, reused as it is when it does), LISTS (lists per
+# server process, default 1), MODES ("stream range" by default: which RPCs, each on a fresh server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${ETCD_RS_BIN:-$PWD/target/release/etcd-rs}
@@ -21,6 +24,8 @@ BENCH=${BENCH_BIN:-$PWD/target/release/etcd-rs-bench}
 KEYS=${KEYS:-1000000}
 VAL_SIZE=${VAL_SIZE:-256}
 CHUNK_DELAY=${CHUNK_DELAY:-0ms}
+LISTS=${LISTS:-1}
+MODES=${MODES:-stream range}
 DIR=$(mktemp -d /tmp/list-rss.XXXXXX)
 DATA=${DATA_DIR:-$DIR/data}
 PID=
@@ -65,11 +70,19 @@ if [[ ! -d $DATA ]]; then
   stop
 fi
 
-for mode in --stream ""; do
+for m in $MODES; do
+  case $m in
+    stream) mode=--stream ;;
+    range) mode= ;;
+    *) echo "unknown mode $m in MODES (stream range)" >&2; exit 1 ;;
+  esac
   start
   sleep 2
-  line=$("$BENCH" --endpoints="$EP" --json list-rss '\0' '\0' --server-pid "$PID" --chunk-delay "$CHUNK_DELAY" $mode)
-  echo "$line"
-  [[ -n ${OUT:-} ]] && echo "$line" >>"$OUT"
+  for _ in $(seq "$LISTS"); do
+    line=$("$BENCH" --endpoints="$EP" --json list-rss '\0' '\0' --server-pid "$PID" --chunk-delay "$CHUNK_DELAY" $mode)
+    echo "$line"
+    [[ -n ${OUT:-} ]] && echo "$line" >>"$OUT"
+    sleep 1
+  done
   stop
 done

@@ -203,7 +203,12 @@ impl KvStore {
         let mut revs = self.index.first_revisions_checked(&req.key, range_end(&req.range_end), rev, limit.saturating_add(1))?;
         let more = revs.len() > limit;
         revs.truncate(limit);
-        let mut kvs = revs.iter().map(|r| rows.kv(*r)).collect::<Result<Vec<_>, _>>()?;
+        // exact capacity: collecting a Result gives no size hint, and a doubled Vec of up to
+        // ~5,000 rows would leave a chunk's worth of slack in a bigger size class each chunk
+        let mut kvs = Vec::with_capacity(revs.len());
+        for r in &revs {
+            kvs.push(rows.kv(*r)?);
+        }
         if req.keys_only {
             for kv in &mut kvs {
                 kv.value.clear();
