@@ -222,7 +222,9 @@ impl MsgAppV2Decoder {
                 if count > self.limit / 8 {
                     return Err(CodecError::TooLarge);
                 }
-                let mut entries = Vec::new();
+                // the frame is found whole before any entry is parsed: a large frame arrives
+                // over many reads, and each incomplete attempt would parse its entries again
+                let start = c.pos;
                 let mut total = 0u64;
                 for _ in 0..count {
                     let Some(size) = c.u64() else { return Ok(None) };
@@ -230,10 +232,17 @@ impl MsgAppV2Decoder {
                     if total > self.limit {
                         return Err(CodecError::TooLarge);
                     }
-                    let Some(b) = c.bytes(size as usize) else { return Ok(None) };
-                    entries.push(Entry::parse_from_bytes(b).map_err(|e| CodecError::BadEntry(e.to_string()))?);
+                    if c.bytes(size as usize).is_none() {
+                        return Ok(None);
+                    }
                 }
                 let Some(commit) = c.u64() else { return Ok(None) };
+                let mut entries = Vec::with_capacity(count as usize);
+                let mut framed = Cursor { buf: &buf[..c.pos], pos: start };
+                for _ in 0..count {
+                    let b = framed.u64().and_then(|size| framed.bytes(size as usize)).expect("walked above");
+                    entries.push(Entry::parse_from_bytes(b).map_err(|e| CodecError::BadEntry(e.to_string()))?);
+                }
                 let mut m = Message::default();
                 m.set_msg_type(MessageType::MsgAppend);
                 m.from = self.remote;

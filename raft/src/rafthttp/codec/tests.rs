@@ -121,10 +121,17 @@ fn msgappv2_short_form_bytes_are_etcds() {
 fn msgappv2_decoder_keeps_its_state_until_a_frame_is_whole() {
     let mut enc = MsgAppV2Encoder::default();
     let mut bytes = Vec::new();
-    let msgs = vec![app(4, 4, 10, vec![entry(4, 11, b"q")], 10), app(4, 4, 11, vec![entry(4, 12, b"r")], 11)];
+    let msgs = vec![
+        app(4, 4, 10, vec![entry(4, 11, b"q")], 10),
+        app(4, 4, 11, vec![entry(4, 12, b"r")], 11),
+        app(4, 4, 12, vec![entry(4, 13, b"s"), entry(4, 14, b"tt"), entry(4, 15, b"")], 12),
+    ];
+    let mut starts = Vec::new();
     for m in &msgs {
+        starts.push(bytes.len());
         enc.encode(m, &mut bytes);
     }
+    assert_eq!(bytes[starts[2]], MSGAPPV2_APP_ENTRIES, "several entries in the short form");
     for split in 0..bytes.len() {
         let mut d = StreamDecoder::MsgAppV2(MsgAppV2Decoder::new(1, 2));
         let mut buf = bytes[..split].to_vec();
