@@ -29,7 +29,7 @@ use std::sync::Arc;
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use crate::backend::{
-    set_durability, write_meta, KEY_TABLE, META_CONSISTENT_INDEX, META_SCHEDULED_COMPACT, META_TERM,
+    write_meta, KEY_TABLE, META_CONSISTENT_INDEX, META_SCHEDULED_COMPACT, META_TERM,
 };
 use crate::index::range_end;
 use crate::kv_view::{
@@ -579,7 +579,7 @@ impl<'s> ApplyTxn<'s> {
             self.irrevocable.set(true);
             write_meta(self.backend_txn(), &meta)?;
         }
-        let mut txn = self
+        let txn = self
             .txn
             .take()
             .expect("the write transaction lives until commit");
@@ -588,19 +588,12 @@ impl<'s> ApplyTxn<'s> {
         // counted as committed (in the size figures) when a commit holds them
         self.store.pending_bytes.fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
         if durable {
-            // bbolt's phases: spill (rows into the tree: here, inserting the batch's rows)...
-            crate::metrics::COMMIT_SPILL_SECONDS.observe(spill.elapsed().as_secs_f64());
-            crate::metrics::COMMIT_REBALANCE_SECONDS.observe(0.0);
-            let timer = crate::metrics::BACKEND_COMMIT_SECONDS.start_timer();
-            let write = crate::metrics::COMMIT_WRITE_SECONDS.start_timer();
-            if let Err(e) = set_durability(&mut txn, self.store.backend.durable(true)).and_then(|_| Ok(txn.commit()?)) {
+            if let Err(e) = self.store.commit_write(txn, true, spill.elapsed()) {
                 if self.carried {
                     self.store.lose_batches(&e);
                 }
                 return Err(e);
             }
-            write.observe_duration();
-            timer.observe_duration();
         } else {
             Arc::make_mut(&mut self.store.pending.lock()).push(rows);
             *self.store.open_txn.lock() = Some(txn);

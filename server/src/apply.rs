@@ -167,8 +167,9 @@ impl Applier {
             if entries.is_empty() {
                 continue;
             }
-            let durable_due = last_durable.elapsed() >= self.batch_interval;
-            let mut outcome = match self.apply_entries(&entries, durable_due || undurable_ops >= self.batch_limit) {
+            // Applied undurably: the answers must not wait for the backend's fsync (the WAL
+            // already holds the entries; a crash replays them from the consistent index).
+            let mut outcome = match self.apply_entries(&entries) {
                 Ok(o) => o,
                 // The raft node stopped under a conf change (this member's own removal stops it
                 // at once): the batch is not committed and stays in the WAL for a restart.
@@ -178,20 +179,25 @@ impl Applier {
                 }
                 Err(e) => fatal(&format!("applying entries failed: {e}")),
             };
-            if durable_due || undurable_ops + outcome.ops >= self.batch_limit {
-                undurable_ops = 0;
-                last_durable = Instant::now();
-            } else {
-                undurable_ops += outcome.ops.max(1);
-            }
             if let Some((index, _term)) = outcome.last {
                 self.applied_tx.send_replace(index);
-                self.maybe_snapshot(index);
             }
             after_compaction.append(&mut outcome.after_compaction);
             self.watch_hub.notify(std::mem::take(&mut outcome.events), outcome.prev_kv_complete);
             for (id, applied) in outcome.answers {
                 self.wait.trigger(id, applied);
+            }
+            // The periodic durable commit (etcd's batch interval / limit), after the answers.
+            undurable_ops += outcome.ops.max(1);
+            if last_durable.elapsed() >= self.batch_interval || undurable_ops >= self.batch_limit {
+                if let Err(e) = self.kv.sync() {
+                    fatal(&format!("backend sync failed: {e}"));
+                }
+                undurable_ops = 0;
+                last_durable = Instant::now();
+            }
+            if let Some((index, _term)) = outcome.last {
+                self.maybe_snapshot(index);
             }
         }
         if let Err(e) = self.kv.sync() {
@@ -303,7 +309,9 @@ impl Applier {
         self.last_snapshot_index = applied;
     }
 
-    fn apply_entries(&mut self, entries: &[Entry], durable: bool) -> Result<BatchOutcome, ServerError> {
+    /// Applies `entries` in one backend transaction, left open (committed undurably) for the
+    /// periodic durable commit.
+    fn apply_entries(&mut self, entries: &[Entry]) -> Result<BatchOutcome, ServerError> {
         let (applied_index, _) = self.kv.consistent_index();
         let mut txn = self.kv.begin_apply()?;
         let mut out = BatchOutcome {
@@ -385,7 +393,7 @@ impl Applier {
         }
         // the watch hub gets these after the applied index is published
         out.prev_kv_complete = txn.prev_kv_complete();
-        out.events = txn.commit(durable)?;
+        out.events = txn.commit(false)?;
         Ok(out)
     }
 
