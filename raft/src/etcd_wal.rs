@@ -516,9 +516,7 @@ fn is_empty_hard_state(hs: &HardState) -> bool {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), EtcdWalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable_fs::fsync_dir(dir).map_err(io_err(dir))
 }
 
 impl EtcdWalWriter {
@@ -696,7 +694,7 @@ impl EtcdWalWriter {
         self.file.sync_all().map_err(io_err(&self.file_path))?;
         fsync_dir(&self.tmp)?;
         fs::rename(&self.tmp, &self.dir).map_err(io_err(&self.dir))?;
-        fsync_dir(crate::wal::parent_dir(&self.dir))?;
+        fsync_dir(crate::durable_fs::parent_dir(&self.dir))?;
         Ok(self.dir)
     }
 }

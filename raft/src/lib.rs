@@ -21,12 +21,14 @@
 //! - [`rafthttp`]: etcd's peer protocol (streams, pipeline, snapshot POST, the peer endpoints),
 //!   the [`Transport`] of every member and the handler of its peer listener, spoken alike
 //!   by etcd-rs and etcd 3.4/3.5 members;
-//! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics.
+//! - [`metrics`]: etcd's raft, WAL, snapshot and peer metrics; [`durable_fs`]: directory fsyncs
+//!   and durable removals.
 //!
 //! The most important invariant: an entry the applier receives was persisted
 //! to the WAL (fsynced) by a quorum, and nothing raft-rs asks to persist is
 //! acknowledged to a peer before this member's fsync returns.
 
+pub mod durable_fs;
 pub mod error;
 pub mod etcd_conf_change;
 pub mod etcd_snap;

@@ -26,7 +26,8 @@ use crate::error::{RaftError, WalError};
 use crate::etcd_conf_change::{EtcdConfChange, EtcdConfChangeType};
 use crate::node::RaftNodeConfig;
 use crate::snapshotter::Snapshotter;
-use crate::wal::{parent_dir, Wal, WalMetadata};
+use crate::durable_fs::parent_dir;
+use crate::wal::{Wal, WalMetadata};
 
 /// Everything the raft loop owns, ready to run.
 pub(crate) struct Recovered {

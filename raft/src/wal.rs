@@ -117,17 +117,8 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 }
 
 /// The directory holding `path` ("." for a bare relative name such as `--wal-dir wal`).
-pub(crate) fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
-
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable_fs::fsync_dir(dir).map_err(io_err(dir))
 }
 
 fn encode(records: &[Record], out: &mut Vec<u8>) -> Result<(), WalError> {
@@ -326,7 +317,7 @@ impl Wal {
             return Err(WalError::AlreadyExists(dir.to_path_buf()));
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        sync_dir(parent_dir(dir))?;
+        sync_dir(crate::durable_fs::parent_dir(dir))?;
         let mut header = Vec::new();
         encode(
             &[

@@ -166,7 +166,7 @@ pub(crate) fn crash_point_of(env: &str, step: &str) {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), TakeoverError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    etcd_raft::durable_fs::fsync_dir(dir).map_err(io_err(dir))
 }
 
 /// Renames `from` to `to` and makes it durable (fsync of their directory).
@@ -180,16 +180,12 @@ fn rename_durably(dir: &Path, from: impl AsRef<Path>, to: impl AsRef<Path>) -> R
 fn remove_dir_durably(path: &Path) -> Result<(), TakeoverError> {
     if path.exists() {
         tracing::warn!(dir = %path.display(), "removing an etcd takeover that did not complete; converting again");
-        fs::remove_dir_all(path).map_err(io_err(path))?;
-        fsync_dir(parent_of(path))?;
     }
+    etcd_raft::durable_fs::remove_dir_all_if_there(path).map_err(io_err(path))?;
     Ok(())
 }
 
-/// The directory `p` is in (`.` for a bare name).
-pub(crate) fn parent_of(p: &Path) -> &Path {
-    p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
-}
+pub(crate) use etcd_raft::durable_fs::parent_dir as parent_of;
 
 /// `p` with its parent made absolute (the parent must exist for that; else `p` as given).
 pub(crate) fn absolute(p: &Path) -> PathBuf {

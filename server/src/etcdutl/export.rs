@@ -133,10 +133,7 @@ fn tmp_of(path: &Path) -> PathBuf {
 }
 
 fn remove_dir_if_there(dir: &Path) -> Result<(), EtcdutlError> {
-    if dir.exists() {
-        fs::remove_dir_all(dir).map_err(|e| other(&format!("remove {}", dir.display()), e))?;
-        fsync_dir(parent_of(dir))?;
-    }
+    etcd_raft::durable_fs::remove_dir_all_if_there(dir).map_err(|e| other(&format!("remove {}", dir.display()), e))?;
     Ok(())
 }
 
@@ -180,7 +177,7 @@ fn write_marker(output_data_dir: &Path, wal: &Path) -> Result<PathBuf, EtcdutlEr
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), EtcdutlError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| other(&format!("fsync {}", dir.display()), e))
+    etcd_raft::durable_fs::fsync_dir(dir).map_err(|e| other(&format!("fsync {}", dir.display()), e))
 }
 
 /// Renames a finished `tmp` to `dest` and makes the rename durable.
