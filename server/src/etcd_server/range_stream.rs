@@ -53,7 +53,8 @@ impl EtcdServer {
             self.auth.is_range_permitted(ai, &req.key, &req.range_end)?;
         }
         let cursor = RangeStream::new(req, self.cfg.max_request_bytes);
-        let state = Streaming { server: self.clone(), auth, cursor: Some(cursor), reader: ChunkReaders::get().and_then(ChunkReaders::assign) };
+        let reader = ChunkReaders::get().and_then(ChunkReaders::assign);
+        let state = Streaming { server: self.clone(), auth, cursor: Some(cursor), reader };
         Ok(futures::stream::unfold(state, |mut st| async move {
             let cursor = st.cursor.take()?;
             match st.next(cursor).await {
