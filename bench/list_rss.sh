@@ -16,7 +16,8 @@
 # target/release/etcd-rs-bench), KEYS, VAL_SIZE, CHUNK_DELAY (a pause after each RangeStream
 # chunk, a slow client), OUT (JSON lines appended there too; default: none), DATA_DIR (a data dir
 # to keep: loaded when it does not exist yet, reused as it is when it does), LISTS (lists per
-# server process, default 1), MODES ("stream range" by default: which RPCs, each on a fresh server).
+# server process, default 1), MODES ("stream range" by default: which RPCs, each on a fresh server),
+# ETCD_RS_FLAGS (more flags for etcd-rs, e.g. "--max-request-bytes=262144": smaller chunks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${ETCD_RS_BIN:-$PWD/target/release/etcd-rs}
@@ -51,7 +52,7 @@ start() {
   "$BIN" --name m --data-dir "$DATA" \
     --listen-client-urls "http://$EP" --advertise-client-urls "http://$EP" \
     --listen-peer-urls "http://127.0.0.1:$PPORT" --initial-advertise-peer-urls "http://127.0.0.1:$PPORT" \
-    --initial-cluster "m=http://127.0.0.1:$PPORT" >>"$DIR/server.log" 2>&1 &
+    --initial-cluster "m=http://127.0.0.1:$PPORT" ${ETCD_RS_FLAGS:-} >>"$DIR/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 600); do
     if "$BENCH" --endpoints="$EP" --total=1 range probe >/dev/null 2>&1; then return; fi

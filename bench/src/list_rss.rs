@@ -4,7 +4,9 @@
 //!
 //! The server's peak is read from its VmHWM after resetting it (`/proc/PID/clear_refs` "5")
 //! just before the list, and also sampled every 5 ms from VmRSS in case the reset is refused;
-//! the growth is the peak minus the VmRSS just before the list.
+//! the growth is the peak minus the VmRSS just before the list. The server's CPU time during the
+//! list (user + system, from /proc) is reported too: on a busy machine it varies less than the
+//! list's wall-clock time.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +43,15 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with(field))?;
     line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// CPU time (user + system) the process has used so far, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold spaces
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split(' ').skip(11);
+    Some(f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?)
 }
 
 /// Samples VmRSS every 5 ms until stopped; keeps the largest.
@@ -107,11 +118,14 @@ pub async fn list_rss(g: &Global, a: ListRssArgs) -> Result<(), BenchError> {
     let pid = a.server_pid;
     let before = status_kib(pid, "VmRSS:").ok_or_else(|| BenchError::Setup(format!("cannot read /proc/{pid}/status")))?;
     let hwm_reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let cpu_before = cpu_ticks(pid);
     let sampler = RssSampler::start(pid);
     let started = Instant::now();
     let listed = list(&mut kv, req, &a).await;
     let secs = started.elapsed().as_secs_f64();
     let sampled = sampler.finish();
+    // USER_HZ is 100 on Linux
+    let cpu_secs = cpu_before.zip(cpu_ticks(pid)).map(|(b, a)| a.saturating_sub(b) as f64 / 100.0);
     let (keys, bytes, chunks) = listed.map_err(|s| BenchError::Setup(format!("list: {:?}: {}", s.code(), s.message())))?;
     let hwm = if hwm_reset { status_kib(pid, "VmHWM:").unwrap_or(0) } else { 0 };
     let peak = sampled.max(hwm);
@@ -123,6 +137,7 @@ pub async fn list_rss(g: &Global, a: ListRssArgs) -> Result<(), BenchError> {
         "response_mib": bytes as f64 / (1024.0 * 1024.0),
         "chunks": chunks,
         "seconds": secs,
+        "server_cpu_seconds": cpu_secs,
         "server_rss_before_mib": mib(before),
         "server_peak_rss_mib": mib(peak),
         "server_rss_growth_mib": mib(peak.saturating_sub(before)),

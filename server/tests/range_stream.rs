@@ -1,5 +1,6 @@
 //! KV.RangeStream (etcd 3.7) end to end: merged chunks equal Range's answer, its refusals are
-//! etcd's, auth is checked as for Range, and the revision stays pinned across chunks.
+//! etcd's, auth is checked as for Range, the revision stays pinned across chunks, and concurrent
+//! streams sharing the reader threads each get their own answer.
 
 mod common;
 
@@ -269,4 +270,34 @@ async fn auth_allows_and_refuses_as_for_range_and_a_permission_change_ends_a_run
     let (err, received) = rest_until_error(&mut stream, first).await;
     assert_eq!(status(&err), (Code::InvalidArgument, "etcdserver: revision of auth store is old"));
     assert!(received < 2000, "{received}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_beyond_the_reader_threads_each_merge_to_range_and_a_stream_dropped_midway_does_not_stall_them() {
+    // chunks of a few keys: eight streams at once interleave many chunk reads on the (at most
+    // four) reader threads they share
+    let (_dir, _m, mut kv) = single_member(&["--max-request-bytes", "4096"]).await;
+    load(&mut kv, "c", 400, 100, 20).await;
+    // a stream the client drops after its first chunk: its reader must keep serving the others
+    let mut dropped = kv.range_stream(req("c", "d", |_| {})).await.unwrap().into_inner();
+    assert!(dropped.message().await.unwrap().is_some());
+    drop(dropped);
+    let cases: Vec<RangeRequest> = (0..8)
+        .map(|i| req(&format!("c{:05}", i * 10), "d", |r| r.keys_only = i % 2 == 1))
+        .collect();
+    let mut lists = tokio::task::JoinSet::new();
+    for (i, r) in cases.iter().cloned().enumerate() {
+        let mut kv = kv.clone();
+        lists.spawn(async move { (i, chunks(&mut kv, r, None).await) });
+    }
+    let mut done = 0;
+    while let Some(joined) = tokio::time::timeout(std::time::Duration::from_secs(60), lists.join_next()).await.expect("streams finish") {
+        let (i, got) = joined.unwrap();
+        let got = got.unwrap_or_else(|(e, n)| panic!("stream {i} failed after {n} keys: {e:?}"));
+        assert!(got.len() > 2, "stream {i} came in {} chunks", got.len());
+        let want = range(&mut kv, cases[i].clone(), None).await.unwrap();
+        assert_eq!(merge(got), want, "stream {i}");
+        done += 1;
+    }
+    assert_eq!(done, cases.len());
 }
