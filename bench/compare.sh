@@ -10,7 +10,7 @@
 #   ETCD_RS_BIN   etcd-rs (default: target/release/etcd-rs)
 #   BENCH_BIN     etcd-rs-bench (default: target/release/etcd-rs-bench)
 #   SECTIONS      which sections to run, space separated
-#                 (default "kv big watch lease cluster cluster5 cluster-big"):
+#                 (default "kv big watch lease cluster cluster5 cluster-go cluster-big"):
 #                   kv      put / range / txn-put series on one member (ROUNDS per side)
 #                   big     BIG_KEYS keys: peak RSS, data dir, restart (once per side)
 #                   watch   idle-watcher memory, put-to-event latency with 100 and 10,000 watchers
@@ -18,8 +18,10 @@
 #                   cluster put (256 clients; 1 client to the leader and to a follower), range,
 #                           the kube mix, on a 3-member loopback cluster of each
 #                   cluster5 put (256 clients) on a 5-member loopback cluster of each
+#                   cluster-go put (256 clients) on 3 members with Go's clientv3 as the load
+#                           generator (bench/go/clientv3_put; GO_SECONDS per run, default 15)
 #                   cluster-big  BIG_KEYS keys on a 3-member cluster: summed peak RSS (once per side)
-#   ROUNDS        rounds per side for the kv, watch, lease, cluster and cluster5 sections (default 3)
+#   ROUNDS        rounds per side for the kv, watch, lease, cluster, cluster5, cluster-go sections (default 3)
 #   BIG_KEYS      keys written for the RSS / data-dir / restart rows of big and cluster-big
 #                 (default 1000000; 0 skips both)
 #   SCALE         multiplies the request totals (puts, ranges, keep-alives) of the short workloads
@@ -44,12 +46,12 @@ BENCH_BIN="${BENCH_BIN:-$here/target/release/etcd-rs-bench}"
 ROUNDS="${ROUNDS:-3}"
 BIG_KEYS="${BIG_KEYS:-1000000}"
 SCALE="${SCALE:-1}"
-SECTIONS="${SECTIONS:-kv big watch lease cluster cluster5 cluster-big}"
+SECTIONS="${SECTIONS:-kv big watch lease cluster cluster5 cluster-go cluster-big}"
 IDLE_WATCHERS="${IDLE_WATCHERS:-10000}"
 BENCH_THREADS="${BENCH_THREADS:-1}"
 for s in $SECTIONS; do
-  case "$s" in kv|big|watch|lease|cluster|cluster5|cluster-big) ;;
-    *) echo "unknown section $s in SECTIONS (kv big watch lease cluster cluster5 cluster-big)" >&2; exit 1;; esac
+  case "$s" in kv|big|watch|lease|cluster|cluster5|cluster-go|cluster-big) ;;
+    *) echo "unknown section $s in SECTIONS (kv big watch lease cluster cluster5 cluster-go cluster-big)" >&2; exit 1;; esac
 done
 want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 OUT="${OUT:-$(mktemp -d /var/tmp/etcd-compare.XXXXXX)}"
@@ -305,6 +307,26 @@ cluster5_series() { # put, 256 clients / 16 conns spread over a 5-member loopbac
   stop_cluster
 }
 
+# The Go clientv3 put load generator (bench/go/clientv3_put), built once per run in GOPATH mode
+# against Debian's golang-etcd-server-dev (clientv3 3.4); empty when `go` is missing.
+GO_PUT=""
+build_go_put() {
+  command -v go >/dev/null || { log "cluster-go skipped: go not installed (apt-get install golang-go golang-etcd-server-dev)"; return 1; }
+  GO_PUT="$OUT/clientv3_put"
+  GO111MODULE=off GOFLAGS= GOPATH="$OUT/gopath:/usr/share/gocode" GOCACHE="$OUT/go-cache" \
+    go build -o "$GO_PUT" "$here/bench/go/clientv3_put/main.go"
+}
+cluster_go_series() { # put, 256 clients / 16 clientv3 clients over a 3-member cluster, Go's client
+  local side=$1 round=$2
+  start_cluster "$side" "cluster-go-$round" 3
+  log "$side round $round: cluster-go-put-256c"
+  local t0 j; t0=$(cpu_ticks $CPU_PIDS)
+  j=$("$GO_PUT" --endpoints "$CLUSTER_EPS" --conns 16 --clients 256 --val-size 256 --key-space 100000 --duration "${GO_SECONDS:-15}s")
+  j=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); n=max(d["requests"],1); d["server_cpu_us_per_req"]=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4])*1e6/n; print(json.dumps(d))' "$j" "$t0" "$(cpu_ticks $CPU_PIDS)" "$CLK_TCK")
+  record "$side" "$round" cluster-go-put-256c "$j"
+  stop_cluster
+}
+
 cluster_big() { # BIG_KEYS keys of 256 bytes on a 3-member cluster, then the members' peak RSS summed
   local side=$1
   start_cluster "$side" cluster-big 3
@@ -338,6 +360,7 @@ want watch && run_section watch_series
 want lease && run_section lease_series
 want cluster && run_section cluster_series
 want cluster5 && run_section cluster5_series
+want cluster-go && build_go_put && run_section cluster_go_series
 if want cluster-big && [ "$BIG_KEYS" -gt 0 ]; then
   t0=$SECONDS
   cluster_big etcd

@@ -120,6 +120,11 @@ if has("cluster5-put-256c"):
     row(L, "cluster5-put-256c", "throughput", "req/s", (">=", 1.5))
     row(L, "cluster5-put-256c", "latency_ms.p99", "p99 ms")
     row(L, "cluster5-put-256c", "server_cpu_us_per_req", "server CPU µs per request (sum of 5)")
+if has("cluster-go-put-256c"):
+    L = "3 members: put, 256 clients / 16 Go clientv3 clients over all 3"
+    row(L, "cluster-go-put-256c", "throughput", "req/s", (">=", 1.5))
+    row(L, "cluster-go-put-256c", "latency_ms.p99", "p99 ms")
+    row(L, "cluster-go-put-256c", "server_cpu_us_per_req", "server CPU µs per request (sum of 3)")
 if has("cluster-big"):
     row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "throughput", "req/s")
     row(f"3 members: put {KL} keys (256 B), 256 clients", "cluster-put-big", "server_cpu_us_per_req",
