@@ -61,9 +61,19 @@ impl PeerHost {
         self.raft.get().ok_or_else(|| ProcessError::Other("etcd-rs: raft is not started yet".into()))
     }
 
-    fn check_sender(&self, from: u64) -> Result<(), ProcessError> {
-        if self.is_removed(from) {
+    /// A message from a removed member is refused (as etcd); so is one addressed to another
+    /// member: a member replaced by a new one on the same peer URL can still be sent what was
+    /// queued for it (a peer proxy in between keeps accepting while no member listens), and
+    /// raft-rs would step it as its own (a heartbeat carrying the old member's commit index,
+    /// beyond the new member's log, stops the new member's raft).
+    fn check_message(&self, m: &Message) -> Result<(), ProcessError> {
+        if self.is_removed(m.from) {
             return Err(ProcessError::RemovedMember);
+        }
+        let local = self.members.get().map(|ms| ms.local_id());
+        if local.is_some_and(|id| id != m.to) {
+            tracing::warn!(to = %format!("{:x}", m.to), from = %format!("{:x}", m.from), kind = ?m.get_msg_type(), "ignoring a raft message addressed to another member");
+            return Err(ProcessError::Other(format!("message for member {:x}, not this member", m.to)));
         }
         Ok(())
     }
@@ -71,7 +81,7 @@ impl PeerHost {
 
 impl RaftHost for PeerHost {
     fn process(&self, m: Message) -> Result<(), ProcessError> {
-        self.check_sender(m.from)?;
+        self.check_message(&m)?;
         if m.get_msg_type() == MessageType::MsgSnapshot {
             // a snapshot is useful only with its database, which comes by /raft/snapshot
             tracing::warn!(from = %format!("{:x}", m.from), "ignoring a raft snapshot sent without its database");
@@ -87,7 +97,7 @@ impl RaftHost for PeerHost {
 
     fn receive_snapshot(&self, m: Message, db: SnapshotBody) -> BoxFuture<'_, Result<(), ProcessError>> {
         Box::pin(async move {
-            self.check_sender(m.from)?;
+            self.check_message(&m)?;
             let raft = self.raft()?.clone();
             let transfer = etcd_raft::metrics::snapshot_receive(m.from);
             let index = m.get_snapshot().get_metadata().index;

@@ -342,3 +342,42 @@ async fn a_follower_behind_the_compacted_log_catches_up_by_snapshot() {
     let installs = c.members[behind].log().matches("installed a snapshot").count();
     assert_eq!(installs, 2, "expected a second snapshot after the restart");
 }
+
+/// A raft message POSTed to a member's pipeline but addressed to another member ID (what a member
+/// replaced on the same peer URL can still be sent) is refused before raft steps it: here a
+/// heartbeat whose commit index is far beyond the log, which would stop raft-rs if stepped.
+#[tokio::test]
+async fn a_raft_message_addressed_to_another_member_is_refused_not_stepped() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Message, MessageType};
+    use std::io::{Read, Write};
+
+    use etcd_proto::etcdserverpb::StatusRequest;
+
+    let (_dir, m, mut kv) = common::single_member(&[]).await;
+    put(&mut kv, "before", "1").await.unwrap();
+    let before = MaintenanceClient::connect(m.endpoint()).await.unwrap().status(StatusRequest {}).await.unwrap().into_inner();
+    let header = before.header.clone().unwrap();
+    let mut msg = Message::default();
+    msg.set_msg_type(MessageType::MsgHeartbeat);
+    msg.to = header.member_id ^ 0x5a5a;
+    msg.from = 0x1234;
+    msg.term = 1000;
+    msg.commit = 1_000_000;
+    let body = msg.write_to_bytes().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", m.peer_port)).unwrap();
+    let head = format!(
+        "POST /raft HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/protobuf\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-From: 1234\r\nX-Server-Version: 3.5.1\r\nX-Min-Cluster-Version: 3.0.0\r\nContent-Length: {}\r\n\r\n",
+        header.cluster_id,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).and_then(|_| s.write_all(&body)).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 500"), "answer: {out}");
+    // raft went on: still the leader of its own term, still writing
+    put(&mut kv, "after", "2").await.unwrap();
+    let after = MaintenanceClient::connect(m.endpoint()).await.unwrap().status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(after.raft_term, before.raft_term, "the foreign message's term reached raft");
+    assert!(m.log_shows("ignoring a raft message addressed to another member"));
+}
