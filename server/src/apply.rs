@@ -117,6 +117,15 @@ struct BatchOutcome {
     after_compaction: Vec<(i64, u64, Applied)>,
 }
 
+/// Commits what was applied durably (fsync) and restarts the batch interval and limit count.
+fn sync_backend(kv: &KvStore, undurable_ops: &mut u64, last_durable: &mut Instant) {
+    if let Err(e) = kv.sync() {
+        fatal(&format!("backend sync failed: {e}"));
+    }
+    *undurable_ops = 0;
+    *last_durable = Instant::now();
+}
+
 impl Applier {
     /// Runs until the raft node closes the apply channel.
     pub fn run(mut self, mut rx: tokio::sync::mpsc::UnboundedReceiver<ApplyBatch>) {
@@ -136,11 +145,7 @@ impl Applier {
                 Err(_) => {
                     // Idle: make what was applied durable so the WAL tail to replay stays short.
                     if undurable_ops > 0 {
-                        if let Err(e) = self.kv.sync() {
-                            fatal(&format!("backend sync failed: {e}"));
-                        }
-                        undurable_ops = 0;
-                        last_durable = Instant::now();
+                        sync_backend(&self.kv, &mut undurable_ops, &mut last_durable);
                     }
                     continue;
                 }
@@ -190,11 +195,7 @@ impl Applier {
             // The periodic durable commit (etcd's batch interval / limit), after the answers.
             undurable_ops += outcome.ops.max(1);
             if last_durable.elapsed() >= self.batch_interval || undurable_ops >= self.batch_limit {
-                if let Err(e) = self.kv.sync() {
-                    fatal(&format!("backend sync failed: {e}"));
-                }
-                undurable_ops = 0;
-                last_durable = Instant::now();
+                sync_backend(&self.kv, &mut undurable_ops, &mut last_durable);
             }
             if let Some((index, _term)) = outcome.last {
                 self.maybe_snapshot(index);

@@ -178,10 +178,9 @@ fn rename_durably(dir: &Path, from: impl AsRef<Path>, to: impl AsRef<Path>) -> R
 
 /// Removes `path` (a dir) when it is there, durably.
 fn remove_dir_durably(path: &Path) -> Result<(), TakeoverError> {
-    if path.exists() {
-        tracing::warn!(dir = %path.display(), "removing an etcd takeover that did not complete; converting again");
+    if etcd_raft::durable_fs::remove_dir_all_if_there(path).map_err(io_err(path))? {
+        tracing::warn!(dir = %path.display(), "removed an etcd takeover that did not complete; converting again");
     }
-    etcd_raft::durable_fs::remove_dir_all_if_there(path).map_err(io_err(path))?;
     Ok(())
 }
 
