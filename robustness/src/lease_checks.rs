@@ -69,19 +69,55 @@ pub fn expiries(ops: &[Operation]) -> Vec<Operation> {
 }
 
 /// Whether an expiry of `lease` at `at` or later could change an answer: some operation on the
-/// lease, or touching a key ever attached to it, had not returned by then. An expiry nothing
-/// could observe is left out: every unknown operation multiplies the search.
+/// lease, or touching a key ever attached to it, had not returned by then; or the lease may
+/// still hold a key then and some operation had not returned (an expiry deleting a key takes a
+/// revision, which every later answer reports). An expiry nothing could observe is left out:
+/// every unknown operation multiplies the search.
 fn observable_after(ops: &[Operation], lease: i64, at: Nanos) -> bool {
-    let keys: Vec<&str> = ops
+    let attaching: Vec<&Operation> = ops
         .iter()
-        .filter(|op| op.request.attaches_lease() == Some(lease))
-        .filter_map(|op| op.request.key())
+        .filter(|op| op.request.attaches_lease() == Some(lease) && may_have_written(op))
         .collect();
-    ops.iter().any(|op| {
+    let open_at = |op: &Operation| op.return_time().is_none_or(|r| r >= at);
+    let touched = ops.iter().any(|op| {
         let relevant = op.request.lease_id() == Some(lease)
             || op.request.attaches_lease() == Some(lease)
-            || keys.iter().any(|k| op.request.touches(k));
-        relevant && op.return_time().is_none_or(|r| r >= at)
+            || attaching
+                .iter()
+                .filter_map(|a| a.request.key())
+                .any(|k| op.request.touches(k));
+        relevant && open_at(op)
+    });
+    touched || (may_hold_a_key(ops, lease, &attaching, at) && ops.iter().any(open_at))
+}
+
+/// An operation that may have written its key: not failed, not refused, not a txn whose
+/// compare failed.
+fn may_have_written(op: &Operation) -> bool {
+    match &op.outcome {
+        Outcome::Failed | Outcome::Ok(Response::Error(_)) => false,
+        Outcome::Ok(Response::Txn { succeeded, .. }) => *succeeded,
+        _ => true,
+    }
+}
+
+/// Whether some key may still be attached to `lease` at `at`: an attaching write with no
+/// acknowledged write of the same key (one that does not attach it to `lease`) called after it
+/// returned and returned before `at`.
+fn may_hold_a_key(ops: &[Operation], lease: i64, attaching: &[&Operation], at: Nanos) -> bool {
+    attaching.iter().any(|a| {
+        let Some(attached) = a.return_time() else {
+            return true;
+        };
+        !ops.iter().any(|d| {
+            d.request.may_write()
+                && d.request.key() == a.request.key()
+                && d.request.attaches_lease() != Some(lease)
+                && matches!(d.outcome, Outcome::Ok(_))
+                && may_have_written(d)
+                && d.call > attached
+                && d.ret < at
+        })
     })
 }
 
@@ -218,6 +254,45 @@ mod tests {
         assert_eq!(expiries(&ops), vec![]);
         let ops = [grant(0, 7, 5), attach, read_of(6 * NANOS_PER_SECOND, "a")];
         assert_eq!(expiries(&ops).len(), 1);
+    }
+
+    #[test]
+    fn expiry_of_a_lease_holding_a_key_is_seen_in_later_revisions() {
+        // "a" is attached to lease 7 (1 s) and never touched again, but the expiry deleting it
+        // takes revision 2: the put of "b" at 5 s answers revision 3.
+        let attach = op(
+            100,
+            Request::PutWithLease {
+                key: "a".into(),
+                value: "1".into(),
+                lease: 7,
+            },
+            Outcome::Ok(Response::Put { revision: 1 }),
+        );
+        let put_b = |revision| {
+            op(
+                5 * NANOS_PER_SECOND,
+                Request::Put {
+                    key: "b".into(),
+                    value: "1".into(),
+                },
+                Outcome::Ok(Response::Put { revision }),
+            )
+        };
+        let ops = [grant(0, 7, 1), attach.clone(), put_b(3)];
+        assert_eq!(expiries(&ops).len(), 1);
+        let verdict = crate::linearizability::check_operations(&ops, Default::default());
+        assert_eq!(verdict, crate::linearizability::Verdict::Linearizable);
+        // Overwritten without the lease before the expiry: nothing left to delete.
+        let overwrite = op(
+            500,
+            Request::Put {
+                key: "a".into(),
+                value: "2".into(),
+            },
+            Outcome::Ok(Response::Put { revision: 2 }),
+        );
+        assert_eq!(expiries(&[grant(0, 7, 1), attach, overwrite, put_b(3)]), vec![]);
     }
 
     #[test]
