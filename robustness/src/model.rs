@@ -119,14 +119,27 @@ impl Past {
 }
 
 impl PartialEq for Past {
+    /// Walks both lists to the first node they share: states the search reaches along different
+    /// paths share the log below the point where the paths split, so equal states compare in
+    /// the length of what differs, not of the whole log.
     fn eq(&self, other: &Past) -> bool {
-        let same = |a: &Undo, b: &Undo| {
-            std::ptr::eq(a, b)
-                || (a.revision == b.revision && a.key == b.key && a.before == b.before)
-        };
-        self.fingerprint == other.fingerprint
-            && self.iter().count() == other.iter().count()
-            && self.iter().zip(other.iter()).all(|(a, b)| same(a, b))
+        if self.fingerprint != other.fingerprint {
+            return false;
+        }
+        let (mut a, mut b) = (self.newest.as_ref(), other.newest.as_ref());
+        loop {
+            match (a, b) {
+                (None, None) => return true,
+                (Some(x), Some(y)) if Arc::ptr_eq(x, y) => return true,
+                (Some(x), Some(y)) => {
+                    if x.revision != y.revision || x.key != y.key || x.before != y.before {
+                        return false;
+                    }
+                    (a, b) = (x.older.as_ref(), y.older.as_ref());
+                }
+                _ => return false,
+            }
+        }
     }
 }
 impl Eq for Past {}
