@@ -149,6 +149,22 @@ impl TestCluster {
         }
     }
 
+    /// What each member answers about the leader, with the tail of its log: a cluster that never
+    /// agreed shows why (a member that exited at start, a port taken, elections that kept failing).
+    async fn leader_report(&self, among: &[usize]) -> String {
+        let mut out = String::new();
+        for &i in among {
+            let answer = status(&self.members[i]).await;
+            let log = self.members[i].log();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            out.push_str(&format!("member {i}: status (leader, id) {answer:?}; last log lines:\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        out
+    }
+
     /// Waits (at most 20 s) until every running member agrees on one leader; returns its index.
     pub async fn wait_leader(&self, among: &[usize]) -> usize {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -168,7 +184,9 @@ impl TestCluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader among {among:?} within 20s");
+            if Instant::now() >= deadline {
+                panic!("no agreed leader among {among:?} within 20s\n{}", self.leader_report(among).await);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
