@@ -592,6 +592,24 @@ mod tests {
         assert_eq!(trim_point(1, 100_000, 5000, [100_000, 0]), None);
     }
 
+    /// `batch_append` (recovery.rs) batches new entries into a queued MsgApp only when they
+    /// continue it; for one without entries, right after its index (third_party/raft's patch).
+    #[test]
+    fn an_empty_append_is_batched_with_entries_only_right_after_its_index() {
+        let entry = |index| {
+            let mut e = raft::eraftpb::Entry::default();
+            e.index = index;
+            e
+        };
+        let mut msg = Message::default();
+        msg.index = 180;
+        assert!(raft::util::is_continuous_ents(&msg, &[entry(181)]));
+        assert!(!raft::util::is_continuous_ents(&msg, &[entry(177), entry(178)]));
+        msg.set_entries(vec![entry(181)].into());
+        assert!(raft::util::is_continuous_ents(&msg, &[entry(182)]));
+        assert!(!raft::util::is_continuous_ents(&msg, &[entry(181)]));
+    }
+
     #[test]
     fn waits_until_a_whole_step_can_go() {
         assert_eq!(trim_point(92_000, 100_000, 5000, []), None);

@@ -75,8 +75,30 @@ impl PeerHost {
             tracing::warn!(to = %format!("{:x}", m.to), from = %format!("{:x}", m.from), kind = ?m.get_msg_type(), "ignoring a raft message addressed to another member");
             return Err(ProcessError::Other(format!("message for member {:x}, not this member", m.to)));
         }
+        if let Some(why) = misnumbered_append(m) {
+            tracing::error!(from = %format!("{:x}", m.from), index = m.index, log_term = m.log_term, commit = m.commit, entries = m.entries.len(), first = m.entries.first().map(|e| e.index), "ignoring a raft append whose entries do not follow its index: {why}");
+            return Err(ProcessError::Other(format!("append at index {}: {why}", m.index)));
+        }
         Ok(())
     }
+}
+
+/// Why an append's entries do not continue the log right after its `index` (each entry carries
+/// its own index): raft-rs would take `index + entries` as the new last index, acknowledge it and
+/// commit up to it, beyond what it holds, and then stop on the commit (`to_commit ... out of
+/// range`). None for any other message and for a well-formed append.
+fn misnumbered_append(m: &Message) -> Option<String> {
+    if m.get_msg_type() != MessageType::MsgAppend {
+        return None;
+    }
+    let mut expected = m.index + 1;
+    for e in m.entries.iter() {
+        if e.index != expected {
+            return Some(format!("entry {} where {expected} was due", e.index));
+        }
+        expected += 1;
+    }
+    None
 }
 
 impl RaftHost for PeerHost {
@@ -263,5 +285,34 @@ impl tower::Service<Request<RequestBody>> for PeerRoutes {
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.answer(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(index: u64, entries: &[u64]) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgAppend);
+        m.index = index;
+        let entries: Vec<raft::eraftpb::Entry> = entries
+            .iter()
+            .map(|&i| {
+                let mut e = raft::eraftpb::Entry::default();
+                e.index = i;
+                e
+            })
+            .collect();
+        m.set_entries(entries.into());
+        m
+    }
+
+    #[test]
+    fn an_append_whose_entries_do_not_follow_its_index_is_refused() {
+        assert_eq!(misnumbered_append(&append(180, &[181, 182])), None);
+        assert_eq!(misnumbered_append(&append(180, &[])), None);
+        assert!(misnumbered_append(&append(180, &[177, 178, 179, 180])).is_some());
+        assert!(misnumbered_append(&append(180, &[181, 183])).is_some());
     }
 }

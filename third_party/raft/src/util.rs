@@ -81,6 +81,11 @@ pub fn is_continuous_ents(msg: &Message, ents: &[Entry]) -> bool {
         let expected_next_idx = msg.entries.last().unwrap().index + 1;
         return expected_next_idx == ents.first().unwrap().index;
     }
+    // etcd-rs patch: an append without entries continues only right after its index (see
+    // ETCD-RS-PATCH.md)
+    if !ents.is_empty() {
+        return msg.index + 1 == ents.first().unwrap().index;
+    }
     true
 }
 
