@@ -198,6 +198,19 @@ mod tests {
         op(call, Request::LeaseGrant { id, ttl }, outcome)
     }
 
+    /// A put of "a" attached to lease 7 at 100 ns, answered with `revision`.
+    fn attach_a(revision: i64) -> Operation {
+        op(
+            100,
+            Request::PutWithLease {
+                key: "a".into(),
+                value: "1".into(),
+                lease: 7,
+            },
+            Outcome::Ok(Response::Put { revision }),
+        )
+    }
+
     #[test]
     fn expiry_is_called_a_ttl_after_the_grant_or_the_last_keep_alive() {
         let keep_alive = op(
@@ -237,15 +250,7 @@ mod tests {
             kv: None,
         });
         let read_of = |call, key: &str| op(call, Request::Get { key: key.into() }, answer.clone());
-        let attach = op(
-            100,
-            Request::PutWithLease {
-                key: "a".into(),
-                value: "1".into(),
-                lease: 7,
-            },
-            Outcome::Ok(Response::Put { revision: 2 }),
-        );
+        let attach = attach_a(2);
         let ops = [
             grant(0, 7, 5),
             attach.clone(),
@@ -260,15 +265,7 @@ mod tests {
     fn expiry_of_a_lease_holding_a_key_is_seen_in_later_revisions() {
         // "a" is attached to lease 7 (1 s) and never touched again, but the expiry deleting it
         // takes revision 2: the put of "b" at 5 s answers revision 3.
-        let attach = op(
-            100,
-            Request::PutWithLease {
-                key: "a".into(),
-                value: "1".into(),
-                lease: 7,
-            },
-            Outcome::Ok(Response::Put { revision: 1 }),
-        );
+        let attach = attach_a(1);
         let put_b = |revision| {
             op(
                 5 * NANOS_PER_SECOND,
