@@ -289,7 +289,10 @@ mod tests {
             },
             Outcome::Ok(Response::Put { revision: 2 }),
         );
-        assert_eq!(expiries(&[grant(0, 7, 1), attach, overwrite, put_b(3)]), vec![]);
+        assert_eq!(
+            expiries(&[grant(0, 7, 1), attach, overwrite, put_b(3)]),
+            vec![]
+        );
     }
 
     #[test]
