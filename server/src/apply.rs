@@ -182,6 +182,12 @@ impl Applier {
                     tracing::info!("raft stopped while applying a batch; leaving it to the WAL");
                     break;
                 }
+                // What came before the entry is durable: a restart at the version the cluster
+                // asks for resumes after it, with the downgrade state it set.
+                Err(e @ ServerError::IncompatibleVersion(_)) => {
+                    sync_backend(&self.kv, &mut undurable_ops, &mut last_durable);
+                    fatal(&e.to_string())
+                }
                 Err(e) => fatal(&format!("applying entries failed: {e}")),
             };
             if let Some((index, _term)) = outcome.last {
@@ -327,7 +333,7 @@ impl Applier {
             if e.index <= applied_index {
                 continue;
             }
-            out.last = Some((e.index, e.term));
+            let before = out.last.replace((e.index, e.term));
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if e.data.is_empty() {
@@ -344,6 +350,10 @@ impl Applier {
                             let timer = crate::metrics::ApplyTimer::start(&req);
                             let result = self.apply_request(&mut txn, req, e.index);
                             timer.finish(matches!(result, Ok(_) | Err(ServerError::Compacted)));
+                            let result = match result {
+                                Err(e @ ServerError::IncompatibleVersion(_)) => return Err(commit_before(txn, before, e)),
+                                r => r,
+                            };
                             let revision = txn.current_revision();
                             match physical {
                                 Some(rev) if result.is_ok() => {
@@ -354,6 +364,10 @@ impl Applier {
                         }
                         NormalEntry::V2(req) => {
                             let result = self.apply_v2(&txn, &req, e.index);
+                            let result = match result {
+                                Err(e @ ServerError::IncompatibleVersion(_)) => return Err(commit_before(txn, before, e)),
+                                r => r,
+                            };
                             out.answers.push((req.id(), Applied { result, revision: txn.current_revision() }));
                         }
                         NormalEntry::Undecodable(err) => {
@@ -504,9 +518,7 @@ impl Applier {
             Some(from) => tracing::info!(from = %label(from), to = %label(ver), "updated cluster version"),
             None => tracing::info!(cluster_version = %label(ver), "set initial cluster version"),
         }
-        if let Err(e) = crate::cluster_version::detect_downgrade(&self.server_version, Some(ver), &self.members.downgrade_info()) {
-            fatal(&e.to_string());
-        }
+        crate::cluster_version::detect_downgrade(&self.server_version, Some(ver), &self.members.downgrade_info())?;
         self.members.apply_version(txn.write_txn(), ver)?;
         // etcd's api.UpdateCapability logs only a move up
         let parse = crate::cluster_version::Version::parse;
@@ -658,6 +670,18 @@ fn refused_while_corrupt(req: &InternalRaftRequest) -> bool {
         || req.lease_grant.is_some()
         || req.lease_revoke.is_some()
         || req.txn.as_ref().is_some_and(|t| !crate::corrupt::txn_is_read_only(t))
+}
+
+/// Commits a batch up to the entry `before` the one this member refused (which wrote nothing),
+/// and hands the refusal on: the member stops, and a restart resumes right at the refused entry.
+fn commit_before(mut txn: ApplyTxn<'_>, before: Option<(u64, u64)>, refusal: ServerError) -> ServerError {
+    if let Some((index, term)) = before {
+        txn.set_consistent_index(index, term);
+    }
+    match txn.commit(false) {
+        Ok(_) => refusal,
+        Err(e) => ServerError::Internal(format!("{refusal}; committing what was applied before failed: {e}")),
+    }
 }
 
 /// A backend or raft failure in apply leaves the member's state unknown: stop, as etcd panics,

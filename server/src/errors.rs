@@ -151,6 +151,10 @@ pub enum ServerError {
     /// A storage or internal failure; the message says what failed.
     #[error("{0}")]
     Internal(String),
+    /// The cluster moved to a version this binary must not serve (etcd's mustDetectDowngrade):
+    /// the applier stops the member. Never answered to a client.
+    #[error(transparent)]
+    IncompatibleVersion(#[from] crate::cluster_version::DowngradeRefusal),
 }
 
 impl From<MvccError> for ServerError {
@@ -282,7 +286,7 @@ impl From<ServerError> for Status {
             InvalidAuthToken => Code::Unauthenticated,
             AuthUnmapped(_) => Code::Unknown,
             Unimplemented(_) | RangeStreamSortOrder | RangeStreamRevisionFilters => Code::Unimplemented,
-            Internal(_) => Code::Unknown,
+            Internal(_) | IncompatibleVersion(_) => Code::Unknown,
         };
         let msg = match &e {
             // etcd's gRPC layer prefixes mvcc errors with "etcdserver: ".
