@@ -5,6 +5,7 @@ pub mod alarms;
 pub mod apply;
 pub mod backup;
 pub mod cluster_version;
+mod coalesced_writes;
 mod apply_auth;
 mod apply_lease;
 pub mod compact_hash_check;

@@ -42,6 +42,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
+use crate::coalesced_writes::CoalescedWrites;
 use crate::config::url_string;
 
 /// etcd's (grpc-go's) server keepalive: a ping after 2 h of silence, 20 s to answer it.
@@ -139,7 +140,7 @@ pub async fn serve<I, IO, S, B>(
             let builder = builder.clone();
             let mut stop = stop.clone();
             conns.spawn(async move {
-                let conn = builder.serve_connection(TokioIo::new(io), per_request);
+                let conn = builder.serve_connection(TokioIo::new(CoalescedWrites::new(io)), per_request);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     result = conn.as_mut() => {
