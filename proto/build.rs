@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::codec::EtcdCodec")
         .compile_fds(fds)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?

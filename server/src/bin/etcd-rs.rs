@@ -90,6 +90,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // most requests and answers are well under 1 KiB (see etcd_proto::codec)
+    etcd_proto::codec::set_buffer_size(1024);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("etcd-rs").build();
     let rt = match rt {
         Ok(rt) => rt,
