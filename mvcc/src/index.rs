@@ -119,10 +119,11 @@ impl Index {
         let inner = &mut *guard;
         match inner.keys.get_mut(key) {
             Some(ki) => {
+                // `rev` is newer than every revision indexed, so the state at it is the current
+                // one: the key was live before iff `before` is Some, and a put leaves it live
                 let before = ki.get(rev.main);
-                let was = live(ki);
                 ki.put(rev);
-                inner.live += live(ki) - was;
+                inner.live += i64::from(before.is_none());
                 before
             }
             None => {

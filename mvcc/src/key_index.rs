@@ -264,6 +264,17 @@ impl KeyIndex {
 
     /// Applies `op` to the general form, then stores the result in its smallest form.
     fn change<T>(&mut self, op: impl FnOnce(&mut Full) -> T) -> T {
+        // the common case (a key changed before) changes its Full in place, keeping its box
+        if let Repr::Full(f) = &mut self.repr {
+            let out = op(f);
+            if let [g] = f.generations.as_slice() {
+                if g.revs.len() <= 1 {
+                    let placeholder = Repr::Empty { modified: Revision::default() };
+                    self.repr = std::mem::replace(&mut self.repr, placeholder).into_full().into_repr();
+                }
+            }
+            return out;
+        }
         let placeholder = Repr::Empty {
             modified: Revision::default(),
         };
