@@ -264,24 +264,23 @@ impl KeyIndex {
 
     /// Applies `op` to the general form, then stores the result in its smallest form.
     fn change<T>(&mut self, op: impl FnOnce(&mut Full) -> T) -> T {
-        // the common case (a key changed before) changes its Full in place, keeping its box
+        // a key changed before keeps its boxed Full, changed in place, unless it may shrink
         if let Repr::Full(f) = &mut self.repr {
             let out = op(f);
-            if let [g] = f.generations.as_slice() {
-                if g.revs.len() <= 1 {
-                    let placeholder = Repr::Empty { modified: Revision::default() };
-                    self.repr = std::mem::replace(&mut self.repr, placeholder).into_full().into_repr();
-                }
+            if matches!(f.generations.as_slice(), [g] if g.revs.len() <= 1) {
+                self.repr = self.take().into_full().into_repr();
             }
             return out;
         }
-        let placeholder = Repr::Empty {
-            modified: Revision::default(),
-        };
-        let mut full = std::mem::replace(&mut self.repr, placeholder).into_full();
+        let mut full = self.take().into_full();
         let out = op(&mut full);
         self.repr = full.into_repr();
         out
+    }
+
+    /// Takes the state out, leaving an empty one.
+    fn take(&mut self) -> Repr {
+        std::mem::replace(&mut self.repr, Repr::Empty { modified: Revision::default() })
     }
 }
 
