@@ -1,7 +1,8 @@
 //! Serving one listener: binding its URL, the accept loop and a hyper connection per accepted
 //! socket.
 //!
-//! Listeners are TCP (`http`/`https` URLs) or unix sockets (`unix://host:port` listens on the
+//! Listeners are TCP (`http`/`https` URLs) or unix sockets (`unix://host:port`, and `unixs` for
+//! TLS over one, listens on the
 //! socket file `host:port`, as etcd's `transport.NewUnixListener`; the file is removed when the
 //! listener closes). HTTP/1 request bodies a handler leaves unread are read to their end after
 //! the answer (up to [`DRAIN_LIMIT`] bytes), as Go's net/http does, so a body arriving after its
@@ -315,7 +316,8 @@ impl Listener {
 }
 
 /// Binds `u`: an http(s) URL on its IP ("localhost" binds the IPv4 loopback, as etcd clients
-/// expect 127.0.0.1 to answer), a unix URL on the socket file `host:port`, replacing a stale one.
+/// expect 127.0.0.1 to answer), a unix or unixs URL on the socket file `host:port`, replacing a
+/// stale one.
 pub async fn bind(u: &url::Url) -> Result<Listener, String> {
     match u.scheme() {
         "http" | "https" => {
@@ -323,7 +325,7 @@ pub async fn bind(u: &url::Url) -> Result<Listener, String> {
             let l = TcpListener::bind(addr).await.map_err(|e| format!("listen tcp {addr}: bind: {e}"))?;
             Ok(Listener::Tcp(l))
         }
-        "unix" => {
+        "unix" | "unixs" => {
             let path = PathBuf::from(unix_socket_path(u)?);
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -333,7 +335,7 @@ pub async fn bind(u: &url::Url) -> Result<Listener, String> {
             let listener = UnixListener::bind(&path).map_err(|e| format!("listen unix {}: bind: {e}", path.display()))?;
             Ok(Listener::Unix(UnixIncoming { listener, path }))
         }
-        other => Err(format!("{}: scheme {other} is not supported by etcd-rs yet (http, https and unix only)", url_string(u))),
+        other => Err(format!("{}: scheme {other} is not supported by etcd-rs (http, https, unix and unixs only)", url_string(u))),
     }
 }
 

@@ -63,7 +63,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureS
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
@@ -200,7 +200,7 @@ pub fn check_flags(
             ));
         }
     }
-    for u in client_urls.iter().filter(|u| u.scheme() == "https") {
+    for u in client_urls.iter().filter(|u| is_tls(u)) {
         if client.empty() && !client.auto_tls {
             return tls_err(format!(
                 "TLS key/cert (--cert-file, --key-file) must be provided for client url {} with HTTPS scheme",
@@ -218,6 +218,11 @@ pub fn check_flags(
         }
     }
     Ok(())
+}
+
+/// Whether a listen URL is served over TLS (etcd's https and unixs schemes).
+pub fn is_tls(u: &url::Url) -> bool {
+    matches!(u.scheme(), "https" | "unixs")
 }
 
 /// The TLS configurations this member runs with, built once at start.
@@ -329,7 +334,7 @@ impl TlsSetup {
     pub fn load(cfg: &ServerConfig) -> Result<TlsSetup, TlsError> {
         let validity = cfg.self_signed_cert_validity;
         // https metrics listeners serve with the client certificate, as etcd's
-        let client_https = cfg.listen_client_urls.iter().chain(&cfg.listen_metrics_urls).any(|u| u.scheme() == "https");
+        let client_https = cfg.listen_client_urls.iter().chain(&cfg.listen_metrics_urls).any(is_tls);
         let peer_https = cfg.listen_peer_urls.iter().any(|u| u.scheme() == "https");
         let client_cert = resolve_cert("client", &cfg.client_tls, &cfg.data_dir, &cfg.listen_client_urls, validity)?;
         let peer_cert = resolve_cert("peer", &cfg.peer_tls, &cfg.data_dir, &cfg.listen_peer_urls, validity)?;
@@ -337,7 +342,7 @@ impl TlsSetup {
             ("client", &cfg.listen_client_urls, &client_cert, &cfg.client_tls),
             ("peer", &cfg.listen_peer_urls, &peer_cert, &cfg.peer_tls),
         ] {
-            for u in urls.iter().filter(|u| u.scheme() == "http") {
+            for u in urls.iter().filter(|u| matches!(u.scheme(), "http" | "unix")) {
                 if cert.is_some() {
                     tracing::warn!(url = %crate::config::url_string(u), "scheme is HTTP while key and cert files are present; ignoring key and cert files ({what})");
                 }
@@ -884,8 +889,18 @@ async fn check_client_san(der: &[u8], remote: IpAddr) -> Result<(), String> {
     Err(format!("tls: {:?} does not match any of DNSNames {:?}", remote.to_string(), names))
 }
 
-/// One accepted TLS connection, served by tonic like a plain TCP stream.
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+/// One accepted TLS connection (over TCP, or a unix socket for `unixs://` URLs), served by
+/// tonic like a plain stream.
+pub struct TlsConn<S = TcpStream>(tokio_rustls::server::TlsStream<S>);
+
+impl<S> TlsConn<S> {
+    /// The common name of the client certificate the handshake verified.
+    fn client_cn(&self) -> Option<Arc<str>> {
+        // rustls keeps a client certificate only once it verified it
+        let session = self.0.get_ref().1;
+        session.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(common_name(c).unwrap_or_default()))
+    }
+}
 
 /// What tonic records of an accepted TLS connection in each request's extensions: its
 /// addresses and the common name of the client certificate the handshake verified (etcd's
@@ -905,20 +920,26 @@ pub fn client_cert_cn(ext: &tonic::Extensions) -> Option<Arc<str>> {
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = TlsConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        let (tcp, session) = self.0.get_ref();
-        // rustls keeps a client certificate only once it verified it
-        let client_cn = session.peer_certificates().and_then(|c| c.first()).map(|c| Arc::from(common_name(c).unwrap_or_default()));
-        TlsConnectInfo { tcp: tcp.connect_info(), client_cn }
+        TlsConnectInfo { tcp: self.0.get_ref().0.connect_info(), client_cn: self.client_cn() }
     }
 }
 
-impl AsyncRead for TlsConn {
+/// A unix socket has no addresses to record.
+impl tonic::transport::server::Connected for TlsConn<UnixStream> {
+    type ConnectInfo = TlsConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        let tcp = tonic::transport::server::TcpConnectInfo { local_addr: None, remote_addr: None };
+        TlsConnectInfo { tcp, client_cn: self.client_cn() }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
@@ -949,31 +970,64 @@ pub fn incoming(
     config: Arc<rustls::ServerConfig>,
     check_san: bool,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn>> {
-    let (tx, rx) = mpsc::channel::<io::Result<TlsConn>>(64);
+    let accepted = |tcp: &TcpStream| {
+        let _ = tcp.set_nodelay(true);
+        let remote = tcp.peer_addr().ok();
+        (remote, remote.map(|r| r.to_string()).unwrap_or_default())
+    };
+    accept_tls(tokio_stream::wrappers::TcpListenerStream::new(listener), config, check_san, accepted)
+}
+
+/// As [`incoming`], for a unix socket listener (`unixs://` client URLs; no SAN check: a unix
+/// socket has no peer address).
+pub fn incoming_unix(
+    listener: crate::serve::UnixIncoming,
+    config: Arc<rustls::ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn<UnixStream>>> {
+    let path = listener.path().display().to_string();
+    accept_tls(listener, config, false, move |_: &UnixStream| (None, path.clone()))
+}
+
+/// The accept loop of [`incoming`] and [`incoming_unix`]: `accepted` readies a new stream and
+/// names its peer (the address for the SAN check, the text logs show). The task owns the
+/// listener, so dropping the returned stream closes it.
+fn accept_tls<L, S, F>(
+    mut listener: L,
+    config: Arc<rustls::ServerConfig>,
+    check_san: bool,
+    accepted: F,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsConn<S>>>
+where
+    L: futures::Stream<Item = io::Result<S>> + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(&S) -> (Option<SocketAddr>, String) + Send + 'static,
+{
+    use futures::StreamExt;
+    let (tx, rx) = mpsc::channel::<io::Result<TlsConn<S>>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
+            let next = tokio::select! {
+                a = listener.next() => a,
                 _ = tx.closed() => return,
             };
-            let (tcp, remote) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
+            let stream = match next {
+                Some(Ok(s)) => s,
+                Some(Err(e)) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                None => return,
             };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
+            let (remote, name) = accepted(&stream);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
-                match handshake(acceptor, tcp, remote, check_san).await {
+                match handshake(acceptor, stream, remote, check_san).await {
                     Ok(conn) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Err(e) => tracing::warn!(remote_addr = %remote, error = %e, "rejected connection"),
+                    Err(e) => tracing::warn!(remote_addr = %name, error = %e, "rejected connection"),
                 }
             });
         }
@@ -1034,19 +1088,22 @@ fn go_alert_text(code: u8) -> String {
     format!("tls: {text}")
 }
 
-async fn handshake(
+/// `remote`: the peer's address for the SAN check (`check_san`; a certificate is refused when
+/// there is none to check it against).
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: tokio_rustls::TlsAcceptor,
-    tcp: TcpStream,
-    remote: SocketAddr,
+    stream: S,
+    remote: Option<SocketAddr>,
     check_san: bool,
-) -> Result<TlsConn, String> {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+) -> Result<TlsConn<S>, String> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return Err(handshake_error(&e)),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     if check_san {
         if let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+            let remote = remote.ok_or("cannot check the client certificate's SANs: no peer address")?;
             check_client_san(cert, remote.ip()).await?;
         }
     }

@@ -1,5 +1,6 @@
 //! The client and peer listeners: unix-socket peers and clients (`unix://host:port` is the
-//! socket file `host:port` in the working directory, as etcd's), HTTP/1 keep-alive when a
+//! socket file `host:port` in the working directory, as etcd's; `unixs://` is TLS over one),
+//! HTTP/1 keep-alive when a
 //! request body arrives after its headers, and `--max-concurrent-streams` (HTTP/2 streams per
 //! connection; one budget for a listener's gateway requests, as etcd's gateway uses one
 //! connection).
@@ -128,6 +129,63 @@ async fn unix_socket_peers_form_a_cluster_and_clients_connect_over_a_unix_socket
 
 /// Reads one HTTP/1.1 response with a Content-Length body: (status, body). Panics when the
 /// server closed the connection instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_talks_tls_over_a_unixs_client_socket_and_plain_text_is_refused() {
+    let etcdctl = Path::new("/usr/bin/etcdctl");
+    if !etcdctl.exists() {
+        println!("skipping: {} is absent (scripts/test-all.sh installs it)", etcdctl.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = common::pki::Pki::new(dir);
+    let (cert, key) = pki.issue("server", "localhost", &["localhost", "127.0.0.1"], true);
+    let port = free_port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("m.log")).unwrap();
+    let _m = Proc(
+        Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
+            .current_dir(dir)
+            .args(["--data-dir", "m.etcd", "--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args(["--listen-client-urls", "unixs://localhost:23790", "--advertise-client-urls", "unixs://localhost:23790"])
+            .args(["--cert-file", &cert, "--key-file", &key])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd-rs"),
+    );
+    let ctl = |args: &[&str]| {
+        Command::new(etcdctl)
+            .current_dir(dir)
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", "unixs://localhost:23790", "--cacert", &pki.ca_file(), "--dial-timeout", "2s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let put = ctl(&["put", "k", "over-unixs"]);
+        if put.status.success() {
+            break;
+        }
+        let log = std::fs::read_to_string(dir.join("m.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no put over unixs: {}\n{log}", String::from_utf8_lossy(&put.stderr));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let get = ctl(&["get", "k", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "over-unixs");
+    // the same socket without TLS: the handshake fails, no request is served
+    let plain = tokio::time::timeout(Duration::from_secs(5), async {
+        let ch = unix_channel(dir.join("localhost:23790")).await.ok()?;
+        KvClient::new(ch).range(RangeRequest { key: "k".into(), ..Default::default() }).await.ok()
+    })
+    .await;
+    assert!(!matches!(plain, Ok(Some(_))), "a plain-text client was served on a unixs socket");
+}
+
 fn read_response(s: &mut TcpStream, what: &str) -> (u16, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];

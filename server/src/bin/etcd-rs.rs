@@ -327,20 +327,25 @@ where
             Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
         }
         (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone()))),
-        (Listener::Unix(incoming), Some(_)) => {
-            Err(format!("{}: TLS over a unix socket is not supported by etcd-rs yet", incoming.path().display()))
+        // etcd-rs dials no unixs peer, so a peer listener there would serve nobody
+        (Listener::Unix(incoming), Some(_)) if what == "peer" => {
+            Err(format!("{}: unixs peer URLs (TLS over a unix socket) are not supported by etcd-rs yet", incoming.path().display()))
         }
-        (Listener::Tcp(_), Some(None)) => Err(format!("no TLS configuration for the https {what} listener")),
+        (Listener::Unix(incoming), Some(Some(config))) => {
+            let incoming = tls::incoming_unix(incoming, config);
+            Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
+        }
+        (_, Some(None)) => Err(format!("no TLS configuration for the https {what} listener")),
     }
 }
 
-/// Binds every URL; each listener comes with whether its URL is https.
+/// Binds every URL; each listener comes with whether its URL is https or unixs (TLS).
 async fn bind_all(flag: &str, urls: &[url::Url], what: &str) -> Result<Vec<(Listener, bool)>, String> {
     let mut out = Vec::new();
     for u in urls {
         let l = serve::bind(u).await.map_err(|e| format!("--{flag}: {e}"))?;
         tracing::info!(address = %url_string(u), scheme = u.scheme(), "listening for {what}");
-        out.push((l, u.scheme() == "https"));
+        out.push((l, tls::is_tls(u)));
     }
     Ok(out)
 }
