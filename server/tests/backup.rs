@@ -238,11 +238,7 @@ async fn snapshot_rpc_streams_etcds_file_and_a_restore_serves_the_same_data_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_snapshot_save_then_etcdutl_rs_status_and_restore() {
-    let etcdctl = Path::new("/usr/bin/etcdctl");
-    if !etcdctl.exists() {
-        println!("skipping: {} is absent (scripts/test-all.sh installs it)", etcdctl.display());
-        return;
-    }
+    let Some(etcdctl) = common::reference_etcdctl() else { return };
     let (dir, mut m, mut kv) = single_member(&[]).await;
     let compacted = fill(&mut kv, &mut LeaseClient::new(channel(&m).await)).await;
     let before = dump(&mut kv, None).await;

@@ -131,11 +131,7 @@ async fn unix_socket_peers_form_a_cluster_and_clients_connect_over_a_unix_socket
 /// server closed the connection instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_talks_tls_over_a_unixs_client_socket_and_plain_text_is_refused() {
-    let etcdctl = Path::new("/usr/bin/etcdctl");
-    if !etcdctl.exists() {
-        println!("skipping: {} is absent (scripts/test-all.sh installs it)", etcdctl.display());
-        return;
-    }
+    let Some(etcdctl) = common::reference_etcdctl() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let pki = common::pki::Pki::new(dir);

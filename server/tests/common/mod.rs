@@ -304,3 +304,14 @@ pub async fn wait_revision(m: &Member, rev: i64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The reference etcdctl (3.4.23) scripts/test-all.sh installs; None, saying the test skips,
+/// when it is absent.
+pub fn reference_etcdctl() -> Option<&'static Path> {
+    let etcdctl = Path::new("/usr/bin/etcdctl");
+    if !etcdctl.exists() {
+        println!("skipping: {} is absent (scripts/test-all.sh installs it)", etcdctl.display());
+        return None;
+    }
+    Some(etcdctl)
+}
