@@ -38,6 +38,7 @@ pub mod node;
 pub mod peer_dial;
 pub mod peer_probe;
 mod raft_loop;
+pub mod raft_runtime;
 pub mod rafthttp;
 pub mod read_index;
 pub mod recovery;
@@ -48,6 +49,7 @@ pub mod wal;
 pub mod wal_record;
 mod wal_zero;
 
+pub use raft_runtime::RaftRuntime;
 pub use error::{RaftError, SnapshotError, WalError};
 pub use node::{ApplyBatch, Leader, PeerProgress, RaftNode, RaftNodeConfig, RaftStatus};
 pub use raft::eraftpb;

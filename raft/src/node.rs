@@ -2,7 +2,9 @@
 //! its cheap status view.
 //!
 //! Invariant: the raft-rs `RawNode`, the `Wal` and the `Snapshotter` are owned
-//! by one thread ("raft-loop"); the handle only sends commands over a channel
+//! by one task, the raft loop, on the "raft-loop" thread ([`crate::raft_runtime`]; a WAL
+//! write with fsync runs on a blocking thread while the loop waits for it); the handle only
+//! sends commands over a channel
 //! and reads a status snapshot the loop republishes after every iteration.
 //! The leader is also published on a watch channel, changed only when it
 //! changes, so a request can wait for an election without polling.
@@ -21,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::RaftError;
 use crate::raft_loop::{Command, ProposeReply, RaftLoop};
+use crate::raft_runtime::RaftRuntime;
 use crate::recovery::recover;
 use crate::slog_bridge::raft_logger;
 #[cfg(test)]
@@ -147,11 +150,10 @@ pub(crate) struct Shared {
 }
 
 struct Inner {
-    /// std's channel, not crossbeam's: a blocked crossbeam receiver spins and sched_yields
-    /// before it parks, CPU a 2-core machine under load cannot spare (measured per put).
-    commands: std::sync::mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
     metadata: WalMetadata,
+    runtime: RaftRuntime,
 }
 
 /// The handle to a running raft node. Clone freely.
@@ -175,10 +177,21 @@ impl RaftNode {
         cfg: RaftNodeConfig,
         transport: Arc<dyn Transport>,
     ) -> Result<(RaftNode, mpsc::UnboundedReceiver<ApplyBatch>), RaftError> {
+        let runtime = RaftRuntime::start().map_err(RaftError::Spawn)?;
+        RaftNode::start_on(cfg, transport, runtime)
+    }
+
+    /// As [`RaftNode::start`], with the loop on `runtime`, where the transport's tasks run too
+    /// (see [`crate::raft_runtime`]). The node keeps the runtime.
+    pub fn start_on(
+        cfg: RaftNodeConfig,
+        transport: Arc<dyn Transport>,
+        runtime: RaftRuntime,
+    ) -> Result<(RaftNode, mpsc::UnboundedReceiver<ApplyBatch>), RaftError> {
         let logger = raft_logger(cfg.id);
         let recovered = recover(&cfg, &logger)?;
         let metadata = recovered.metadata;
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             status: RwLock::new(RaftStatus {
@@ -202,20 +215,30 @@ impl RaftNode {
         });
         let raft_loop = RaftLoop::new(&cfg, recovered, transport, apply_tx, cmd_rx, shared.clone());
         raft_loop.publish_status();
-        std::thread::Builder::new()
-            .name("raft-loop".to_string())
-            .spawn(move || raft_loop.run())
-            .map_err(RaftError::Spawn)?;
+        let running = runtime.handle().spawn(raft_loop.run());
+        // a panic would end the task unseen and leave a member that cannot write
+        runtime.handle().spawn(async move {
+            if running.await.is_err_and(|e| e.is_panic()) {
+                tracing::error!("the raft loop panicked");
+                std::process::abort();
+            }
+        });
         Ok((
             RaftNode {
                 inner: Arc::new(Inner {
                     commands: cmd_tx,
                     shared,
                     metadata,
+                    runtime,
                 }),
             },
             apply_rx,
         ))
+    }
+
+    /// The runtime the raft loop runs on, for the peer listener's connections.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        self.inner.runtime.handle()
     }
 
     fn send(&self, cmd: Command) -> Result<(), RaftError> {

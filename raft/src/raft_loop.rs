@@ -1,17 +1,18 @@
-//! The raft loop: the one thread that owns the `RawNode`, the `Wal` and the
-//! `Snapshotter`.
+//! The raft loop: the one task that owns the `RawNode`, the `Wal` and the
+//! `Snapshotter`, on the raft thread shared with the peer connections ([`crate::raft_runtime`]).
 //!
 //! Each iteration waits for a command until the next tick is due, drains every
 //! queued command (so concurrent proposals share one Ready and one fsync; the
 //! proposals drained together are stepped as ONE MsgPropose, so a leader appends
 //! them with one broadcast, one MsgApp per follower, and a follower forwards them
 //! to the leader as one message),
-//! ticks if due, then handles Ready in the order raft-rs requires:
-//! send `messages()` (a leader may send before its own fsync); apply a
-//! snapshot; hand `committed_entries` to the apply channel; append `entries()`
-//! and the HardState to the WAL with one fsync; send `persisted_messages()`;
-//! advance; handle the LightReady (its committed entries also go to the apply
-//! channel); `advance_apply`.
+//! ticks if due, then handles Ready in the order raft-rs requires: hand
+//! `committed_entries` to the apply channel (first: the applier's wake-up is on every answer's
+//! path); send `messages()` (a leader may send before its own fsync); apply a snapshot (its
+//! committed entries go with it, after it); append `entries()` and the HardState to the WAL
+//! with one fsync (on a blocking thread: the raft thread serves the peer connections
+//! meanwhile); send `persisted_messages()`; advance; handle the LightReady (committed entries,
+//! then messages); `advance_apply`.
 //!
 //! Proposals that arrive while no leader can take them (none known: the leader vanished after
 //! the handle checked; or this leader is transferring leadership) are held, in arrival order,
@@ -34,7 +35,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use raft::eraftpb::{ConfChangeV2, ConfState, Message, Snapshot};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage, INVALID_ID};
@@ -108,11 +108,12 @@ impl ProposeReply {
 
 pub(crate) struct RaftLoop {
     raw: RawNode<MemStorage>,
-    wal: Wal,
+    /// Shared with the blocking thread that writes and fsyncs a Ready (see `persist`).
+    wal: Arc<parking_lot::Mutex<Wal>>,
     snapshotter: Snapshotter,
     transport: Arc<dyn Transport>,
     apply_tx: mpsc::UnboundedSender<ApplyBatch>,
-    commands: Receiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Shared>,
     tick_interval: Duration,
     next_tick: Instant,
@@ -139,12 +140,12 @@ impl RaftLoop {
         recovered: Recovered,
         transport: Arc<dyn Transport>,
         apply_tx: mpsc::UnboundedSender<ApplyBatch>,
-        commands: Receiver<Command>,
+        commands: mpsc::UnboundedReceiver<Command>,
         shared: Arc<Shared>,
     ) -> RaftLoop {
         RaftLoop {
             raw: recovered.raw,
-            wal: recovered.wal,
+            wal: Arc::new(parking_lot::Mutex::new(recovered.wal)),
             snapshotter: recovered.snapshotter,
             transport,
             apply_tx,
@@ -165,8 +166,8 @@ impl RaftLoop {
         }
     }
 
-    pub(crate) fn run(mut self) {
-        if let Err(e) = self.run_until_stopped() {
+    pub(crate) async fn run(mut self) {
+        if let Err(e) = self.run_until_stopped().await {
             tracing::error!(error = %e, "the raft loop stopped on an error");
         }
         self.reads.fail_all();
@@ -188,18 +189,18 @@ impl RaftLoop {
         tracing::info!("raft loop stopped");
     }
 
-    fn run_until_stopped(&mut self) -> Result<(), RaftError> {
+    async fn run_until_stopped(&mut self) -> Result<(), RaftError> {
         loop {
-            self.process_ready()?;
+            self.process_ready().await?;
             self.publish_status();
             if !self.stop_replies.is_empty() {
                 return Ok(());
             }
-            let wait = self.next_tick.saturating_duration_since(Instant::now());
-            match self.commands.recv_timeout(wait) {
-                Ok(cmd) => self.handle(cmd)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            let tick = tokio::time::Instant::from_std(self.next_tick);
+            match tokio::time::timeout_at(tick, self.commands.recv()).await {
+                Ok(Some(cmd)) => self.handle(cmd)?,
+                Ok(None) => return Ok(()),
+                Err(_) => {}
             }
             while let Ok(cmd) = self.commands.try_recv() {
                 self.handle(cmd)?;
@@ -369,10 +370,10 @@ impl RaftLoop {
         }
     }
 
-    fn process_ready(&mut self) -> Result<(), RaftError> {
+    async fn process_ready(&mut self) -> Result<(), RaftError> {
         self.maybe_campaign();
         while self.raw.has_ready() {
-            self.handle_ready()?;
+            self.handle_ready().await?;
             self.maybe_campaign();
         }
         Ok(())
@@ -398,12 +399,17 @@ impl RaftLoop {
         }
     }
 
-    fn handle_ready(&mut self) -> Result<(), RaftError> {
+    async fn handle_ready(&mut self) -> Result<(), RaftError> {
         // The applier reads the status while applying what this Ready commits (a new leader's
         // empty entry promotes the lessor only if the status already names this member leader
         // in that term): publish the role change before handing entries over.
         self.publish_status();
         let mut rd = self.raw.ready();
+        // committed entries before messages when there is no snapshot: the applier's wake-up
+        // is on every answer's path, the messages' wake-ups then overlap with the apply
+        if rd.snapshot().is_empty() {
+            self.deliver(rd.take_committed_entries(), None);
+        }
         self.send(rd.take_messages());
 
         let mut snapshot = None;
@@ -411,10 +417,10 @@ impl RaftLoop {
             let snap = rd.snapshot().clone();
             let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
             self.snapshotter.save(&snap)?;
-            self.wal.save_snapshot_marker(index, term)?;
+            self.wal.lock().save_snapshot_marker(index, term)?;
             self.raw.mut_store().wl().apply_snapshot(snap.clone())?;
             // the log before a received snapshot is superseded by it
-            self.wal.release_to(index)?;
+            self.wal.lock().release_to(index)?;
             self.conf_state = snap.get_metadata().get_conf_state().clone();
             self.snapshot_index = index;
             snapshot = Some(snap);
@@ -423,14 +429,14 @@ impl RaftLoop {
         self.reads.on_read_states(rd.take_read_states());
 
         let hs = rd.hs().cloned();
-        self.wal.save(hs.as_ref(), rd.entries())?;
+        let entries = self.persist(hs.clone(), rd.take_entries()).await?;
         {
             let store = self.raw.mut_store();
             let mut core = store.wl();
             if let Some(hs) = hs {
                 core.set_hardstate(hs);
             }
-            core.append(rd.entries())?;
+            core.append(&entries)?;
         }
         self.send(rd.take_persisted_messages());
 
@@ -438,10 +444,29 @@ impl RaftLoop {
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().wl().mut_hard_state().commit = commit;
         }
-        self.send(light.take_messages());
         self.deliver(light.take_committed_entries(), None);
+        self.send(light.take_messages());
         self.raw.advance_apply();
         self.trim_memory_log()
+    }
+
+    /// Writes a Ready's HardState and entries to the WAL. One that must be fsynced is written on
+    /// a blocking thread while this thread goes on with the peer connections (they share it, see
+    /// `raft_runtime`); the loop itself waits for it, as raft-rs requires.
+    async fn persist(&mut self, hs: Option<raft::eraftpb::HardState>, entries: Vec<raft::eraftpb::Entry>) -> Result<Vec<raft::eraftpb::Entry>, RaftError> {
+        if !self.wal.lock().must_sync(hs.as_ref(), &entries) {
+            self.wal.lock().save(hs.as_ref(), &entries)?;
+            return Ok(entries);
+        }
+        let wal = self.wal.clone();
+        let (saved, entries) = tokio::task::spawn_blocking(move || {
+            let saved = wal.lock().save(hs.as_ref(), &entries);
+            (saved, entries)
+        })
+        .await
+        .map_err(|e| RaftError::WalWriter(e.to_string()))?;
+        saved?;
+        Ok(entries)
     }
 
     /// Drops what the in-memory log no longer needs (see the module doc).
@@ -480,13 +505,13 @@ impl RaftLoop {
         snap.data = data.into();
         // The snapshot file first: a WAL marker never names a missing snapshot.
         self.snapshotter.save(&snap)?;
-        self.wal.save_snapshot_marker(index, term)?;
+        self.wal.lock().save_snapshot_marker(index, term)?;
         self.snapshot_index = index;
         let compact_to = index.saturating_sub(self.snapshot_catchup_entries);
         if compact_to > store.first_index()? {
             store.wl().compact(compact_to)?;
         }
-        self.wal.release_to(index)?;
+        self.wal.lock().release_to(index)?;
         tracing::info!(
             index,
             term,
@@ -512,7 +537,7 @@ impl RaftLoop {
         // updated in place, reusing the vectors' room: this runs on every turn of the loop
         let mut s = self.shared.status.write();
         s.id = id;
-        s.cluster_id = self.wal.metadata().cluster_id;
+        s.cluster_id = self.wal.lock().metadata().cluster_id;
         s.leader_id = r.leader_id;
         s.term = r.term;
         s.commit_index = r.raft_log.committed;

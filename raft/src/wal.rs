@@ -453,9 +453,7 @@ impl Wal {
         if buf.is_empty() {
             return Ok(());
         }
-        let must_sync = !entries.is_empty()
-            || hs.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
-        if must_sync {
+        if self.must_sync(hs, entries) {
             self.write_and_sync(buf)?;
         } else {
             self.write_unsynced(buf)?;
@@ -467,6 +465,13 @@ impl Wal {
             self.last_index = last.index;
         }
         self.cut_if_full()
+    }
+
+    /// Whether [`Wal::save`] of these would fdatasync (etcd's `raft.MustSync`): entries, or a
+    /// new term or vote.
+    pub fn must_sync(&self, hs: Option<&HardState>, entries: &[Entry]) -> bool {
+        let hs = hs.filter(|hs| **hs != HardState::default());
+        !entries.is_empty() || hs.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote)
     }
 
     /// Records that the log now starts after snapshot `(index, term)`; fsynced.

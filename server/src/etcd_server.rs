@@ -163,8 +163,10 @@ impl EtcdServer {
         let host = PeerHost::new(snap_dir.clone());
         let identity = |id, cluster_id| Identity { id, cluster_id, peer_urls: cfg.advertise_peer_urls.clone(), versions: peer_versions(&cfg) };
         let config = TransportConfig { identity: identity(my_id, cid), dialer, timeouts: etcd_raft::rafthttp::StreamTimeouts { read: cfg.raft_read_timeout, write: cfg.raft_write_timeout } };
-        let transport = HttpTransport::new(tokio::runtime::Handle::current(), config, host.clone());
-        let (raft, apply_rx) = RaftNode::start(raft_cfg, transport.clone())?;
+        // the raft loop and the peer connections share one thread (see etcd_raft::raft_runtime)
+        let raft_runtime = etcd_raft::RaftRuntime::start().map_err(|e| ServerError::Internal(format!("cannot start the raft thread: {e}")))?;
+        let transport = HttpTransport::new(raft_runtime.handle().clone(), config, host.clone());
+        let (raft, apply_rx) = RaftNode::start_on(raft_cfg, transport.clone(), raft_runtime)?;
         let meta = raft.wal_metadata();
         let (my_id, cid) = (meta.node_id, meta.cluster_id);
         transport.set_identity(identity(my_id, cid));
@@ -1000,6 +1002,11 @@ impl EtcdServer {
     /// The peer transport (its dialer and identity serve this member's own peer requests).
     pub(crate) fn transport(&self) -> &Arc<HttpTransport> {
         &self.transport
+    }
+
+    /// Where the peer listener's connections run: the raft loop's thread.
+    pub fn peer_runtime(&self) -> tokio::runtime::Handle {
+        self.raft.runtime().clone()
     }
 
     /// The raft part of the peer listener.

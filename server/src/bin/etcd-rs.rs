@@ -181,6 +181,8 @@ async fn run(mut cfg: etcd_server::config::ServerConfig) -> Result<Option<StopSi
     }
     for (l, https) in peer_listeners {
         let check_san = !cfg.peer_skip_client_san_verification;
+        // on the raft loop's thread, with the peer streams (see etcd_raft::raft_runtime)
+        let _on_raft_thread = server.peer_runtime().enter();
         peer_serving.push(serve_url(l, https.then(|| tls.peer.clone()), PeerRoutes::new(server.clone()), &peer_stop, "peer", None, check_san, serve::HttpVersions::Both)?);
     }
     let stopping = Stopping { server: server.clone(), client_stop_tx, client_serving, peer_stop_tx, peer_serving };
