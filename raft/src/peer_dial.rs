@@ -2,8 +2,10 @@
 //!
 //! An `http://` peer URL gets a plain tonic channel; an `https://` one gets TLS (rustls) with the
 //! member's peer TLS client configuration (its certificate for `--peer-client-cert-auth`, the
-//! peer CA as roots). Both leave from the member's own peer IP when one is set. The invariant:
-//! an https URL is never dialled in plain text — without a TLS configuration it is an error.
+//! peer CA as roots). Both leave from the member's own peer IP when one is set. `unix://host:port`
+//! and `unixs://host:port` dial the socket file `host:port` (unixs with TLS whose certificate must
+//! name `host`, as Go's https transport under etcd's). The invariant: an https or unixs URL is
+//! never dialled in plain text — without a TLS configuration it is an error.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -149,11 +151,20 @@ async fn connect_tls(
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(443);
     let tcp = connect_tcp(&host, port, local_ip).await?;
+    tls_handshake(tls, &host, tcp).await
+}
+
+/// A rustls client handshake on `io` that checks the peer's certificate names `host`.
+async fn tls_handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: Arc<rustls::ClientConfig>,
+    host: &str,
+    io: S,
+) -> Result<tokio_rustls::client::TlsStream<S>, BoxError> {
     let name = match host.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(host.clone()).map_err(|e| format!("bad peer host {host}: {e}"))?,
+        Err(_) => ServerName::try_from(host.to_string()).map_err(|e| format!("bad peer host {host}: {e}"))?,
     };
-    Ok(tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?)
+    Ok(tokio_rustls::TlsConnector::from(tls).connect(name, io).await?)
 }
 
 /// A byte stream to a peer (TCP, TLS over TCP or a unix socket) for etcd's HTTP/1.1 peer
@@ -162,12 +173,21 @@ pub trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> PeerIo for T {}
 
 impl PeerDialer {
-    /// A raw connection to `url` (http, https or unix), bounded by `timeout`; the same rules
-    /// as [`PeerDialer::connect`] (own peer IP, never plain text to an https URL).
+    /// A raw connection to `url` (http, https, unix or unixs), bounded by `timeout`; the same
+    /// rules as [`PeerDialer::connect`] (own peer IP, never plain text to an https or unixs URL).
     pub async fn connect_io(&self, url: &str, timeout: Duration) -> Result<Box<dyn PeerIo>, String> {
         let dial = async {
             if let Some(path) = unix_socket_path(url) {
                 let s = UnixStream::connect(path).await.map_err(|e| format!("dial unix {path}: {e}"))?;
+                return Ok(Box::new(s) as Box<dyn PeerIo>);
+            }
+            if let Some(path) = url.strip_prefix("unixs://").map(|rest| rest.trim_end_matches('/')) {
+                let tls = self.tls.clone().ok_or_else(|| format!("{url}: unixs peer URL but this member has no peer TLS configuration"))?;
+                let s = UnixStream::connect(path).await.map_err(|e| format!("dial unix {path}: {e}"))?;
+                // as Go's https transport under etcd's unixs: the certificate must name the host
+                // part of the socket's `host:port`
+                let host = path.rsplit_once(':').map_or(path, |(h, _)| h);
+                let s = tls_handshake(tls, host, s).await.map_err(|e| format!("{url}: {e}"))?;
                 return Ok(Box::new(s) as Box<dyn PeerIo>);
             }
             let uri: Uri = url.parse().map_err(|e| format!("bad peer URL {url}: {e}"))?;
@@ -183,7 +203,7 @@ impl PeerDialer {
                     let s = connect_tls(tls, self.local_ip, &uri).await.map_err(|e| format!("{url}: {e}"))?;
                     Ok(Box::new(s) as Box<dyn PeerIo>)
                 }
-                _ => Err(format!("bad peer URL {url}: scheme must be http, https or unix")),
+                _ => Err(format!("bad peer URL {url}: scheme must be http, https, unix or unixs")),
             }
         };
         tokio::time::timeout(timeout, dial).await.map_err(|_| format!("{url}: dial timed out"))?

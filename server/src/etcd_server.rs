@@ -959,9 +959,16 @@ impl EtcdServer {
 
     /// etcd 3.5.6+'s HashByRev, as the peer `/members/hashkv` answers: the hash stored at a
     /// compaction to `revision` when there is one, else HashKV now; with the current revision.
-    pub fn hash_by_rev(&self, revision: i64) -> Result<(etcd_mvcc::KeyValueHash, i64), ServerError> {
-        let current = self.kv.current_revision();
-        Ok((self.kv.hash_by_rev(revision)?, current))
+    /// A scan of the whole key table, on a blocking thread (the peer listener's connections
+    /// share the raft loop's thread).
+    pub async fn hash_by_rev(&self, revision: i64) -> Result<(etcd_mvcc::KeyValueHash, i64), ServerError> {
+        let kv = self.kv.clone();
+        tokio::task::spawn_blocking(move || {
+            let current = kv.current_revision();
+            Ok((kv.hash_by_rev(revision)?, current))
+        })
+        .await
+        .map_err(|e| ServerError::Internal(format!("hashing the key table failed: {e}")))?
     }
 
     /// The hashes this member took at its last compactions, oldest first.

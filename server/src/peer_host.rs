@@ -231,8 +231,7 @@ impl PeerApi for EtcdServer {
 
     fn hash_kv(&self, revision: i64) -> BoxFuture<'_, Result<HashKvResponseJson, String>> {
         Box::pin(async move {
-            // a scan of the whole key table: let the runtime move other tasks off this worker
-            let r = tokio::task::block_in_place(|| self.hash_by_rev(revision));
+            let r = self.hash_by_rev(revision).await;
             let (h, current) = r.map_err(|e| e.to_string())?;
             Ok(HashKvResponseJson {
                 header: HashKvHeaderJson { revision: current, ..Default::default() },

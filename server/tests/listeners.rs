@@ -1,5 +1,6 @@
 //! The client and peer listeners: unix-socket peers and clients (`unix://host:port` is the
-//! socket file `host:port` in the working directory, as etcd's; `unixs://` is TLS over one),
+//! socket file `host:port` in the working directory, as etcd's; `unixs://` is TLS over one, for
+//! clients and peers),
 //! HTTP/1 keep-alive when a
 //! request body arrives after its headers, and `--max-concurrent-streams` (HTTP/2 streams per
 //! connection; one budget for a listener's gateway requests, as etcd's gateway uses one
@@ -34,7 +35,12 @@ impl Drop for Proc {
 /// Member `i` of a cluster whose peers talk over unix sockets `m<i>.peer:1`; clients reach it
 /// on the unix socket `m<i>.client:1` and on TCP `client_port`.
 fn start_unix_member(dir: &Path, i: usize, initial_cluster: &str, client_port: u16) -> Proc {
-    let peer = format!("unix://m{i}.peer:1");
+    start_socket_member(dir, i, "unix", initial_cluster, client_port, &[])
+}
+
+/// As [`start_unix_member`], the peer sockets' scheme (`unix` or `unixs`) and extra flags given.
+fn start_socket_member(dir: &Path, i: usize, scheme: &str, initial_cluster: &str, client_port: u16, flags: &[&str]) -> Proc {
+    let peer = format!("{scheme}://m{i}.peer:1");
     let tcp = format!("http://127.0.0.1:{client_port}");
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("m{i}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_etcd-rs"))
@@ -43,6 +49,7 @@ fn start_unix_member(dir: &Path, i: usize, initial_cluster: &str, client_port: u
         .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
         .args(["--initial-cluster", initial_cluster, "--initial-cluster-token", "unix-token"])
         .args(["--listen-client-urls", &format!("unix://m{i}.client:1,{tcp}"), "--advertise-client-urls", &tcp])
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -127,8 +134,40 @@ async fn unix_socket_peers_form_a_cluster_and_clients_connect_over_a_unix_socket
     }
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length body: (status, body). Panics when the
-/// server closed the connection instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unixs_peers_form_a_cluster_over_tls_and_refuse_plain_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pki = common::pki::Pki::new(dir);
+    // a peer dials `unixs://m<i>.peer:1` checking that the certificate names `m<i>.peer`; the
+    // SAN check of a client certificate fails on a unix socket (no address), in etcd too, so
+    // it is skipped
+    let (cert, key) = pki.issue("peer", "peer", &["m0.peer", "m1.peer", "m2.peer"], true);
+    let ca = pki.ca_file();
+    let tls = ["--peer-cert-file", &cert, "--peer-key-file", &key, "--peer-trusted-ca-file", &ca, "--experimental-peer-skip-client-san-verification"];
+    let initial = (0..3).map(|i| format!("m{i}=unixs://m{i}.peer:1")).collect::<Vec<_>>().join(",");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _procs: Vec<Proc> = (0..3).map(|i| start_socket_member(dir, i, "unixs", &initial, ports[i], &tls)).collect();
+    let logs = || (0..3).map(|i| std::fs::read_to_string(dir.join(format!("m{i}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n");
+
+    let sock0 = dir.join("m0.client:1");
+    put_when_ready("m0 of a unixs-peer cluster", || unix_channel(sock0.clone()), "k", "over-unixs-peers").await;
+    let tcp2 = Channel::from_shared(format!("http://127.0.0.1:{}", ports[2])).unwrap().connect().await.unwrap();
+    assert_eq!(get(tcp2, "k").await.as_deref(), Some(&b"over-unixs-peers"[..]), "{}", logs());
+
+    // a peer request in plain text on a unixs peer socket is not answered
+    let plain = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(dir.join("m1.peer:1")).await.ok()?;
+        s.write_all(b"GET /version HTTP/1.1\r\nHost: m1.peer\r\n\r\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0 && buf.starts_with(b"HTTP/1.1 200")).then_some(())
+    })
+    .await;
+    assert!(!matches!(plain, Ok(Some(()))), "a plain-text peer request was answered on a unixs socket");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_talks_tls_over_a_unixs_client_socket_and_plain_text_is_refused() {
     let Some(etcdctl) = common::reference_etcdctl() else { return };
@@ -182,6 +221,8 @@ async fn etcdctl_talks_tls_over_a_unixs_client_socket_and_plain_text_is_refused(
     assert!(!matches!(plain, Ok(Some(_))), "a plain-text client was served on a unixs socket");
 }
 
+/// Reads one HTTP/1.1 response with a Content-Length body: (status, body). Panics when the
+/// server closed the connection instead.
 fn read_response(s: &mut TcpStream, what: &str) -> (u16, String) {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];

@@ -283,6 +283,11 @@ impl Stopping {
         // Nothing a peer could still send matters once raft has stopped.
         let _ = self.peer_stop_tx.send(true);
         self.peer_serving.iter().for_each(|h| h.abort());
+        // they run on the raft thread, which the process's exit does not wait for: a listener
+        // is closed (a unix socket's file removed) only once its task is gone
+        for h in self.peer_serving {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), h).await;
+        }
     }
 }
 
@@ -329,12 +334,8 @@ where
             Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
         }
         (Listener::Unix(incoming), None) => Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone()))),
-        // etcd-rs dials no unixs peer, so a peer listener there would serve nobody
-        (Listener::Unix(incoming), Some(_)) if what == "peer" => {
-            Err(format!("{}: unixs peer URLs (TLS over a unix socket) are not supported by etcd-rs yet", incoming.path().display()))
-        }
         (Listener::Unix(incoming), Some(Some(config))) => {
-            let incoming = tls::incoming_unix(incoming, config);
+            let incoming = tls::incoming_unix(incoming, config, check_san);
             Ok(tokio::spawn(serve::serve(incoming, service, versions, max_streams, stop.clone())))
         }
         (_, Some(None)) => Err(format!("no TLS configuration for the https {what} listener")),
