@@ -47,7 +47,7 @@ impl PeerDialer {
     /// by `timeout`.
     pub async fn connect(&self, url: &str, timeout: Duration) -> Result<Channel, String> {
         if let Some(rest) = url.strip_prefix("unixs://") {
-            return Err(format!("{url}: unixs peer URLs (TLS over a unix socket) are not supported by etcd-rs yet ({rest})"));
+            return Err(format!("{url}: gRPC over a unixs socket (TLS over a unix socket) is not supported by etcd-rs yet ({rest})"));
         }
         if let Some(path) = unix_socket_path(url) {
             // the authority names the socket, as Go's http client sends it for etcd's unix URLs
