@@ -9,7 +9,8 @@
 //! put summed over a 3-member cluster at one client. Here those hand-offs stay on one thread.
 //!
 //! What this asks of the peer tasks: nothing on this runtime may block waiting for the raft loop
-//! (it would wait for itself); they await it instead, as every peer handler does. The loop's
+//! (it would wait for itself); they await it instead, as every peer handler does. Long work goes
+//! to `spawn_blocking` (`block_in_place` panics on a current-thread runtime). The loop's
 //! WAL writes that fsync run on the runtime's blocking threads, so the peer connections go on
 //! meanwhile (with the fsync on this thread, 256-client puts lost up to ~10% on 3 members).
 //!
