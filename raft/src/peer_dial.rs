@@ -75,7 +75,12 @@ impl PeerDialer {
 
 /// The socket path of a `unix://host:port` URL (etcd listens on and dials `host:port`).
 fn unix_socket_path(url: &str) -> Option<&str> {
-    url.strip_prefix("unix://").map(|rest| rest.trim_end_matches('/'))
+    socket_path(url, "unix://")
+}
+
+/// The socket path `host:port` of a URL of the unix socket scheme `prefix` (`unix://`, `unixs://`).
+fn socket_path<'a>(url: &'a str, prefix: &str) -> Option<&'a str> {
+    url.strip_prefix(prefix).map(|rest| rest.trim_end_matches('/'))
 }
 
 /// tonic's transport error hides the cause (e.g. a certificate rejection or a missing socket):
@@ -181,7 +186,7 @@ impl PeerDialer {
                 let s = UnixStream::connect(path).await.map_err(|e| format!("dial unix {path}: {e}"))?;
                 return Ok(Box::new(s) as Box<dyn PeerIo>);
             }
-            if let Some(path) = url.strip_prefix("unixs://").map(|rest| rest.trim_end_matches('/')) {
+            if let Some(path) = socket_path(url, "unixs://") {
                 let tls = self.tls.clone().ok_or_else(|| format!("{url}: unixs peer URL but this member has no peer TLS configuration"))?;
                 let s = UnixStream::connect(path).await.map_err(|e| format!("dial unix {path}: {e}"))?;
                 // as Go's https transport under etcd's unixs: the certificate must name the host

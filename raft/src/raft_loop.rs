@@ -6,10 +6,10 @@
 //! proposals drained together are stepped as ONE MsgPropose, so a leader appends
 //! them with one broadcast, one MsgApp per follower, and a follower forwards them
 //! to the leader as one message),
-//! ticks if due, then handles Ready in the order raft-rs requires: hand
-//! `committed_entries` to the apply channel (first: the applier's wake-up is on every answer's
-//! path); send `messages()` (a leader may send before its own fsync); apply a snapshot (its
-//! committed entries go with it, after it); append `entries()` and the HardState to the WAL
+//! ticks if due, then handles Ready in the order raft-rs requires: apply a snapshot; hand
+//! `committed_entries` (with the snapshot, after it) to the apply channel (before the messages:
+//! the applier's wake-up is on every answer's path); send `messages()` (a leader may send
+//! before its own fsync); append `entries()` and the HardState to the WAL
 //! with one fsync (on a blocking thread: the raft thread serves the peer connections
 //! meanwhile); send `persisted_messages()`; advance; handle the LightReady (committed entries,
 //! then messages); `advance_apply`.
@@ -110,6 +110,8 @@ pub(crate) struct RaftLoop {
     raw: RawNode<MemStorage>,
     /// Shared with the blocking thread that writes and fsyncs a Ready (see `persist`).
     wal: Arc<parking_lot::Mutex<Wal>>,
+    /// The WAL's, which never changes: the status names it on every turn.
+    cluster_id: u64,
     snapshotter: Snapshotter,
     transport: Arc<dyn Transport>,
     apply_tx: mpsc::UnboundedSender<ApplyBatch>,
@@ -145,6 +147,7 @@ impl RaftLoop {
     ) -> RaftLoop {
         RaftLoop {
             raw: recovered.raw,
+            cluster_id: recovered.wal.metadata().cluster_id,
             wal: Arc::new(parking_lot::Mutex::new(recovered.wal)),
             snapshotter: recovered.snapshotter,
             transport,
@@ -405,13 +408,6 @@ impl RaftLoop {
         // in that term): publish the role change before handing entries over.
         self.publish_status();
         let mut rd = self.raw.ready();
-        // committed entries before messages when there is no snapshot: the applier's wake-up
-        // is on every answer's path, the messages' wake-ups then overlap with the apply
-        if rd.snapshot().is_empty() {
-            self.deliver(rd.take_committed_entries(), None);
-        }
-        self.send(rd.take_messages());
-
         let mut snapshot = None;
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
@@ -425,7 +421,10 @@ impl RaftLoop {
             self.snapshot_index = index;
             snapshot = Some(snap);
         }
+        // committed entries (after a snapshot they follow) before messages: the applier's
+        // wake-up is on every answer's path, the messages' wake-ups then overlap with the apply
         self.deliver(rd.take_committed_entries(), snapshot);
+        self.send(rd.take_messages());
         self.reads.on_read_states(rd.take_read_states());
 
         let hs = rd.hs().cloned();
@@ -454,9 +453,12 @@ impl RaftLoop {
     /// a blocking thread while this thread goes on with the peer connections (they share it, see
     /// `raft_runtime`); the loop itself waits for it, as raft-rs requires.
     async fn persist(&mut self, hs: Option<raft::eraftpb::HardState>, entries: Vec<raft::eraftpb::Entry>) -> Result<Vec<raft::eraftpb::Entry>, RaftError> {
-        if !self.wal.lock().must_sync(hs.as_ref(), &entries) {
-            self.wal.lock().save(hs.as_ref(), &entries)?;
-            return Ok(entries);
+        {
+            let mut wal = self.wal.lock();
+            if !wal.must_sync(hs.as_ref(), &entries) {
+                wal.save(hs.as_ref(), &entries)?;
+                return Ok(entries);
+            }
         }
         let wal = self.wal.clone();
         let (saved, entries) = tokio::task::spawn_blocking(move || {
@@ -537,7 +539,7 @@ impl RaftLoop {
         // updated in place, reusing the vectors' room: this runs on every turn of the loop
         let mut s = self.shared.status.write();
         s.id = id;
-        s.cluster_id = self.wal.lock().metadata().cluster_id;
+        s.cluster_id = self.cluster_id;
         s.leader_id = r.leader_id;
         s.term = r.term;
         s.commit_index = r.raft_log.committed;

@@ -3,11 +3,11 @@
 //!
 //! Listeners are TCP (`http`/`https` URLs) or unix sockets (`unix://host:port`, or `unixs` for
 //! TLS over one, listens on the socket file `host:port`, as etcd's `transport.NewUnixListener`;
-//! the file is removed when the listener closes). HTTP/1 request bodies a handler leaves unread are read to their end after
-//! the answer (up to [`DRAIN_LIMIT`] bytes), as Go's net/http does, so a body arriving after its
-//! headers does not make hyper close a keep-alive connection. On client listeners the gateway's
-//! requests (`/v3...` JSON) share `--max-concurrent-streams` slots, because etcd's gateway
-//! reaches its gRPC server over one connection per listener.
+//! the file is removed when the listener closes). HTTP/1 request bodies a handler leaves unread
+//! are read to their end after the answer (up to [`DRAIN_LIMIT`] bytes), as Go's net/http does,
+//! so a body arriving after its headers does not make hyper close a keep-alive connection. On
+//! client listeners the gateway's requests (`/v3...` JSON) share `--max-concurrent-streams`
+//! slots, because etcd's gateway reaches its gRPC server over one connection per listener.
 //!
 //! When the listener stops, open connections are asked to finish (HTTP/2 GOAWAY, HTTP/1.1
 //! close) and every response still waiting for data ends at once as an error ([`EndOnStop`]):

@@ -1092,8 +1092,8 @@ fn go_alert_text(code: u8) -> String {
     format!("tls: {text}")
 }
 
-/// `remote`: the peer's address for the SAN check (`check_san`; a certificate is refused when
-/// there is none to check it against).
+/// `remote`: the peer's address for the SAN check (`check_san`; without one, a unix socket's
+/// client, a certificate listing SANs is refused, as etcd).
 async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: S,
