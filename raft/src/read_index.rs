@@ -26,6 +26,17 @@ struct Round {
     ticks: u32,
 }
 
+/// A round's context: this member's ID, then the round's number. The leader keys pending
+/// ReadIndex requests by context and ignores one whose context is already pending, so rounds of
+/// different members must never share one (a round counter alone did when two members' counters
+/// met: the follower's round then waited for its retry).
+fn round_ctx(member_id: u64, round: u64) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&member_id.to_be_bytes());
+    ctx.extend_from_slice(&round.to_be_bytes());
+    ctx
+}
+
 /// Read requests waiting for a read index, owned by the raft loop.
 #[derive(Default)]
 pub struct ReadIndexQueue {
@@ -50,7 +61,7 @@ impl ReadIndexQueue {
             return;
         }
         self.next_ctx += 1;
-        let ctx = self.next_ctx.to_be_bytes().to_vec();
+        let ctx = round_ctx(raw.raft.id, self.next_ctx);
         raw.read_index(ctx.clone());
         self.inflight = Some(Round {
             ctx,
@@ -97,5 +108,17 @@ impl ReadIndexQueue {
         for w in round.into_iter().chain(self.waiting.drain(..)) {
             let _ = w.send(Err(RaftError::Stopped));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_of_different_members_never_share_a_context() {
+        assert_ne!(round_ctx(1, 7), round_ctx(2, 7));
+        assert_ne!(round_ctx(1, 7), round_ctx(1, 8));
+        assert_eq!(round_ctx(0x0102, 3)[..8], 0x0102u64.to_be_bytes());
     }
 }
