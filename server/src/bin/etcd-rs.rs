@@ -16,6 +16,17 @@ use tokio::sync::watch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Worker threads of the client runtime (gRPC, HTTP, leases, watches): one per core but one,
+/// which the raft thread, the applier and the WAL's fsync thread share (they run outside the
+/// runtime and are busy whenever writes are). With as many workers as cores they competed for the
+/// cores, and the workers parked and woke each other more often: on 2 vCPUs a second worker cost
+/// ~27% more CPU per put on a 3-member cluster (~33% on one member) for fewer puts per second,
+/// and fewer serializable reads per second on 3 members (the same on one). Measured on 2 vCPUs
+/// only (README, Benchmarks). `TOKIO_WORKER_THREADS` overrides it.
+fn client_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 fn main() {
     let (args, ignored_flags) = split_ignored_flags(normalize_args(std::env::args()));
     let flags = match Flags::try_parse_from(args) {
@@ -92,7 +103,11 @@ fn main() {
     };
     // most requests and answers are well under 1 KiB (see etcd_proto::codec)
     etcd_proto::codec::set_buffer_size(1024);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("etcd-rs").build();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        rt.worker_threads(client_worker_threads());
+    }
+    let rt = rt.enable_all().thread_name("etcd-rs").build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
