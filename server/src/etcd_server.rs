@@ -793,7 +793,7 @@ impl EtcdServer {
         if let Some(ai) = auth {
             self.auth.is_range_permitted(ai, &req.key, &req.range_end)?;
         }
-        let mut resp = self.kv.range(&req)?;
+        let mut resp = off_worker_if(may_read_many(&req), || self.kv.range(&req))?;
         self.check_auth_unchanged(auth)?;
         let read_at = resp.header.as_ref().map(|h| h.revision).unwrap_or_else(|| self.kv.current_revision());
         resp.header = Some(self.header(read_at));
@@ -845,7 +845,10 @@ impl EtcdServer {
         if let Some(ai) = auth {
             crate::apply_auth::txn_permitted(&self.auth, ai, req)?;
         }
-        let mut resp = self.kv.read_only_txn(req)?;
+        let many = req.success.iter().chain(&req.failure).any(|op| {
+            matches!(&op.request, Some(request_op::Request::RequestRange(r)) if may_read_many(r))
+        });
+        let mut resp = off_worker_if(many, || self.kv.read_only_txn(req))?;
         self.check_auth_unchanged(auth)?;
         let read_at = resp.header.as_ref().map_or_else(|| self.kv.current_revision(), |h| h.revision);
         resp.header = Some(self.header(read_at));
@@ -1145,4 +1148,67 @@ fn leader_gone(e: &ServerError) -> bool {
 
 fn unexpected(r: ApplyResult) -> ServerError {
     ServerError::Internal(format!("applier answered with an unexpected result: {r:?}"))
+}
+
+/// Whether a range may read many keys: a key range without a small limit (a point get or a
+/// page of at most [`SMALL_PAGE`] keys is read where it is asked).
+fn may_read_many(req: &RangeRequest) -> bool {
+    !req.range_end.is_empty() && !req.count_only && (req.limit <= 0 || req.limit > SMALL_PAGE)
+}
+
+/// The largest limit of a range that is read on the client runtime's worker itself.
+const SMALL_PAGE: i64 = 1000;
+
+/// Runs `read` (when `long`: a read that may take long) off the client runtime's worker, which
+/// then goes on serving other calls: the runtime has one worker per core but one (see the
+/// binary's `client_worker_threads`), so on 2 cores a long read would hold up every other call.
+fn off_worker_if<T>(long: bool, read: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if long && multi_thread {
+        tokio::task::block_in_place(read)
+    } else {
+        read()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_key_ranges_without_a_small_limit_may_read_many() {
+        let range = |key: &[u8], end: &[u8], limit: i64, count_only: bool| RangeRequest {
+            key: key.to_vec(),
+            range_end: end.to_vec(),
+            limit,
+            count_only,
+            ..Default::default()
+        };
+        assert!(!may_read_many(&range(b"a", b"", 0, false)), "a point get");
+        assert!(may_read_many(&range(b"a", b"b", 0, false)), "no limit");
+        assert!(may_read_many(&range(b"\0", b"\0", 0, false)), "everything");
+        assert!(!may_read_many(&range(b"a", b"b", 500, false)), "a page");
+        assert!(may_read_many(&range(b"a", b"b", SMALL_PAGE + 1, false)));
+        assert!(!may_read_many(&range(b"a", b"b", 0, true)), "a count");
+    }
+
+    #[tokio::test]
+    async fn a_read_off_the_worker_runs_on_a_current_thread_runtime_too() {
+        assert_eq!(off_worker_if(true, || 7), 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_read_leaves_the_only_worker_to_other_tasks() {
+        // on the worker (a test's own body runs on the thread that blocks on it)
+        let answered = tokio::spawn(async {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // the other task can only run (and answer) while this one's read is off the worker
+            tokio::spawn(async move { tx.send(()).unwrap() });
+            off_worker_if(true, || rx.recv_timeout(Duration::from_secs(5)).is_ok())
+        })
+        .await
+        .unwrap();
+        assert!(answered);
+    }
 }
