@@ -194,7 +194,12 @@ impl HttpTransport {
     }
 
     pub fn remove_peer(&self, id: u64) {
-        if self.peers.write().remove(&id).is_some() {
+        let removed = self.peers.write().remove(&id);
+        if let Some(peer) = removed {
+            // End the streams it reads from us (their writer tasks hold the peer, so dropping it
+            // would not): a removed member that missed the entry removing it dials them again
+            // and is refused as removed, which stops it, as etcd's removed members stop.
+            *peer.writers.lock() = [None, None];
             tracing::info!(peer = %format_id(id), "removed rafthttp peer");
         }
         self.remotes.write().remove(&id);
