@@ -836,18 +836,18 @@ impl EtcdServer {
     /// range, and the auth-revision recheck after reading (as [`EtcdServer::range`]). The
     /// header carries the revision read at.
     async fn read_only_txn(&self, req: &TxnRequest, auth: Option<&AuthInfo>) -> Result<TxnResponse, ServerError> {
-        let serializable = req.success.iter().chain(&req.failure).all(|op| {
-            matches!(&op.request, Some(request_op::Request::RequestRange(r)) if r.serializable)
+        let ops = || req.success.iter().chain(&req.failure).map(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => Some(r),
+            _ => None,
         });
+        let serializable = ops().all(|r| r.is_some_and(|r| r.serializable));
         if !serializable {
             self.linearizable_barrier().await?;
         }
         if let Some(ai) = auth {
             crate::apply_auth::txn_permitted(&self.auth, ai, req)?;
         }
-        let many = req.success.iter().chain(&req.failure).any(|op| {
-            matches!(&op.request, Some(request_op::Request::RequestRange(r)) if may_read_many(r))
-        });
+        let many = ops().any(|r| r.is_some_and(may_read_many));
         let mut resp = off_worker_if(many, || self.kv.read_only_txn(req))?;
         self.check_auth_unchanged(auth)?;
         let read_at = resp.header.as_ref().map_or_else(|| self.kv.current_revision(), |h| h.revision);
@@ -1163,9 +1163,11 @@ const SMALL_PAGE: i64 = 1000;
 /// then goes on serving other calls: the runtime has one worker per core but one (see the
 /// binary's `client_worker_threads`), so on 2 cores a long read would hold up every other call.
 fn off_worker_if<T>(long: bool, read: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if long && multi_thread {
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    if long && multi_thread() {
         tokio::task::block_in_place(read)
     } else {
         read()
