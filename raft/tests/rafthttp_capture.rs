@@ -65,8 +65,10 @@ fn check_append(m: &Message, log: &mut BTreeMap<(u64, u64), Vec<u8>>) {
 fn decode_capture(conns: &[(Vec<u8>, Vec<u8>)], d: &mut Decoded) {
     for (req, resp) in exchanges(conns) {
         let from_hdr = req.header("X-Server-From").map(str::to_string);
-        if req.path.starts_with("/raft") {
-            // every raft request carries the cluster and version headers etcd checks
+        // /raft/probing comes from etcd's prober (github.com/xiang90/probing): a bare GET every
+        // 4 s per peer, with none of rafthttp's headers
+        if req.path.starts_with("/raft") && req.path != "/raft/probing" {
+            // every other raft request carries the cluster and version headers etcd checks
             assert!(req.header("X-Etcd-Cluster-ID").is_some(), "{} without X-Etcd-Cluster-ID", req.path);
             d.server_versions.push(req.header("X-Server-Version").expect("X-Server-Version").to_string());
             d.min_cluster_versions.push(req.header("X-Min-Cluster-Version").expect("X-Min-Cluster-Version").to_string());

@@ -381,3 +381,57 @@ async fn a_raft_message_addressed_to_another_member_is_refused_not_stepped() {
     assert_eq!(after.raft_term, before.raft_term, "the foreign message's term reached raft");
     assert!(m.log_shows("ignoring a raft message addressed to another member"));
 }
+
+/// A member that misses the entry removing it (a learner never campaigns, and the leader sends a
+/// removed member nothing more) learns it only by dialling its peers again and being refused. So
+/// removing a member ends the streams it reads from us, here one opened by hand as the learner
+/// would: it closes once the removal is applied, and dialling again is refused with 410.
+#[tokio::test]
+async fn removing_a_member_ends_the_streams_it_reads_and_refuses_new_ones() {
+    use etcd_proto::etcdserverpb::cluster_client::ClusterClient;
+    use etcd_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest, StatusRequest};
+    use std::io::{Read, Write};
+
+    let (_dir, m, _kv) = common::single_member(&[]).await;
+    let header = MaintenanceClient::connect(m.endpoint()).await.unwrap().status(StatusRequest {}).await.unwrap().into_inner().header.unwrap();
+    let mut cluster = ClusterClient::connect(m.endpoint()).await.unwrap();
+    let add = MemberAddRequest { peer_ur_ls: vec!["http://127.0.0.1:1".into()], is_learner: true };
+    let learner = cluster.member_add(add).await.unwrap().into_inner().member.unwrap().id;
+    let open_stream = || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", m.peer_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = format!(
+            "GET /raft/stream/message/{learner:x} HTTP/1.1\r\nHost: x\r\nX-Etcd-Cluster-ID: {:x}\r\nX-Server-From: {learner:x}\r\nX-Raft-To: {:x}\r\nX-Server-Version: 3.5.1\r\nX-Min-Cluster-Version: 3.0.0\r\nX-PeerURLs: http://127.0.0.1:1\r\n\r\n",
+            header.cluster_id, header.member_id
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut first = [0u8; 12];
+        s.read_exact(&mut first).unwrap();
+        (s, String::from_utf8_lossy(&first).into_owned())
+    };
+    let (mut stream, status_line) = open_stream();
+    assert_eq!(status_line, "HTTP/1.1 200");
+
+    cluster.member_remove(MemberRemoveRequest { id: learner }).await.unwrap();
+    // the member writes link heartbeats on it until it lets it go; then the body ends
+    let ended = tokio::task::spawn_blocking(move || {
+        let (mut buf, mut seen) = ([0u8; 4096], Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e.to_string()),
+            }
+            // the chunked body's last chunk (the connection itself may be kept alive)
+            if seen.ends_with(b"\r\n0\r\n\r\n") {
+                return Ok(());
+            }
+        }
+        Err("still open".to_string())
+    });
+    let read = ended.await.unwrap();
+    assert!(read.is_ok(), "the removed member's stream stayed open 5 s after its removal: {read:?}");
+    let (_, status_line) = open_stream();
+    assert_eq!(status_line, "HTTP/1.1 410");
+}
