@@ -203,3 +203,15 @@ async fn a_tampered_member_is_refused_at_start_and_raises_corrupt_when_checked_p
         }
     }
 }
+
+/// The server keeps transparent huge pages out of its process (see `disable_transparent_huge_pages`
+/// in the binary): the kernel reports it in the process status.
+#[tokio::test]
+async fn the_server_process_runs_without_transparent_huge_pages() {
+    let (_dir, m, _kv) = common::single_member(&[]).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
+    // kernels before 6.x do not report the flag; nothing to check there
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+}

@@ -16,6 +16,18 @@ use tokio::sync::watch;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Keeps transparent huge pages out of this process. mimalloc asks for them (`madvise`) on the
+/// memory it takes from the OS, so each 2 MiB region it touches is faulted in whole and zeroed,
+/// and again after each purge, however little of it is used: one member after 300k puts from 256
+/// clients peaked at 123-139 MiB with them and 101-109 without, at the same puts per second; on 3
+/// members at 256 clients the zeroing was ~3% of the CPU samples, and CPU per put summed over the
+/// members fell from 58-65 to 52-61 us (kernel time 21-25 -> 19-21 us). Best effort: an old
+/// kernel without PR_SET_THP_DISABLE keeps them.
+fn disable_transparent_huge_pages() {
+    // SAFETY: prctl with integer arguments only, changing a flag of this process.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
 /// Worker threads of the client runtime (gRPC, HTTP, leases, watches): one per core but one,
 /// which the raft thread, the applier and the WAL's fsync thread share (they run outside the
 /// runtime and are busy whenever writes are). With as many workers as cores they competed for the
@@ -28,6 +40,7 @@ fn client_worker_threads() -> usize {
 }
 
 fn main() {
+    disable_transparent_huge_pages();
     let (args, ignored_flags) = split_ignored_flags(normalize_args(std::env::args()));
     let flags = match Flags::try_parse_from(args) {
         Ok(f) => f,
