@@ -10,9 +10,8 @@
 //! `committed_entries` (with the snapshot, after it) to the apply channel (before the messages:
 //! the applier's wake-up is on every answer's path); send `messages()` (a leader may send
 //! before its own fsync); append `entries()` and the HardState to the WAL
-//! with one fsync (on a blocking thread: the raft thread serves the peer connections
-//! meanwhile); send `persisted_messages()`; advance; handle the LightReady (committed entries,
-//! then messages); `advance_apply`.
+//! with one fsync, on this thread (see [`RaftLoop::persist`]); send `persisted_messages()`;
+//! advance; handle the LightReady (committed entries, then messages); `advance_apply`.
 //!
 //! Proposals that arrive while no leader can take them (none known: the leader vanished after
 //! the handle checked; or this leader is transferring leadership) are held, in arrival order,
@@ -108,8 +107,7 @@ impl ProposeReply {
 
 pub(crate) struct RaftLoop {
     raw: RawNode<MemStorage>,
-    /// Shared with the blocking thread that writes and fsyncs a Ready (see `persist`).
-    wal: Arc<parking_lot::Mutex<Wal>>,
+    wal: Wal,
     /// The WAL's, which never changes: the status names it on every turn.
     cluster_id: u64,
     snapshotter: Snapshotter,
@@ -148,7 +146,7 @@ impl RaftLoop {
         RaftLoop {
             raw: recovered.raw,
             cluster_id: recovered.wal.metadata().cluster_id,
-            wal: Arc::new(parking_lot::Mutex::new(recovered.wal)),
+            wal: recovered.wal,
             snapshotter: recovered.snapshotter,
             transport,
             apply_tx,
@@ -395,11 +393,14 @@ impl RaftLoop {
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
-        if !msgs.is_empty() {
-            crate::metrics::heartbeats_sent(&msgs, self.tick_interval);
-            self.transport.send(msgs);
+    /// Hands `msgs` to the transport; false when there were none.
+    fn send(&self, msgs: Vec<Message>) -> bool {
+        if msgs.is_empty() {
+            return false;
         }
+        crate::metrics::heartbeats_sent(&msgs, self.tick_interval);
+        self.transport.send(msgs);
+        true
     }
 
     async fn handle_ready(&mut self) -> Result<(), RaftError> {
@@ -413,10 +414,10 @@ impl RaftLoop {
             let snap = rd.snapshot().clone();
             let (index, term) = (snap.get_metadata().index, snap.get_metadata().term);
             self.snapshotter.save(&snap)?;
-            self.wal.lock().save_snapshot_marker(index, term)?;
+            self.wal.save_snapshot_marker(index, term)?;
             self.raw.mut_store().wl().apply_snapshot(snap.clone())?;
             // the log before a received snapshot is superseded by it
-            self.wal.lock().release_to(index)?;
+            self.wal.release_to(index)?;
             self.conf_state = snap.get_metadata().get_conf_state().clone();
             self.snapshot_index = index;
             snapshot = Some(snap);
@@ -424,11 +425,12 @@ impl RaftLoop {
         // committed entries (after a snapshot they follow) before messages: the applier's
         // wake-up is on every answer's path, the messages' wake-ups then overlap with the apply
         self.deliver(rd.take_committed_entries(), snapshot);
-        self.send(rd.take_messages());
+        let sent = self.send(rd.take_messages());
         self.reads.on_read_states(rd.take_read_states());
 
         let hs = rd.hs().cloned();
-        let entries = self.persist(hs.clone(), rd.take_entries()).await?;
+        let entries = rd.take_entries();
+        self.persist(hs.as_ref(), &entries, sent).await?;
         {
             let store = self.raw.mut_store();
             let mut core = store.wl();
@@ -449,26 +451,23 @@ impl RaftLoop {
         self.trim_memory_log()
     }
 
-    /// Writes a Ready's HardState and entries to the WAL. One that must be fsynced is written on
-    /// a blocking thread while this thread goes on with the peer connections (they share it, see
-    /// `raft_runtime`); the loop itself waits for it, as raft-rs requires.
-    async fn persist(&mut self, hs: Option<raft::eraftpb::HardState>, entries: Vec<raft::eraftpb::Entry>) -> Result<Vec<raft::eraftpb::Entry>, RaftError> {
-        {
-            let mut wal = self.wal.lock();
-            if !wal.must_sync(hs.as_ref(), &entries) {
-                wal.save(hs.as_ref(), &entries)?;
-                return Ok(entries);
-            }
+    /// Writes a Ready's HardState and entries to the WAL, with an fsync when raft-rs needs one,
+    /// on this thread: the loop must wait for it anyway, and a hand-off to another thread cost
+    /// two thread wake-ups per fsync. The peer connections, tasks of this runtime, wait while the
+    /// fsync blocks the thread, so the messages this Ready sent before persisting (a leader's
+    /// appends, whose followers fsync in parallel with it) are written to their sockets first:
+    /// the loop yields once, and the stream writers they woke run before it resumes.
+    async fn persist(
+        &mut self,
+        hs: Option<&raft::eraftpb::HardState>,
+        entries: &[raft::eraftpb::Entry],
+        sent: bool,
+    ) -> Result<(), RaftError> {
+        if sent && self.wal.must_sync(hs, entries) {
+            tokio::task::yield_now().await;
         }
-        let wal = self.wal.clone();
-        let (saved, entries) = tokio::task::spawn_blocking(move || {
-            let saved = wal.lock().save(hs.as_ref(), &entries);
-            (saved, entries)
-        })
-        .await
-        .map_err(|e| RaftError::WalWriter(e.to_string()))?;
-        saved?;
-        Ok(entries)
+        self.wal.save(hs, entries)?;
+        Ok(())
     }
 
     /// Drops what the in-memory log no longer needs (see the module doc).
@@ -507,13 +506,13 @@ impl RaftLoop {
         snap.data = data.into();
         // The snapshot file first: a WAL marker never names a missing snapshot.
         self.snapshotter.save(&snap)?;
-        self.wal.lock().save_snapshot_marker(index, term)?;
+        self.wal.save_snapshot_marker(index, term)?;
         self.snapshot_index = index;
         let compact_to = index.saturating_sub(self.snapshot_catchup_entries);
         if compact_to > store.first_index()? {
             store.wl().compact(compact_to)?;
         }
-        self.wal.lock().release_to(index)?;
+        self.wal.release_to(index)?;
         tracing::info!(
             index,
             term,
