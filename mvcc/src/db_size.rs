@@ -15,12 +15,12 @@
 //!
 //! Invariant: reading a figure costs two atomic loads (the quota reads them on every write
 //! request), and the walk, whose cost grows with the file (it reads every page), never runs on
-//! the writer's path: a measurer thread walks after commits, then waits 199 times as long as the
-//! walk took (at most ~0.5% of a core; at 2% it took 4-5% of a busy 3-member cluster member's
-//! CPU). Between walks *in use* grows by the bytes of the key-table rows committed since the
-//! walk's read transaction (a lower bound of the pages they take; other tables' changes and
-//! compaction's deletions wait for the next walk). A batch committed while a walk starts may be
-//! counted twice until the next walk, never missed.
+//! the writer's path: a measurer thread walks after commits, then waits 999 times as long as the
+//! walk took (at most ~0.1% of a core; at 0.5% the walks were still ~1.3% of a busy 3-member
+//! cluster's CPU in `perf`, at 2% 4-5%). Between walks *in use* grows by the bytes of the
+//! key-table rows committed since the walk's read transaction (a lower bound of the pages they
+//! take; other tables' changes and compaction's deletions wait for the next walk). A batch
+//! committed while a walk starts may be counted twice until the next walk, never missed.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTableMetadata, T
 use crate::MvccError;
 
 /// How much longer the measurer waits after a walk than the walk took.
-const IDLE_FACTOR: u32 = 199;
+const IDLE_FACTOR: u32 = 999;
 
 /// redb's header: the file's first page (the backend keeps redb's default page size).
 const HEADER_BYTES: i64 = 4096;
