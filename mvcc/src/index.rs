@@ -119,9 +119,9 @@ impl Index {
         let inner = &mut *guard;
         match inner.keys.get_mut(key) {
             Some(ki) => {
-                // `rev` is newer than every revision indexed, so the state at it is the current
+                // `rev` is newer than every revision indexed, so the state at it is the latest
                 // one: the key was live before iff `before` is Some, and a put leaves it live
-                let before = ki.get(rev.main);
+                let before = ki.latest();
                 ki.put(rev);
                 inner.live += i64::from(before.is_none());
                 before

@@ -769,7 +769,7 @@ mod tests {
         for round in 0..4u32 {
             for i in 0..40_000u32 {
                 let key = odd_key(&mut seed);
-                if lcg(&mut seed) % 4 == 0 {
+                if lcg(&mut seed).is_multiple_of(4) {
                     assert_eq!(map.remove(&key), model.remove(&key));
                 } else {
                     assert_eq!(map.insert(&key, i), model.insert(key, i));

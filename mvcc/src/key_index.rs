@@ -212,6 +212,25 @@ impl KeyIndex {
         }
     }
 
+    /// The key's state now: what [`KeyIndex::get`] answers at any revision at or after
+    /// [`KeyIndex::modified`]'s, i.e. the last generation's state, read without its revisions.
+    pub fn latest(&self) -> Option<KeyAt> {
+        match &self.repr {
+            Repr::Empty { .. } => None,
+            Repr::Single(s) => Some(KeyAt {
+                modified: s.modified(),
+                created: s.created(),
+                version: s.version,
+            }),
+            // a non-empty last generation's last revision is the latest change
+            Repr::Full(f) => f.generations.last().filter(|g| !g.is_empty()).map(|g| KeyAt {
+                modified: f.modified,
+                created: g.created,
+                version: g.version,
+            }),
+        }
+    }
+
     /// Every indexed revision with main revision `>= rev`, ascending, keeping only the last
     /// change of each main revision (what a watcher from `rev` must see).
     pub fn since(&self, rev: i64) -> Vec<Revision> {
@@ -534,6 +553,27 @@ mod tests {
             ]
         );
         assert_eq!(ki.modified(), r(16));
+    }
+
+    #[test]
+    fn latest_is_the_state_after_the_last_change() {
+        let mut ki = KeyIndex::new();
+        assert_eq!(ki.latest(), None, "never written");
+        ki.put(r(2));
+        assert_eq!(ki.latest().map(|s| (s.modified, s.created, s.version)), Some((r(2), r(2), 1)));
+        ki.put(Revision::new(2, 1));
+        assert_eq!(
+            ki.latest().map(|s| (s.modified, s.created, s.version)),
+            Some((Revision::new(2, 1), r(2), 2)),
+            "a second change in one transaction"
+        );
+        assert!(ki.tombstone(r(3)));
+        assert_eq!(ki.latest(), None, "deleted");
+        ki.put(r(5));
+        assert_eq!(ki.latest().map(|s| (s.modified, s.created, s.version)), Some((r(5), r(5), 1)));
+        assert_eq!(three_generations().latest(), None);
+        let restored = KeyIndex::restored(r(3), r(9), 4);
+        assert_eq!(restored.latest(), restored.get(9));
     }
 
     #[test]
@@ -936,6 +976,8 @@ mod tests {
                 assert_eq!(ki.generations(), model.generations);
                 assert_eq!(ki.modified(), model.modified);
                 assert_eq!(ki.is_empty(), model.is_empty());
+                assert_eq!(ki.latest(), model.get(i64::MAX), "latest");
+                assert_eq!(ki.latest(), ki.get(ki.modified().main), "latest is get at modified");
                 for at in 0..=main + 1 {
                     assert_eq!(ki.get(at), model.get(at), "get({at})");
                     assert_eq!(ki.since(at), model.since(at), "since({at})");
