@@ -94,9 +94,6 @@ pub enum RaftError {
     ForceNewClusterNotVoter(u64),
     #[error("could not start the raft loop thread: {0}")]
     Spawn(#[source] io::Error),
-    /// The blocking thread that writes the WAL ended without an answer (it panicked).
-    #[error("the WAL writer failed: {0}")]
-    WalWriter(String),
     /// A conf change entry that is not etcd's V1 `ConfChange` (etcd-rs before 1.0 wrote
     /// ConfChangeV2 entries with its own context; such a log is refused, not converted).
     #[error("raft entry {index} is not an etcd conf change ({reason}); a data dir written by etcd-rs before 1.0 cannot be used: save a snapshot with the etcd-rs that wrote it (`etcdctl snapshot save`) and restore it (`etcdutl-rs snapshot restore`)")]

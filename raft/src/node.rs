@@ -2,9 +2,8 @@
 //! its cheap status view.
 //!
 //! Invariant: the raft-rs `RawNode`, the `Wal` and the `Snapshotter` are owned
-//! by one task, the raft loop, on the "raft-loop" thread ([`crate::raft_runtime`]; a WAL
-//! write with fsync runs on a blocking thread while the loop waits for it); the handle only
-//! sends commands over a channel
+//! by one task, the raft loop, on the "raft-loop" thread ([`crate::raft_runtime`], which also
+//! writes and fsyncs the WAL); the handle only sends commands over a channel
 //! and reads a status snapshot the loop republishes after every iteration.
 //! The leader is also published on a watch channel, changed only when it
 //! changes, so a request can wait for an election without polling.

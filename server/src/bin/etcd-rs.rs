@@ -29,8 +29,8 @@ fn disable_transparent_huge_pages() {
 }
 
 /// Worker threads of the client runtime (gRPC, HTTP, leases, watches): one per core but one,
-/// which the raft thread, the applier and the WAL's fsync thread share (they run outside the
-/// runtime and are busy whenever writes are). With as many workers as cores they competed for the
+/// which the raft thread (with the WAL's writes and fsyncs) and the applier share (they run
+/// outside the runtime and are busy whenever writes are). With as many workers as cores they competed for the
 /// cores, and the workers parked and woke each other more often: on 2 vCPUs a second worker cost
 /// ~27% more CPU per put on a 3-member cluster (~33% on one member) for fewer puts per second,
 /// and fewer serializable reads per second on 3 members (the same on one). Measured on 2 vCPUs
