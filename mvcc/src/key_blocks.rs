@@ -324,15 +324,11 @@ impl Bounds {
     }
 
     fn start(&self, i: usize) -> usize {
-        if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] as usize
-        }
+        packed_start(&self.ends, i)
     }
 
     fn get(&self, i: usize) -> &[u8] {
-        &self.bytes[self.start(i)..self.ends[i] as usize]
+        packed(&self.bytes, &self.ends, i)
     }
 
     /// The last bound `<= key`, or 0 when there is none (the caller knows `key` is at or
@@ -486,21 +482,32 @@ fn reserve_one<T>(v: &mut Vec<T>, max: usize) {
     }
 }
 
+/// Where string `i` of strings packed one after the other in a buffer starts, given their end
+/// offsets (the layout of a block's keys and of a level's bounds).
+fn packed_start(ends: &[u32], i: usize) -> usize {
+    if i == 0 {
+        0
+    } else {
+        ends[i - 1] as usize
+    }
+}
+
+/// String `i` of the packed strings (see [`packed_start`]).
+fn packed<'a>(bytes: &'a [u8], ends: &[u32], i: usize) -> &'a [u8] {
+    &bytes[packed_start(ends, i)..ends[i] as usize]
+}
+
 impl<V> Block<V> {
     fn new() -> Block<V> {
         Block { bytes: Vec::new(), ends: Vec::new(), values: Vec::new() }
     }
 
     fn start(&self, i: usize) -> usize {
-        if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] as usize
-        }
+        packed_start(&self.ends, i)
     }
 
     fn key(&self, i: usize) -> &[u8] {
-        &self.bytes[self.start(i)..self.ends[i] as usize]
+        packed(&self.bytes, &self.ends, i)
     }
 
     /// Where `key` is (Ok) or would go (Err).
