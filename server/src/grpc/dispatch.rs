@@ -14,7 +14,6 @@ use std::task::{Context, Poll};
 
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
-use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
@@ -27,7 +26,8 @@ use tonic::server::NamedService;
 use tower::{Layer, Service};
 
 use super::leader_bound::{self, LeaderBound};
-use super::{auth, cluster, election, health, kv, lease, lock, maintenance, watch};
+use super::unary::KvCalls;
+use super::{auth, cluster, election, health, lease, lock, maintenance, watch};
 use crate::errors::ServerError;
 use crate::etcd_server::EtcdServer;
 use crate::metrics::{CountedBody, GrpcMetrics, GrpcMetricsFuture, GrpcMetricsLayer};
@@ -76,7 +76,7 @@ macro_rules! services {
 }
 
 services! {
-    Kv(KvServer<kv::KvService>),
+    Kv(KvCalls),
     Watch(WatchServer<watch::WatchService>),
     Lease(LeaseServer<lease::LeaseService>),
     Maintenance(MaintenanceServer<maintenance::MaintenanceService>),
@@ -90,7 +90,7 @@ services! {
 impl Services {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        kv: KvServer<kv::KvService>,
+        kv: KvCalls,
         watch: WatchServer<watch::WatchService>,
         lease: LeaseServer<lease::LeaseService>,
         maintenance: MaintenanceServer<maintenance::MaintenanceService>,

@@ -18,6 +18,7 @@ mod lease;
 mod lock;
 mod maintenance;
 pub(crate) mod recipes;
+mod unary;
 mod watch;
 
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use axum::response::IntoResponse;
 use etcd_proto::etcdserverpb::auth_server::AuthServer;
 use etcd_proto::grpc_health_v1::health_server::HealthServer;
 use etcd_proto::etcdserverpb::cluster_server::ClusterServer;
-use etcd_proto::etcdserverpb::kv_server::KvServer;
 use etcd_proto::etcdserverpb::lease_server::LeaseServer;
 use etcd_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use etcd_proto::etcdserverpb::watch_server::WatchServer;
@@ -76,7 +76,7 @@ impl ClientTraffic {
 pub fn routes(server: Arc<EtcdServer>, traffic: ClientTraffic) -> GrpcDispatch<tonic::service::Routes> {
     let max_recv = server.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let services = dispatch::Services::new(
-        KvServer::new(kv::KvService { server: server.clone() }).max_decoding_message_size(max_recv),
+        unary::KvCalls::new(kv::KvService { server: server.clone() }, max_recv),
         WatchServer::new(watch::WatchService { server: server.clone(), max_response_bytes: max_recv })
             .max_decoding_message_size(max_recv)
             .max_encoding_message_size(usize::MAX),
