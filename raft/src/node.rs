@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::RaftError;
 use crate::raft_loop::{Command, ProposeReply, RaftLoop};
 use crate::raft_runtime::RaftRuntime;
+use crate::read_index::SharedReads;
 use crate::recovery::recover;
 use crate::slog_bridge::raft_logger;
 #[cfg(test)]
@@ -146,6 +147,8 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
     pub pending_proposals: AtomicUsize,
     pub leader: watch::Sender<Leader>,
+    /// Linearizable readers waiting for the loop to take them into a ReadIndex round.
+    pub reads: SharedReads,
 }
 
 struct Inner {
@@ -211,6 +214,7 @@ impl RaftNode {
             stopped: AtomicBool::new(false),
             pending_proposals: AtomicUsize::new(0),
             leader: watch::Sender::new(Leader { id: 0, since: Instant::now(), stopped: false }),
+            reads: SharedReads::default(),
         });
         let raft_loop = RaftLoop::new(&cfg, recovered, transport, apply_tx, cmd_rx, shared.clone());
         raft_loop.publish_status();
@@ -290,7 +294,12 @@ impl RaftNode {
     /// `tokio::time::timeout` for a deadline.
     pub async fn read_index(&self) -> Result<u64, RaftError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::ReadIndex { reply })?;
+        match self.inner.shared.reads.push(reply) {
+            Err(_) => return Err(RaftError::Stopped),
+            // the loop is idle: wake it (later readers join without waking it)
+            Ok(true) => self.send(Command::ReadsQueued)?,
+            Ok(false) => {}
+        }
         rx.await.map_err(|_| RaftError::Stopped)?
     }
 

@@ -60,9 +60,8 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), RaftError>>,
     },
-    ReadIndex {
-        reply: oneshot::Sender<Result<u64, RaftError>>,
-    },
+    /// Readers queued in `Shared::reads` while the loop was idle.
+    ReadsQueued,
     ReportSnapshot {
         id: u64,
         finished: bool,
@@ -171,7 +170,7 @@ impl RaftLoop {
         if let Err(e) = self.run_until_stopped().await {
             tracing::error!(error = %e, "the raft loop stopped on an error");
         }
-        self.reads.fail_all();
+        self.reads.fail_all(&self.shared.reads);
         let batched = std::mem::take(&mut self.batch).into_iter().map(|(_, r)| r);
         let held = std::mem::take(&mut self.held).into_iter().map(|(_, _, r)| r);
         for reply in batched.chain(held) {
@@ -197,11 +196,18 @@ impl RaftLoop {
             if !self.stop_replies.is_empty() {
                 return Ok(());
             }
-            let tick = tokio::time::Instant::from_std(self.next_tick);
-            match tokio::time::timeout_at(tick, self.commands.recv()).await {
-                Ok(Some(cmd)) => self.handle(cmd)?,
-                Ok(None) => return Ok(()),
-                Err(_) => {}
+            // Readers who queued during the round just answered woke nobody: their round starts
+            // now and goes out with the next Ready, so the loop does not wait for a command
+            // first (it only lets the runtime's other tasks run).
+            if self.reads.start_round(&mut self.raw, &self.shared.reads) {
+                tokio::task::yield_now().await;
+            } else {
+                let tick = tokio::time::Instant::from_std(self.next_tick);
+                match tokio::time::timeout_at(tick, self.commands.recv()).await {
+                    Ok(Some(cmd)) => self.handle(cmd)?,
+                    Ok(None) => return Ok(()),
+                    Err(_) => {}
+                }
             }
             while let Ok(cmd) = self.commands.try_recv() {
                 self.handle(cmd)?;
@@ -218,7 +224,7 @@ impl RaftLoop {
                 self.age_held_proposals();
                 self.campaign_ticks_left = self.campaign_ticks_left.saturating_sub(1);
             }
-            self.reads.start_round(&mut self.raw);
+            self.reads.start_round(&mut self.raw, &self.shared.reads);
             self.propose_held();
         }
     }
@@ -307,7 +313,7 @@ impl RaftLoop {
     }
 
     fn handle(&mut self, cmd: Command) -> Result<(), RaftError> {
-        if !matches!(cmd, Command::Propose { .. } | Command::Step(_) | Command::ReadIndex { .. }) {
+        if !matches!(cmd, Command::Propose { .. } | Command::Step(_) | Command::ReadsQueued) {
             // keep the batched proposals ahead of what this command proposes or changes
             self.flush_proposals();
         }
@@ -321,7 +327,7 @@ impl RaftLoop {
                 };
                 let _ = reply.send(result);
             }
-            Command::ReadIndex { reply } => self.reads.push(reply),
+            Command::ReadsQueued => {} // taken by the next `start_round`
             Command::ApplyConfChange { cc, reply } => {
                 let result = self.raw.apply_conf_change(&cc).map_err(RaftError::from);
                 if let Ok(cs) = &result {

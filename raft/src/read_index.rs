@@ -9,7 +9,14 @@
 //! duplicate context that is already pending, so retries are harmless. Callers
 //! give up with their own deadline; a round whose callers have all gone is
 //! abandoned.
+//!
+//! Callers queue in [`SharedReads`], outside the loop, and wake the raft thread
+//! only when the loop is idle: while a round is in flight the loop takes the
+//! queue when the round ends, so a read costs the raft thread no wake-up of its
+//! own (each was an OS context switch of the raft thread: ~0.16 per
+//! linearizable read at 256 clients on 3 members).
 
+use parking_lot::Mutex;
 use raft::{RawNode, ReadState, Storage};
 use tokio::sync::oneshot;
 
@@ -18,7 +25,53 @@ use crate::error::RaftError;
 /// Ticks to wait for a round's answer before asking again.
 pub const RETRY_TICKS: u32 = 2;
 
-type Waiter = oneshot::Sender<Result<u64, RaftError>>;
+pub(crate) type Waiter = oneshot::Sender<Result<u64, RaftError>>;
+
+/// Readers waiting to join a round, shared by the callers and the loop.
+///
+/// Invariant: while `loop_will_look` is true the loop takes `waiters` without being woken (a
+/// round is in flight, or a wake-up is on its way); it turns false only when the loop found the
+/// queue empty with no round in flight, so the next reader wakes it.
+#[derive(Default)]
+pub(crate) struct SharedReads {
+    state: Mutex<SharedState>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    waiters: Vec<Waiter>,
+    loop_will_look: bool,
+    closed: bool,
+}
+
+impl SharedReads {
+    /// Queues a reader. Ok(true): the caller must wake the loop. Err: the loop has stopped.
+    pub(crate) fn push(&self, waiter: Waiter) -> Result<bool, Waiter> {
+        let mut s = self.state.lock();
+        if s.closed {
+            return Err(waiter);
+        }
+        s.waiters.push(waiter);
+        Ok(!std::mem::replace(&mut s.loop_will_look, true))
+    }
+
+    /// Moves the queued readers still waiting into `into`; finding none, the loop goes idle.
+    fn take(&self, into: &mut Vec<Waiter>) {
+        let mut s = self.state.lock();
+        into.append(&mut s.waiters);
+        into.retain(|w| !w.is_closed());
+        if into.is_empty() {
+            s.loop_will_look = false;
+        }
+    }
+
+    /// Refuses readers from now on; returns the queued ones.
+    fn close(&self) -> Vec<Waiter> {
+        let mut s = self.state.lock();
+        s.closed = true;
+        std::mem::take(&mut s.waiters)
+    }
+}
 
 struct Round {
     ctx: Vec<u8>,
@@ -39,26 +92,23 @@ fn round_ctx(member_id: u64, round: u64) -> Vec<u8> {
 
 /// Read requests waiting for a read index, owned by the raft loop.
 #[derive(Default)]
-pub struct ReadIndexQueue {
+pub(crate) struct ReadIndexQueue {
     next_ctx: u64,
     waiting: Vec<Waiter>,
     inflight: Option<Round>,
 }
 
 impl ReadIndexQueue {
-    /// Queues a caller for the next round.
-    pub fn push(&mut self, waiter: Waiter) {
-        self.waiting.push(waiter);
-    }
-
-    /// Starts a round for the queued callers if none is in flight.
-    pub fn start_round<S: Storage>(&mut self, raw: &mut RawNode<S>) {
+    /// Starts a round for the queued callers (`shared`'s too) if none is in flight; says
+    /// whether one started (its messages go out with the next Ready).
+    pub fn start_round<S: Storage>(&mut self, raw: &mut RawNode<S>, shared: &SharedReads) -> bool {
         if self.inflight.is_some() {
-            return;
+            return false;
         }
         self.waiting.retain(|w| !w.is_closed());
+        shared.take(&mut self.waiting);
         if self.waiting.is_empty() {
-            return;
+            return false;
         }
         self.next_ctx += 1;
         let ctx = round_ctx(raw.raft.id, self.next_ctx);
@@ -68,6 +118,7 @@ impl ReadIndexQueue {
             waiters: std::mem::take(&mut self.waiting),
             ticks: 0,
         });
+        true
     }
 
     /// Answers the in-flight round if one of `states` is its answer.
@@ -102,10 +153,14 @@ impl ReadIndexQueue {
         }
     }
 
-    /// Fails every caller (the loop is stopping).
-    pub fn fail_all(&mut self) {
+    /// Fails every caller, `shared`'s too, and refuses later ones (the loop is stopping).
+    pub fn fail_all(&mut self, shared: &SharedReads) {
         let round = self.inflight.take().map(|r| r.waiters).unwrap_or_default();
-        for w in round.into_iter().chain(self.waiting.drain(..)) {
+        for w in round
+            .into_iter()
+            .chain(self.waiting.drain(..))
+            .chain(shared.close())
+        {
             let _ = w.send(Err(RaftError::Stopped));
         }
     }
@@ -114,6 +169,44 @@ impl ReadIndexQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_reader_finding_the_loop_idle_wakes_it() {
+        let shared = SharedReads::default();
+        let mut rxs = Vec::new();
+        let mut push = || {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(rx);
+            shared.push(tx).ok().unwrap()
+        };
+        assert!(push(), "the first reader wakes the idle loop");
+        assert!(!push(), "the loop will look: no second wake-up");
+        let mut taken = Vec::new();
+        shared.take(&mut taken);
+        assert_eq!(taken.len(), 2);
+        assert!(
+            !push(),
+            "the loop took readers (a round runs): it looks again when it ends"
+        );
+        taken.clear();
+        shared.take(&mut taken);
+        taken.clear();
+        shared.take(&mut taken);
+        assert!(taken.is_empty());
+        assert!(
+            push(),
+            "the loop found none and went idle: the next reader wakes it"
+        );
+        drop(rxs);
+        taken.clear();
+        shared.take(&mut taken);
+        assert!(taken.is_empty(), "readers that gave up are dropped");
+        let (tx, _rx) = oneshot::channel();
+        assert!(shared.push(tx).unwrap(), "and the loop is idle again");
+        assert_eq!(shared.close().len(), 1);
+        let (tx, _rx) = oneshot::channel();
+        assert!(shared.push(tx).is_err(), "a stopped loop refuses readers");
+    }
 
     #[test]
     fn rounds_of_different_members_never_share_a_context() {
