@@ -1,7 +1,9 @@
 //! The raft loop: the one task that owns the `RawNode`, the `Wal` and the
 //! `Snapshotter`, on the raft thread shared with the peer connections ([`crate::raft_runtime`]).
 //!
-//! Each iteration waits for a command until the next tick is due, drains every
+//! Each iteration waits for a command until the next tick is due (not when linearizable
+//! readers who queued during the ReadIndex round just answered start the next one: that
+//! round's messages go out with the next Ready), drains every
 //! queued command (so concurrent proposals share one Ready and one fsync; the
 //! proposals drained together are stepped as ONE MsgPropose, so a leader appends
 //! them with one broadcast, one MsgApp per follower, and a follower forwards them
