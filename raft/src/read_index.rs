@@ -55,14 +55,15 @@ impl SharedReads {
         Ok(!std::mem::replace(&mut s.loop_will_look, true))
     }
 
-    /// Moves the queued readers still waiting into `into`; finding none, the loop goes idle.
-    fn take(&self, into: &mut Vec<Waiter>) {
+    /// The queued readers still waiting; finding none, the loop goes idle.
+    fn take(&self) -> Vec<Waiter> {
         let mut s = self.state.lock();
-        into.append(&mut s.waiters);
-        into.retain(|w| !w.is_closed());
-        if into.is_empty() {
+        let mut waiters = std::mem::take(&mut s.waiters);
+        waiters.retain(|w| !w.is_closed());
+        if waiters.is_empty() {
             s.loop_will_look = false;
         }
+        waiters
     }
 
     /// Refuses readers from now on; returns the queued ones.
@@ -90,11 +91,10 @@ fn round_ctx(member_id: u64, round: u64) -> Vec<u8> {
     ctx
 }
 
-/// Read requests waiting for a read index, owned by the raft loop.
+/// The ReadIndex round in flight, owned by the raft loop (readers wait in [`SharedReads`]).
 #[derive(Default)]
 pub(crate) struct ReadIndexQueue {
     next_ctx: u64,
-    waiting: Vec<Waiter>,
     inflight: Option<Round>,
 }
 
@@ -105,9 +105,8 @@ impl ReadIndexQueue {
         if self.inflight.is_some() {
             return false;
         }
-        self.waiting.retain(|w| !w.is_closed());
-        shared.take(&mut self.waiting);
-        if self.waiting.is_empty() {
+        let waiters = shared.take();
+        if waiters.is_empty() {
             return false;
         }
         self.next_ctx += 1;
@@ -115,7 +114,7 @@ impl ReadIndexQueue {
         raw.read_index(ctx.clone());
         self.inflight = Some(Round {
             ctx,
-            waiters: std::mem::take(&mut self.waiting),
+            waiters,
             ticks: 0,
         });
         true
@@ -156,11 +155,7 @@ impl ReadIndexQueue {
     /// Fails every caller, `shared`'s too, and refuses later ones (the loop is stopping).
     pub fn fail_all(&mut self, shared: &SharedReads) {
         let round = self.inflight.take().map(|r| r.waiters).unwrap_or_default();
-        for w in round
-            .into_iter()
-            .chain(self.waiting.drain(..))
-            .chain(shared.close())
-        {
+        for w in round.into_iter().chain(shared.close()) {
             let _ = w.send(Err(RaftError::Stopped));
         }
     }
@@ -181,26 +176,19 @@ mod tests {
         };
         assert!(push(), "the first reader wakes the idle loop");
         assert!(!push(), "the loop will look: no second wake-up");
-        let mut taken = Vec::new();
-        shared.take(&mut taken);
-        assert_eq!(taken.len(), 2);
+        assert_eq!(shared.take().len(), 2);
         assert!(
             !push(),
             "the loop took readers (a round runs): it looks again when it ends"
         );
-        taken.clear();
-        shared.take(&mut taken);
-        taken.clear();
-        shared.take(&mut taken);
-        assert!(taken.is_empty());
+        assert_eq!(shared.take().len(), 1);
+        assert!(shared.take().is_empty());
         assert!(
             push(),
             "the loop found none and went idle: the next reader wakes it"
         );
         drop(rxs);
-        taken.clear();
-        shared.take(&mut taken);
-        assert!(taken.is_empty(), "readers that gave up are dropped");
+        assert!(shared.take().is_empty(), "readers that gave up are dropped");
         let (tx, _rx) = oneshot::channel();
         assert!(shared.push(tx).unwrap(), "and the loop is idle again");
         assert_eq!(shared.close().len(), 1);

@@ -137,7 +137,7 @@ where
 }
 
 /// The request body's message. The body is read to its end (a client's request trailers, which
-/// gRPC clients do not send, are ignored); bytes after the first message are ignored.
+/// gRPC clients do not send, are ignored); bytes after the first message are read but not kept.
 async fn read_message<B, M>(body: B, limit: usize) -> Result<M, Status>
 where
     B: Body<Data = Bytes>,
@@ -148,10 +148,20 @@ where
     // The first DATA frame is kept as it came: it usually holds the whole message.
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
+    // The prefix and message length, once the prefix is in (checked once, against the limit).
+    let mut want: Option<usize> = None;
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let Ok(data) = frame.map_err(|e| Status::from_error(e.into()))?.into_data() else {
             continue;
         };
+        let have = joined
+            .as_ref()
+            .map(|j| j.len())
+            .or(first.as_ref().map(|f| f.len()))
+            .unwrap_or(0);
+        if want.is_some_and(|w| have >= w) {
+            continue; // the message is in: what follows is drained, not buffered
+        }
         let buffered = match (&mut first, &mut joined) {
             (None, _) => {
                 first = Some(data);
@@ -169,8 +179,8 @@ where
             }
         };
         // refuse an oversized message before buffering it
-        if buffered.len() >= PREFIX {
-            check_prefix(&buffered[..PREFIX], limit)?;
+        if want.is_none() && buffered.len() >= PREFIX {
+            want = Some(PREFIX + check_prefix(&buffered[..PREFIX], limit)?);
         }
     }
     let all: &[u8] = match (&first, &joined) {
@@ -178,12 +188,8 @@ where
         (Some(f), None) => f,
         (None, None) => return Err(Status::internal("Missing request message.")),
     };
-    if all.len() < PREFIX {
-        return Err(Status::internal("Unexpected EOF decoding stream."));
-    }
-    let len = check_prefix(&all[..PREFIX], limit)?;
-    let message = all
-        .get(PREFIX..PREFIX + len)
+    let message = want
+        .and_then(|w| all.get(PREFIX..w))
         .ok_or_else(|| Status::internal("Unexpected EOF decoding stream."))?;
     M::decode(message).map_err(|e| Status::internal(e.to_string()))
 }
@@ -312,6 +318,11 @@ mod tests {
             let got: PutRequest = read_message(body_of(chunks), 4096).await.unwrap();
             assert_eq!(got, put(), "split at {split}");
         }
+        let mut trailing = framed(&put());
+        trailing.extend(vec![9u8; 10_000]);
+        let chunks: Vec<Vec<u8>> = trailing.chunks(100).map(<[u8]>::to_vec).collect();
+        let got: PutRequest = read_message(body_of(chunks), 4096).await.unwrap();
+        assert_eq!(got, put(), "bytes after the message are drained");
     }
 
     #[tokio::test]
